@@ -1,0 +1,24 @@
+# Two commands: `make app` (set up and launch the dashboard) and `make test` (set up and test).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: app test bench browser-deps
+
+$(BIN)/python:
+	$(shell command -v $(PY) >/dev/null 2>&1 || echo python3) -m venv $(VENV)
+
+# Reinstall only when requirements.txt changes.
+$(STAMP): requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	touch $(STAMP)
+
+app: $(STAMP)
+	$(BIN)/streamlit run dashboard/app.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py --quick

@@ -1,0 +1,246 @@
+"""Command line: python -m core {demo-data,stats,train,eval,predict,class-model}.
+
+With --json the last line on stdout is one JSON object; progress goes to stderr.
+Bad input prints one sentence to stderr and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from .config import TrainConfig, parse_augment
+from .errors import UserError
+
+
+def _out(obj: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(_clean(obj)))
+    else:
+        for k, v in obj.items():
+            if not isinstance(v, (list, dict)):
+                print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
+
+
+def _clean(o):
+    if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
+        return None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def cmd_demo_data(a) -> dict:
+    from .demo import generate
+    def progress(done, total):
+        if done == total or done % 500 == 0:
+            print(f"\rgenerated {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
+    info = generate(a.out, classes=a.classes, images=a.images, size=a.size, seed=a.seed, progress=progress)
+    info["counts"] = {str(k): v for k, v in info["counts"].items()}
+    return info
+
+
+def cmd_stats(a) -> dict:
+    from .data import class_counts, imbalance, load_index
+    from .prepare import prepare
+    counts = class_counts(a.data)
+    out = imbalance(counts, a.top)
+    out["top"] = [{"label": str(l), "count": int(c)} for l, c in counts.head(a.top).items()]
+    if a.scan:
+        index = load_index(a.data)
+        sel = index.samples[index.samples["label"].isin(set(counts.head(a.top).index.astype(str)))]
+        prep = prepare(sel["path"].tolist(), 32, key=str(index.root))
+        out["scan"] = {"checked": len(sel), "unreadable": len(prep.reasons),
+                       "skipped": [{"path": p, "reason": r} for p, r in prep.reasons]}
+    if not a.json:
+        print(f"{out['images']:,} images in {out['classes']:,} classes; top {out['top_n']} hold "
+              f"{out['top_n_share']:.1%}; largest/smallest {out['largest']}/{out['smallest']} ({out['ratio']:.1f}x)")
+        for row in out["top"]:
+            print(f"  {row['label']:>12}  {row['count']:>8}")
+        if a.scan:
+            print(f"scan: {out['scan']['checked']} files checked, {out['scan']['unreadable']} unreadable")
+            for s in out["scan"]["skipped"][:50]:
+                print(f"  skipped {s['path']}: {s['reason']}")
+        return {}
+    return out
+
+
+def cmd_train(a) -> dict:
+    from .jobs import execute
+    from .runs import RunStore
+    from .sinks import StoreSink, TqdmSink
+    store = RunStore(a.runs)
+    if a.resume:
+        run = store.get(a.resume)
+        if run is None:
+            raise UserError(f"There is no run {a.resume!r} in {store.root}.")
+        if run["status"] in ("running", "starting"):
+            raise UserError(f"Run {a.resume} is {run['status']}; it cannot be resumed twice.")
+        run_id = a.resume
+    else:
+        if not a.data or not a.model:
+            raise UserError("train needs --data DIR and --model NAME (or --resume RUN_ID).")
+        cfg = TrainConfig(data=str(Path(a.data).expanduser().resolve()), model=a.model, weights=a.weights,
+                          classes=a.classes, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                          optimizer=a.optimizer, image_size=a.image_size, augment=parse_augment(a.augment),
+                          freeze=a.freeze, holdout=a.holdout, val=a.val, seed=a.seed, device=a.device,
+                          pipeline=a.pipeline, workers=a.workers, compile=a.compile,
+                          max_images=a.max_images, weight_decay=a.weight_decay).validate()
+        from .data import load_index
+        load_index(cfg.data)  # fail fast on a bad path, before a run folder exists
+        run_id = store.create(cfg, status="running")
+    print(f"run {run_id} in {store.run_dir(run_id)}", file=sys.stderr)
+    result = execute(store, run_id, resume_run=bool(a.resume), sink=TqdmSink(StoreSink(store, run_id)))
+    if result["status"] == "failed":
+        if not a.resume and not store.epochs(run_id).shape[0]:
+            store.delete(run_id)  # nothing was trained: do not leave an empty failed run behind
+        raise UserError(result["error"])
+    keys = ("run_id", "status", "epochs_completed", "train_acc", "val_acc", "holdout_acc", "holdout_top5",
+            "holdout_gap", "images_per_s", "seconds")
+    return {k: result.get(k) for k in keys}
+
+
+def cmd_eval(a) -> dict:
+    from .runs import RunStore
+    store = RunStore(a.runs)
+    run = store.get(a.run_id)
+    if run is None:
+        raise UserError(f"There is no run {a.run_id!r} in {store.root}.")
+    evals = store.evals(a.run_id)
+    if a.split not in evals:
+        raise UserError(f"Run {a.run_id} has no {a.split} evaluation (status {run['status']}); "
+                        f"evaluations are written when a run finishes.")
+    m = evals[a.split]
+    hist = store.epochs(a.run_id)[["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]]
+    per_class = [{"label": l, "name": n, "acc": acc, "support": s}
+                 for l, n, acc, s in zip(m["labels"], m["names"], m["per_class"], m["support"])]
+    out = {"run_id": a.run_id, "status": run["status"], "split": a.split, "epochs_completed": int(len(hist))}
+    out.update({f"{s}_{k}": evals.get(s, {}).get(k) for s in ("train", "val", "holdout") for k in ("acc", "top5", "gap")})
+    out.update(acc=m["acc"], top5=m["top5"], gap=m["gap"], n=m["n"], images_per_s=run["summary"].get("images_per_s"),
+               seconds=run["summary"].get("seconds"), history=hist.to_dict("records"), per_class=per_class,
+               confusion=m["confusion"])
+    return out
+
+
+def cmd_predict(a) -> dict:
+    from .predictor import load_predictor
+    from .runs import RunStore
+    pred = load_predictor(a.run, RunStore(a.runs))
+    results = []
+    for path in a.images:
+        try:
+            x = pred.tensor(path)
+        except (UserError, OSError, ValueError) as e:
+            results.append({"image": path, "error": str(e) or type(e).__name__})
+            continue
+        item = {"image": path, "top": pred.top(x, a.top)}
+        if a.explain:
+            item["explanations"] = _explain(pred, x, path, a.explain, a.out)
+        results.append(item)
+        if not a.json:
+            print(path)
+            for t in item["top"]:
+                print(f"  {t['prob']:.3f}  {t['name']}")
+    if all("error" in r for r in results):
+        raise UserError(results[0]["error"])
+    return {"run_id": a.run, "results": results}
+
+
+def _explain(pred, x, path, methods: str, out_dir) -> list:
+    from .explain_io import explain_to_png
+    return [explain_to_png(pred, x, path, m.strip(), Path(out_dir or ".")) for m in methods.split(",") if m.strip()]
+
+
+def cmd_class_model(a) -> dict:
+    from .explain_io import class_model_png
+    from .predictor import load_predictor
+    from .runs import RunStore
+    pred = load_predictor(a.run, RunStore(a.runs))
+    return class_model_png(pred, a.cls, Path(a.out), steps=a.steps, size=a.size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m core", description="Landmark recognition workbench")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("demo-data", help="write the synthetic demo data set (GLDv2 layout)")
+    p.add_argument("out")
+    p.add_argument("--classes", type=int, default=12)
+    p.add_argument("--images", type=int, default=3000)
+    p.add_argument("--size", type=int, default=160)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_demo_data)
+
+    p = sub.add_parser("stats", help="class distribution and imbalance of a data set")
+    p.add_argument("data")
+    p.add_argument("--top", type=int, default=50)
+    p.add_argument("--scan", action="store_true", help="also decode the top classes' files and report unreadable ones")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_stats)
+
+    d = TrainConfig(data="")
+    p = sub.add_parser("train", help="train a model (defaults: the seed's Adam, lr 0.001, 10 epochs)")
+    p.add_argument("--data")
+    p.add_argument("--model")
+    p.add_argument("--weights", default=d.weights, help="imagenet | none | PATH")
+    for name, typ in (("classes", int), ("epochs", int), ("batch-size", int), ("lr", float), ("image-size", int),
+                      ("holdout", float), ("val", float), ("seed", int), ("workers", int), ("max-images", int),
+                      ("weight-decay", float)):
+        p.add_argument(f"--{name}", type=typ, default=getattr(d, name.replace("-", "_")))
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default=d.optimizer)
+    p.add_argument("--augment", default="", help="comma list of crop,hflip,vflip,rot90")
+    p.add_argument("--freeze", action="store_true", help="freeze the feature extractor")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--pipeline", choices=["prepared", "plain"], default=d.pipeline)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--runs", default=None)
+    p.add_argument("--resume", default=None, metavar="RUN_ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("eval", help="metrics of a finished run")
+    p.add_argument("run_id")
+    p.add_argument("--split", choices=["train", "val", "holdout"], default="holdout")
+    p.add_argument("--runs", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("predict", help="classify images with a run's model")
+    p.add_argument("--run", required=True)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--explain", default=None, help="saliency,vanilla,guided,gradcam,integrated_gradients,smoothgrad")
+    p.add_argument("--out", default=None)
+    p.add_argument("--runs", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("class-model", help="image that maximises a class score (Simonyan et al. 2014)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--class", dest="cls", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--size", type=int, default=0)
+    p.add_argument("--runs", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_class_model)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        out = a.fn(a)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept (resume with --resume RUN_ID)", file=sys.stderr)
+        return 130
+    if out:
+        _out(out, a.json)
+    return 0

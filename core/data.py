@@ -1,0 +1,249 @@
+"""Dataset readers (a registry keyed by layout), safe image opening and class statistics.
+
+Layouts:
+  gldv2    train.csv (id,url,landmark_id) + train|images/<a>/<b>/<c>/<id>.jpg
+  gldv1    train.csv (id,url,landmark_id) + <dir>/<id>.jpg  (Kaggle 2018)
+  folders  <class>/<image> with jpg/jpeg/png/webp
+The embedded demo data set (core.demo) is written in the gldv2 layout.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+
+from .errors import UserError
+from .paths import cache_dir
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp"}
+CSV_COLUMNS = ("id", "url", "landmark_id")
+MAX_PIXELS = 50_000_000  # decompression-bomb guard for dataset images and uploads
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+@dataclass
+class DatasetIndex:
+    root: Path
+    layout: str
+    samples: pd.DataFrame            # columns: path (absolute str), label (str)
+    names: dict = field(default_factory=dict)   # label -> readable name
+    synthetic: bool = False
+
+    def counts(self) -> pd.Series:
+        return self.samples["label"].value_counts(sort=True)
+
+    def name(self, label: str) -> str:
+        return self.names.get(str(label), str(label))
+
+
+# ---------------------------------------------------------------- images
+
+def open_image(path_or_file, max_pixels: int = MAX_PIXELS, draft: int | None = None) -> Image.Image:
+    """Open an image safely: bomb guard on, EXIF orientation applied, alpha/CMYK/grey -> RGB.
+
+    `draft` asks libjpeg to decode at a reduced scale (DCT-domain downscaling) when the image
+    is a JPEG much larger than `draft` pixels, which is several times faster than a full decode.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path_or_file)
+            if im.width * im.height > max_pixels:
+                raise UserError(f"Image is {im.width}x{im.height} pixels; the limit is {max_pixels:,} pixels.")
+            if draft:
+                im.draft("RGB", (draft, draft))
+            im.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise UserError(f"Image is too large to open safely ({e}).") from None
+    im = ImageOps.exif_transpose(im)
+    return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))  # white, not black, behind alpha
+        return Image.alpha_composite(bg, im).convert("RGB")
+    return im.convert("RGB")
+
+
+def resize_square(im: Image.Image, size: int) -> Image.Image:
+    """Shorter side to `size`, then a centre crop to size x size (torchvision Resize+CenterCrop)."""
+    w, h = im.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None if s > 0.5 else 2.0)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+# ---------------------------------------------------------------- readers
+
+_SAFE_ID = re.compile(r"[/\\]|\.\.")
+
+
+def _read_csv(path: Path, columns=("id", "landmark_id")) -> pd.DataFrame:
+    try:
+        head = pd.read_csv(path, nrows=0)
+    except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
+        raise UserError(f"{path} could not be read as CSV ({e}).") from None
+    missing = [c for c in CSV_COLUMNS if c not in head.columns]
+    if missing:
+        raise UserError(f"{path} is missing column(s) {', '.join(missing)}; expected columns id,url,landmark_id.")
+    df = pd.read_csv(path, usecols=list(columns), dtype={"id": str, "landmark_id": str},
+                     engine="pyarrow", keep_default_na=False)
+    bad = df["id"].str.contains(_SAFE_ID, regex=True) if "id" in df else pd.Series([], dtype=bool)
+    if bad.any():
+        raise UserError(f"{path} has an unsafe image id {df['id'][bad].iloc[0]!r} (ids may not contain '/', '\\' or '..').")
+    return df[df["landmark_id"] != ""]
+
+
+def _csv_image_dir(root: Path, ids: pd.Series) -> tuple[Path, bool] | None:
+    """Find where a train.csv's images live: (folder, nested) or None."""
+    probe = [i for i in ids.head(50) if i][:20]
+    for folder in ("train", "images", "."):
+        d = (root / folder).resolve()
+        for nested in (True, False):
+            hits = sum((d / _rel(i, nested)).exists() for i in probe)
+            if probe and hits >= max(1, len(probe) // 2):
+                return d, nested
+    return None
+
+
+def _rel(i: str, nested: bool) -> str:
+    return f"{i[0]}/{i[1]}/{i[2]}/{i}.jpg" if nested else f"{i}.jpg"
+
+
+def _category_names(root: Path) -> dict:
+    f = root / "train_label_to_category.csv"
+    if not f.exists():
+        return {}
+    df = pd.read_csv(f, dtype=str, keep_default_na=False)
+    if not {"landmark_id", "category"} <= set(df.columns):
+        raise UserError(f"{f} is missing column(s); expected columns landmark_id,category.")
+    # GLDv2 categories are Wikimedia URLs: keep the readable tail.
+    names = df["category"].str.replace(r"^.*Category:", "", regex=True).str.replace("_", " ")
+    return dict(zip(df["landmark_id"], names))
+
+
+def read_csv_layout(root: Path) -> DatasetIndex:
+    df = _read_csv(root / "train.csv")
+    found = _csv_image_dir(root, df["id"])
+    if found is None:
+        raise UserError(f"{root / 'train.csv'} lists images that are not on disk; expected them under "
+                        f"train/<a>/<b>/<c>/<id>.jpg, images/…, or <dir>/<id>.jpg.")
+    folder, nested = found
+    prefix = str(folder) + os.sep
+    if nested:
+        ids = df["id"]
+        rel = ids.str[0] + "/" + ids.str[1] + "/" + ids.str[2] + "/" + ids + ".jpg"
+    else:
+        rel = df["id"] + ".jpg"
+    samples = pd.DataFrame({"path": prefix + rel, "label": df["landmark_id"].astype(str)})
+    return DatasetIndex(root, "gldv2" if nested else "gldv1", samples, _category_names(root),
+                        synthetic=(root / "SYNTHETIC.txt").exists())
+
+
+def read_folders(root: Path) -> DatasetIndex:
+    rows = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(os.scandir(d), key=lambda e: e.name):
+            if f.is_file() and Path(f.name).suffix.lower() in IMAGE_EXTS:
+                rows.append((f.path, d.name))
+    samples = pd.DataFrame(rows, columns=["path", "label"])
+    return DatasetIndex(root, "folders", samples, {}, synthetic=(root / "SYNTHETIC.txt").exists())
+
+
+READERS = {"csv": read_csv_layout, "folders": read_folders}
+
+
+def detect_layout(root: Path) -> str:
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"Data set folder {root} does not exist.")
+    if (root / "train.csv").exists():
+        return "csv"
+    for d in root.iterdir():
+        if d.is_dir() and any(Path(n).suffix.lower() in IMAGE_EXTS for n in os.listdir(d)):
+            return "folders"
+    raise UserError(f"{root} is not a data set: expected train.csv (Google Landmarks layout) "
+                    f"or one folder of images per class.")
+
+
+def load_index(root) -> DatasetIndex:
+    root = Path(root).expanduser().resolve()
+    index = READERS[detect_layout(root)](root)
+    if index.samples.empty:
+        raise UserError(f"{root} contains no images.")
+    return index
+
+
+# ---------------------------------------------------------------- statistics (cached)
+
+def _stats_key(root: Path) -> str:
+    f = root / "train.csv"
+    if f.exists():
+        st = f.stat()
+        sig = f"{f}|{st.st_size}|{st.st_mtime_ns}"
+    else:  # folders: the class folders' mtimes change when files are added or removed
+        sig = "|".join(f"{d}:{d.stat().st_mtime_ns}" for d in sorted(root.iterdir()) if d.is_dir())
+    return hashlib.sha1(sig.encode()).hexdigest()[:16]
+
+
+def _count_labels(root: Path) -> pd.Series:
+    f = root / "train.csv"
+    if not f.exists():
+        return load_index(root).counts()
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+    head = pd.read_csv(f, nrows=0)
+    if "landmark_id" not in head.columns:
+        raise UserError(f"{f} is missing column(s) landmark_id; expected columns id,url,landmark_id.")
+    table = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(
+        include_columns=["landmark_id"], column_types={"landmark_id": "string"}))
+    vc = pc.value_counts(table.column("landmark_id")).flatten()
+    s = pd.Series(vc[1].to_numpy(), index=vc[0].to_pylist(), name="count")
+    s = s[s.index.notna() & (s.index != "")]
+    return s.sort_values(ascending=False, kind="stable")
+
+
+def class_counts(root) -> pd.Series:
+    """Images per class, most frequent first; cached on the CSV's size and mtime."""
+    root = Path(root).expanduser().resolve()
+    detect_layout(root)
+    cache = cache_dir() / "stats" / f"{_stats_key(root)}.parquet"
+    if cache.exists():
+        df = pd.read_parquet(cache)
+        return pd.Series(df["count"].to_numpy(), index=df["label"].to_numpy(), name="count")
+    s = _count_labels(root)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    pd.DataFrame({"label": s.index.astype(str), "count": s.to_numpy()}).to_parquet(tmp)
+    os.replace(tmp, cache)
+    return s
+
+
+def imbalance(counts: pd.Series, top: int, small: int = 10) -> dict:
+    """Figures that describe how imbalanced the class distribution is."""
+    total = int(counts.sum())
+    top_n = counts.head(top) if top else counts
+    return {
+        "classes": int(len(counts)),
+        "images": total,
+        "largest": int(counts.iloc[0]),
+        "smallest": int(counts.iloc[-1]),
+        "ratio": float(counts.iloc[0] / max(1, counts.iloc[-1])),
+        "top_n": int(len(top_n)),
+        "top_n_images": int(top_n.sum()),
+        "top_n_share": float(top_n.sum() / max(1, total)),
+        "top_n_ratio": float(top_n.iloc[0] / max(1, top_n.iloc[-1])),
+        f"classes_under_{small}": int((counts < small).sum()),
+        "median": float(np.median(counts.to_numpy())),
+    }

@@ -1,0 +1,669 @@
+"""Procedural synthetic landmark photographs in the Google Landmarks v2 layout.
+
+Why this exists: the workbench must be usable (and testable) without downloading
+real data. The generator draws one distinct *shape* per landmark kind, and hides
+everything else a shortcut learner could latch onto: colours come from one shared
+material palette, the scene (sky, ground, light, viewpoint, occluders, noise) is
+random, and dusk scenes turn buildings into dark silhouettes, so raw pixel
+intensity does not say which class an image is. A small CNN learns the shapes in
+a few epochs; a linear model on tiny raw pixels does not.
+
+Every image depends only on (seed, index, label, size), so output is byte-identical
+across runs and the work could be split between processes.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageChops, ImageDraw
+
+from core.errors import UserError
+
+KINDS: dict[str, Callable] = {}  # kind name -> draw function, in class order
+ASPECT: dict[str, float] = {}  # kind name -> width/height of its unit drawing box
+TITLES: dict[str, str] = {}  # kind name -> readable category name
+ZIPF_EXPONENT = 0.8  # counts ~ 1/rank^0.8, roughly the head/tail of real landmark data
+MIN_PER_CLASS = 3
+MIN_SIZE = 32
+JPEG_QUALITY = 90
+NOTE = (
+    "This data set is SYNTHETIC: procedurally generated drawings of landmark-like "
+    "shapes made by core/demo.py (seed {seed}), not real photographs.\n"
+    "Use it to try the workbench end to end; accuracy on it says nothing about real "
+    "landmark photos.\n"
+)
+
+
+class DemoArgumentError(UserError, ValueError):
+    """Bad generate() argument: a ValueError for callers, a UserError for the CLI/pages."""
+
+
+def kind(name: str, aspect: float, title: str):
+    """Register a draw function: a registry keeps adding a kind a one-place change."""
+    def register(fn):
+        KINDS[name], ASPECT[name], TITLES[name] = fn, aspect, title
+        return fn
+    return register
+
+
+# --------------------------------------------------------------------------- colours
+
+# One palette for every kind, so colour alone never names the class.
+MATERIALS = [
+    (196, 178, 140), (150, 150, 150), (120, 80, 55), (232, 228, 218), (170, 70, 55),
+    (90, 90, 100), (214, 186, 120), (95, 150, 130), (200, 160, 60), (60, 60, 70),
+    (180, 110, 80), (210, 210, 225), (140, 120, 100), (190, 50, 40), (240, 240, 235),
+]
+SKIES = {  # (top colour, horizon colour); dusk is drawn backlit (see scene())
+    "day": ((70, 130, 210), (175, 210, 240)),
+    "clear": ((40, 100, 200), (150, 195, 235)),
+    "dusk": ((60, 50, 110), (245, 150, 80)),
+    "sunset": ((120, 60, 100), (250, 200, 110)),
+    "overcast": ((150, 155, 165), (205, 205, 210)),
+    "haze": ((185, 190, 180), (225, 215, 190)),
+}
+GROUNDS = {
+    "grass": (85, 130, 60), "sand": (200, 175, 125), "water": (55, 95, 130),
+    "city": (115, 115, 120), "snow": (225, 230, 235),
+}
+
+
+def jitter(c, r: random.Random, amount: float = 18):
+    """Colour variation; random() is several times cheaper than randint() per call."""
+    return tuple(v + (2 * r.random() - 1) * amount for v in c)
+
+
+def mix(a, b, t: float):
+    return tuple(int(x + (y - x) * t) for x, y in zip(a, b))
+
+
+class Grade:
+    """Global exposure/contrast/white balance, applied to every colour as it is drawn.
+
+    Folding the grade into colours costs nothing per pixel, unlike an image filter.
+    It is linear per channel, v' = v * gain + offset, so it is precomputed once.
+    """
+
+    def __init__(self, r: random.Random):
+        bright, contrast = r.uniform(0.75, 1.2), r.uniform(0.75, 1.25)
+        cast = (r.uniform(0.92, 1.08), r.uniform(0.95, 1.05), r.uniform(0.92, 1.08))
+        self.gain = [m * contrast * bright for m in cast]
+        self.offset = 128 * (1 - contrast) * bright
+
+    def __call__(self, c, f: float = 1.0):
+        """Graded colour of c seen under light factor f."""
+        (ga, gb, gc), o = self.gain, self.offset
+        return (_clamp(c[0] * f * ga + o), _clamp(c[1] * f * gb + o), _clamp(c[2] * f * gc + o))
+
+
+def _clamp(v: float) -> int:
+    return 0 if v < 0 else 255 if v > 255 else int(v)
+
+
+# --------------------------------------------------------------------------- pen
+
+_CIRCLE = [(math.cos(2 * math.pi * i / 20), math.sin(2 * math.pi * i / 20)) for i in range(20)]
+
+
+class Pen:
+    """Draws a landmark in unit coordinates (y: 0 ground .. 1 top, x centred, width = aspect).
+
+    Viewpoint is a cheap projective warp of the points (squash, perspective taper,
+    yaw, lean) so the landmark changes shape on screen without resampling pixels.
+    """
+
+    def __init__(self, draw, grade, r: random.Random, cx, base, scale, aspect, light):
+        self.draw, self.grade = draw, grade
+        self.cx, self.base, self.s = cx, base, scale
+        self.sx = r.uniform(0.75, 1.25)  # horizontal squash/stretch
+        self.persp = r.uniform(-0.25, 0.08)  # looking up makes the top narrower
+        self.yaw = r.uniform(-0.15, 0.15) / max(aspect / 2, 0.25)  # nearer side taller
+        self.lean = r.uniform(-0.05, 0.05)
+        self.sun = r.uniform(-1, 1)  # -1 sun at the left, +1 at the right
+        self.light = light  # < 1 for backlit silhouettes
+
+    def pt(self, x, y):
+        X = self.cx + self.s * (self.sx * x * (1 + self.persp * y) + self.lean * y)
+        return (X, self.base - self.s * y * (1 + self.yaw * x))
+
+    def col(self, c, side=0.0):
+        return self.grade(c, self.light * (1 + 0.3 * self.sun * side))
+
+    def poly(self, pts, c, side=0.0):
+        self.draw.polygon([self.pt(x, y) for x, y in pts], fill=self.col(c, side))
+
+    def rect(self, x0, y0, x1, y1, c, side=0.0):
+        self.poly(((x0, y0), (x1, y0), (x1, y1), (x0, y1)), c, side)
+
+    def line(self, pts, w, c, side=0.0):
+        width = max(1, round(w * self.s * self.sx))
+        self.draw.line([self.pt(x, y) for x, y in pts], fill=self.col(c, side), width=width)
+
+    def arc_pts(self, x, y, rx, ry, a0=0.0, a1=math.pi, n=12):
+        return [(x + rx * math.cos(a0 + (a1 - a0) * i / n), y + ry * math.sin(a0 + (a1 - a0) * i / n))
+                for i in range(n + 1)]
+
+    def ellipse(self, x, y, rx, ry, c, side=0.0):
+        self.poly([(x + rx * cx, y + ry * cy) for cx, cy in _CIRCLE], c, side)
+
+
+def dark(c, t=0.55):
+    """Openings (doors, windows, arches) are shadowed: we cannot see through them."""
+    return mix(c, (15, 15, 20), t)
+
+
+# --------------------------------------------------------------------------- kinds
+# Each draw(p, m, r) gets a Pen, materials m = (body, accent) and the image's Random.
+
+
+@kind("tower", 0.62, "Synthetic: Eiffel-like lattice tower")
+def draw_tower(p: Pen, m, r):
+    body = m[0]
+    half = lambda y: 0.025 + 0.28 * (1 - y) ** 2.6  # flared legs, thin spire
+    levels = [0, 0.1, 0.2, 0.32, 0.45, 0.58, 0.72, 0.86, 0.95]
+    left = [(-half(y), y) for y in levels]
+    right = [(half(y), y) for y in levels]
+    p.line(left, 0.035, body, -1)
+    p.line(right, 0.035, body, 1)
+    for a, b in zip(range(len(levels) - 1), range(1, len(levels))):
+        p.line([left[a], right[b]], 0.012, body, 0)
+        p.line([right[a], left[b]], 0.012, body, 0)
+    p.line(p.arc_pts(0, 0, 0.16, 0.15, 0, math.pi), 0.025, body, 0)
+    for y, t in ((0.2, 0.03), (0.45, 0.025), (0.86, 0.02)):
+        w = half(y) + 0.03
+        p.rect(-w, y - t / 2, w, y + t / 2, m[1], 0)
+    p.line([(0, 0.95), (0, 1.0)], 0.012, body, 0)
+
+
+@kind("arch", 0.95, "Synthetic: triumphal arch")
+def draw_arch(p: Pen, m, r):
+    body = m[0]
+    gap = r.uniform(0.14, 0.2)
+    spring = r.uniform(0.48, 0.58)
+    p.rect(-0.45, 0, -gap, spring, body, -0.5)
+    p.rect(gap, 0, 0.45, spring, body, 0.5)
+    hole = p.arc_pts(0, spring, gap, gap * 1.1, math.pi, 0, 10)
+    p.poly([(-0.45, spring)] + hole + [(0.45, spring), (0.45, 0.82), (-0.45, 0.82)], body)
+    p.rect(-0.48, 0.8, 0.48, 0.85, m[1])
+    p.rect(-0.42, 0.85, 0.42, 1.0, body, 0.3)
+    p.poly([(0.45, 0), (0.5, 0.03), (0.5, 0.97), (0.45, 1.0)], body, 1.5)  # side face
+    for x in (-0.31, 0.31):
+        p.poly([(x - 0.05, 0.05)] + p.arc_pts(x, 0.3, 0.05, 0.05, math.pi, 0, 6)
+               + [(x + 0.05, 0.05)], dark(body))
+        p.rect(x - 0.07, 0.4, x + 0.07, 0.5, dark(body, 0.25))
+
+
+@kind("dome", 1.1, "Synthetic: domed capitol")
+def draw_dome(p: Pen, m, r):
+    body, acc = m
+    p.rect(-0.55, 0, 0.55, 0.28, body, 0)
+    p.rect(-0.2, 0, 0.2, 0.33, body, 0.3)
+    for i in range(6):
+        x = -0.17 + i * 0.068
+        p.rect(x - 0.012, 0.02, x + 0.012, 0.3, dark(body, 0.3))
+    p.poly([(-0.22, 0.33), (0.22, 0.33), (0, 0.42)], body, 0.5)
+    p.rect(-0.25, 0.3, 0.25, 0.52, body, 0.2)
+    for i in range(7):
+        x = -0.2 + i * 0.067
+        p.rect(x - 0.01, 0.34, x + 0.01, 0.48, dark(body))
+    dome_c = acc if r.random() < 0.6 else body
+    p.poly(p.arc_pts(0, 0.52, 0.25, 0.3, math.pi, math.pi / 2, 8) + [(0, 0.52)], dome_c, -1)
+    p.poly(p.arc_pts(0, 0.52, 0.25, 0.3, math.pi / 2, 0, 8) + [(0, 0.52)], dome_c, 1)
+    p.rect(-0.035, 0.8, 0.035, 0.92, body)
+    p.ellipse(0, 0.94, 0.03, 0.03, dome_c)
+
+
+@kind("pyramid", 1.5, "Synthetic: pyramid")
+def draw_pyramid(p: Pen, m, r):
+    body = m[0]
+    if r.random() < 0.35:  # a smaller one behind, as at Giza
+        sx = r.choice((-1, 1)) * 0.55
+        p.poly([(sx - 0.35, 0.02), (sx + 0.35, 0.02), (sx, 0.5)], mix(body, (200, 200, 210), 0.3), 0.5)
+    apex = (r.uniform(-0.12, 0.12), 1.0)
+    corner = (r.uniform(-0.35, 0.35), 0)
+    p.poly([(-0.75, 0), corner, apex], body, -1)
+    p.poly([corner, (0.75, 0), apex], body, 1)
+    if r.random() < 0.5:  # stepped variant: horizontal courses
+        for i in range(1, 8):
+            t = i / 8
+            a = (-0.75 + (apex[0] + 0.75) * t, t)
+            b = (0.75 + (apex[0] - 0.75) * t, t)
+            p.line([a, b], 0.012, dark(body, 0.35))
+
+
+@kind("bridge", 2.6, "Synthetic: suspension bridge")
+def draw_bridge(p: Pen, m, r):
+    body, acc = m
+    deck = r.uniform(0.2, 0.3)
+    sag = deck + r.uniform(0.05, 0.15)
+    cable = [(x / 10, sag + (0.97 - sag) * (x / 7) ** 2) for x in range(-7, 8)]
+    p.line([(-1.3, deck + 0.05)] + [cable[0]], 0.012, body)
+    p.line([cable[-1], (1.3, deck + 0.05)], 0.012, body)
+    p.line(cable, 0.015, body)
+    for x, y in cable[1:-1]:
+        p.line([(x, y), (x, deck)], 0.006, body)
+    for tx in (-0.7, 0.7):
+        p.rect(tx - 0.07, 0, tx + 0.07, deck - 0.02, dark(acc, 0.2))
+        p.rect(tx - 0.055, 0, tx - 0.025, 1.0, body, -1)
+        p.rect(tx + 0.025, 0, tx + 0.055, 1.0, body, 1)
+        for y in (0.55, 0.8, 0.97):
+            p.rect(tx - 0.05, y - 0.02, tx + 0.05, y + 0.02, body)
+    p.rect(-1.3, deck - 0.03, 1.3, deck + 0.02, acc)
+
+
+@kind("pagoda", 0.72, "Synthetic: tiered pagoda")
+def draw_pagoda(p: Pen, m, r):
+    body, acc = m
+    n = r.randint(4, 6)
+    h = 0.88 / n
+    for i in range(n):
+        y0 = i * h
+        bw = 0.2 * (1 - 0.1 * i)
+        rw = bw + 0.14
+        p.rect(-bw, y0, bw, y0 + h * 0.65, body, 0.4)
+        p.rect(-bw * 0.3, y0, bw * 0.3, y0 + h * 0.45, dark(body))
+        p.poly([(-rw, y0 + h * 0.78), (-rw + 0.08, y0 + h * 0.6), (rw - 0.08, y0 + h * 0.6),
+                (rw, y0 + h * 0.78), (bw * 0.7, y0 + h), (-bw * 0.7, y0 + h)], acc, 0.5)
+    p.line([(0, 0.88), (0, 1.0)], 0.02, acc)
+    for y in (0.91, 0.94, 0.97):
+        p.rect(-0.03, y - 0.006, 0.03, y + 0.006, acc)
+
+
+@kind("obelisk", 0.22, "Synthetic: obelisk")
+def draw_obelisk(p: Pen, m, r):
+    body, acc = m
+    p.rect(-0.11, 0, 0.11, 0.05, acc, 0.5)
+    p.rect(-0.085, 0.05, 0.085, 0.09, acc, 0.3)
+    e = r.uniform(-0.03, 0.03)  # the visible edge between the two lit faces
+    p.poly([(-0.06, 0.09), (e, 0.09), (e * 0.6, 0.9), (-0.038, 0.9)], body, -1)
+    p.poly([(e, 0.09), (0.06, 0.09), (0.038, 0.9), (e * 0.6, 0.9)], body, 1)
+    p.poly([(-0.038, 0.9), (e * 0.6, 0.9), (0, 1.0)], body, -0.5)
+    p.poly([(e * 0.6, 0.9), (0.038, 0.9), (0, 1.0)], body, 1.5)
+
+
+@kind("colosseum", 2.0, "Synthetic: colosseum ring")
+def draw_colosseum(p: Pen, m, r):
+    body = m[0]
+    xs = [i / 10 - 1 for i in range(21)]
+    ruin = r.random() < 0.6  # the famous broken side
+    top = [(x, 0.9 - 0.12 * x * x - (0.25 if ruin and x > 0.35 else 0)) for x in xs]
+    p.poly([(-1, 0.05), (1, 0.05)] + top[::-1], body, 0.3)
+    p.poly([(-1, 0), (1, 0), (1, 0.05), (-1, 0.05)], dark(body, 0.2))
+    for row in range(3):
+        y0 = 0.1 + row * 0.24
+        for i in range(11):
+            x = -0.9 + i * 0.18
+            if y0 + 0.17 > top[round((x + 1) * 10)][1]:
+                continue
+            p.poly([(x - 0.05, y0)] + p.arc_pts(x, y0 + 0.12, 0.05, 0.05, math.pi, 0, 4)
+                   + [(x + 0.05, y0)], dark(body))
+        p.line([(-1, y0 - 0.02), (1, y0 - 0.02)], 0.015, dark(body, 0.15))
+
+
+@kind("skyscraper", 0.42, "Synthetic: stepped skyscraper")
+def draw_skyscraper(p: Pen, m, r):
+    body, acc = m
+    steps = r.randint(2, 4)
+    y, w = 0.0, 0.2
+    for i in range(steps):
+        y1 = y + (0.9 - y) * (0.55 if i < steps - 1 else 1)
+        edge = w * r.uniform(0.2, 0.5)  # corner between the two visible faces
+        p.rect(-w, y, edge, y1, body, -1)
+        p.rect(edge, y, w, y1, body, 1)
+        for k in range(int((y1 - y) / 0.045)):
+            wy = y + 0.02 + k * 0.045
+            p.line([(-w + 0.02, wy), (w - 0.02, wy)], 0.008, dark(acc, 0.3))
+        y, w = y1, w * 0.7
+    p.poly([(-w, y), (w, y), (0, y + 0.06)], acc)
+    p.line([(0, y + 0.05), (0, 1.0)], 0.012, acc)
+
+
+@kind("lighthouse", 0.5, "Synthetic: striped lighthouse")
+def draw_lighthouse(p: Pen, m, r):
+    body, acc = m
+    half = lambda y: 0.1 - 0.045 * y / 0.75
+    bands = r.randint(3, 6)
+    for i in range(bands):
+        y0, y1 = 0.75 * i / bands, 0.75 * (i + 1) / bands
+        c = body if i % 2 == 0 else acc
+        p.poly([(-half(y0), y0), (half(y0), y0), (half(y1), y1), (-half(y1), y1)], c, 0.5)
+    p.rect(-0.09, 0.75, 0.09, 0.785, dark(body, 0.4))
+    glass = (250, 235, 150) if r.random() < 0.5 else (60, 70, 80)
+    p.rect(-0.048, 0.785, 0.048, 0.88, glass)
+    p.poly(p.arc_pts(0, 0.88, 0.06, 0.07, 0, math.pi, 8), dark(acc, 0.2), 0.5)
+    p.line([(0, 0.95), (0, 1.0)], 0.01, dark(acc, 0.3))
+    if r.random() < 0.5:  # keeper's house
+        hx = r.choice((-1, 1))
+        x0, x1 = sorted((hx * 0.09, hx * 0.24))
+        p.rect(x0, 0, x1, 0.1, body, hx)
+        p.poly([(x0 - 0.01, 0.1), (x1 + 0.01, 0.1), ((x0 + x1) / 2, 0.16)], acc)
+
+
+@kind("windmill", 1.0, "Synthetic: windmill")
+def draw_windmill(p: Pen, m, r):
+    body, acc = m
+    p.poly([(-0.15, 0), (0.15, 0), (0.09, 0.6), (-0.09, 0.6)], body, 0.5)
+    p.poly(p.arc_pts(0, 0.6, 0.11, 0.09, 0, math.pi, 8), acc, 0.5)
+    p.poly([(-0.03, 0)] + p.arc_pts(0, 0.1, 0.03, 0.03, math.pi, 0, 4) + [(0.03, 0)], dark(body))
+    hub = (0, 0.63)
+    spin = r.uniform(0, math.pi / 2)
+    sail_c = mix(acc, (235, 230, 220), r.uniform(0, 0.7))
+    for k in range(4):
+        a = spin + k * math.pi / 2
+        d, n = (math.cos(a), math.sin(a)), (-math.sin(a), math.cos(a))
+        pt = lambda t, o: (hub[0] + d[0] * t + n[0] * o, hub[1] + d[1] * t + n[1] * o)
+        p.poly([pt(0.1, 0), pt(0.44, 0), pt(0.44, 0.08), pt(0.1, 0.08)], sail_c)
+        p.line([hub, pt(0.45, 0)], 0.014, dark(body, 0.4))
+    p.ellipse(hub[0], hub[1], 0.025, 0.025, dark(body, 0.5))
+
+
+@kind("temple", 1.6, "Synthetic: columned temple")
+def draw_temple(p: Pen, m, r):
+    body = m[0]
+    p.rect(-0.8, 0, 0.8, 0.05, body, 0.4)
+    p.rect(-0.76, 0.05, 0.76, 0.1, body, 0.2)
+    p.rect(-0.7, 0.1, 0.7, 0.62, dark(body, 0.6))  # shadowed cella behind the columns
+    n = r.choice((6, 8))
+    for i in range(n):
+        x = -0.68 + i * 1.36 / (n - 1)
+        top = 0.62 if r.random() > 0.12 else r.uniform(0.25, 0.5)  # broken column
+        p.rect(x - 0.035, 0.1, x + 0.035, top, body, -0.5)
+        p.rect(x + 0.005, 0.1, x + 0.035, top, body, 1)
+    p.rect(-0.76, 0.62, 0.76, 0.72, body, 0.2)
+    if r.random() < 0.75:
+        p.poly([(-0.78, 0.72), (0.78, 0.72), (0, 0.95)], body, 0.5)
+        p.poly([(-0.6, 0.74), (0.6, 0.74), (0, 0.91)], dark(body, 0.25))
+
+
+@kind("statue", 0.5, "Synthetic: statue on a pedestal")
+def draw_statue(p: Pen, m, r):
+    body, acc = m
+    p.rect(-0.17, 0, 0.17, 0.3, acc, 0.5)
+    p.rect(-0.19, 0.3, 0.19, 0.34, dark(acc, 0.2))
+    p.poly([(-0.1, 0.34), (0.1, 0.34), (0.055, 0.78), (-0.055, 0.78)], body, -0.5)
+    p.poly([(0.0, 0.34), (0.1, 0.34), (0.055, 0.78), (0.01, 0.78)], body, 1)
+    p.ellipse(0, 0.83, 0.045, 0.055, body, 0.5)
+    arm = r.choice((-1, 1))  # torch in the left or right hand
+    p.line([(arm * 0.04, 0.74), (arm * 0.12, 0.95)], 0.035, body, arm)
+    p.ellipse(arm * 0.125, 0.98, 0.025, 0.035, (250, 200, 90))
+    p.rect(-arm * 0.1, 0.55, -arm * 0.04, 0.68, body, -arm)
+    p.poly([(-0.05, 0.87), (0.05, 0.87), (0.0, 0.93)], body)
+
+
+@kind("ferris_wheel", 1.0, "Synthetic: observation wheel")
+def draw_ferris_wheel(p: Pen, m, r):
+    body, acc = m
+    c, rad = (0, 0.56), 0.42
+    p.line([(-0.28, 0), c, (0.28, 0)], 0.03, dark(body, 0.3))
+    ring = [(c[0] + rad * x, c[1] + rad * y) for x, y in _CIRCLE]
+    p.line(ring + ring[:1], 0.022, body)
+    inner = [(c[0] + rad * 0.85 * x, c[1] + rad * 0.85 * y) for x, y in _CIRCLE]
+    p.line(inner + inner[:1], 0.008, body)
+    for x, y in ring[::2]:
+        p.line([c, (x, y)], 0.007, body)
+    for x, y in ring[1::2]:
+        p.rect(x - 0.03, y - 0.06, x + 0.03, y - 0.01, acc, 0.5)
+    p.ellipse(c[0], c[1], 0.04, 0.04, dark(body, 0.3))
+    p.rect(-0.35, 0, 0.35, 0.04, dark(acc, 0.3))
+
+
+@kind("torii", 1.3, "Synthetic: torii gate")
+def draw_torii(p: Pen, m, r):
+    body, acc = m
+    p.poly([(-0.5, 0), (-0.41, 0), (-0.42, 0.86), (-0.48, 0.86)], body, -1)
+    p.poly([(0.41, 0), (0.5, 0), (0.48, 0.86), (0.42, 0.86)], body, 1)
+    p.rect(-0.58, 0.64, 0.58, 0.71, body)
+    p.rect(-0.03, 0.71, 0.03, 0.86, body)
+    lift = r.uniform(0.04, 0.09)  # upturned kasagi ends
+    p.poly([(-0.66, 0.9 + lift), (-0.55, 0.86), (0.55, 0.86), (0.66, 0.9 + lift),
+            (0.55, 0.93), (-0.55, 0.93)], acc)
+    p.rect(-0.56, 0.93, 0.56, 0.96, dark(acc, 0.3))
+
+
+@kind("castle", 1.7, "Synthetic: castle with towers")
+def draw_castle(p: Pen, m, r):
+    body, acc = m
+    wall = r.uniform(0.35, 0.45)
+    p.rect(-0.62, 0, 0.62, wall, body, 0.3)
+    for i in range(9):
+        x = -0.55 + i * 0.1375
+        p.rect(x - 0.03, wall, x + 0.03, wall + 0.05, body, 0.3)
+    p.rect(-0.2, 0, 0.2, 0.78, body, 0.6)
+    p.poly([(-0.08, 0)] + p.arc_pts(0, 0.15, 0.08, 0.08, math.pi, 0, 6) + [(0.08, 0)], dark(body))
+    for tx in (-0.72, 0.72):
+        p.rect(tx - 0.12, 0, tx + 0.12, 0.68, body, 1 if tx > 0 else -1)
+        p.rect(tx - 0.03, 0.4, tx + 0.03, 0.5, dark(body))
+        p.poly([(tx - 0.15, 0.68), (tx + 0.15, 0.68), (tx, 0.98)], acc, 0.5)
+    p.poly([(-0.23, 0.78), (0.23, 0.78), (0, 1.0)], acc, 0.5)
+
+
+# --------------------------------------------------------------------------- scene
+
+
+def sky(S: int, r: random.Random, grade: Grade) -> tuple[Image.Image, str]:
+    """Vertical gradient: a 1-pixel-wide column stretched, far cheaper than per-pixel maths."""
+    name = r.choice(list(SKIES))
+    top, low = (grade(jitter(c, r, 15)) for c in SKIES[name])
+    t = np.linspace(0.0, 1.0, S)[:, None] ** r.uniform(0.6, 1.6)
+    col = np.asarray(top) * (1 - t) + np.asarray(low) * t
+    img = Image.fromarray(col.astype(np.uint8)[:, None, :]).resize((S, S), Image.NEAREST)
+    return img, name
+
+
+def clouds(d: ImageDraw.ImageDraw, S, r, grade, sky_name):
+    base = (250, 250, 250) if sky_name in ("day", "clear") else (210, 170, 170)
+    for _ in range(r.randint(0, 4)):
+        x, y, w = r.uniform(0, S), r.uniform(0, S * 0.45), r.uniform(0.08, 0.25) * S
+        c = grade(jitter(base, r, 20))
+        for _ in range(r.randint(2, 4)):
+            dx, dy, rr = r.uniform(-w, w), r.uniform(-w / 4, w / 4), r.uniform(0.3, 0.6) * w
+            d.ellipse((x + dx - rr, y + dy - rr * 0.6, x + dx + rr, y + dy + rr * 0.6), fill=c)
+
+
+def ground(d, S, r, grade, horizon, roll) -> str:
+    name = r.choice(list(GROUNDS))
+    c = grade(jitter(GROUNDS[name], r, 20))
+    d.polygon([(0, horizon - roll), (S, horizon + roll), (S, S), (0, S)], fill=c)
+    for _ in range(r.randint(2, 8)):  # texture strokes: ripples, dunes, paving, tufts
+        y = r.uniform(horizon + abs(roll), S)
+        x, w = r.uniform(0, S), r.uniform(0.05, 0.4) * S
+        d.line((x, y, x + w, y + r.uniform(-3, 3)), fill=grade(jitter(c, r, 30)),
+               width=max(1, S // 128))
+    return name
+
+
+def skyline(d, S, r, grade, horizon):
+    """Low distant blocks: clutter with edges, kept short so it never looks like a tower."""
+    x = r.uniform(-0.1, 0.1) * S
+    c0 = jitter((120, 125, 135), r, 25)
+    while x < S:
+        w, h = r.uniform(0.04, 0.12) * S, r.uniform(0.03, 0.16) * S
+        d.rectangle((x, horizon - h, x + w, horizon + 2), fill=grade(jitter(c0, r, 12)))
+        x += w * r.uniform(0.7, 1.3)
+
+
+def occluders(d, S, r, grade, light):
+    """Foreground trees, people and buildings that partly hide the landmark."""
+    for _ in range(r.choice((0, 0, 1, 1, 2, 3))):
+        x, y = r.uniform(0, S), r.uniform(0.8, 1.05) * S
+        h = r.uniform(0.12, 0.35) * S
+        pick = r.random()
+        if pick < 0.45:
+            green = grade(jitter((60, 110, 50), r, 30), light)
+            d.rectangle((x - h * 0.05, y - h * 0.5, x + h * 0.05, y), fill=grade((70, 50, 35)))
+            for _ in range(r.randint(1, 3)):
+                ox, oy, rr = r.uniform(-h / 5, h / 5), r.uniform(0.55, 0.85) * h, r.uniform(0.2, 0.33) * h
+                d.ellipse((x + ox - rr, y - oy - rr, x + ox + rr, y - oy + rr), fill=green)
+        elif pick < 0.8:
+            h *= 0.6
+            c = grade(jitter((70, 60, 80), r, 60), light)
+            d.rounded_rectangle((x - h * 0.14, y - h * 0.8, x + h * 0.14, y), h * 0.1, fill=c)
+            d.ellipse((x - h * 0.09, y - h, x + h * 0.09, y - h * 0.8), fill=grade((190, 150, 120)))
+        else:
+            c = grade(jitter(r.choice(MATERIALS), r, 20), light)
+            w = r.uniform(0.1, 0.25) * S
+            d.rectangle((x, y - h, x + w, S), fill=c)
+            for k in range(int(h // (S * 0.05))):
+                wy = y - h + S * 0.02 + k * S * 0.05
+                d.line((x + w * 0.1, wy, x + w * 0.9, wy), fill=dark(c, 0.5), width=max(1, S // 100))
+
+
+def place(d, grade, r, S, name, horizon, light) -> Pen:
+    """Scale and position: big enough to read at 64 px, sometimes slightly cut by the frame."""
+    aspect = ASPECT[name]
+    frac = r.uniform(0.5, 0.88)
+    scale = frac * S / max(aspect, 1.0)
+    width = scale * aspect
+    cx = r.uniform(width * 0.4, S - width * 0.4) if width < S * 0.8 else S / 2 + r.uniform(-0.1, 0.1) * S
+    base = horizon + r.uniform(-0.02, 0.12) * S
+    base = min(max(base, scale * 1.04), S * 0.98)
+    return Pen(d, grade, r, cx, base, scale, aspect, light)
+
+
+def scene_light(sky_name: str, r: random.Random) -> float:
+    """Dusk skies backlight the landmark into a dark silhouette: intensity must not give the class away."""
+    if sky_name in ("dusk", "sunset"):
+        return r.uniform(0.22, 0.5)
+    if sky_name in ("overcast", "haze"):
+        return r.uniform(0.75, 1.0)
+    return r.uniform(0.85, 1.15)
+
+
+_NOISE: dict[tuple[int, int], Image.Image] = {}
+
+
+def noise_bank(n: int, level: int) -> Image.Image:
+    """A fixed RGB noise field centred on 128 that images crop from.
+
+    Drawing fresh normals per image is slow; a seeded bank is fast and deterministic.
+    """
+    if (n, level) not in _NOISE:
+        field = np.random.default_rng(20240 + level).normal(128, 4 * level, (n, n, 3))
+        _NOISE[n, level] = Image.fromarray(field.round().clip(0, 255).astype(np.uint8))
+    return _NOISE[n, level]
+
+
+def finish(img: Image.Image, r: random.Random, size: int) -> Image.Image:
+    """Downsample the 2x canvas (antialiasing), sometimes softly out of focus, then add sensor noise."""
+    if r.random() < 0.3:  # blur by going through a smaller image: far cheaper than GaussianBlur
+        small = max(8, int(size * r.uniform(0.45, 0.8)))
+        img = img.resize((small, small), Image.BILINEAR).resize((size, size), Image.BILINEAR)
+    else:
+        img = img.reduce(2)
+    level = r.choice((0, 1, 1, 2, 3))
+    if not level:
+        return img
+    bank = noise_bank(max(256, 2 * size), level)
+    ox, oy = int(r.random() * (bank.width - size)), int(r.random() * (bank.height - size))
+    return ImageChops.add(img, bank.crop((ox, oy, ox + size, oy + size)), offset=-128)
+
+
+def render(name: str, seed: int, index: int, size: int) -> Image.Image:
+    """One photo of landmark kind `name`; drawn at 2x and box-downsampled for antialiasing."""
+    r = random.Random(f"landmark-demo:{seed}:{index}")
+    S = size * 2
+    grade = Grade(r)
+    img, sky_name = sky(S, r, grade)
+    d = ImageDraw.Draw(img)
+    clouds(d, S, r, grade, sky_name)
+    horizon, roll = r.uniform(0.55, 0.85) * S, r.uniform(-0.04, 0.04) * S
+    ground_name = ground(d, S, r, grade, horizon, roll)
+    if ground_name == "city" or r.random() < 0.2:
+        skyline(d, S, r, grade, horizon)
+    light = scene_light(sky_name, r)
+    pen = place(d, grade, r, S, name, horizon, light)
+    body, acc = r.sample(MATERIALS, 2)
+    KINDS[name](pen, (jitter(body, r), jitter(acc, r)), r)
+    occluders(d, S, r, grade, light)
+    return finish(img, r, size)
+
+
+# --------------------------------------------------------------------------- data set
+
+
+def class_counts(classes: int, images: int) -> list[int]:
+    """Zipf-like long tail, at least MIN_PER_CLASS each, summing exactly to `images`.
+
+    Largest-remainder rounding keeps the counts non-increasing, so class 0 is the head.
+    """
+    w = [1 / (i + 1) ** ZIPF_EXPONENT for i in range(classes)]
+    spare = images - MIN_PER_CLASS * classes
+    raw = [MIN_PER_CLASS + spare * x / sum(w) for x in w]
+    counts = [int(x) for x in raw]
+    order = sorted(range(classes), key=lambda i: (-(raw[i] - counts[i]), i))
+    for i in order[: images - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def image_id(seed: int, index: int) -> str:
+    return hashlib.blake2b(f"landmark-demo:{seed}:{index}".encode(), digest_size=8).hexdigest()
+
+
+def labels_for(seed: int, counts: list[int]) -> list[int]:
+    labels = [c for c, n in enumerate(counts) for _ in range(n)]
+    random.Random(f"landmark-demo-labels:{seed}:{len(counts)}:{len(labels)}").shuffle(labels)
+    return labels
+
+
+def check_args(classes, images, size) -> None:
+    for name, v in (("classes", classes), ("images", images), ("size", size)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise DemoArgumentError(f"{name} must be a whole number, got {v!r}.")
+    if not 2 <= classes <= len(KINDS):
+        raise DemoArgumentError(f"classes must be between 2 and {len(KINDS)} (one per landmark kind), got {classes}.")
+    if images < classes * MIN_PER_CLASS:
+        raise DemoArgumentError(
+            f"images must be at least {classes * MIN_PER_CLASS} ({MIN_PER_CLASS} per class for {classes} classes), got {images}.")
+    if size < MIN_SIZE:
+        raise DemoArgumentError(f"size must be at least {MIN_SIZE} pixels, got {size}.")
+
+
+def write_csv(path: Path, header, rows) -> None:
+    """Write beside and rename, so a reader never sees half a CSV."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def generate(out, classes: int = 12, images: int = 3000, size: int = 160, seed: int = 0,
+             progress=None) -> dict:
+    """Write a synthetic data set in the Google Landmarks v2 layout under `out`; return a summary.
+
+    train.csv is written last, so a directory with train.csv is a finished data set.
+    """
+    check_args(classes, images, size)
+    t0 = time.perf_counter()
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "SYNTHETIC.txt").write_text(NOTE.format(seed=seed))
+    names = list(KINDS)[:classes]
+    counts = class_counts(classes, images)
+    rows, made = [], set()
+    every = max(1, images // 100)
+    for i, label in enumerate(labels_for(seed, counts)):
+        iid = image_id(seed, i)
+        folder = root / "train" / iid[0] / iid[1] / iid[2]
+        if folder not in made:
+            folder.mkdir(parents=True, exist_ok=True)
+            made.add(folder)
+        render(names[label], seed, i, size).save(folder / f"{iid}.jpg", quality=JPEG_QUALITY)
+        rows.append((iid, f"synthetic://{names[label]}/{iid}", label))
+        if progress and ((i + 1) % every == 0 or i + 1 == images):
+            progress(i + 1, images)
+    write_csv(root / "train_label_to_category.csv", ("landmark_id", "category"),
+              [(c, TITLES[n]) for c, n in enumerate(names)])
+    write_csv(root / "train.csv", ("id", "url", "landmark_id"), rows)
+    return {"root": str(root), "classes": classes, "images": images, "size": size, "seed": seed,
+            "counts": dict(enumerate(counts)), "seconds": time.perf_counter() - t0}

@@ -1,0 +1,5 @@
+"""One exception type for anything the user can fix; the CLI and pages show its message as-is."""
+
+
+class UserError(Exception):
+    """Bad input: the message is one sentence that says what is wrong and what to do."""

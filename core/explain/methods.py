@@ -1,0 +1,248 @@
+"""Attribution methods: one small class per method, each a thin wrapper over captum.
+
+Every classifier takes float images in [0, 1] shaped (N, 3, H, W) and normalises inside
+itself, so all attributions live in image space. Pixel methods return (N, 3, H, W);
+Grad-CAM returns (N, 1, H, W) upsampled to the input size.
+
+Attribution borrows the model: it is switched to eval mode, in-place ReLUs are made
+out-of-place and captum registers hooks. ``model_guard`` gives all of that back, on
+success and on error alike (hooks are resources too).
+"""
+from __future__ import annotations
+
+import numbers
+import threading
+import warnings
+import weakref
+from contextlib import contextmanager
+from typing import Iterator, Sequence, Union
+
+import torch
+from captum.attr import (
+    GuidedBackprop,
+    IntegratedGradients,
+    LayerAttribution,
+    LayerGradCam,
+    NoiseTunnel,
+    Saliency,
+)
+from torch import Tensor, nn
+
+Target = Union[int, Sequence[int], Tensor]
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+# Bookkeeping dicts keyed by the same hook ids; cleaned together with the hooks.
+_HOOK_SIDE_DICTS = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                    "_forward_pre_hooks_with_kwargs")
+
+_locks: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def _lock_for(model: nn.Module) -> threading.RLock:
+    # A cached model may be shared by several dashboard sessions (threads); toggling its
+    # mode and hooks concurrently would corrupt both runs, so attributions on one model
+    # are serialised. Re-entrant so that e.g. faithfulness may call explain inside.
+    with _locks_guard:
+        lock = _locks.get(model)
+        if lock is None:
+            lock = _locks[model] = threading.RLock()
+        return lock
+
+
+def _hook_ids(model: nn.Module) -> dict:
+    return {m: {d: set(getattr(m, d, {})) for d in _HOOK_DICTS} for m in model.modules()}
+
+
+def _drop_new_hooks(model: nn.Module, before: dict) -> None:
+    """Remove every hook registered since `before` (captum normally does this itself)."""
+    for m in model.modules():
+        known = before.get(m, {})
+        for d in _HOOK_DICTS:
+            hooks = getattr(m, d, None)
+            if hooks is None:
+                continue
+            for hid in [h for h in hooks if h not in known.get(d, ())]:
+                hooks.pop(hid, None)
+                for side in _HOOK_SIDE_DICTS:
+                    getattr(m, side, {}).pop(hid, None)
+
+
+@contextmanager
+def model_guard(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode, out-of-place ReLUs and grad enabled for the block; everything restored after.
+
+    ReLUs: captum's GuidedBackprop hooks nn.ReLU modules and in-place ReLU (torchvision
+    ResNet/VGG use ``ReLU(inplace=True)``) breaks its tensor hooks, so ``inplace`` is
+    switched off for the duration. Per-module training flags are restored individually so
+    mixed states (e.g. a frozen BatchNorm kept in eval) survive.
+    """
+    with _lock_for(model):
+        modes = [(m, m.training) for m in model.modules()]
+        grads = [(p, p.requires_grad) for p in model.parameters()]
+        relus = [m for m in model.modules() if isinstance(m, nn.ReLU) and m.inplace]
+        hooks = _hook_ids(model)
+        try:
+            model.eval()
+            for m in relus:
+                m.inplace = False
+            with torch.enable_grad(), warnings.catch_warnings():
+                # captum warns about every hook it sets and every input it marks as
+                # requiring grad; core never prints, and these are expected here.
+                warnings.filterwarnings("ignore", module=r"captum")
+                yield model
+        finally:
+            for m in relus:
+                m.inplace = True
+            for p, flag in grads:
+                p.requires_grad_(flag)
+            for m, flag in modes:
+                m.training = flag
+            _drop_new_hooks(model, hooks)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def default_target_layer(model: nn.Module) -> nn.Module:
+    """The last nn.Conv2d in ``model.modules()`` order: the deepest spatial feature map
+    in a plain CNN, which Grad-CAM (Selvaraju et al. 2017) recommends. Callers may pass
+    a better block (e.g. ``model.net.layer4`` for ResNet)."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("The model has no Conv2d layer; pass target_layer explicitly for Grad-CAM.")
+    return convs[-1]
+
+
+class Method:
+    """Binds a model; ``attribute(x, target)`` returns a detached attribution tensor."""
+
+    name = ""
+    pixel = True  # False: one channel (Grad-CAM); True: (N, 3, H, W)
+
+    def __init__(self, model: nn.Module, target_layer: nn.Module | None = None) -> None:
+        self.model = model
+        self.target_layer = target_layer
+
+    def attribute(self, x: Tensor, target: Target) -> Tensor:
+        single = x.dim() == 3
+        if single:
+            x = x.unsqueeze(0)
+        if x.dim() != 4:
+            raise ValueError(f"Expected images shaped (N, 3, H, W); got {tuple(x.shape)}.")
+        if isinstance(target, numbers.Integral):
+            target = int(target)  # numpy ints: captum only recognises Python int
+        elif isinstance(target, Tensor):
+            target = target.to(model_device(self.model))
+        inp = x.detach().to(model_device(self.model), torch.float32).clone().requires_grad_(True)
+        with model_guard(self.model):
+            attr = self._attribute(inp, target).detach().to(x.device)
+        return attr[0] if single else attr
+
+    def _attribute(self, x: Tensor, target: Target) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class SaliencyMethod(Method):
+    """Image-specific class saliency (Simonyan et al. 2014, §3): |dS_c/dI|; the 2-D map is
+    the max over colour channels, done at render time."""
+
+    name = "saliency"
+
+    def _attribute(self, x, target):
+        return Saliency(self.model).attribute(x, target=target, abs=True)
+
+
+class VanillaMethod(Method):
+    """Vanilla backpropagation: the signed gradient dS_c/dI, rendered as a colour image."""
+
+    name = "vanilla"
+
+    def _attribute(self, x, target):
+        return Saliency(self.model).attribute(x, target=target, abs=False)
+
+
+class GuidedMethod(Method):
+    """Guided backpropagation (Springenberg et al. 2015): only positive gradients pass ReLUs."""
+
+    name = "guided"
+
+    def _attribute(self, x, target):
+        return GuidedBackprop(self.model).attribute(x, target=target)
+
+
+class GradCamMethod(Method):
+    """Grad-CAM (Selvaraju et al. 2017): ReLU(sum_k alpha_k A^k), alpha_k = mean grad over
+    the layer's spatial positions; bilinearly upsampled to the input size."""
+
+    name = "gradcam"
+    pixel = False
+
+    def _attribute(self, x, target):
+        layer = self.target_layer or default_target_layer(self.model)
+        cam = LayerGradCam(self.model, layer).attribute(x, target=target, relu_attributions=True)
+        cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+        return cam.clamp_min(0)  # bilinear keeps sign, but stay exact about "ReLU'd"
+
+
+class IntegratedGradientsMethod(Method):
+    """Integrated gradients (Sundararajan et al. 2017) from a black (all-zero) baseline.
+    32 steps keep it fast on CPU; ``internal_batch_size`` bounds memory per forward."""
+
+    name = "integrated_gradients"
+
+    def __init__(self, model, target_layer=None, n_steps: int = 32, internal_batch_size: int = 32):
+        super().__init__(model, target_layer)
+        self.n_steps, self.internal_batch_size = n_steps, internal_batch_size
+
+    def _attribute(self, x, target):
+        batch = max(self.internal_batch_size, x.shape[0])  # captum needs >= N
+        return IntegratedGradients(self.model).attribute(
+            x, baselines=torch.zeros_like(x), target=target,
+            n_steps=self.n_steps, internal_batch_size=batch)
+
+
+class SmoothGradMethod(Method):
+    """SmoothGrad (Smilkov et al. 2017): mean |gradient| over noisy copies of the input;
+    sigma = 0.15 * (max - min), the paper's recommended 10-20 % noise level.
+    Seeded on a forked RNG so the dashboard shows the same map on every rerun."""
+
+    name = "smoothgrad"
+
+    def __init__(self, model, target_layer=None, nt_samples: int = 16, stdev_frac: float = 0.15,
+                 batch_size: int = 16, seed: int | None = 0):
+        super().__init__(model, target_layer)
+        self.nt_samples, self.stdev_frac = nt_samples, stdev_frac
+        self.batch_size, self.seed = batch_size, seed
+
+    def _attribute(self, x, target):
+        sigma = self.stdev_frac * float(x.detach().max() - x.detach().min())
+        cpu = x.device.type == "cpu"
+        with torch.random.fork_rng(devices=[] if cpu else [x.device.index or 0],
+                                   device_type="cuda" if cpu else x.device.type):
+            if self.seed is not None:
+                torch.manual_seed(self.seed)
+            return NoiseTunnel(Saliency(self.model)).attribute(
+                x, nt_type="smoothgrad", nt_samples=self.nt_samples, stdevs=sigma,
+                nt_samples_batch_size=max(1, self.batch_size // x.shape[0]),
+                target=target, abs=True)
+
+
+METHODS: dict[str, type[Method]] = {
+    "saliency": SaliencyMethod,
+    "vanilla": VanillaMethod,
+    "guided": GuidedMethod,
+    "gradcam": GradCamMethod,
+    "integrated_gradients": IntegratedGradientsMethod,
+    "smoothgrad": SmoothGradMethod,
+}
+
+
+def get_method(name: str) -> type[Method]:
+    try:
+        return METHODS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"Unknown explanation method {name!r}; choose one of: {', '.join(METHODS)}") from None

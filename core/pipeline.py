@@ -1,0 +1,153 @@
+"""Input pipelines. `prepared`: batches gathered from the decoded-once uint8 store, augmented
+and normalised on the device in one batched op. `plain`: the reference recipe every tutorial
+writes (PIL decode + torchvision transforms per image per epoch, DataLoader workers).
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+
+# ------------------------------------------------------------------ batched augmentation
+
+def random_resized_crop(x: torch.Tensor, gen: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """Per-sample RandomResizedCrop (Szegedy et al. 2015) as one affine grid_sample call."""
+    n = x.shape[0]
+    area = torch.empty(n).uniform_(*scale, generator=gen)
+    logr = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    r = torch.exp(logr)
+    w = torch.sqrt(area * r).clamp(max=1.0)
+    h = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - w)
+    cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - h)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w, cx, h, cy
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _flip(x, gen, dim):
+    m = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(m, x.flip(dim), x)
+
+
+def _rot90(x, gen):
+    k = torch.randint(0, 4, (x.shape[0],), generator=gen).to(x.device)
+    out = x.clone()
+    for r in range(1, 4):
+        sel = (k == r).nonzero().flatten()
+        if len(sel):
+            out[sel] = torch.rot90(x[sel], r, dims=(2, 3))
+    return out
+
+
+AUGMENT = {
+    "crop": random_resized_crop,
+    "hflip": lambda x, g: _flip(x, g, 3),
+    "vflip": lambda x, g: _flip(x, g, 2),
+    "rot90": _rot90,
+}
+
+
+def to_float(batch_u8: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
+    """uint8 NHWC on the host -> float NCHW in [0,1] on the device."""
+    x = batch_u8.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def augment_batch(x: torch.Tensor, augment, gen: torch.Generator) -> torch.Tensor:
+    for name in augment:
+        x = AUGMENT[name](x, gen)
+    return x
+
+
+# ------------------------------------------------------------------ prepared pipeline
+
+class PreparedBatches:
+    """Iterates (uint8 NHWC batch, targets) from a memmap, gathered by a prefetch thread."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, batch_size: int, shuffle: bool,
+                 seed: int = 0, pin: bool = False, prefetch: int = 3):
+        self.images, self.targets = images, np.asarray(targets, dtype=np.int64)
+        self.batch_size, self.shuffle, self.seed, self.pin, self.prefetch = batch_size, shuffle, seed, pin, prefetch
+
+    def __len__(self):
+        return math.ceil(len(self.targets) / self.batch_size)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.targets))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.targets))
+
+    def _gather(self, idx):
+        idx = np.sort(idx)  # sorted reads are sequential in the memmap
+        x = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
+        y = torch.from_numpy(self.targets[idx])
+        return (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
+
+    def epoch(self, epoch: int):
+        order = self._order(epoch)
+        chunks = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def work():
+            for c in chunks:
+                if stop.is_set():
+                    return
+                q.put(self._gather(c))
+            q.put(None)
+
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        try:
+            while (item := q.get()) is not None:
+                yield item
+        finally:
+            stop.set()
+            while t.is_alive():  # drain so the producer can exit
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    t.join(0.05)
+
+
+# ------------------------------------------------------------------ plain pipeline
+
+class PlainDataset(Dataset):
+    def __init__(self, paths, targets, size: int, augment=()):
+        from torchvision import transforms as T
+        self.paths, self.targets = list(paths), list(targets)
+        ops = [T.Resize(size), T.CenterCrop(size)]
+        if "crop" in augment:
+            ops.append(T.RandomResizedCrop(size))
+        if "hflip" in augment:
+            ops.append(T.RandomHorizontalFlip())
+        if "vflip" in augment:
+            ops.append(T.RandomVerticalFlip())
+        if "rot90" in augment:
+            ops.append(T.RandomChoice([T.RandomRotation((a, a)) for a in (0, 90, 180, 270)]))
+        ops.append(T.ToTensor())
+        self.tf = T.Compose(ops)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        with Image.open(self.paths[i]) as im:
+            return self.tf(im.convert("RGB")), self.targets[i]
+
+
+def plain_loader(paths, targets, size, augment, batch_size, shuffle, workers, pin, seed=0) -> DataLoader:
+    workers = (os.cpu_count() or 1) if workers < 0 else workers
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(PlainDataset(paths, targets, size, augment), batch_size=batch_size, shuffle=shuffle,
+                      num_workers=workers, pin_memory=pin, persistent_workers=workers > 0, generator=g)

@@ -1,0 +1,67 @@
+"""Load a finished run's model once and classify images with it (CLI and Classify page)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .data import open_image, resize_square
+from .errors import UserError
+from .models import LandmarkNet, build_model
+from .runs import RunStore
+
+
+@dataclass
+class Predictor:
+    run_id: str
+    model: LandmarkNet
+    labels: list
+    names: list
+    cfg: TrainConfig
+
+    def tensor(self, image) -> torch.Tensor:
+        """PIL image (or path / file object) -> (1,3,S,S) float in [0,1], as in training."""
+        im = image if hasattr(image, "size") and hasattr(image, "mode") else open_image(image)
+        arr = np.asarray(resize_square(im.convert("RGB"), self.cfg.image_size), dtype=np.float32) / 255
+        return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+    @torch.no_grad()
+    def probs(self, x: torch.Tensor) -> np.ndarray:
+        return torch.softmax(self.model(x), 1).numpy()
+
+    def top(self, x: torch.Tensor, k: int = 5) -> list[dict]:
+        p = self.probs(x)[0]
+        order = np.argsort(-p)[:k]
+        return [{"class": int(i), "label": self.labels[i], "name": self.names[i], "prob": float(p[i])} for i in order]
+
+
+def load_predictor(run_id: str, store: RunStore | None = None) -> Predictor:
+    store = store or RunStore()
+    d = store.run_dir(run_id)
+    if store.get(run_id) is None or not d.exists():
+        raise UserError(f"There is no run {run_id!r} in {store.root}.")
+    ckpt = d / "checkpoints" / "last.pt"
+    if not ckpt.exists():
+        raise UserError(f"Run {run_id} has no checkpoint yet; wait for its first epoch to finish.")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    cfg = TrainConfig.from_dict(json.loads(state["config"]))
+    labels = [str(l) for l in state["labels"]]
+    model = build_model(cfg.model, len(labels), weights="none")
+    model.load_state_dict(state["model"])
+    model.eval()
+    names = _names(d, labels)
+    return Predictor(run_id, model, labels, names, cfg)
+
+
+def _names(run_dir: Path, labels: list) -> list:
+    f = run_dir / "classes.json"
+    if f.exists():
+        import pandas as pd
+        df = pd.read_json(f)
+        m = dict(zip(df["label"].astype(str), df["name"].astype(str)))
+        return [m.get(l, l) for l in labels]
+    return list(labels)
