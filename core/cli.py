@@ -91,7 +91,8 @@ def cmd_train(a) -> dict:
                           pipeline=a.pipeline, workers=a.workers, compile=a.compile,
                           max_images=a.max_images, weight_decay=a.weight_decay).validate()
         from .data import load_index
-        load_index(cfg.data)  # fail fast on a bad path, before a run folder exists
+        from .splits import top_classes
+        top_classes(load_index(cfg.data).counts(), cfg.classes)  # fail fast, before a run folder exists
         run_id = store.create(cfg, status="running")
     print(f"run {run_id} in {store.run_dir(run_id)}", file=sys.stderr)
     result = execute(store, run_id, resume_run=bool(a.resume), sink=TqdmSink(StoreSink(store, run_id)))

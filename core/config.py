@@ -60,6 +60,8 @@ class TrainConfig:
             (0 <= self.holdout < 0.5, "--holdout must be a fraction in [0, 0.5)."),
             (0 < self.val < 0.9, "--val must be a fraction in (0, 0.9)."),
         ]
+        from .models import REGISTRY
+        checks.insert(0, (self.model in REGISTRY, f"Unknown model {self.model!r}; choose one of: {', '.join(REGISTRY)}."))
         for ok, msg in checks:
             if not ok:
                 raise UserError(msg)

@@ -107,9 +107,15 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def default_target_layer(model: nn.Module) -> nn.Module:
-    """The last nn.Conv2d in ``model.modules()`` order: the deepest spatial feature map
-    in a plain CNN, which Grad-CAM (Selvaraju et al. 2017) recommends. Callers may pass
-    a better block (e.g. ``model.net.layer4`` for ResNet)."""
+    """Grad-CAM layer: the last convolutional feature map (Selvaraju et al. 2017, §3).
+
+    A model that names its own (``LandmarkNet.cam_layer`` + ``submodule``, e.g. ResNet's
+    ``layer4``, VGG's rectified ``features.29``) is taken at its word; otherwise the last
+    nn.Conv2d in ``model.modules()`` order. Callers may always pass another module.
+    """
+    named = getattr(model, "cam_layer", None)
+    if isinstance(named, str) and named and callable(getattr(model, "submodule", None)):
+        return model.submodule(named)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError("The model has no Conv2d layer; pass target_layer explicitly for Grad-CAM.")
@@ -184,7 +190,7 @@ class GradCamMethod(Method):
         layer = self.target_layer or default_target_layer(self.model)
         cam = LayerGradCam(self.model, layer).attribute(x, target=target, relu_attributions=True)
         cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
-        return cam.clamp_min(0)  # bilinear keeps sign, but stay exact about "ReLU'd"
+        return cam.clamp_min(0)  # bilinear of a ReLU'd map is >= 0 already; guards rounding
 
 
 class IntegratedGradientsMethod(Method):

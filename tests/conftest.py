@@ -1,0 +1,39 @@
+"""Fixtures: every test gets a fresh LANDMARKS_HOME; a tiny demo data set is generated once."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    h = tmp_path / "home"
+    monkeypatch.setenv("LANDMARKS_HOME", str(h))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no stray hub cache
+    return h
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    """4 classes, 240 images of 48 px: trains to well above chance in seconds at 32 px."""
+    from core.demo import generate
+    out = tmp_path_factory.mktemp("demo")
+    generate(out, classes=4, images=240, size=48, seed=0)
+    return out
+
+
+def tiny_config(data, **kw):
+    from core.config import TrainConfig
+    base = dict(data=str(data), model="resnet18", weights="none", classes=4, epochs=3, batch_size=32,
+                lr=1e-3, image_size=32, holdout=0.05, val=0.2, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)

