@@ -2,12 +2,26 @@
 import sys
 from pathlib import Path
 
-import streamlit as st
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import streamlit as st  # noqa: E402
+
 st.set_page_config(page_title="Landmark workbench", page_icon="🏛️", layout="wide")
-st.title("Landmark recognition workbench")
-st.write("The dashboard pages arrive with the next issue; use `python -m core --help` meanwhile.")
+
+PAGES = ROOT / "pages"
+nav = st.navigation({
+    "Data & training": [
+        st.Page(PAGES / "dataset.py", title="Dataset", icon="📊", default=True),
+        st.Page(PAGES / "train.py", title="Train", icon="🚀"),
+        st.Page(PAGES / "runs.py", title="Runs", icon="📈"),
+    ],
+    "Understand": [
+        st.Page(PAGES / "evaluate.py", title="Evaluate", icon="🎯"),
+        st.Page(PAGES / "classify.py", title="Classify", icon="🔍"),
+        st.Page(PAGES / "class_model.py", title="Class model", icon="🎨"),
+        st.Page(PAGES / "compare.py", title="Compare", icon="⚖️"),
+    ],
+})
+nav.run()

@@ -37,3 +37,38 @@ def tiny_config(data, **kw):
                 lr=1e-3, image_size=32, holdout=0.05, val=0.2, seed=0)
     base.update(kw)
     return TrainConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def trained_home(tmp_path_factory, demo_root):
+    """A LANDMARKS_HOME with two finished runs on the tiny demo data (read-only for tests:
+    copy it before changing anything). Returns (home, [run_id_resnet18_4cls, run_id_resnet18_3cls])."""
+    from core.jobs import execute
+    from core.runs import RunStore
+    h = tmp_path_factory.mktemp("trained_home")
+    old = os.environ.get("LANDMARKS_HOME")
+    os.environ["LANDMARKS_HOME"] = str(h)
+    try:
+        store = RunStore()
+        ids = []
+        for classes, epochs in ((4, 3), (3, 2)):
+            run_id = store.create(tiny_config(demo_root, classes=classes, epochs=epochs), status="running")
+            out = execute(store, run_id)
+            assert out["status"] == "done", out
+            ids.append(run_id)
+    finally:
+        if old is None:
+            os.environ.pop("LANDMARKS_HOME", None)
+        else:
+            os.environ["LANDMARKS_HOME"] = old
+    return h, ids
+
+
+@pytest.fixture
+def use_trained_home(trained_home, monkeypatch, tmp_path):
+    """A private copy of trained_home set as LANDMARKS_HOME; returns (home, run_ids)."""
+    import shutil
+    h = tmp_path / "trained"
+    shutil.copytree(trained_home[0], h)
+    monkeypatch.setenv("LANDMARKS_HOME", str(h))
+    return h, trained_home[1]

@@ -1,0 +1,77 @@
+"""Explanations as files: one PNG per image and method with the faithfulness score
+(`predict --explain`), and class model images (`class-model`). Shared by CLI and pages."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .explain import METHODS, explain, faithfulness, render, to_map, to_png_bytes
+from .explain import class_model as _class_model
+
+
+def image_uint8(x) -> np.ndarray:
+    """(1,3,H,W) float tensor in [0,1] -> HxWx3 uint8."""
+    return (x[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def explain_one(pred, x, method: str, target: int | None = None, alpha: float = 0.5) -> dict:
+    """Attribution, its rendering and its faithfulness score for one image (1,3,H,W)."""
+    if method not in METHODS:
+        raise UserError(f"Unknown explanation method {method!r}; choose one of: {', '.join(METHODS)}.")
+    target = int(pred.probs(x)[0].argmax()) if target is None else int(target)
+    layer = pred.model.submodule(pred.model.cam_layer)
+    t0 = time.perf_counter()
+    attr = explain(pred.model, x, target, method, target_layer=layer)
+    ms = (time.perf_counter() - t0) * 1000
+    m = to_map(attr[0])
+    faith = faithfulness(pred.model, x, target, m)
+    return {"method": method, "target": target, "name": pred.names[target], "attr": attr, "map": m,
+            "image": render(method, image_uint8(x), attr[0], alpha=alpha), "ms": ms,
+            "faithfulness": faith.score, "deletion_auc": faith.deletion_auc, "insertion_auc": faith.insertion_auc}
+
+
+def explain_to_png(pred, x, image_path, method: str, out_dir: Path) -> dict:
+    r = explain_one(pred, x, method)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / f"{Path(str(image_path)).stem}_{method}.png"
+    png.write_bytes(to_png_bytes(r["image"]))
+    return {"method": method, "png": str(png), "target": r["name"], "faithfulness": r["faithfulness"],
+            "deletion_auc": r["deletion_auc"], "insertion_auc": r["insertion_auc"]}
+
+
+def resolve_class(pred, cls) -> int:
+    """A class given as target index, landmark label or readable name."""
+    s = str(cls)
+    for seq in (pred.labels, pred.names):
+        if s in seq:
+            return seq.index(s)
+    if s.isdigit() and int(s) < len(pred.labels):
+        return int(s)
+    raise UserError(f"Run {pred.run_id} has no class {s!r}; its classes are: {', '.join(pred.names[:20])}"
+                    + (" …" if len(pred.names) > 20 else "") + ".")
+
+
+def class_model_png(pred, cls, out_dir: Path, steps: int = 150, size: int = 0, progress=None, should_stop=None) -> dict:
+    """Simonyan et al. 2014 §2 class model image, cached per run, class, steps and size."""
+    target = resolve_class(pred, cls)
+    size = size or pred.cfg.image_size
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / f"class_{target}_{steps}_{size}.png"
+    if not png.exists():
+        img = _class_model(pred.model, target, size=size, steps=steps, progress=progress, should_stop=should_stop)
+        arr = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        tmp = png.with_suffix(".tmp")
+        tmp.write_bytes(to_png_bytes(arr))
+        tmp.replace(png)
+    with_logit = pred.probs(pred.tensor(_load_png(png)))[0]
+    return {"run_id": pred.run_id, "class": target, "name": pred.names[target], "png": str(png),
+            "prob": float(with_logit[target])}
+
+
+def _load_png(path):
+    from PIL import Image
+    with Image.open(path) as im:
+        return im.convert("RGB")

@@ -1,0 +1,156 @@
+"""Widgets and cached loaders shared by the pages. Pages read the run store and call core;
+they never train. The files and the store are the truth, not st.session_state."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from core import paths  # noqa: E402
+from core.errors import UserError  # noqa: E402
+from core.runs import RunStore  # noqa: E402
+
+DEMO_ARGS = dict(classes=12, images=3000, size=160, seed=0)
+STATUS_ICON = {"queued": "⏳", "starting": "🚀", "running": "🏃", "done": "✅", "failed": "❌",
+               "cancelled": "⏹️", "interrupted": "⚠️"}
+
+
+def home_key() -> str:
+    return os.environ.get("LANDMARKS_HOME", "")
+
+
+@st.cache_resource(show_spinner=False)
+def _store(key: str) -> RunStore:
+    return RunStore()
+
+
+def store() -> RunStore:
+    """The run store of the current LANDMARKS_HOME (one connection factory per home)."""
+    return _store(home_key() + str(paths.home()))
+
+
+def schedule_queue() -> None:
+    """Move the persisted queue along (also after an app restart); cheap when nothing waits."""
+    from core.jobs import schedule
+    try:
+        schedule(store())
+    except Exception as e:  # noqa: BLE001 - a page must render even if a worker cannot start
+        st.warning(f"Could not start queued runs: {e}")
+
+
+# ------------------------------------------------------------------ datasets
+
+def demo_path() -> Path:
+    return paths.demo_dir()
+
+
+def ensure_demo() -> Path:
+    """Generate the synthetic demo data set on first use (a few seconds)."""
+    d = demo_path()
+    if not (d / "train.csv").exists():
+        from core.demo import generate
+        with st.spinner("Generating the synthetic demo data set (first use only)…"):
+            bar = st.progress(0.0, text="drawing synthetic landmarks")
+            generate(d, progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total} images"),
+                     **DEMO_ARGS)
+            bar.empty()
+    return d
+
+
+def dataset_options() -> dict[str, str]:
+    """Label -> path: the demo first, then every folder under LANDMARKS_HOME/datasets."""
+    opts = {"Demo (synthetic landmarks)": str(demo_path())}
+    for d in sorted(paths.datasets_dir().iterdir()):
+        if d.is_dir() and d.resolve() != demo_path().resolve():
+            opts[d.name] = str(d)
+    return opts
+
+
+def is_synthetic(path: str | Path) -> bool:
+    return (Path(path) / "SYNTHETIC.txt").exists()
+
+
+def synthetic_note(path) -> None:
+    if is_synthetic(path):
+        st.info("This is the **synthetic** demo data set: procedurally drawn landmarks, not real photos. "
+                "Point the app at a Google Landmarks or class-per-folder directory for real data.", icon="🧪")
+
+
+def dataset_picker(key: str = "dataset") -> str | None:
+    """Select box over known data sets plus a typed path; returns a path or None."""
+    opts = dataset_options()
+    labels = list(opts) + ["Other path…"]
+    choice = st.selectbox("Data set", labels, key=key)
+    if choice == "Other path…":
+        typed = st.text_input("Data set folder", key=f"{key}_path",
+                              placeholder="/data/google-landmarks-v2 or a folder of class folders")
+        return typed.strip() or None
+    if choice == labels[0]:
+        return str(ensure_demo())
+    return opts[choice]
+
+
+# ------------------------------------------------------------------ runs
+
+def runs_frame(statuses: tuple[str, ...] | None = None) -> pd.DataFrame:
+    rows = []
+    for r in store().list():
+        if statuses and r["status"] not in statuses:
+            continue
+        c, s = r["config"], r["summary"] or {}
+        rows.append({"run_id": r["run_id"], "status": r["status"], "model": r["model"],
+                     "classes": r["classes"], "epochs": c.get("epochs"), "lr": c.get("lr"),
+                     "batch": c.get("batch_size"), "optimizer": c.get("optimizer"),
+                     "image_size": c.get("image_size"), "augment": ",".join(c.get("augment") or []) or "—",
+                     "freeze": c.get("freeze"),
+                     "train_acc": s.get("train_acc"), "val_acc": s.get("val_acc"),
+                     "holdout_acc": s.get("holdout_acc"), "holdout_top5": s.get("holdout_top5"),
+                     "holdout_gap": s.get("holdout_gap"),
+                     "seconds": s.get("seconds") or ((r["finished"] or 0) - (r["started"] or 0) if r["finished"] else None),
+                     "data": r["data"], "created": pd.to_datetime(r["created"], unit="s")})
+    return pd.DataFrame(rows)
+
+
+def run_label(run: dict | pd.Series) -> str:
+    icon = STATUS_ICON.get(run["status"], "")
+    return f"{icon} {run['model']} · {run['classes']} classes · {run['run_id']}"
+
+
+def run_picker(label: str, statuses=("done",), key: str = "run", multi: bool = False, default_best: bool = True):
+    """Pick one (or several) runs; default is the best finished run by holdout accuracy."""
+    df = runs_frame(statuses)
+    if df.empty:
+        st.info("No finished runs yet. Launch one on the **Train** page.", icon="ℹ️")
+        return [] if multi else None
+    if default_best and "holdout_acc" in df:
+        df = df.sort_values(["holdout_acc", "val_acc"], ascending=False, na_position="last")
+    ids = df["run_id"].tolist()
+    fmt = {r["run_id"]: run_label(r) for _, r in df.iterrows()}
+    if multi:
+        return st.multiselect(label, ids, default=ids[:2], format_func=fmt.get, key=key)
+    return st.selectbox(label, ids, format_func=fmt.get, key=key)
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=8)
+def _predictor(run_id: str, ckpt_mtime: float, home: str):
+    from core.predictor import load_predictor
+    return load_predictor(run_id, store())
+
+
+def predictor(run_id: str):
+    """The run's model, loaded once per checkpoint (cache key: the checkpoint's mtime)."""
+    ckpt = store().run_dir(run_id) / "checkpoints" / "last.pt"
+    mtime = ckpt.stat().st_mtime if ckpt.exists() else 0.0
+    return _predictor(run_id, mtime, home_key())
+
+
+def user_error(e: Exception) -> None:
+    """One clear sentence in the page instead of a traceback."""
+    st.error(str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}", icon="🚫")
