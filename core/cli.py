@@ -14,6 +14,8 @@ from pathlib import Path
 from .config import TrainConfig, parse_augment
 from .errors import UserError
 
+AUTO_SCAN_IMAGES = 5000
+
 
 def _out(obj: dict, as_json: bool) -> None:
     if as_json:
@@ -50,7 +52,9 @@ def cmd_stats(a) -> dict:
     counts = class_counts(a.data)
     out = imbalance(counts, a.top)
     out["top"] = [{"label": str(l), "count": int(c)} for l, c in counts.head(a.top).items()]
-    if a.scan:
+    # scanning decodes every file of the top classes (cached): automatic for small sets
+    scan = a.scan or (not a.no_scan and out["top_n_images"] <= AUTO_SCAN_IMAGES)
+    if scan:
         index = load_index(a.data)
         sel = index.samples[index.samples["label"].isin(set(counts.head(a.top).index.astype(str)))]
         prep = prepare(sel["path"].tolist(), 32, key=str(index.root))
@@ -61,7 +65,9 @@ def cmd_stats(a) -> dict:
               f"{out['top_n_share']:.1%}; largest/smallest {out['largest']}/{out['smallest']} ({out['ratio']:.1f}x)")
         for row in out["top"]:
             print(f"  {row['label']:>12}  {row['count']:>8}")
-        if a.scan:
+        if not scan:
+            print(f"scan: skipped for {out['top_n_images']:,} images; pass --scan to decode them and list unreadable files")
+        else:
             print(f"scan: {out['scan']['checked']} files checked, {out['scan']['unreadable']} unreadable")
             for s in out["scan"]["skipped"][:50]:
                 print(f"  skipped {s['path']}: {s['reason']}")
@@ -179,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="class distribution and imbalance of a data set")
     p.add_argument("data")
     p.add_argument("--top", type=int, default=50)
-    p.add_argument("--scan", action="store_true", help="also decode the top classes' files and report unreadable ones")
+    p.add_argument("--scan", action="store_true", help="decode the top classes' files and report unreadable ones "
+                   f"(automatic up to {AUTO_SCAN_IMAGES:,} images)")
+    p.add_argument("--no-scan", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_stats)
 

@@ -70,3 +70,15 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, home, args, message):
     if args[0] == "train":  # a refused launch leaves no half-made run behind
         runs = home / "runs"
         assert not [d for d in runs.glob("*") if d.is_dir()] if runs.exists() else True
+
+
+def test_stats_prints_the_scan_report(tmp_path, home):
+    from PIL import Image
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.new("RGB", (20, 20), (i * 50, 0, 0)).save(tmp_path / cls / f"{i}.jpg")
+    (tmp_path / "a" / "broken.jpg").write_bytes(b"")
+    p = cli("stats", tmp_path, "--top", "2", env_home=home)
+    assert "7 files checked, 1 unreadable" in p.stdout
+    assert "broken.jpg: empty file (0 bytes)" in p.stdout
