@@ -87,6 +87,7 @@ def cmd_train(a) -> dict:
         if run["status"] in ("running", "starting"):
             raise UserError(f"Run {a.resume} is {run['status']}; it cannot be resumed twice.")
         run_id = a.resume
+        store.set(run_id, cancel=0, progress={})
     else:
         if not a.data or not a.model:
             raise UserError("train needs --data DIR and --model NAME (or --resume RUN_ID).")

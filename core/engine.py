@@ -127,10 +127,7 @@ def _autocast(device):
 def train_one_epoch(model, loader, optimizer, cfg, device, epoch: int, step0: int, sink) -> dict:
     model.train()
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-    n = correct = 0
-    loss_sum = 0.0
-    t0 = time.time()
-    steps = len(loader)
+    tally = _Tally(cfg, epoch, step0, len(loader), optimizer)
     for i, (x, y) in enumerate(_batches(loader, epoch), start=1):
         if sink.should_stop():
             raise Cancelled()
@@ -141,17 +138,50 @@ def train_one_epoch(model, loader, optimizer, cfg, device, epoch: int, step0: in
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        b = len(y)
-        batch_correct = (logits.argmax(1) == y).sum().item()
-        n, correct, loss_sum = n + b, correct + batch_correct, loss_sum + loss.item() * b
-        rate = n / max(time.time() - t0, 1e-9)
-        progress = {"epoch": epoch, "epochs": cfg.epochs, "step_in_epoch": i, "steps_per_epoch": steps,
-                    "images_per_s": rate, "eta_s": (steps - i) * b / rate + (cfg.epochs - epoch) * steps * b / rate}
-        sink.emit("step", {"step": step0 + i, "epoch": epoch, "loss": loss.item(), "acc": batch_correct / b,
-                           "lr": optimizer.param_groups[0]["lr"], "progress": progress})
-    secs = time.time() - t0
-    return {"train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1), "seconds": secs,
-            "images_per_s": n / max(secs, 1e-9), "steps": steps}
+        tally.add(i, loss.detach(), (logits.argmax(1) == y).sum(), len(y))
+        if tally.due():
+            tally.flush(sink)
+    tally.flush(sink)
+    return tally.result()
+
+
+class _Tally:
+    """Per-step loss/accuracy kept on the device and read back in bulk about 4 times a
+    second: a `.item()` per step would stall the GPU queue at every step."""
+
+    def __init__(self, cfg, epoch, step0, steps, optimizer):
+        self.cfg, self.epoch, self.step0, self.steps, self.opt = cfg, epoch, step0, steps, optimizer
+        self.pending: list = []
+        self.n = self.correct = 0
+        self.loss_sum = 0.0
+        self.t0 = self.last = time.time()
+
+    def add(self, i, loss, correct, b):
+        self.pending.append((i, loss, correct, b))
+
+    def due(self) -> bool:
+        return time.time() - self.last > 0.25
+
+    def flush(self, sink) -> None:
+        if not self.pending:
+            return
+        losses = torch.stack([p[1] for p in self.pending]).float().cpu().tolist()
+        corrects = torch.stack([p[2] for p in self.pending]).cpu().tolist()
+        for (i, _, _, b), loss, c in zip(self.pending, losses, corrects):
+            self.n, self.correct, self.loss_sum = self.n + b, self.correct + c, self.loss_sum + loss * b
+            rate = self.n / max(time.time() - self.t0, 1e-9)
+            left = (self.steps - i) + (self.cfg.epochs - self.epoch) * self.steps
+            progress = {"epoch": self.epoch, "epochs": self.cfg.epochs, "step_in_epoch": i,
+                        "steps_per_epoch": self.steps, "images_per_s": rate, "eta_s": left * b / rate}
+            sink.emit("step", {"step": self.step0 + i, "epoch": self.epoch, "loss": loss, "acc": c / b,
+                               "lr": self.opt.param_groups[0]["lr"], "progress": progress})
+        self.pending, self.last = [], time.time()
+
+    def result(self) -> dict:
+        secs = time.time() - self.t0
+        n = max(self.n, 1)
+        return {"train_loss": self.loss_sum / n, "train_acc": self.correct / n, "seconds": secs,
+                "images_per_s": self.n / max(secs, 1e-9), "steps": self.steps}
 
 
 @torch.no_grad()
@@ -235,6 +265,8 @@ def fit(cfg: TrainConfig, run_dir: Path, sink=NullSink(), resume: bool = False) 
     ckpt = run_dir / "checkpoints" / "last.pt"
     ckpt.parent.mkdir(exist_ok=True)
     start = load_checkpoint(ckpt, model, optimizer, scheduler) if resume and ckpt.exists() else 0
+    if resume:
+        sink.emit("resume", {"epoch": start})
     net = torch.compile(model) if cfg.compile and device.type == "cuda" else model
     train = _loader(cfg, data, "train", True, device)
     val = _loader(cfg, data, "val", False, device)

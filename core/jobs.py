@@ -58,11 +58,11 @@ def schedule(store: RunStore, max_per_device: int = 1) -> list[str]:
 
 
 def _spawn(store: RunStore, run_id: str) -> None:
-    log = open(store.run_dir(run_id) / "log.txt", "ab")
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.Popen([sys.executable, "-m", "core.worker", run_id, "--runs", str(store.root)],
-                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         cwd=str(REPO), env=env, start_new_session=True)
+    with open(store.run_dir(run_id) / "log.txt", "ab") as log:  # the child keeps its own handle
+        p = subprocess.Popen([sys.executable, "-m", "core.worker", run_id, "--runs", str(store.root)],
+                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             cwd=str(REPO), env=env, start_new_session=True)
     store.set(run_id, pid=p.pid)
 
 
@@ -82,7 +82,7 @@ def resume(store: RunStore, run_id: str) -> None:
         raise UserError(f"There is no run {run_id!r}.")
     if run["status"] in ("queued", "starting", "running"):
         raise UserError(f"Run {run_id} is {run['status']}; only a stopped run can be resumed.")
-    store.set(run_id, status="queued", cancel=0, resume=1, error=None, queued_at=time.time())
+    store.set(run_id, status="queued", cancel=0, resume=1, error=None, queued_at=time.time(), progress={})
     store.event(run_id, "resume", "queued to resume")
     schedule(store)
 
@@ -92,8 +92,9 @@ def execute(store: RunStore, run_id: str, resume_run: bool = False, sink=None) -
     from .engine import fit
     run = store.get(run_id)
     cfg = TrainConfig.from_dict(run["config"])
+    # `cancel` is not reset here: a Cancel clicked while the worker was starting must still count
     store.set(run_id, status="running", pid=os.getpid(), started=run.get("started") or time.time(),
-              heartbeat=time.time(), cancel=0)
+              heartbeat=time.time())
     store.event(run_id, "started", f"pid {os.getpid()}")
     sink = sink or StoreSink(store, run_id)
     try:

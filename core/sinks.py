@@ -40,6 +40,9 @@ class StoreSink:
             self.store.log_eval(self.run_id, row["split"], row["metrics"])
         elif kind == "progress":
             self.flush(row)
+        elif kind == "resume":
+            # resuming from epoch k's checkpoint re-runs what followed: drop those rows
+            self.store.truncate_after(self.run_id, row["epoch"])
         else:
             self.store.event(self.run_id, kind, row.get("message", ""))
 

@@ -1,0 +1,277 @@
+"""Dataset: the class distribution of the N most frequent classes (the seed's Fig. 1), the
+whole long tail, imbalance figures, sample images per class and a scan for unreadable files.
+
+Fast at Google Landmarks v2 scale (4.1 M rows, 203 k classes): the numbers come from
+core.data.class_counts (cached on disk by the CSV's size and mtime) behind an in-memory cache
+keyed the same way, readable names are looked up only for the classes shown, and the full
+image index is only built when the thumbnails or the scan ask for it, once per data set version.
+"""
+from dashboard.common import dataset_picker, synthetic_note, user_error
+
+import hashlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from core.data import class_counts, detect_layout, imbalance, load_index, open_image, resize_square  # noqa: E402
+from core.errors import UserError  # noqa: E402
+
+N_CHOICES = (10, 20, 30, 50, 100, 200, 500, 1000)
+BAR_LIMIT = 1000          # bars drawn at most; the long-tail plot shows every class
+TAIL_POINTS = 2000        # log-spaced ranks drawn in the long-tail plot
+THUMB_CLASSES, THUMB_PER_CLASS, THUMB_PX = 6, 4, 96
+SCAN_SIZE = 32            # pixels: the scan decodes every file once at this size (cached)
+
+st.session_state.setdefault("dataset_scans", {})   # (root, signature, N) -> scan result
+
+
+# ------------------------------------------------------------------ cached loaders
+
+def signature(root: Path) -> str:
+    """Changes when the data set does: train.csv's size+mtime, or the class folders' mtimes."""
+    f = root / "train.csv"
+    if f.exists():
+        s = f.stat()
+        return f"csv-{s.st_size}-{s.st_mtime_ns}"
+    dirs = "|".join(f"{d.name}:{d.stat().st_mtime_ns}" for d in sorted(root.iterdir()) if d.is_dir())
+    return "dirs-" + hashlib.sha1(dirs.encode()).hexdigest()[:16]
+
+
+@st.cache_resource(show_spinner="Counting images per class…", max_entries=8)
+def counts_of(root: str, sig: str) -> pd.Series:
+    """Images per class (read-only, shared: at GLDv2 scale copying 200 k rows per rerun costs more
+    than computing the page, so this is a resource, not st.cache_data)."""
+    return class_counts(root)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def categories(root: str, mtime: float) -> pd.DataFrame | None:
+    """train_label_to_category.csv as read (GLDv2 readable names), or None."""
+    try:
+        df = pd.read_csv(Path(root) / "train_label_to_category.csv", dtype=str, keep_default_na=False,
+                         engine="pyarrow")
+    except Exception:  # noqa: BLE001 - a broken names file only costs the readable names
+        return None
+    return df if {"landmark_id", "category"} <= set(df.columns) else None
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def names_of(root: str, mtime: float, labels: tuple) -> dict:
+    """Readable names of just these labels: cleaning all 200 k GLDv2 names would cost seconds."""
+    df = categories(root, mtime) if mtime else None
+    if df is None:
+        return {}
+    df = df[df["landmark_id"].isin(labels)]
+    # GLDv2 categories are Wikimedia URLs: keep the readable tail (as core.data does)
+    names = df["category"].str.replace(r"^.*Category:", "", regex=True).str.replace("_", " ")
+    return dict(zip(df["landmark_id"], names))
+
+
+@st.cache_resource(show_spinner="Reading the image list…", max_entries=2)
+def index_of(root: str, sig: str):
+    """(DatasetIndex, None) or (None, sentence); built once per data set version."""
+    try:
+        return load_index(root), None
+    except UserError as e:
+        return None, str(e)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def sample_paths(root: str, sig: str, labels: tuple, per: int) -> dict:
+    """A few random image paths for each label (deterministic)."""
+    index, _ = index_of(root, sig)
+    s = index.samples[index.samples["label"].isin(set(labels))].sample(frac=1.0, random_state=0)
+    return {str(k): g["path"].head(per).tolist() for k, g in s.groupby("label", sort=False)}
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def thumbnail(path: str, mtime_ns: int):
+    """A small square thumbnail (uint8 array), or the reason the file cannot be read."""
+    try:
+        return np.asarray(resize_square(open_image(path, draft=2 * THUMB_PX), THUMB_PX))
+    except Exception as e:  # noqa: BLE001 - any decoder failure is shown as a caption
+        return f"{type(e).__name__}: {e}"[:120]
+
+
+def mtime_ns(path: str) -> int:
+    try:
+        return Path(path).stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def display_names(labels, names: dict) -> list[str]:
+    """Readable, unique x-axis labels (two classes may share a name)."""
+    shown = [names.get(str(l), str(l)) for l in labels]
+    dup = pd.Series(shown).duplicated(keep=False).to_numpy()
+    return [f"{s} · {l}" if d else s for s, l, d in zip(shown, labels, dup)]
+
+
+# ------------------------------------------------------------------ figures
+
+def distribution_figure(counts: pd.Series, names: dict, n: int) -> go.Figure:
+    """Fig. 1: horizontal bars (readable names) up to 60 classes, vertical bars beyond."""
+    top = counts.head(min(n, BAR_LIMIT))
+    names = display_names(top.index, names)
+    hover = "%{customdata[0]}<br>label %{customdata[1]}<br>%{value:,} images<extra></extra>"
+    data = np.stack([names, np.asarray(top.index.astype(str))], axis=1)
+    title = f"Class distribution of the {len(top)} most frequent classes"
+    if len(top) <= 60:
+        bar = go.Bar(y=names, x=top.to_numpy(), orientation="h", customdata=data, marker_color="#1f6feb",
+                     hovertemplate=hover.replace("%{value", "%{x"))
+        fig = go.Figure(bar).update_layout(title=title, xaxis_title="images", height=max(320, 120 + 20 * len(top)),
+                                           yaxis=dict(autorange="reversed", automargin=True))
+    else:
+        bar = go.Bar(x=names, y=top.to_numpy(), customdata=data, marker_color="#1f6feb",
+                     hovertemplate=hover.replace("%{value", "%{y"))
+        fig = go.Figure(bar).update_layout(title=title, yaxis_title="images", xaxis_title="class (hover for names)",
+                                           xaxis_showticklabels=False, height=480)
+    return fig.update_layout(margin=dict(t=50, b=10))
+
+
+def tail_figure(counts: pd.Series, n: int) -> go.Figure:
+    """Rank vs images on log-log axes, drawn at log-spaced ranks so 200 k classes stay light."""
+    y = counts.to_numpy()
+    ranks = np.unique(np.geomspace(1, len(y), num=min(len(y), TAIL_POINTS)).round().astype(int))
+    fig = go.Figure(go.Scatter(x=ranks, y=y[ranks - 1], mode="lines+markers" if len(ranks) <= 60 else "lines",
+                               name="images per class", line=dict(color="#1f6feb"),
+                               hovertemplate="rank %{x:,}<br>%{y:,} images<extra></extra>"))
+    cut = min(n, len(y))
+    fig.add_trace(go.Scatter(x=[cut], y=[y[cut - 1]], mode="markers", name=f"top-{cut} cut-off",
+                             marker=dict(size=11, color="#d73a49", symbol="diamond")))
+    fig.update_layout(title="The whole long tail (log–log)", xaxis_title="class rank",
+                      yaxis_title="images", xaxis_type="log", yaxis_type="log", height=480,
+                      margin=dict(t=50, b=10), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+# ------------------------------------------------------------------ sections
+
+def pick_n(total: int) -> int:
+    options = [c for c in N_CHOICES if c < total] + [total]
+    return st.select_slider("N most frequent classes", options, value=min(50, total), key=f"dataset_n_{total}",
+                            persist_state="session",
+                            format_func=lambda v: f"all ({v:,})" if v == total else str(v),
+                            help="The seed poster shows the 50 most frequent classes; its models use 10 to 50.")
+
+
+def metric_tiles(counts: pd.Series, n: int) -> None:
+    k = int(st.session_state.get("dataset_small_k", 10))
+    fig = imbalance(counts, top=n, small=k)
+    a = st.columns(5)
+    a[0].metric("Classes", f"{fig['classes']:,}")
+    a[1].metric("Images", f"{fig['images']:,}")
+    a[2].metric("Largest class", f"{fig['largest']:,}")
+    a[3].metric("Smallest class", f"{fig['smallest']:,}")
+    a[4].metric("Largest / smallest", f"{fig['ratio']:,.1f}×")
+    b = st.columns(5)
+    b[0].metric(f"Share of images in the top {fig['top_n']:,}", f"{fig['top_n_share']:.1%}")
+    b[1].metric(f"Images in the top {fig['top_n']:,}", f"{fig['top_n_images']:,}")
+    b[2].metric(f"Smallest of the top {fig['top_n']:,}", f"{int(counts.iloc[fig['top_n'] - 1]):,}")
+    b[3].metric(f"Imbalance within the top {fig['top_n']:,}", f"{fig['top_n_ratio']:,.1f}×")
+    b[4].metric(f"Classes under {k} images", f"{fig[f'classes_under_{k}']:,}")
+    st.number_input("k: count classes with fewer than k images", min_value=1, value=10, step=1,
+                    key="dataset_small_k", width=260, persist_state="session")
+
+
+def thumbnails(root: str, sig: str, counts: pd.Series, names: dict) -> None:
+    big = int(counts.sum()) > 200_000
+    if not st.toggle(f"Show sample images of the {THUMB_CLASSES} most frequent classes", value=not big,
+                     key=f"dataset_thumbs_{sig}",
+                     help="Reads the image list once per data set version (a few seconds for millions of images)."):
+        return
+    index, err = index_of(root, sig)
+    if err:
+        st.warning(f"No sample images: {err}")
+        return
+    labels = tuple(str(l) for l in counts.head(THUMB_CLASSES).index)
+    per_label = sample_paths(root, sig, labels, THUMB_PER_CLASS)
+    for label, name in zip(labels, display_names(labels, names)):
+        st.markdown(f"**{name}** · {int(counts[label]):,} images")
+        cols = st.columns(THUMB_PER_CLASS)
+        for col, path in zip(cols, per_label.get(label, [])):
+            im = thumbnail(path, mtime_ns(path))
+            if isinstance(im, str):
+                col.caption(f"⚠️ {Path(path).name}: {im}")
+            else:
+                col.image(im, caption=Path(path).stem[:10], width=THUMB_PX)
+
+
+def scan_section(root: str, sig: str, counts: pd.Series, n: int) -> None:
+    top = counts.head(n)
+    key = (root, sig, n)
+    st.caption(f"Decodes each of the {int(top.sum()):,} images of the top {len(top):,} classes once at "
+               f"{SCAN_SIZE} px (cached, so training at {SCAN_SIZE} px and later scans are instant).")
+    if st.button(f"Scan the top-{len(top)} classes for unreadable files", key="dataset_scan"):
+        index, err = index_of(root, sig)
+        if err:
+            st.error(err, icon="🚫")
+            return
+        from core.prepare import prepare
+        paths = index.samples.loc[index.samples["label"].isin(set(top.index.astype(str))), "path"].tolist()
+        bar = st.progress(0.0, text="scanning")
+
+        def progress(done, total):
+            if done == total or done % max(1, total // 100) == 0:
+                bar.progress(done / total, text=f"decoded {done:,}/{total:,} new or changed files")
+        prep = prepare(paths, SCAN_SIZE, key=str(index.root), progress=progress)
+        bar.empty()
+        st.session_state["dataset_scans"][key] = {"checked": len(paths), "decoded": prep.decoded,
+                                                  "reasons": list(prep.reasons)}
+    result = st.session_state["dataset_scans"].get(key)
+    if result is None:
+        return
+    bad = result["reasons"]
+    fresh = result["decoded"]
+    how = ("all from the cache" if not fresh else "all decoded now" if fresh == result["checked"]
+           else f"{fresh:,} decoded now, the rest from the cache")
+    msg = f"Checked {result['checked']:,} files ({how}): {len(bad):,} unreadable."
+    (st.warning if bad else st.success)(msg + (" Training skips them." if bad else ""))
+    if bad:
+        st.dataframe(pd.DataFrame(bad, columns=["path", "reason"]), hide_index=True,
+                     column_config={"path": st.column_config.TextColumn("file", width="large"),
+                                    "reason": st.column_config.TextColumn("why it was skipped")})
+
+
+# ------------------------------------------------------------------ page
+
+st.title("📊 Dataset")
+st.caption("How imbalanced is the data? The seed poster (Fig. 1) shows the 50 most frequent Google "
+           "Landmarks classes; here is the same view for any data set, plus the whole long tail.")
+
+path = dataset_picker("dataset")
+if not path:
+    st.info("Type the folder of a data set: a Google Landmarks download (train.csv + train/) "
+            "or one folder of images per class.", icon="ℹ️")
+    st.stop()
+try:
+    root = Path(path).expanduser().resolve()
+    detect_layout(root)
+    sig = signature(root)
+    counts = counts_of(str(root), sig)
+except UserError as e:
+    user_error(e)
+    st.stop()
+if counts.empty:
+    st.error(f"{root} lists no labelled images.", icon="🚫")
+    st.stop()
+synthetic_note(root)
+n = pick_n(len(counts))
+names_file = root / "train_label_to_category.csv"
+shown = counts.index[:max(min(n, BAR_LIMIT), THUMB_CLASSES)]
+names = names_of(str(root), names_file.stat().st_mtime if names_file.exists() else 0.0, tuple(map(str, shown)))
+metric_tiles(counts, n)
+left, right = st.columns([3, 2])
+left.plotly_chart(distribution_figure(counts, names, n), key="dataset_bars")
+if n > BAR_LIMIT:
+    left.caption(f"Showing the first {BAR_LIMIT:,} bars; the long-tail plot shows every class.")
+right.plotly_chart(tail_figure(counts, n), key="dataset_tail")
+
+st.subheader("Sample images")
+thumbnails(str(root), sig, counts, names)
+
+st.subheader("Scan report")
+scan_section(str(root), sig, counts, n)

@@ -1,0 +1,319 @@
+"""Runs: every run in one table; the selected run's live curves and progress, its final
+metrics, and the controls to cancel, resume or delete it. Reads the run store only; the
+workers write it. Live parts poll inside st.fragment(run_every=...) only while a run is active."""
+from dashboard.common import ROOT, STATUS_ICON, home_key, runs_frame, run_label, schedule_queue, store
+
+import time
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import jobs
+from core.runs import ACTIVE
+
+# ------------------------------------------------------------------ session keys
+st.session_state.setdefault("runs_selected", None)   # run id shown below the table (survives page switches)
+st.session_state.setdefault("runs_seen", [])          # run ids seen before: a new active run gets selected
+st.session_state.setdefault("runs_flash", None)       # (kind, message) left by a button callback
+
+POLL_S = 2            # live refresh interval of the selected run, seconds
+LOG_LINES = 40        # log tail shown for a failed run
+EMA_ALPHA = 0.1       # smoothing of the per-step training loss
+MAX_STEP_POINTS = 4000  # raw step points drawn (the smoothed line uses every step)
+PAGES = ROOT / "pages"
+
+
+# ------------------------------------------------------------------ formatting
+
+def fmt_secs(s) -> str:
+    if s is None or pd.isna(s):
+        return "—"
+    s = int(round(float(s)))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h {m:02d}m" if h else f"{m}m {sec:02d}s" if m else f"{sec}s"
+
+
+def fmt_acc(v) -> str:
+    return "—" if v is None or pd.isna(v) else f"{v:.3f}"
+
+
+def page_link(name: str, label: str, icon: str) -> None:
+    st.page_link(str(PAGES / name), label=label, icon=icon)
+
+
+def flash() -> None:
+    msg, st.session_state["runs_flash"] = st.session_state["runs_flash"], None
+    if msg:
+        getattr(st, msg[0])(msg[1])
+
+
+# ------------------------------------------------------------------ data
+
+def table() -> pd.DataFrame:
+    """runs_frame plus best val accuracy (max over epochs) and a duration for live runs too."""
+    df = runs_frame()
+    if df.empty:
+        return df
+    best = {r["run_id"]: r["best"] for r in store().query(
+        "SELECT run_id, MAX(val_acc) AS best FROM epochs GROUP BY run_id")}
+    df["best_val_acc"] = df["run_id"].map(best)
+    started = {r["run_id"]: r["started"] for r in store().query(
+        "SELECT run_id, started FROM runs WHERE status IN ('starting','running')")}
+    live = df["run_id"].map(started).map(lambda t: time.time() - t if t else None)
+    df["duration"] = [fmt_secs(s if s is not None and not pd.isna(s) else l)
+                      for s, l in zip(df["seconds"], live)]
+    df["status_label"] = [f"{STATUS_ICON.get(s, '')} {s}" for s in df["status"]]
+    return df
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def curves(run_id: str, stamp: tuple, home: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Epoch and step rows of a run; `stamp` (row counts) changes whenever new rows arrive."""
+    return store().epochs(run_id), store().steps(run_id)
+
+
+def curve_stamp(run_id: str) -> tuple:
+    """Changes when rows are added or rewritten (a resumed run replaces rows in place)."""
+    e = store().query("SELECT COUNT(*) AS n, TOTAL(seconds) AS s FROM epochs WHERE run_id=?", (run_id,))[0]
+    s = store().query("SELECT COUNT(*) AS n, MAX(t) AS t FROM steps WHERE run_id=?", (run_id,))[0]
+    return e["n"], e["s"], s["n"], s["t"]
+
+
+# ------------------------------------------------------------------ table and picker
+
+def runs_table(any_active: bool) -> None:
+    df = table()
+    if df.empty or any_active and not df["status"].isin(ACTIVE).any():
+        st.rerun()  # the last active run just ended: refresh everything once, then stop polling
+    cols = ["status_label", "run_id", "model", "classes", "epochs", "lr", "batch", "optimizer", "image_size",
+            "augment", "freeze", "best_val_acc", "holdout_acc", "duration"]
+    acc = "%.3f"
+    st.dataframe(df[cols], hide_index=True, width="stretch", column_config={
+        "status_label": "Status", "run_id": "Run", "model": "Model", "classes": "Classes",
+        "epochs": "Epochs", "lr": st.column_config.NumberColumn("LR", format="%g"), "batch": "Batch",
+        "optimizer": "Optimizer", "image_size": "Image size", "augment": "Augment",
+        "freeze": st.column_config.CheckboxColumn("Frozen"),
+        "best_val_acc": st.column_config.NumberColumn("Best val acc", format=acc),
+        "holdout_acc": st.column_config.NumberColumn("Holdout acc", format=acc),
+        "duration": "Duration"})
+
+
+def pick_run(df: pd.DataFrame) -> str:
+    """Select box over runs (newest first). Default: the newest active run, else the newest run."""
+    ids = df["run_id"].tolist()
+    active = df.loc[df["status"].isin(ACTIVE), "run_id"].tolist()
+    fresh = [i for i in active if i not in st.session_state["runs_seen"]]
+    if fresh or st.session_state["runs_selected"] not in ids:
+        st.session_state["runs_selected"] = (fresh or active or ids)[0]
+    st.session_state["runs_seen"] = ids
+    st.session_state["runs_pick"] = st.session_state["runs_selected"]  # widget state is dropped on page switch
+    labels = {r["run_id"]: run_label(r) for _, r in df.iterrows()}
+    return st.selectbox("Run", ids, format_func=labels.get, key="runs_pick", on_change=_keep_pick)
+
+
+def _keep_pick() -> None:
+    st.session_state["runs_selected"] = st.session_state["runs_pick"]
+
+
+# ------------------------------------------------------------------ live view
+
+def live_view(run_id: str, was_active: bool) -> None:
+    s = store()
+    s.reap()  # a worker that died mid-run shows as interrupted
+    run = s.get(run_id)
+    if run is None or (was_active and run["status"] not in ACTIVE):
+        st.rerun()  # finished (or deleted) while polling: one full rerun shows the final state
+    status_line(run)
+    if run["status"] in ACTIVE:
+        progress_bar(run)
+    plot_curves(run_id)
+
+
+def status_line(run: dict) -> None:
+    icon = STATUS_ICON.get(run["status"], "")
+    c = run["config"]
+    st.markdown(f"**Status:** {icon} {run['status']} · **{run['model']}** · {run['classes']} classes · "
+                f"{c.get('epochs')} epochs · lr {c.get('lr')} · batch {c.get('batch_size')} · "
+                f"{c.get('optimizer')} · {c.get('image_size')} px · device {run.get('device') or '—'}")
+
+
+def progress_bar(run: dict) -> None:
+    p = run["progress"] or {}
+    if run["status"] == "queued":
+        ahead = store().query("SELECT COUNT(*) AS n FROM runs WHERE status IN ('queued','starting','running')"
+                              " AND device=? AND queued_at<?", (run["device"], run["queued_at"] or 0))[0]["n"]
+        st.progress(0.0, text=f"Waiting in the queue for the {run['device']} device ({ahead} ahead)")
+        return
+    if run["status"] == "starting" or not p.get("steps_per_epoch"):
+        last = store().events(run["run_id"])[-1:]
+        st.progress(0.0, text="Starting the worker… " + (f"({last[0]['message']})" if last else ""))
+        return
+    done = (p["epoch"] - 1) * p["steps_per_epoch"] + p["step_in_epoch"]
+    frac = min(done / max(p["epochs"] * p["steps_per_epoch"], 1), 1.0)
+    st.progress(frac, text=f"Epoch {p['epoch']}/{p['epochs']} · step {p['step_in_epoch']}/{p['steps_per_epoch']}"
+                           f" · {p.get('images_per_s', 0):.0f} images/s · ETA {fmt_secs(p.get('eta_s'))}")
+
+
+def line(fig, x, y, name, **kw) -> None:
+    fig.add_trace(go.Scatter(x=x, y=y, name=name, mode=kw.pop("mode", "lines+markers"), **kw))
+
+
+def epoch_figure(ep: pd.DataFrame, what: str) -> go.Figure:
+    fig = go.Figure()
+    line(fig, ep["epoch"], ep[f"train_{what}"], f"train {what}")
+    line(fig, ep["epoch"], ep[f"val_{what}"], f"val {what}")
+    title = "Accuracy per epoch" if what == "acc" else "Loss per epoch"
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=what, height=320,
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+def step_figure(steps: pd.DataFrame) -> go.Figure:
+    """Raw per-step training loss (faint) and its exponential moving average."""
+    ema = steps["loss"].ewm(alpha=EMA_ALPHA).mean()
+    raw = steps.iloc[::max(len(steps) // MAX_STEP_POINTS, 1)]
+    fig = go.Figure()
+    line(fig, raw["step"], raw["loss"], "loss per step", mode="lines", opacity=0.3)
+    line(fig, steps["step"], ema, f"smoothed (EMA α={EMA_ALPHA})", mode="lines")
+    fig.update_layout(title="Training loss per step", xaxis_title="step", yaxis_title="loss", height=320,
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def plot_curves(run_id: str) -> None:
+    ep, steps = curves(run_id, curve_stamp(run_id), home_key())
+    if ep.empty and steps.empty:
+        st.caption("No metrics yet: curves appear after the first training steps.")
+        return
+    left, right = st.columns(2)
+    if not ep.empty:
+        left.plotly_chart(epoch_figure(ep, "acc"), key=f"runs_acc_{run_id}")
+        right.plotly_chart(epoch_figure(ep, "loss"), key=f"runs_loss_{run_id}")
+    else:
+        left.caption("Epoch curves appear when the first epoch ends.")
+    if not steps.empty:
+        st.plotly_chart(step_figure(steps), key=f"runs_steps_{run_id}")
+
+
+# ------------------------------------------------------------------ final state and controls
+
+def final_metrics(run: dict) -> None:
+    s = run["summary"] or {}
+    cols = st.columns(5)
+    for col, (label, key) in zip(cols, [("Train accuracy", "train_acc"), ("Val accuracy", "val_acc"),
+                                        ("Holdout accuracy", "holdout_acc"), ("Holdout top-5", "holdout_top5"),
+                                        ("Holdout GAP", "holdout_gap")]):
+        col.metric(label, fmt_acc(s.get(key)))
+    n = (store().evals(run["run_id"]).get("holdout") or {}).get("n")
+    st.caption(f"Final evaluation of the last checkpoint{f' · holdout: {n} images' if n else ''} · "
+               f"training time {fmt_secs(s.get('seconds'))}"
+               + (f" · {s['images_per_s']:.0f} images/s" if s.get("images_per_s") else ""))
+    page_link("evaluate.py", "Confusion matrix, per-class accuracy and mistakes on the Evaluate page", "🎯")
+
+
+def failure(run: dict) -> None:
+    st.error(run.get("error") or "The run failed without an error message.", icon="❌")
+    log = store().run_dir(run["run_id"]) / "log.txt"
+    if log.exists():
+        tail = log.read_text(errors="replace").splitlines()[-LOG_LINES:]
+        st.caption(f"Last {len(tail)} lines of {log}")
+        st.code("\n".join(tail) or "(empty log)", language="text")
+    else:
+        st.caption("This run has no log file.")
+
+
+def has_checkpoint(run_id: str) -> bool:
+    return (store().run_dir(run_id) / "checkpoints" / "last.pt").exists()
+
+
+def on_cancel(run_id: str) -> None:
+    jobs.cancel(store(), run_id)
+    st.session_state["runs_flash"] = ("info", f"Cancel requested: {run_id} stops at its next step "
+                                               "and keeps its last checkpoint.")
+
+
+def on_resume(run_id: str) -> None:
+    try:
+        jobs.resume(store(), run_id)
+        st.session_state["runs_flash"] = ("success", f"{run_id} is queued to resume from its last checkpoint.")
+    except Exception as e:  # noqa: BLE001 - one sentence, never a traceback
+        st.session_state["runs_flash"] = ("error", str(e))
+
+
+def on_delete(run_id: str) -> None:
+    if not st.session_state.get(f"runs_confirm_{run_id}"):
+        st.session_state["runs_flash"] = ("warning", "Tick “Yes, delete this run” first; nothing was deleted.")
+        return
+    try:
+        store().delete(run_id)
+    except Exception as e:  # noqa: BLE001 - e.g. "still running; cancel it before deleting"
+        st.session_state["runs_flash"] = ("error", str(e))
+        return
+    st.session_state["runs_selected"] = None
+    st.session_state["runs_flash"] = ("success", f"Deleted {run_id} and its folder.")
+
+
+def controls(run: dict) -> None:
+    run_id, status = run["run_id"], run["status"]
+    c1, c2, c3 = st.columns([1, 1, 2])
+    if status in ACTIVE:
+        c1.button("⏹️ Cancel", key="runs_cancel", on_click=on_cancel, args=(run_id,),
+                  help="Stop at the next step; the last checkpoint is kept so the run can be resumed.")
+    elif status in ("cancelled", "interrupted", "failed"):
+        if has_checkpoint(run_id):
+            c1.button("▶️ Resume", key="runs_resume", on_click=on_resume, args=(run_id,),
+                      help="Continue from the last checkpoint (end of the last finished epoch).")
+        else:
+            c1.caption("No checkpoint yet (it is written after each epoch), so this run cannot be resumed; "
+                       "launch it again from the Train page.")
+    with c3:
+        st.checkbox("Yes, delete this run", key=f"runs_confirm_{run_id}")
+    c2.button("🗑️ Delete", key="runs_delete", on_click=on_delete, args=(run_id,),
+              help="Removes the run's metrics, checkpoints and folder. Tick the box to confirm.")
+
+
+def details(run: dict) -> None:
+    status = run["status"]
+    if status == "interrupted":
+        st.warning("The worker process stopped (killed, or the machine restarted) before the run finished. "
+                   "**Resume** continues from its last checkpoint.", icon="⚠️")
+    live = st.fragment(run_every=POLL_S if status in ACTIVE else None)(live_view)
+    live(run["run_id"], status in ACTIVE)
+    if status == "done":
+        final_metrics(run)
+    elif status == "failed":
+        failure(run)
+    controls(run)
+    with st.expander("Configuration"):
+        st.json(run["config"])
+    with st.expander("Events"):
+        ev = pd.DataFrame(store().events(run["run_id"]))
+        if ev.empty:
+            st.caption("No events.")
+        else:
+            ev["t"] = pd.to_datetime(ev["t"], unit="s")
+            st.dataframe(ev[["t", "kind", "message"]], hide_index=True, width="stretch",
+                         column_config={"t": st.column_config.DatetimeColumn("Time", format="YYYY-MM-DD HH:mm:ss")})
+
+
+# ------------------------------------------------------------------ page
+
+st.title("📈 Runs")
+schedule_queue()
+flash()
+frame = runs_frame()
+if frame.empty:
+    st.info("No runs yet. Launch a training run on the **Train** page and follow it here live.", icon="ℹ️")
+    page_link("train.py", "Go to the Train page", "🚀")
+else:
+    any_active = frame["status"].isin(ACTIVE).any()
+    st.fragment(run_every=POLL_S * 2 if any_active else None)(runs_table)(bool(any_active))
+    selected = pick_run(frame)
+    run = store().get(selected)
+    if run is None:
+        st.rerun()
+    st.subheader(run_label(run))
+    details(run)

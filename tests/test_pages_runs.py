@@ -1,0 +1,166 @@
+"""Runs page (AppTest): table, selected run's curves and final metrics, cancel / resume /
+delete through the page's buttons, a failed run's error and log tail, a dead worker."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.runs import ACTIVE, RunStore
+from tests.conftest import tiny_config
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+
+
+def open_runs() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page("../pages/runs.py")  # relative to dashboard/, before the first run: skips the default page
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(at, kind: str) -> str:
+    return "\n".join(str(e.value) for e in getattr(at, kind))
+
+
+def table_ids(at) -> list[str]:
+    return at.dataframe[0].value["run_id"].tolist()
+
+
+def pick(at, run_id: str) -> AppTest:
+    at.selectbox(key="runs_pick").set_value(run_id).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metric(at, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def button(at, key: str):
+    return at.button(key=key)
+
+
+def wait_final(store, run_id, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        run = store.get(run_id)
+        if run["status"] not in ACTIVE:
+            return run
+        time.sleep(0.3)
+    pid = store.get(run_id)["pid"]
+    if pid:  # never leave the worker this test started behind
+        os.kill(int(pid), signal.SIGTERM)
+    raise AssertionError((store.run_dir(run_id) / "log.txt").read_text()[-2000:])
+
+
+def test_empty_home_shows_friendly_info():
+    at = open_runs()
+    assert "No runs yet" in texts(at, "info")
+    assert not at.dataframe
+
+
+def test_table_lists_runs_and_selected_run_shows_curves_and_final_metrics(use_trained_home):
+    _, (a, b) = use_trained_home
+    store = RunStore()
+    at = open_runs()
+    assert set(table_ids(at)) == {a, b}
+    assert at.dataframe[0].value.set_index("run_id").loc[a, "best_val_acc"] == store.epochs(a)["val_acc"].max()
+    assert at.selectbox(key="runs_pick").value == b  # newest run, none active
+    assert len(at.get("plotly_chart")) == 3  # accuracy and loss per epoch, loss per step
+    pick(at, a)
+    assert metric(at, "Holdout accuracy") == f"{store.get(a)['summary']['holdout_acc']:.3f}"
+    assert metric(at, "Holdout GAP") == f"{store.get(a)['summary']['holdout_gap']:.3f}"
+    at.run()  # the selection survives reruns
+    assert at.selectbox(key="runs_pick").value == a
+
+
+def test_resume_a_cancelled_run_continues_without_duplicate_epochs(use_trained_home):
+    _, (_, b) = use_trained_home
+    store = RunStore()
+    epochs = store.epochs(b)["epoch"].tolist()
+    store.set(b, status="cancelled")
+    at = open_runs()
+    assert at.dataframe[0].value.set_index("run_id").loc[b, "status_label"] == "⏹️ cancelled"
+    button(at, "runs_resume").click().run()
+    assert not at.exception, at.exception
+    assert store.get(b)["status"] in ACTIVE
+    assert "runs_cancel" in [w.key for w in at.button]
+    run = wait_final(store, b)  # all epochs are done: the worker only re-evaluates
+    assert run["status"] == "done", run["error"]
+    assert store.epochs(b)["epoch"].tolist() == epochs
+    at.run()
+    assert metric(at, "Holdout accuracy") == f"{run['summary']['holdout_acc']:.3f}"
+
+
+def test_cancel_queued_run_and_delete_refuses_a_running_one(use_trained_home, demo_root):
+    store = RunStore()
+    busy = store.create(tiny_config(demo_root), status="running")  # holds the CPU slot: a live pid
+    store.set(busy, pid=os.getpid(), heartbeat=time.time())
+    waiting = store.create(tiny_config(demo_root, classes=3), status="queued")
+    at = open_runs()
+    assert at.selectbox(key="runs_pick").value == waiting  # the newest active run
+    assert store.get(waiting)["status"] == "queued"
+    button(at, "runs_cancel").click().run()
+    assert store.get(waiting)["status"] == "cancelled"
+    pick(at, busy)
+    at.checkbox(key=f"runs_confirm_{busy}").check().run()
+    button(at, "runs_delete").click().run()
+    assert "still running" in texts(at, "error")
+    assert store.get(busy) is not None
+
+
+def test_delete_needs_confirmation(use_trained_home):
+    _, (a, b) = use_trained_home
+    store = RunStore()
+    at = pick(open_runs(), a)
+    button(at, "runs_delete").click().run()
+    assert "nothing was deleted" in texts(at, "warning")
+    assert store.get(a) is not None and store.run_dir(a).exists()
+    at.checkbox(key=f"runs_confirm_{a}").check().run()
+    button(at, "runs_delete").click().run()
+    assert not at.exception, at.exception
+    assert store.get(a) is None and not store.run_dir(a).exists()
+    assert table_ids(at) == [b]
+    assert at.selectbox(key="runs_pick").value == b
+
+
+def test_failed_run_shows_error_and_log_tail(use_trained_home):
+    _, (a, _) = use_trained_home
+    store = RunStore()
+    store.set(a, status="failed", error="Boom: something")
+    (store.run_dir(a) / "log.txt").write_text("\n".join(f"log line {i}" for i in range(100)))
+    at = pick(open_runs(), a)
+    assert "Boom: something" in texts(at, "error")
+    log = texts(at, "code")
+    assert "log line 99" in log and "log line 60" in log and "log line 59" not in log
+    assert "runs_resume" in [w.key for w in at.button]  # it has a checkpoint
+
+
+def test_dead_worker_shows_as_interrupted(use_trained_home):
+    _, (a, _) = use_trained_home
+    store = RunStore()
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    store.set(a, status="running", pid=p.pid, heartbeat=time.time() - 60)
+    at = pick(open_runs(), a)
+    assert store.get(a)["status"] == "interrupted"
+    assert "⚠️ interrupted" in at.dataframe[0].value.set_index("run_id").loc[a, "status_label"]
+    assert "Resume" in texts(at, "warning")
+    assert "runs_resume" in [w.key for w in at.button]
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_workers():
+    yield
+    for run in RunStore().list():  # a test that failed half-way must not leave a worker running
+        if run["status"] in ("starting", "running") and run["pid"] and run["pid"] != os.getpid():
+            try:
+                os.kill(int(run["pid"]), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
