@@ -1,0 +1,232 @@
+"""Plotly figure builders and the table shaping behind them, shared by the Evaluate and Compare
+pages. Pure functions from data (an eval dict as written by core.engine.final_evaluation, epoch
+frames from the run store) to frames and figures: no Streamlit here, so they are unit-tested.
+
+An eval dict has keys n, acc, top5, gap, loss, per_class, support, confusion, labels, names;
+confusion rows are true classes and columns predicted classes, in the order of `labels`.
+"""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+OTHER = "(other)"
+FULL_MATRIX_MAX = 50       # classes shown in full in a heatmap; above it the top-K most confused
+TICK_CHARS = 18            # class names are cut to this many characters on axes
+
+
+def truncate(name, n: int = TICK_CHARS) -> str:
+    s = str(name)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def tick_labels(names) -> list[str]:
+    """Short axis labels: the words every name starts with (e.g. "Synthetic: ") dropped, then
+    cut to TICK_CHARS; hover texts keep the full names."""
+    names = [str(s) for s in names]
+    real = [s for s in names if s != OTHER]
+    prefix = os.path.commonprefix(real) if len(real) > 1 else ""
+    cut = prefix.rfind(" ") + 1
+    return [truncate(s if s == OTHER else s[cut:]) for s in names]
+
+
+# ------------------------------------------------------------------ confusion matrices
+
+def row_normalize(cm) -> np.ndarray:
+    """Each true-class row divided by its support; rows without samples stay 0."""
+    cm = np.asarray(cm, dtype=np.float64)
+    rows = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+
+
+def most_confused(cm, k: int) -> list[int]:
+    """The k classes with the most off-diagonal mass (mistakes made on them plus mistakes
+    predicting them), most confused first; ties keep class order."""
+    cm = np.asarray(cm)
+    off = cm.sum(axis=0) + cm.sum(axis=1) - 2 * np.diag(cm)
+    order = np.argsort(-off, kind="stable")
+    return [int(i) for i in order[: max(0, int(k))]]
+
+
+def reduce_confusion(cm, keep, names) -> tuple[np.ndarray, list[str]]:
+    """The matrix over the classes `keep` (indices, in that order) plus one "(other)" row and
+    column that sum every other class, so the total count is unchanged."""
+    cm = np.asarray(cm, dtype=np.int64)
+    keep = [int(i) for i in keep]
+    n, k = len(cm), len(keep)
+    group = np.full(n, k)                 # class -> row of the reduced matrix; k is "(other)"
+    group[keep] = np.arange(k)
+    onehot = np.zeros((k + 1, n), dtype=np.int64)
+    onehot[group, np.arange(n)] = 1
+    out = onehot @ cm @ onehot.T
+    kept = [str(names[i]) for i in keep]
+    return (out, kept + [OTHER]) if n > k else (out[:k, :k], kept)
+
+
+def restrict_confusion(ev: dict, labels: list) -> tuple[np.ndarray, list[str]]:
+    """An eval's confusion matrix over the given class labels (e.g. those two runs share), with
+    the run's other classes folded into "(other)"."""
+    pos = {str(l): i for i, l in enumerate(ev["labels"])}
+    return reduce_confusion(ev["confusion"], [pos[str(l)] for l in labels], ev["names"])
+
+
+def heatmap_height(n: int) -> int:
+    """Pixels for an n-class heatmap: about 16 px per class so 50 classes stay readable."""
+    return int(np.clip(140 + 16 * n, 360, 1600))
+
+
+def confusion_figure(cm, names, normalize: bool = False, title: str | None = None) -> go.Figure:
+    """Interactive heatmap (the seed's Fig. 3): hover shows full names, count and row share.
+    Axes are positions with names as tick text, so equal (truncated) names never merge."""
+    counts = np.asarray(cm, dtype=np.int64)
+    share = row_normalize(counts)
+    z = share if normalize else counts
+    n = len(names)
+    ix = list(range(n))
+    true_names = np.repeat(np.asarray([str(s) for s in names], dtype=object)[:, None], n, axis=1)
+    pred_names = true_names.T
+    custom = np.dstack([true_names, pred_names, counts.astype(object), share.astype(object)])
+    fig = go.Figure(go.Heatmap(
+        z=z, x=ix, y=ix, customdata=custom, colorscale="Blues", zmin=0,
+        zmax=1 if normalize else max(int(counts.max(initial=0)), 1),
+        colorbar=dict(title="share" if normalize else "images"),
+        hovertemplate="true: %{customdata[0]}<br>predicted: %{customdata[1]}<br>"
+                      "images: %{customdata[2]}<br>row share: %{customdata[3]:.1%}<extra></extra>"))
+    ticks = dict(tickmode="array", tickvals=ix, ticktext=tick_labels(names),
+                 tickfont=dict(size=10 if n > 20 else 12), showticklabels=n <= 120)
+    fig.update_xaxes(title="predicted class", tickangle=-60 if n > 8 else 0, **ticks)
+    fig.update_yaxes(title="true class", autorange="reversed", **ticks)
+    fig.update_layout(title=title, height=heatmap_height(n), margin=dict(l=10, r=10, t=40 if title else 10, b=10))
+    if n <= 20:  # counts in the cells while they still fit
+        fig.update_traces(text=np.round(z, 2) if normalize else counts, texttemplate="%{text}")
+    return fig
+
+
+def confusion_csv(cm, names) -> bytes:
+    """The full matrix as CSV: one row per true class, one column per predicted class."""
+    df = pd.DataFrame(np.asarray(cm), index=[str(s) for s in names], columns=[str(s) for s in names])
+    df.index.name = "true \\ predicted"
+    buf = io.StringIO()
+    df.to_csv(buf)
+    return buf.getvalue().encode()
+
+
+# ------------------------------------------------------------------ per-class accuracy
+
+def per_class_frame(ev: dict) -> pd.DataFrame:
+    """label, name, acc (NaN where the split has no image of the class), support, correct."""
+    cm = np.asarray(ev["confusion"])
+    acc = pd.to_numeric(pd.Series(ev["per_class"], dtype=object), errors="coerce").astype(float)
+    return pd.DataFrame({"label": [str(l) for l in ev["labels"]], "name": [str(s) for s in ev["names"]],
+                         "acc": acc.to_numpy(), "support": np.asarray(ev["support"], dtype=np.int64),
+                         "correct": np.diag(cm).astype(np.int64)})
+
+
+def per_class_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Sorted bars of per-class accuracy (the seed's Fig. 4); classes without images are left out."""
+    d = df.dropna(subset=["acc"]).sort_values(["acc", "support"], ascending=[False, False]).reset_index(drop=True)
+    fig = go.Figure(go.Bar(
+        x=list(range(len(d))), y=d["acc"], marker=dict(color=d["acc"], colorscale="RdYlGn", cmin=0, cmax=1),
+        customdata=np.stack([d["name"], d["label"], d["support"], d["correct"]], axis=1) if len(d) else None,
+        hovertemplate="%{customdata[0]} (label %{customdata[1]})<br>accuracy %{y:.1%} "
+                      "= %{customdata[3]}/%{customdata[2]} images<extra></extra>"))
+    _class_axis(fig, d["name"].tolist())
+    fig.update_layout(title=title, yaxis=dict(title="accuracy", range=[0, 1.02], tickformat=".0%"),
+                      height=420, margin=dict(l=10, r=10, t=40 if title else 10, b=10))
+    return fig
+
+
+def _class_axis(fig: go.Figure, names: list) -> None:
+    n = len(names)
+    fig.update_xaxes(tickmode="array", tickvals=list(range(n)), ticktext=tick_labels(names),
+                     tickangle=-60 if n > 6 else 0, showticklabels=n <= 120,
+                     tickfont=dict(size=10 if n > 20 else 12), title="class")
+
+
+# ------------------------------------------------------------------ comparing runs
+
+def shared_labels(label_lists) -> list[str]:
+    """Labels present in every list, in the order of the first."""
+    lists = [[str(l) for l in ls] for ls in label_lists]
+    if not lists:
+        return []
+    common = set(lists[0]).intersection(*map(set, lists[1:]))
+    return [l for l in lists[0] if l in common]
+
+
+def class_overlap(label_lists) -> dict:
+    """How many classes all runs share and how many each run has that not all others have."""
+    shared = set(shared_labels(label_lists))
+    return {"shared": len(shared), "only": [len({str(l) for l in ls} - shared) for ls in label_lists]}
+
+
+def per_class_difference(ev_a: dict, ev_b: dict) -> pd.DataFrame:
+    """acc_a − acc_b per class both runs have (matched by label), largest difference first;
+    classes without images in either split get a NaN difference and sort last."""
+    a = per_class_frame(ev_a).set_index("label")
+    b = per_class_frame(ev_b).set_index("label")
+    shared = shared_labels([a.index, b.index])
+    df = pd.DataFrame({"label": shared, "name": a.loc[shared, "name"].to_numpy(),
+                       "acc_a": a.loc[shared, "acc"].to_numpy(), "acc_b": b.loc[shared, "acc"].to_numpy(),
+                       "support_a": a.loc[shared, "support"].to_numpy(),
+                       "support_b": b.loc[shared, "support"].to_numpy()})
+    df["diff"] = df["acc_a"] - df["acc_b"]
+    return df.sort_values("diff", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def per_class_diff_figure(df: pd.DataFrame, name_a: str, name_b: str) -> go.Figure:
+    d = df.dropna(subset=["diff"]).reset_index(drop=True)
+    fig = go.Figure(go.Bar(
+        x=list(range(len(d))), y=d["diff"], marker_color=np.where(d["diff"] >= 0, "#2a9d8f", "#e76f51"),
+        customdata=np.stack([d["name"], d["acc_a"], d["acc_b"], d["support_a"], d["support_b"]], axis=1)
+        if len(d) else None,
+        hovertemplate="%{customdata[0]}<br>A %{customdata[1]:.1%} (n=%{customdata[3]}) − "
+                      "B %{customdata[2]:.1%} (n=%{customdata[4]})<br>= %{y:+.1%}<extra></extra>"))
+    _class_axis(fig, d["name"].tolist())
+    fig.update_layout(title=f"accuracy A − B  (A = {name_a}, B = {name_b})",
+                      yaxis=dict(title="accuracy difference", tickformat="+.0%", range=[-1.05, 1.05]),
+                      height=420, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def per_class_grouped_figure(evs: dict, labels: list) -> go.Figure:
+    """Grouped bars: per-class accuracy of each run (name -> eval) on the given labels, classes
+    ordered by mean accuracy over the runs."""
+    frames = {k: per_class_frame(ev).set_index("label").loc[[str(l) for l in labels]] for k, ev in evs.items()}
+    mean = pd.concat([f["acc"] for f in frames.values()], axis=1).mean(axis=1)
+    order = mean.sort_values(ascending=False, kind="stable").index
+    names = next(iter(frames.values())).loc[order, "name"].tolist() if frames else []
+    fig = go.Figure([go.Bar(name=k, x=list(range(len(order))), y=f.loc[order, "acc"], customdata=names,
+                            hovertemplate=f"{k}<br>%{{customdata}}: %{{y:.1%}}<extra></extra>")
+                     for k, f in frames.items()])
+    _class_axis(fig, names)
+    fig.update_layout(barmode="group", yaxis=dict(title="accuracy", range=[0, 1.02], tickformat=".0%"),
+                      height=440, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=1.1))
+    return fig
+
+
+def curves_figure(epochs: dict) -> go.Figure:
+    """Validation accuracy and training loss per epoch, one line per run (name -> epochs frame)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("validation accuracy", "training loss"))
+    for i, (name, df) in enumerate(epochs.items()):
+        color = _palette(i)
+        for col, (metric, fmt) in enumerate((("val_acc", ".1%"), ("train_loss", ".3f")), start=1):
+            fig.add_trace(go.Scatter(x=df["epoch"], y=df[metric], mode="lines+markers", name=name,
+                                     legendgroup=name, showlegend=col == 1, line=dict(color=color),
+                                     hovertemplate=f"{name}<br>epoch %{{x}}: %{{y:{fmt}}}<extra></extra>"),
+                          row=1, col=col)
+    fig.update_xaxes(title="epoch", dtick=1)
+    fig.update_yaxes(tickformat=".0%", row=1, col=1)
+    fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def _palette(i: int) -> str:
+    import plotly.express as px
+    colors = px.colors.qualitative.Plotly
+    return colors[i % len(colors)]

@@ -1,0 +1,239 @@
+"""Compare: two or more finished runs side by side — metrics and config differences, curves,
+per-class accuracy on the classes they share, confusion matrices, and the same image explained
+by each model with the same method (the seed's Figs. 5–6)."""
+from dashboard.common import home_key, predictor, run_picker, store, user_error  # noqa: I001
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.data import open_image
+from core.errors import UserError
+from core.explain import METHODS
+from core.explain_io import explain_one
+from dashboard import charts
+
+SPLITS = {"val": "Validation (20%)", "holdout": "Holdout (1%)", "train": "Train"}
+st.session_state.setdefault("cmp_split", "val")
+st.session_state.setdefault("cmp_normalize", False)
+st.session_state.setdefault("cmp_top_k", 30)
+st.session_state.setdefault("cmp_source", "holdout")
+st.session_state.setdefault("cmp_method", "saliency")
+st.session_state.setdefault("cmp_explained", None)   # the (runs, image, method) last explained
+PCT = "%.3f"
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_evals(home: str, run_id: str, finished) -> dict:
+    return store().evals(run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_epochs(home: str, run_id: str, finished) -> pd.DataFrame:
+    return store().epochs(run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_predictions(path: str, mtime: float) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def explain_cached(home: str, run_id: str, finished, image_key: str, method: str, _image) -> dict:
+    """Top-3 and the rendered explanation of one image by one run (cached per image and method)."""
+    pred = predictor(run_id)
+    x = pred.tensor(_image)     # each model resizes to its own training size
+    r = explain_one(pred, x, method)
+    return {"top": pred.top(x, 3), "image": r["image"], "name": r["name"],
+            "faithfulness": r["faithfulness"], "ms": r["ms"]}
+
+
+def upscale(img: np.ndarray, size: int = 256) -> np.ndarray:
+    """Small renderings (a 32 px model) enlarged with square pixels instead of a browser blur."""
+    if img.shape[0] >= size:
+        return img
+    from PIL import Image
+    return np.asarray(Image.fromarray(img).resize((round(size * img.shape[1] / img.shape[0]), size), Image.NEAREST))
+
+
+def short_names(runs: list[dict]) -> dict:
+    names = {r["run_id"]: f"{r['model']} · {r['classes']} cls · {r['run_id'][-4:]}" for r in runs}
+    return names if len(set(names.values())) == len(names) else {k: k for k in names}
+
+
+def metrics_table(runs: list[dict], evals: dict, names: dict) -> None:
+    rows = []
+    for r in runs:
+        s, ho = r["summary"] or {}, evals[r["run_id"]].get("holdout", {})
+        rows.append({"run": names[r["run_id"]], "train": s.get("train_acc"), "val": s.get("val_acc"),
+                     "holdout": s.get("holdout_acc"), "holdout_n": ho.get("n"), "top5": s.get("holdout_top5"),
+                     "gap": s.get("holdout_gap"), "epochs": s.get("epochs_completed", r["config"].get("epochs")),
+                     "ips": s.get("images_per_s"), "seconds": s.get("seconds")})
+    num = st.column_config.NumberColumn
+    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+        "run": "Run", "train": num("Train acc", format=PCT), "val": num("Val acc", format=PCT),
+        "holdout": num("Holdout acc", format=PCT), "holdout_n": num("Holdout n", format="%d"),
+        "top5": num("Holdout top-5", format=PCT), "gap": num("Holdout GAP", format=PCT),
+        "epochs": num("Epochs", format="%d"), "ips": num("Images/s", format="%.0f"),
+        "seconds": num("Duration (s)", format="%.0f")})
+
+
+def config_table(runs: list[dict], names: dict) -> None:
+    """Every config key as a row, one column per run; rows that differ are highlighted."""
+    cfgs = {names[r["run_id"]]: r["config"] for r in runs}
+    keys = sorted(set().union(*[c.keys() for c in cfgs.values()]))
+    df = pd.DataFrame({n: [_fmt(c.get(k)) for k in keys] for n, c in cfgs.items()}, index=keys)
+    differs = df.nunique(axis=1) > 1
+    only = st.toggle("Only settings that differ", value=True, key="cmp_only_diff")
+    shown = df[differs] if only else df
+    if shown.empty:
+        st.caption("The runs use the same configuration.")
+        return
+    style = shown.style.apply(lambda row: ["background-color: rgba(255, 200, 0, 0.25)" if differs[row.name] else ""]
+                              * len(row), axis=1)
+    st.dataframe(style)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v)) or "—"
+    return str(v)
+
+
+def overlap_note(evs: dict, names: dict) -> list[str]:
+    labels = [ev["labels"] for ev in evs.values()]
+    shared = charts.shared_labels(labels)
+    ov = charts.class_overlap(labels)
+    if any(ov["only"]):
+        only = "; ".join(f"{k} only in {names[r]}" for r, k in zip(evs, ov["only"]) if k)
+        st.info(f"These runs were trained on different class sets. They have **{ov['shared']} shared classes** "
+                f"({only}); per-class accuracy and confusion matrices below use the shared classes, "
+                "matched by label.", icon="ℹ️")
+    return shared
+
+
+def per_class_section(evs: dict, shared: list, names: dict) -> None:
+    ids = list(evs)
+    if len(ids) == 2:
+        a, b = ids
+        df = charts.per_class_difference(evs[a], evs[b])
+        st.plotly_chart(charts.per_class_diff_figure(df, names[a], names[b]), key="cmp_diff")
+        gone = int(df["diff"].isna().sum())
+        st.caption("Positive bars: A is more accurate on the class." +
+                   (f" {gone} shared class(es) without images in this split are left out." if gone else ""))
+    else:
+        st.plotly_chart(charts.per_class_grouped_figure({names[r]: evs[r] for r in ids}, shared), key="cmp_grouped")
+
+
+def confusion_section(evs: dict, shared: list, names: dict) -> None:
+    normalize = st.toggle("Row-normalised", key="cmp_normalize")
+    labels = shared
+    if len(shared) > charts.FULL_MATRIX_MAX:
+        k = st.slider("Most-confused shared classes shown", 5, charts.FULL_MATRIX_MAX, key="cmp_top_k")
+        total = sum(charts.restrict_confusion(ev, shared)[0][:len(shared), :len(shared)] for ev in evs.values())
+        labels = [shared[i] for i in charts.most_confused(total, k)]
+        st.caption(f"{k} of {len(shared)} shared classes with the most mistakes over the runs; **(other)** sums the rest.")
+    if any(len(ev["labels"]) > len(labels) for ev in evs.values()):
+        st.caption("**(other)** collects each run's classes that are not shown here.")
+    for col, (r, ev) in zip(st.columns(len(evs)), evs.items()):
+        cm, cm_names = charts.restrict_confusion(ev, labels)
+        col.plotly_chart(charts.confusion_figure(cm, cm_names, normalize=normalize, title=names[r]), key=f"cmp_cm_{r}")
+
+
+def pick_image(first: str):
+    """(PIL image, cache key) from an upload or the first run's holdout images, or (None, None)."""
+    source = st.radio("Image", ["holdout", "upload"], horizontal=True, key="cmp_source",
+                      format_func={"holdout": "Holdout image of the first run", "upload": "Upload"}.get)
+    if source == "upload":
+        file = st.file_uploader("Image file", type=["jpg", "jpeg", "png", "webp"], key="cmp_upload")
+        if file is None:
+            return None, None
+        try:
+            return open_image(file), "upload:" + hashlib.sha1(file.getvalue()).hexdigest()
+        except UserError as e:
+            user_error(e)
+        except Exception:  # noqa: BLE001 - a bad upload is one sentence, not a traceback
+            user_error(UserError(f"{file.name} is not an image this app can read; upload a JPEG, PNG or WebP file."))
+        return None, None
+    f = store().run_dir(first) / "predictions_holdout.parquet"
+    if not f.exists():
+        st.info("The first run has no holdout predictions; upload an image instead.", icon="ℹ️")
+        return None, None
+    preds = load_predictions(str(f), f.stat().st_mtime)
+    names = load_evals(home_key(), first, (store().get(first) or {}).get("finished")).get("holdout", {}).get("names", [])
+    label = {p: f"{Path(p).name} — {names[t] if t < len(names) else t}" for p, t in zip(preds["path"], preds["target"])}
+    path = st.selectbox("Holdout image", list(label), format_func=label.get, key="cmp_image")
+    try:
+        return open_image(path), f"{path}:{Path(path).stat().st_mtime}"
+    except Exception as e:  # noqa: BLE001
+        user_error(e)
+        return None, None
+
+
+def explain_section(runs: list[dict], names: dict) -> None:
+    image, image_key = pick_image(runs[0]["run_id"])
+    method = st.selectbox("Explanation method", list(METHODS), key="cmp_method")
+    signature = (tuple(r["run_id"] for r in runs), image_key, method)
+    if st.button("Explain with each model", key="cmp_explain", type="primary", disabled=image is None):
+        st.session_state["cmp_explained"] = signature
+    if image is None:
+        return
+    st.image(np.asarray(image), caption="input", width=200)
+    if st.session_state["cmp_explained"] != signature:
+        st.caption("Press the button to run the method on every model (each resizes the image to its own training size).")
+        return
+    for col, r in zip(st.columns(len(runs)), runs):
+        with col:
+            st.markdown(f"**{names[r['run_id']]}**")
+            try:
+                with st.spinner("Explaining…"):
+                    out = explain_cached(home_key(), r["run_id"], r["finished"], image_key, method, image)
+            except Exception as e:  # noqa: BLE001 - one failing model must not hide the others
+                user_error(e)
+                continue
+            st.image(upscale(out["image"]), width="stretch",
+                     caption=f"{method} for “{out['name']}” · faithfulness {out['faithfulness']:.2f} · {out['ms']:.0f} ms")
+            top = pd.DataFrame(out["top"])[["name", "prob"]]
+            st.dataframe(top, hide_index=True, column_config={
+                "name": "Top-3 prediction", "prob": st.column_config.ProgressColumn("p", format="percent", min_value=0, max_value=1)})
+
+
+st.title("Compare runs")
+run_ids = run_picker("Runs to compare", key="cmp_runs", multi=True)
+if not run_ids:
+    st.stop()
+if len(run_ids) < 2:
+    st.info("Pick at least two finished runs to compare.", icon="ℹ️")
+    st.stop()
+runs = [store().get(r) for r in run_ids]
+names = short_names(runs)
+evals = {r["run_id"]: load_evals(home_key(), r["run_id"], r["finished"]) for r in runs}
+
+st.subheader("Metrics")
+metrics_table(runs, evals, names)
+with st.expander("Configuration differences", expanded=True):
+    config_table(runs, names)
+
+st.subheader("Curves")
+st.plotly_chart(charts.curves_figure({names[r["run_id"]]: load_epochs(home_key(), r["run_id"], r["finished"])
+                                      for r in runs}), key="cmp_curves")
+
+st.subheader("Per-class accuracy")
+split = st.radio("Split", list(SPLITS), format_func=SPLITS.get, horizontal=True, key="cmp_split")
+evs = {r: evals[r].get(split) for r in run_ids}
+if not all(ev and "confusion" in ev for ev in evs.values()):
+    st.info(f"Not every run has {SPLITS[split].lower()} images to compare on.", icon="ℹ️")
+else:
+    shared = overlap_note(evs, names)
+    if not shared:
+        st.warning("These runs share no class, so per-class accuracy and confusion cannot be compared.")
+    else:
+        per_class_section(evs, shared, names)
+        st.subheader("Confusion matrices")
+        confusion_section(evs, shared, names)
+
+st.subheader("Explanations side by side")
+explain_section(runs, names)

@@ -1,0 +1,152 @@
+"""Evaluate: the seed's holdout table across runs, then for one run and split the per-class
+accuracy (Fig. 4), the confusion matrix (Fig. 3) and the most confident mistakes."""
+from dashboard.common import run_picker, runs_frame, store, home_key  # noqa: I001
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.data import open_image
+from dashboard import charts
+
+SPLITS = {"holdout": "Holdout (1%)", "val": "Validation", "train": "Train"}
+st.session_state.setdefault("eval_split", "holdout")
+st.session_state.setdefault("eval_normalize", False)
+st.session_state.setdefault("eval_top_k", 30)
+st.session_state.setdefault("eval_mistakes", 12)
+
+PCT = "%.3f"
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_evals(home: str, run_id: str, finished) -> dict:
+    """A finished run's final evaluation (cache key: the run's finish time, new after a resume)."""
+    return store().evals(run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_predictions(path: str, mtime: float) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def thumbnail(path: str, mtime: float, size: int = 160) -> np.ndarray:
+    im = open_image(path, draft=2 * size)
+    im.thumbnail((size, size))
+    return np.asarray(im)
+
+
+def holdout_table(runs: pd.DataFrame) -> None:
+    """The seed's results table: one row per finished run, sortable by any column."""
+    df = runs.copy()
+    df["holdout_n"] = [load_evals(home_key(), r.run_id, r.finished).get("holdout", {}).get("n") for r in df.itertuples()]
+    df = df.sort_values(["holdout_acc", "val_acc"], ascending=False, na_position="last")
+    cols = ["model", "classes", "train_acc", "val_acc", "holdout_acc", "holdout_n", "holdout_top5", "holdout_gap", "run_id"]
+    st.dataframe(df[cols], hide_index=True, column_config={
+        "model": "Model", "classes": st.column_config.NumberColumn("No. classes", format="%d"),
+        "train_acc": st.column_config.NumberColumn("Train", format=PCT),
+        "val_acc": st.column_config.NumberColumn("Validation", format=PCT),
+        "holdout_acc": st.column_config.NumberColumn("Holdout", format=PCT),
+        "holdout_n": st.column_config.NumberColumn("Holdout n", format="%d",
+                                                   help="Holdout images: the set is 1% of the data, so one image moves "
+                                                        "the holdout numbers by 1/n."),
+        "holdout_top5": st.column_config.NumberColumn("Holdout top-5", format=PCT),
+        "holdout_gap": st.column_config.NumberColumn("Holdout GAP", format=PCT,
+                                                     help="Global Average Precision (Kaggle landmark recognition metric)."),
+        "run_id": "Run"})
+
+
+def split_metrics(ev: dict, split: str) -> None:
+    n = ev.get("n") or 0
+    cols = st.columns(4)
+    for col, (key, label) in zip(cols, (("acc", "Accuracy"), ("top5", "Top-5"), ("gap", "GAP"), ("loss", "Loss"))):
+        v = ev.get(key)
+        col.metric(f"{label} (n={n})", "—" if v is None else f"{v:.3f}")
+    if split == "holdout":
+        st.caption(f"The holdout set has only {n} images: each one moves accuracy by {1 / max(n, 1):.1%}.")
+
+
+def per_class_section(ev: dict, split: str) -> None:
+    st.subheader("Accuracy per class")
+    df = charts.per_class_frame(ev)
+    st.plotly_chart(charts.per_class_figure(df), key="eval_per_class")
+    missing = int(df["acc"].isna().sum())
+    st.caption(f"Sorted; hover for the class name and its number of {SPLITS[split].lower()} images."
+               + (f" {missing} class(es) have no image in this split and are left out." if missing else ""))
+
+
+def confusion_section(ev: dict, run_id: str, split: str) -> None:
+    st.subheader("Confusion matrix")
+    cm, names = np.asarray(ev["confusion"]), ev["names"]
+    n = len(names)
+    c1, c2 = st.columns([1, 2])
+    normalize = c1.toggle("Row-normalised", key="eval_normalize", help="Each true class's row sums to 1.")
+    if n > charts.FULL_MATRIX_MAX:
+        k = c2.slider("Most-confused classes shown", 5, charts.FULL_MATRIX_MAX, key="eval_top_k")
+        shown, shown_names = charts.reduce_confusion(cm, charts.most_confused(cm, k), names)
+        st.caption(f"{k} of {n} classes with the most off-diagonal mass; **(other)** sums the remaining {n - k}. "
+                   "The full matrix is in the CSV.")
+    else:
+        shown, shown_names = cm, names
+    st.plotly_chart(charts.confusion_figure(shown, shown_names, normalize=normalize), key="eval_confusion")
+    st.download_button("Download the full matrix (CSV)", charts.confusion_csv(cm, names),
+                       file_name=f"confusion_{run_id}_{split}.csv", mime="text/csv", key="eval_confusion_csv")
+
+
+def mistakes_section(ev: dict, run_id: str, split: str) -> None:
+    st.subheader("Most confident mistakes")
+    f = store().run_dir(run_id) / f"predictions_{split}.parquet"
+    if not f.exists():
+        st.caption("Per-image predictions are kept for the validation and holdout splits only.")
+        return
+    preds = load_predictions(str(f), f.stat().st_mtime)
+    wrong = preds[preds["pred"] != preds["target"]].sort_values("conf", ascending=False)
+    if wrong.empty:
+        st.success(f"No mistakes on the {len(preds)} {SPLITS[split].lower()} images.")
+        return
+    count = st.slider("Mistakes shown", 4, 48, step=4, key="eval_mistakes")
+    names, shown = ev["names"], []
+    for r in wrong.itertuples():
+        if len(shown) == count:
+            break
+        try:
+            shown.append((thumbnail(r.path, Path(r.path).stat().st_mtime),
+                          f"{names[r.target]} → {names[r.pred]} ({r.conf:.0%})"))
+        except Exception:  # noqa: BLE001 - a moved or unreadable image is skipped, not fatal
+            continue
+    st.caption(f"{len(wrong)} of {len(preds)} images misclassified; most confident first "
+               "(caption: true class → predicted class (confidence)).")
+    if not shown:
+        st.info("The misclassified images are no longer on disk.")
+    for i in range(0, len(shown), 6):
+        for col, (img, caption) in zip(st.columns(6), shown[i:i + 6]):
+            col.image(img, caption=caption, width="stretch")
+
+
+st.title("Evaluate")
+runs = runs_frame(("done",))
+if runs.empty:
+    st.info("No finished runs yet. Launch one on the **Train** page, then come back to see its holdout, "
+            "per-class and confusion results.", icon="ℹ️")
+    st.stop()
+runs["finished"] = [(store().get(r) or {}).get("finished") for r in runs["run_id"]]
+
+st.subheader("Holdout results")
+holdout_table(runs)
+
+st.divider()
+c1, c2 = st.columns([3, 2])
+with c1:
+    run_id = run_picker("Run", key="eval_run")
+split = c2.radio("Split", list(SPLITS), format_func=SPLITS.get, horizontal=True, key="eval_split")
+finished = runs.set_index("run_id").loc[run_id, "finished"]
+ev = load_evals(home_key(), run_id, finished).get(split)
+if not ev or "confusion" not in ev:
+    st.info(f"Run {run_id} has no {SPLITS[split].lower()} images to evaluate.", icon="ℹ️")
+    st.stop()
+split_metrics(ev, split)
+per_class_section(ev, split)
+confusion_section(ev, run_id, split)
+mistakes_section(ev, run_id, split)

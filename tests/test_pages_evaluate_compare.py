@@ -1,0 +1,211 @@
+"""Evaluate and Compare pages: the chart helpers behind them (exact, on hand-made matrices) and
+both pages rendered through the whole app with AppTest, without runs and with two trained runs."""
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dashboard import charts
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+EVALUATE, COMPARE = "../pages/evaluate.py", "../pages/compare.py"   # relative to the app's folder
+
+
+def _ev(labels, cm, names=None):
+    """An eval dict as core.engine.final_evaluation writes it, from a confusion matrix."""
+    cm = np.asarray(cm)
+    support = cm.sum(axis=1)
+    per_class = [None if s == 0 else float(cm[i, i] / s) for i, s in enumerate(support)]
+    return {"n": int(cm.sum()), "acc": float(np.trace(cm) / cm.sum()), "labels": [str(l) for l in labels],
+            "names": names or [f"class {l}" for l in labels], "per_class": per_class,
+            "support": support.tolist(), "confusion": cm.tolist()}
+
+
+# ------------------------------------------------------------------ charts (pure)
+
+def test_most_confused_ranks_by_off_diagonal_mass():
+    cm = np.array([[9, 0, 0, 0],
+                   [0, 5, 3, 0],
+                   [0, 4, 2, 1],
+                   [1, 0, 0, 7]])
+    # off-diagonal mass (row + column): 0 -> 0+1, 1 -> 3+4, 2 -> 5+3, 3 -> 1+1
+    assert charts.most_confused(cm, 2) == [2, 1]
+    assert charts.most_confused(cm, 4) == [2, 1, 3, 0]
+
+
+def test_reduce_confusion_keeps_total_and_buckets_the_rest():
+    rng = np.random.default_rng(0)
+    cm = rng.integers(0, 20, size=(60, 60))
+    names = [f"c{i}" for i in range(60)]
+    keep = charts.most_confused(cm, 30)
+    out, out_names = charts.reduce_confusion(cm, keep, names)
+    assert out.shape == (31, 31) and out_names[-1] == charts.OTHER
+    assert out.sum() == cm.sum()
+    rest = np.setdiff1d(np.arange(60), keep)
+    assert out[-1, -1] == cm[np.ix_(rest, rest)].sum()
+    assert out[0, 1] == cm[keep[0], keep[1]]
+    assert out[0, -1] == cm[keep[0], rest].sum()
+    np.testing.assert_array_equal(out.sum(axis=1)[:-1], cm[keep].sum(axis=1))   # rows keep their support
+
+
+def test_reduce_confusion_without_rest_has_no_other_bucket():
+    cm = np.arange(9).reshape(3, 3)
+    out, names = charts.reduce_confusion(cm, [2, 0, 1], ["a", "b", "c"])
+    assert names == ["c", "a", "b"]
+    np.testing.assert_array_equal(out, cm[np.ix_([2, 0, 1], [2, 0, 1])])
+
+
+def test_row_normalize_rows_sum_to_one_and_empty_rows_stay_zero():
+    cm = np.array([[3, 1, 0], [0, 0, 0], [2, 2, 4]])
+    n = charts.row_normalize(cm)
+    np.testing.assert_allclose(n.sum(axis=1), [1, 0, 1])
+    np.testing.assert_allclose(n[0], [0.75, 0.25, 0])
+
+
+def test_per_class_difference_on_shared_labels():
+    a = _ev(["10", "20", "30", "40"], np.diag([4, 2, 1, 3]) + np.array([[0, 0, 0, 0], [0, 0, 2, 0],
+                                                                         [0, 0, 0, 3], [0, 1, 0, 0]]))
+    b = _ev(["30", "20", "50"], [[1, 1, 0], [0, 4, 0], [0, 0, 2]])   # other order, one class not in a
+    assert charts.shared_labels([a["labels"], b["labels"]]) == ["20", "30"]
+    assert charts.class_overlap([a["labels"], b["labels"]]) == {"shared": 2, "only": [2, 1]}
+    df = charts.per_class_difference(a, b)
+    got = dict(zip(df["label"], df["diff"]))
+    # a: "20" 2/4, "30" 1/4 ; b: "20" 4/4, "30" 1/2
+    assert got == pytest.approx({"20": 0.5 - 1.0, "30": 0.25 - 0.5})
+    assert list(df["label"]) == ["30", "20"]   # largest difference first
+
+
+def test_restrict_confusion_matches_labels_and_keeps_total():
+    b = _ev(["30", "20", "50"], [[1, 1, 0], [0, 4, 0], [1, 0, 2]])
+    cm, names = charts.restrict_confusion(b, ["20", "30"])
+    np.testing.assert_array_equal(cm, [[4, 0, 0], [1, 1, 0], [0, 1, 2]])
+    assert names == ["class 20", "class 30", charts.OTHER] and cm.sum() == 9
+
+
+def test_figures_build_for_many_classes_and_csv_round_trips():
+    import pandas as pd
+    cm = np.random.default_rng(1).integers(0, 5, size=(55, 55))
+    ev = _ev([str(i) for i in range(55)], cm)
+    fig = charts.confusion_figure(*charts.reduce_confusion(cm, charts.most_confused(cm, 30), ev["names"]), normalize=True)
+    assert len(fig.layout.yaxis.ticktext) == 31 and fig.layout.height >= 500
+    assert len(charts.per_class_figure(charts.per_class_frame(ev)).data[0].y) == 55
+    back = pd.read_csv(io.BytesIO(charts.confusion_csv(cm, ev["names"])), index_col=0)
+    np.testing.assert_array_equal(back.to_numpy(), cm)
+
+
+def test_tick_labels_drop_shared_leading_words_and_truncate():
+    names = ["Synthetic: pyramid", "Synthetic: Eiffel-like lattice tower", charts.OTHER]
+    assert charts.tick_labels(names) == ["pyramid", "Eiffel-like latti…", charts.OTHER]
+    assert charts.tick_labels(["Big Ben", "Bigger"]) == ["Big Ben", "Bigger"]   # no shared word
+
+
+def test_grouped_and_curve_figures_have_one_trace_per_run():
+    import pandas as pd
+    evs = {k: _ev(["1", "2", "3"], np.eye(3, dtype=int) * (i + 1) + 1) for i, k in enumerate("abc")}
+    fig = charts.per_class_grouped_figure(evs, ["3", "1"])
+    assert len(fig.data) == 3 and all(len(t.y) == 2 for t in fig.data)
+    ep = pd.DataFrame({"epoch": [1, 2], "val_acc": [0.5, 0.7], "train_loss": [1.2, 0.9]})
+    assert len(charts.curves_figure({"a": ep, "b": ep}).data) == 4
+
+
+# ------------------------------------------------------------------ pages (AppTest)
+
+def _page(path):
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(path)   # before the first run: no need to render the default page first
+    return at.run()
+
+
+def _charts(at):
+    return at.get("plotly_chart")
+
+
+def _heatmap(at, i):
+    """(z matrix, y tick labels) of the i-th plotly chart; plotly sends arrays base64-packed."""
+    import base64
+    import json
+    spec = json.loads(_charts(at)[i].proto.spec)
+    z = spec["data"][0]["z"]
+    if isinstance(z, dict):
+        shape = [int(v) for v in str(z["shape"]).split(",")]
+        z = np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(shape)
+    return np.asarray(z), spec["layout"]["yaxis"]["ticktext"]
+
+
+def _errors(at):
+    return [e.value for e in at.error]
+
+
+@pytest.mark.parametrize("page", [EVALUATE, COMPARE])
+def test_pages_without_runs_say_so(page):
+    at = _page(page)
+    assert not at.exception
+    assert any("No finished runs" in i.value for i in at.info)
+
+
+def test_evaluate_with_two_runs(use_trained_home):
+    at = _page(EVALUATE)
+    assert not at.exception, at.exception
+    assert len(at.dataframe[0].value) == 2                 # the holdout table: one row per run
+    assert len(_charts(at)) == 2                           # per-class bars + confusion heatmap
+    assert at.get("download_button")                       # the full matrix as CSV
+    assert not _errors(at)
+    at.toggle(key="eval_normalize").set_value(True)
+    at.radio(key="eval_split").set_value("val").run()
+    assert not at.exception and len(_charts(at)) == 2
+    assert "n=" in at.metric[0].label
+
+
+def test_compare_two_runs_with_different_class_sets(use_trained_home):
+    at = _page(COMPARE)
+    assert not at.exception, at.exception
+    assert len(at.multiselect(key="cmp_runs").value) == 2
+    assert any("shared classes" in i.value for i in at.info)   # 4 vs 3 classes
+    assert len(_charts(at)) == 4                           # curves, difference, two confusion matrices
+    assert at.selectbox(key="cmp_image").options           # holdout images of the first run
+    at.selectbox(key="cmp_method").set_value("saliency")
+    at.button(key="cmp_explain").click().run()
+    assert not at.exception, at.exception
+    assert not _errors(at)
+    assert len(at.image) >= 3                              # the input, then one explanation per run
+    assert any("saliency for" in c for im in at.image for c in im.captions)
+
+
+def test_compare_upload_bad_file_is_one_sentence(use_trained_home):
+    from PIL import Image
+    at = _page(COMPARE)
+    at.radio(key="cmp_source").set_value("upload").run()
+    at.file_uploader(key="cmp_upload").upload("notes.png", b"%PDF-1.4 not an image", "image/png")
+    at.run()
+    assert not at.exception and len(_errors(at)) == 1 and "not an image" in _errors(at)[0]
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 60, 30)).save(buf, "PNG")
+    at.file_uploader(key="cmp_upload").set_value(("red.png", buf.getvalue(), "image/png"))
+    at.run()
+    at.button(key="cmp_explain").click().run()
+    assert not at.exception and not _errors(at)
+    assert sum(1 for im in at.image for c in im.captions if "saliency for" in c) == 2
+
+
+def test_evaluate_many_classes_shows_top_k_with_other_bucket(tmp_path):
+    """A run with 60 classes (metrics written straight to the store, no training): the heatmap
+    shows the K most-confused classes plus "(other)", and the page copes without prediction files."""
+    from core.runs import RunStore
+    from tests.conftest import tiny_config
+    store = RunStore()
+    run_id = store.create(tiny_config(tmp_path, classes=60), status="done")
+    cm = np.random.default_rng(2).integers(0, 4, size=(60, 60)) + np.eye(60, dtype=int) * 20
+    ev = _ev([str(100 + i) for i in range(60)], cm, names=[f"Landmark number {i}" for i in range(60)])
+    for split in ("train", "val", "holdout"):
+        store.log_eval(run_id, split, ev)
+    store.set(run_id, summary={"holdout_acc": ev["acc"]}, finished=1.0)
+    at = _page(EVALUATE)
+    assert not at.exception, at.exception
+    assert at.slider(key="eval_top_k").value == 30
+    z, ticks = _heatmap(at, 1)
+    assert z.shape == (31, 31) and z.sum() == cm.sum() and ticks[-1] == charts.OTHER
+    assert ticks[0].isdigit()                             # the shared "Landmark number " is dropped on axes
+    at.slider(key="eval_top_k").set_value(10).run()
+    assert _heatmap(at, 1)[0].shape == (11, 11)
