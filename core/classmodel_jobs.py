@@ -32,7 +32,8 @@ def out_dir(store: RunStore, run_id: str) -> Path:
 
 def png_path(store: RunStore, run_id: str, target: int, steps: int, size: int) -> Path:
     """Where explain_io.class_model_png caches the image of class index ``target``."""
-    return out_dir(store, run_id) / f"class_{int(target)}_{int(steps)}_{int(size)}.png"
+    from .explain_io import class_model_path
+    return class_model_path(out_dir(store, run_id), target, steps, size)
 
 
 def _progress_file(store: RunStore, run_id: str) -> Path:

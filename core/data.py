@@ -67,6 +67,12 @@ def open_image(path_or_file, max_pixels: int = MAX_PIXELS, draft: int | None = N
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit/float greyscale: scale to 8 bits by the image's own range (convert("RGB") clips to white)
+        a = np.asarray(im, dtype=np.float32)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        im = Image.fromarray(a.astype(np.uint8), "L")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))  # white, not black, behind alpha
@@ -189,7 +195,8 @@ def load_index(root) -> DatasetIndex:
 
 # ---------------------------------------------------------------- statistics (cached)
 
-def _stats_key(root: Path) -> str:
+def signature(root: Path) -> str:
+    """Changes when the data set does: train.csv's size+mtime, or the class folders' mtimes."""
     f = root / "train.csv"
     if f.exists():
         st = f.stat()
@@ -220,7 +227,7 @@ def class_counts(root) -> pd.Series:
     """Images per class, most frequent first; cached on the CSV's size and mtime."""
     root = Path(root).expanduser().resolve()
     detect_layout(root)
-    cache = cache_dir() / "stats" / f"{_stats_key(root)}.parquet"
+    cache = cache_dir() / "stats" / f"{signature(root)}.parquet"
     if cache.exists():
         df = pd.read_parquet(cache)
         return pd.Series(df["count"].to_numpy(), index=df["label"].to_numpy(), name="count")

@@ -54,14 +54,20 @@ def resolve_class(pred, cls) -> int:
                     + (" …" if len(pred.names) > 20 else "") + ".")
 
 
+def class_model_path(out_dir: Path, target: int, steps: int, size: int) -> Path:
+    return Path(out_dir) / f"class_{int(target)}_{int(steps)}_{int(size)}.png"
+
+
 def class_model_png(pred, cls, out_dir: Path, steps: int = 150, size: int = 0, progress=None, should_stop=None) -> dict:
     """Simonyan et al. 2014 §2 class model image, cached per run, class, steps and size."""
     target = resolve_class(pred, cls)
     size = size or pred.cfg.image_size
     out_dir.mkdir(parents=True, exist_ok=True)
-    png = out_dir / f"class_{target}_{steps}_{size}.png"
+    png = class_model_path(out_dir, target, steps, size)
     if not png.exists():
         img = _class_model(pred.model, target, size=size, steps=steps, progress=progress, should_stop=should_stop)
+        if should_stop is not None and should_stop():
+            raise UserError("Class model generation was stopped before it finished; nothing was cached.")
         arr = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         tmp = png.with_suffix(".tmp")
         tmp.write_bytes(to_png_bytes(arr))

@@ -73,6 +73,19 @@ def dataset_options() -> dict[str, str]:
     return opts
 
 
+@st.cache_resource(show_spinner="Counting images per class…", max_entries=8)
+def _counts(root: str, sig: str) -> pd.Series:
+    from core.data import class_counts
+    return class_counts(root)
+
+
+def counts_of(root) -> pd.Series:
+    """Images per class, shared read-only: at GLDv2 scale copying 200 k rows per rerun (as
+    st.cache_data would) costs more than drawing the page. Keyed on the data set's signature."""
+    from core.data import signature
+    return _counts(str(root), signature(Path(root)))
+
+
 def is_synthetic(path: str | Path) -> bool:
     return (Path(path) / "SYNTHETIC.txt").exists()
 

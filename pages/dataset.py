@@ -6,9 +6,8 @@ core.data.class_counts (cached on disk by the CSV's size and mtime) behind an in
 keyed the same way, readable names are looked up only for the classes shown, and the full
 image index is only built when the thumbnails or the scan ask for it, once per data set version.
 """
-from dashboard.common import dataset_picker, synthetic_note, user_error
+from dashboard.common import counts_of, dataset_picker, synthetic_note, user_error
 
-import hashlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -16,7 +15,7 @@ import pandas as pd  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from core.data import class_counts, detect_layout, imbalance, load_index, open_image, resize_square  # noqa: E402
+from core.data import detect_layout, signature, imbalance, load_index, open_image, resize_square  # noqa: E402
 from core.errors import UserError  # noqa: E402
 
 N_CHOICES = (10, 20, 30, 50, 100, 200, 500, 1000)
@@ -29,23 +28,6 @@ st.session_state.setdefault("dataset_scans", {})   # (root, signature, N) -> sca
 
 
 # ------------------------------------------------------------------ cached loaders
-
-def signature(root: Path) -> str:
-    """Changes when the data set does: train.csv's size+mtime, or the class folders' mtimes."""
-    f = root / "train.csv"
-    if f.exists():
-        s = f.stat()
-        return f"csv-{s.st_size}-{s.st_mtime_ns}"
-    dirs = "|".join(f"{d.name}:{d.stat().st_mtime_ns}" for d in sorted(root.iterdir()) if d.is_dir())
-    return "dirs-" + hashlib.sha1(dirs.encode()).hexdigest()[:16]
-
-
-@st.cache_resource(show_spinner="Counting images per class…", max_entries=8)
-def counts_of(root: str, sig: str) -> pd.Series:
-    """Images per class (read-only, shared: at GLDv2 scale copying 200 k rows per rerun costs more
-    than computing the page, so this is a resource, not st.cache_data)."""
-    return class_counts(root)
-
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def categories(root: str, mtime: float) -> pd.DataFrame | None:
@@ -251,7 +233,7 @@ try:
     root = Path(path).expanduser().resolve()
     detect_layout(root)
     sig = signature(root)
-    counts = counts_of(str(root), sig)
+    counts = counts_of(root)
 except UserError as e:
     user_error(e)
     st.stop()

@@ -4,11 +4,10 @@ The page never trains: core.jobs.launch writes a queued run to the store and sta
 `python -m core.worker` in its own session when the device is free. The form is validated
 first (TrainConfig.validate and the data set's class count), so bad input creates no run.
 """
-from dashboard.common import (STATUS_ICON, dataset_picker, runs_frame, schedule_queue, store,  # noqa: I001
+from dashboard.common import (STATUS_ICON, counts_of, dataset_picker, runs_frame, schedule_queue, store,  # noqa: I001
                               synthetic_note, user_error)
 
 import os  # noqa: E402
-import hashlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
@@ -16,7 +15,7 @@ import streamlit as st  # noqa: E402
 from streamlit.errors import StreamlitAPIException  # noqa: E402
 
 from core.config import AUGMENTATIONS, DEVICES, OPTIMIZERS, PIPELINES, TrainConfig  # noqa: E402
-from core.data import class_counts, detect_layout  # noqa: E402
+from core.data import detect_layout  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from core.models import REGISTRY  # noqa: E402
 from core.runs import ACTIVE  # noqa: E402
@@ -62,22 +61,6 @@ def default_weights(model: str) -> str:
 
 def default_model() -> str:
     return "efficientnet_lite0" if "efficientnet_lite0" in REGISTRY else next(iter(REGISTRY))
-
-
-def signature(root: Path) -> str:
-    """Changes when the data set does: train.csv's size+mtime, or the class folders' mtimes."""
-    f = root / "train.csv"
-    if f.exists():
-        s = f.stat()
-        return f"csv-{s.st_size}-{s.st_mtime_ns}"
-    dirs = "|".join(f"{d.name}:{d.stat().st_mtime_ns}" for d in sorted(root.iterdir()) if d.is_dir())
-    return "dirs-" + hashlib.sha1(dirs.encode()).hexdigest()[:16]
-
-
-@st.cache_resource(show_spinner="Counting images per class…", max_entries=8)
-def counts_of(root: str, sig: str) -> pd.Series:
-    """Images per class, shared read-only (no per-rerun copy of 200 k rows at GLDv2 scale)."""
-    return class_counts(root)
 
 
 def on_model_change() -> None:
@@ -233,7 +216,7 @@ else:
     try:
         root = Path(path).expanduser().resolve()
         detect_layout(root)
-        counts = counts_of(str(root), signature(root))
+        counts = counts_of(root)
     except UserError as e:
         user_error(e)
 if counts is not None:

@@ -126,3 +126,11 @@ def test_class_counts_cached_and_invalidated(demo_root, tmp_path):
     assert data.class_counts(root).sum() == 10
     stats = data.imbalance(c1, top=2)
     assert stats["largest"] == c1.iloc[0] and stats["top_n"] == 2 and 0 < stats["top_n_share"] < 1
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    a = np.zeros((4, 4), dtype=np.uint16)
+    a[:, 2:] = 30000
+    Image.fromarray(a).save(tmp_path / "g16.png")
+    im = data.open_image(tmp_path / "g16.png")
+    assert im.getpixel((0, 0)) == (0, 0, 0) and im.getpixel((3, 3)) == (255, 255, 255)

@@ -1,0 +1,199 @@
+"""Classify: upload photos (or take a holdout sample), see the top-5 classes of a finished run,
+and explain the decision with six attribution methods, each scored for faithfulness."""
+from dashboard.common import predictor, run_picker, store, user_error
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.data import open_image
+from core.errors import UserError
+from core.explain import render, to_png_bytes
+from core.explain_io import explain_one, image_uint8
+from core.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, UPLOAD_TYPES, limits_text, load_upload
+
+METHOD_NAMES = {
+    "saliency": "Saliency map (Simonyan et al. 2014)",
+    "vanilla": "Vanilla backpropagation",
+    "guided": "Guided backpropagation",
+    "gradcam": "Grad-CAM",
+    "integrated_gradients": "Integrated gradients",
+    "smoothgrad": "SmoothGrad",
+}
+FAITH_COLUMNS = {  # Petsiuk et al. 2018 (RISE) §4, with a blurred copy of the image as baseline
+    "deletion AUC": st.column_config.NumberColumn(format="%.3f", help=(
+        "Class probability while the most salient pixels are replaced by a blurred copy first; lower is better.")),
+    "insertion AUC": st.column_config.NumberColumn(format="%.3f", help=(
+        "Class probability while the most salient pixels are put back into a blurred copy first; "
+        "higher is better.")),
+    "score": st.column_config.NumberColumn(format="%.3f", help="insertion AUC − deletion AUC"),
+    "ms": st.column_config.NumberColumn("map ms", format="%.0f", help="Server-side time to compute the map."),
+}
+TOP_CLASS = -1  # sentinel in the class select box: explain whatever the model predicts
+
+st.session_state.setdefault("clf_methods", ["saliency", "gradcam"])
+st.session_state.setdefault("clf_alpha", 0.5)
+st.session_state.setdefault("clf_target", TOP_CLASS)
+st.session_state.setdefault("clf_samples", {})  # run_id -> (holdout image path, true class)
+
+st.title("Classify")
+st.caption("Upload landmark photos and see what a trained model thinks they are, and which pixels "
+           "it looked at (Simonyan, Vedaldi & Zisserman 2014, and later attribution methods).")
+
+run_id = run_picker("Model (a finished run; the best one is first)", key="clf_run")
+if not run_id:
+    st.page_link("../pages/train.py", label="Go to the Train page", icon="🚀")
+    st.stop()
+
+try:
+    pred = predictor(run_id)
+except UserError as e:
+    user_error(e)
+    st.stop()
+
+
+# ------------------------------------------------------------------ inputs
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def holdout(run_id: str, mtime: float) -> list[tuple[str, int]]:
+    """(path, true class index) of the run's holdout images: never seen in training."""
+    f = store().run_dir(run_id) / "predictions_holdout.parquet"
+    if not f.exists():
+        return []
+    df = pd.read_parquet(f, columns=["path", "target"])
+    return list(zip(df["path"].astype(str).tolist(), df["target"].astype(int).tolist()))
+
+
+def sample_buttons() -> None:
+    f = store().run_dir(run_id) / "predictions_holdout.parquet"
+    rows = holdout(run_id, f.stat().st_mtime if f.exists() else 0.0)
+    samples = st.session_state["clf_samples"]
+    if not rows:
+        return
+    c1, c2 = st.columns([3, 1])
+    if c1.button("🎲 Try a sample image from the holdout set", key="clf_sample_btn",
+                 help="A random image the model never saw in training, for when no photo is at hand."):
+        samples[run_id] = rows[int(np.random.default_rng().integers(len(rows)))]
+    if c2.button("Remove the sample", key="clf_sample_clear", disabled=run_id not in samples):
+        samples.pop(run_id, None)
+
+
+uploads = st.file_uploader("Photos", type=list(UPLOAD_TYPES), accept_multiple_files=True, key="clf_upload")
+st.caption(limits_text(MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS))
+sample_buttons()
+
+images: list[tuple[str, object]] = []  # (name, RGB PIL image)
+for uf in uploads or []:
+    try:
+        images.append((uf.name, load_upload(uf.getvalue(), uf.name)))
+    except UserError as e:
+        user_error(e)
+sample = st.session_state["clf_samples"].get(run_id)
+if sample:
+    path, true = sample
+    truth = pred.names[true] if 0 <= true < len(pred.names) else "?"
+    try:
+        images.append((f"holdout sample {Path(path).name} (true class: {truth})", open_image(path)))
+    except (UserError, OSError) as e:
+        user_error(UserError(f"The holdout image {path} cannot be read ({e}); try another sample."))
+if not images:
+    st.info("Upload a photo above, or try a sample image from the run's holdout set.", icon="📷")
+    st.stop()
+
+
+# ------------------------------------------------------------------ top-5
+
+def top5(image) -> tuple[object, list[dict], float]:
+    t0 = time.perf_counter()
+    x = pred.tensor(image)
+    rows = pred.top(x, 5)
+    return x, rows, (time.perf_counter() - t0) * 1000
+
+
+def show_top5(name: str, image, rows: list[dict], ms: float) -> None:
+    left, right = st.columns([1, 2])
+    left.image(image, caption=name, width="stretch")
+    df = pd.DataFrame([{"class": r["name"], "label": r["label"], "probability": r["prob"]} for r in rows])
+    right.dataframe(df, hide_index=True, width="stretch", column_config={
+        "probability": st.column_config.ProgressColumn("probability", format="percent", min_value=0.0,
+                                                       max_value=1.0)})
+    right.caption(f"Top-5 in {ms:.0f} ms on the server (preprocessing + forward pass, {pred.cfg.model}).")
+
+
+st.subheader("Top-5 classes")
+inputs = []
+for name, image in images:
+    x, rows, ms = top5(image)
+    show_top5(name, image, rows, ms)
+    inputs.append((name, x))
+
+
+# ------------------------------------------------------------------ explanations
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def attribution(model_key: str, image_key: str, method: str, target: int, _x) -> dict:
+    """explain_one once per model, image, method and class; the overlay is redrawn per alpha."""
+    r = explain_one(pred, _x, method, target)
+    return {k: r[k] for k in ("attr", "map", "ms", "name", "faithfulness", "deletion_auc", "insertion_auc")}
+
+
+def model_key() -> str:
+    ckpt = store().run_dir(run_id) / "checkpoints" / "last.pt"
+    return f"{run_id}:{ckpt.stat().st_mtime if ckpt.exists() else 0}"
+
+
+def explain_controls() -> tuple[int, list[str], float, int]:
+    c1, c2 = st.columns(2)
+    if st.session_state.get("clf_image", 0) >= len(inputs):  # fewer images than last time
+        st.session_state["clf_image"] = 0
+    chosen = c1.selectbox("Image to explain", range(len(inputs)), key="clf_image",
+                          format_func=lambda i: inputs[i][0], disabled=len(inputs) < 2)
+    opts = [TOP_CLASS] + list(range(len(pred.names)))
+    if st.session_state["clf_target"] not in opts:
+        st.session_state["clf_target"] = TOP_CLASS
+    target = c2.selectbox("Explain class", opts, key="clf_target",
+                          format_func=lambda i: "Top class (the prediction)" if i == TOP_CLASS else pred.names[i])
+    methods = st.multiselect("Methods (shown side by side)", list(METHOD_NAMES), key="clf_methods",
+                             format_func=METHOD_NAMES.get)
+    alpha = st.slider("Heat-map opacity", 0.0, 1.0, step=0.05, key="clf_alpha",
+                      help="Overlay strength for saliency, Grad-CAM, integrated gradients and SmoothGrad; "
+                           "vanilla and guided backpropagation show the signed gradient itself.")
+    return target, methods, alpha, chosen
+
+
+def show_explanations(name: str, x, target: int, methods: list[str], alpha: float) -> None:
+    key_img = hashlib.sha1(x.numpy().tobytes()).hexdigest()
+    base = image_uint8(x)
+    if target == TOP_CLASS:
+        target = int(pred.probs(x)[0].argmax())
+    results, cols = [], st.columns(min(3, len(methods)))
+    for i, m in enumerate(methods):
+        with st.spinner(f"{METHOD_NAMES[m]}…"):
+            r = attribution(model_key(), key_img, m, target, x)
+        img = render(m, base, r["attr"][0], alpha=alpha)
+        col = cols[i % len(cols)]
+        col.image(img, caption=f"{METHOD_NAMES[m]} · class “{r['name']}” · {r['ms']:.0f} ms",
+                  width="stretch")
+        stem = name.rsplit(".", 1)[0].replace(" ", "_").replace(":", "")
+        col.download_button("Download PNG", to_png_bytes(img), file_name=f"{stem}_{m}.png", mime="image/png",
+                            key=f"clf_dl_{m}", on_click="ignore")
+        results.append({"method": METHOD_NAMES[m], "deletion AUC": r["deletion_auc"],
+                        "insertion AUC": r["insertion_auc"], "score": r["faithfulness"], "ms": r["ms"]})
+    st.markdown("**Faithfulness on this image** — insertion AUC − deletion AUC; higher is more faithful.")
+    st.dataframe(pd.DataFrame(results).sort_values("score", ascending=False), hide_index=True,
+                 width="stretch", column_config=FAITH_COLUMNS)
+
+st.subheader("Why? Explanations")
+target, methods, alpha, chosen = explain_controls()
+name, x = inputs[chosen]
+if not methods:
+    st.info("Choose at least one explanation method.")
+else:
+    try:
+        show_explanations(name, x, target, methods, alpha)
+    except UserError as e:
+        user_error(e)
