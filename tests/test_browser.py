@@ -1,0 +1,99 @@
+"""Real browser: streamlit run dashboard/app.py on a free port, headless Chromium via Playwright.
+
+A new user's path: the Dataset page shows the (synthetic) demo, the Train page launches a run
+with two clicks, the Runs page shows its curve and final accuracy, and the Classify page takes
+an uploaded photo and shows the top-5 and a saliency overlay.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app(home, demo_root, tmp_path):
+    shutil.copytree(demo_root, home / "datasets" / "demo")  # the tiny demo, so the run takes seconds
+    port = _free_port()
+    env = dict(os.environ, LANDMARKS_HOME=str(home), OMP_NUM_THREADS="2")
+    log = open(tmp_path / "streamlit.log", "wb")
+    p = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+                          "--server.headless", "true", "--server.address", "127.0.0.1"],
+                         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        p.kill()
+        raise AssertionError((tmp_path / "streamlit.log").read_text()[-3000:])
+    yield url
+    os.killpg(p.pid, 15)
+    p.wait(20)
+    from core import jobs
+    from core.runs import RunStore
+    store = RunStore()
+    for r in store.list():  # stop any worker the test started
+        if r["status"] in ("queued", "starting", "running"):
+            jobs.cancel(store, r["run_id"])
+
+
+def test_new_user_path(app, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+    from PIL import Image
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        expect.set_options(timeout=120_000)  # a loaded 2-core CI machine is slow; expect's default is 5 s
+        page.goto(app)
+        expect(page.get_by_text("synthetic", exact=False).first).to_be_visible()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible()
+        page.screenshot(path=str(tmp_path / "dataset.png"))
+
+        page.goto(app + "/train")
+        page.get_by_role("button", name="Quick demo run preset").click()
+        page.get_by_role("button", name="Launch training run").click()
+        expect(page.get_by_text("Follow it on the Runs page")).to_be_visible()
+
+        page.goto(app + "/runs")
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=240_000)
+        expect(page.get_by_text("Holdout accuracy").first).to_be_visible(timeout=300_000)
+        page.screenshot(path=str(tmp_path / "runs.png"), full_page=True)
+
+        photo = next((Path(os.environ["LANDMARKS_HOME"]) / "datasets" / "demo" / "train").rglob("*.jpg"))
+        upload = tmp_path / "my_photo.png"
+        Image.open(photo).save(upload)
+        page.goto(app + "/classify")
+        page.locator("input[type=file]").first.set_input_files(str(upload))
+        expect(page.get_by_text("my_photo.png").first).to_be_visible()
+        expect(page.get_by_text("Top-5", exact=False).first).to_be_visible()
+        # the saliency overlay is drawn with a caption naming the method and the class
+        expect(page.get_by_text("Saliency map (Simonyan et al. 2014) · class").first).to_be_visible()
+        page.screenshot(path=str(tmp_path / "classify.png"), full_page=True)
+        shots = os.environ.get("SCREENSHOTS")
+        if shots:
+            for f in ("dataset.png", "runs.png", "classify.png"):
+                shutil.copy(tmp_path / f, Path(shots) / f)
+        browser.close()
