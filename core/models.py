@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import urllib.error
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -44,6 +45,7 @@ class ModelSpec:
     head: str
     cam_layer: str
     about: str
+    tv_weights: str | None = None              # torchvision weights enum (hub-cache file name)
 
 
 def _tv(name):
@@ -105,6 +107,16 @@ def _mobilenet(n):
     return net
 
 
+def _small_cnn(n):
+    """A 4-block CNN trained from scratch: a fast CPU baseline (and what the tests train)."""
+    def block(i, o, pool=True):
+        layers = [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+        return layers + [nn.MaxPool2d(2)] if pool else layers
+    features = nn.Sequential(*block(3, 32), *block(32, 64), *block(64, 128), *block(128, 256, pool=False))
+    return nn.Sequential(OrderedDict(features=features, pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
+                                     fc=nn.Linear(256, n)))
+
+
 def _effnet(n):
     import timm
     return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=n)
@@ -112,24 +124,44 @@ def _effnet(n):
 
 REGISTRY: dict[str, ModelSpec] = {
     "resnet18": ModelSpec(_resnet("resnet18"), _tv_state("ResNet18_Weights"), IMAGENET_MEAN, IMAGENET_STD,
-                          "fc", "layer4", "ResNet-18 (torchvision), 11.7 M parameters — the seed's best"),
+                          "fc", "layer4", "ResNet-18 (torchvision), 11.7 M parameters — the seed's best", "ResNet18_Weights"),
     "vgg16": ModelSpec(_vgg16, _tv_state("VGG16_Weights"), IMAGENET_MEAN, IMAGENET_STD,
-                       "classifier.6", "features.29", "VGG-16 (torchvision), 138 M parameters — the seed's other model"),
+                       "classifier.6", "features.29", "VGG-16 (torchvision), 138 M parameters — the seed's other model", "VGG16_Weights"),
     "efficientnet_lite0": ModelSpec(_effnet, _effnet_lite0_state, (0.5,) * 3, (0.5,) * 3,
                                     "classifier", "conv_head",
                                     "EfficientNet-Lite0 (timm), 4.7 M parameters, ImageNet weights available offline"),
     "resnet50": ModelSpec(_resnet("resnet50"), _tv_state("ResNet50_Weights"), IMAGENET_MEAN, IMAGENET_STD,
-                          "fc", "layer4", "ResNet-50 (torchvision), 25.6 M parameters"),
+                          "fc", "layer4", "ResNet-50 (torchvision), 25.6 M parameters", "ResNet50_Weights"),
+    "small_cnn": ModelSpec(_small_cnn, None, IMAGENET_MEAN, IMAGENET_STD, "fc", "features",
+                           "Small 4-block CNN, 0.4 M parameters, from scratch only — a fast CPU baseline"),
     "mobilenet_v3_large": ModelSpec(_mobilenet, _tv_state("MobileNet_V3_Large_Weights"), IMAGENET_MEAN,
                                     IMAGENET_STD, "classifier.3", "features.16",
-                                    "MobileNet-V3-Large (torchvision), 5.5 M parameters"),
+                                    "MobileNet-V3-Large (torchvision), 5.5 M parameters", "MobileNet_V3_Large_Weights"),
 }
+
+
+def imagenet_available(name: str) -> tuple[bool, str]:
+    """Can `--weights imagenet` load without the internet? (available, one-line note)"""
+    spec = REGISTRY[name]
+    if spec.imagenet is None:
+        return False, f"{name} has no ImageNet weights: it trains from scratch."
+    if spec.tv_weights is None:
+        return True, "ImageNet weights ship with pip: they work offline."
+    import torchvision
+    url = getattr(torchvision.models, spec.tv_weights)["IMAGENET1K_V1"].url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if cached.exists():
+        return True, f"ImageNet weights are cached ({cached.name})."
+    return False, (f"ImageNet weights for {name} are not cached here: they download on first use, which needs "
+                   f"the internet (or put {cached.name} in {cached.parent}).")
 
 
 def _load_matching(net: nn.Module, state: dict, source: str) -> int:
     """Copy every tensor whose name and shape match (the 1000-class head never does)."""
     if "model" in state and isinstance(state["model"], dict):   # one of our checkpoints
-        state = {k.removeprefix("net."): v for k, v in state["model"].items()}
+        state = state["model"]
+    if all(k.startswith("net.") for k in state):                 # a LandmarkNet state dict
+        state = {k.removeprefix("net."): v for k, v in state.items()}
     own = net.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if len(matched) < 0.5 * len(own):
@@ -143,6 +175,8 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet", freeze: 
         raise UserError(f"Unknown model {name!r}; choose one of: {', '.join(REGISTRY)}.")
     spec = REGISTRY[name]
     net = spec.build(num_classes)
+    if weights == "imagenet" and spec.imagenet is None:
+        raise UserError(f"{name} has no ImageNet weights; train it with --weights none.")
     if weights == "imagenet":
         try:
             _load_matching(net, spec.imagenet(), "the ImageNet weights")

@@ -7,7 +7,6 @@ first (TrainConfig.validate and the data set's class count), so bad input create
 from dashboard.common import (STATUS_ICON, counts_of, dataset_picker, runs_frame, schedule_queue, store,  # noqa: I001
                               synthetic_note, user_error)
 
-import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
@@ -17,7 +16,7 @@ from streamlit.errors import StreamlitAPIException  # noqa: E402
 from core.config import AUGMENTATIONS, DEVICES, OPTIMIZERS, PIPELINES, TrainConfig  # noqa: E402
 from core.data import detect_layout  # noqa: E402
 from core.errors import UserError  # noqa: E402
-from core.models import REGISTRY  # noqa: E402
+from core.models import REGISTRY, imagenet_available  # noqa: E402
 from core.runs import ACTIVE  # noqa: E402
 
 RUNS_PAGE = Path(__file__).resolve().parent / "runs.py"
@@ -35,24 +34,9 @@ DEFAULTS = dict(  # the seed poster's final settings (Adam, lr 0.001, 10 epochs,
 # ------------------------------------------------------------------ helpers
 
 @st.cache_data(show_spinner=False, ttl=60)
-def imagenet_offline(model: str, torch_home: str) -> tuple[bool, str]:
-    """Can the model's ImageNet weights load without the internet? (available, one-line note)"""
-    import torch
-    import torchvision
-    try:
-        w = torchvision.models.get_model_weights(model)["IMAGENET1K_V1"]
-    except (ValueError, KeyError):  # not a torchvision model: its weights ship with a pip package
-        return True, "ImageNet weights ship with pip: they work offline."
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
-    if cached.exists():
-        return True, f"ImageNet weights are cached ({cached.name})."
-    return False, (f"ImageNet weights for {model} are not cached here: they download on first use, which needs "
-                   f"the internet (or put {os.path.basename(w.url)} in {cached.parent}). "
-                   f"Choose **None** to train from scratch offline.")
-
-
 def weights_status(model: str) -> tuple[bool, str]:
-    return imagenet_offline(model, os.environ.get("TORCH_HOME", ""))
+    ok, note = imagenet_available(model)
+    return ok, note if ok else note + " Choose **None** to train from scratch offline."
 
 
 def default_weights(model: str) -> str:
@@ -69,7 +53,7 @@ def on_model_change() -> None:
 
 def apply_preset(n_classes: int) -> None:
     """Quick demo run: small and fast on a CPU (a minute or two on the demo data set)."""
-    model = "efficientnet_lite0" if weights_status("efficientnet_lite0")[0] else "resnet18"
+    model = "efficientnet_lite0" if weights_status("efficientnet_lite0")[0] else "small_cnn"
     st.session_state.update(train_model=model, train_weights=default_weights(model),
                             train_classes=min(10, n_classes), train_size=64, train_epochs=3, train_batch=32,
                             train_lr=1e-3, train_optimizer="adam", train_freeze=False, train_max_images=0,

@@ -33,7 +33,7 @@ def demo_root(tmp_path_factory):
 
 def tiny_config(data, **kw):
     from core.config import TrainConfig
-    base = dict(data=str(data), model="resnet18", weights="none", classes=4, epochs=3, batch_size=32,
+    base = dict(data=str(data), model="small_cnn", weights="none", classes=4, epochs=3, batch_size=32,
                 lr=1e-3, image_size=32, holdout=0.05, val=0.2, seed=0)
     base.update(kw)
     return TrainConfig(**base)
@@ -42,7 +42,7 @@ def tiny_config(data, **kw):
 @pytest.fixture(scope="session")
 def trained_home(tmp_path_factory, demo_root):
     """A LANDMARKS_HOME with two finished runs on the tiny demo data (read-only for tests:
-    copy it before changing anything). Returns (home, [run_id_resnet18_4cls, run_id_resnet18_3cls])."""
+    copy it before changing anything). Returns (home, [run_id_4_classes, run_id_3_classes])."""
     from core.jobs import execute
     from core.runs import RunStore
     h = tmp_path_factory.mktemp("trained_home")

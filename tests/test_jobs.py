@@ -27,7 +27,7 @@ def wait_for(store, run_id, statuses, timeout=240):
 def test_worker_survives_the_process_that_launched_it(demo_root, home):
     code = ("import sys; sys.path.insert(0, %r)\n"
             "from core.jobs import launch; from core.runs import RunStore; from core.config import TrainConfig\n"
-            "cfg = TrainConfig(data=%r, model='resnet18', weights='none', classes=3, epochs=1, batch_size=32,"
+            "cfg = TrainConfig(data=%r, model='small_cnn', weights='none', classes=3, epochs=1, batch_size=32,"
             " image_size=32, holdout=0.05)\n"
             "print(launch(cfg, RunStore()))\n") % (str(ROOT), str(demo_root))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

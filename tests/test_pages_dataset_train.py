@@ -114,7 +114,7 @@ def test_train_page_preset_then_launch_queues_a_worker(demo_home):
     at = page("train.py").run()
     at.button(key="train_preset").click().run()          # click 1: small values
     assert at.number_input(key="train_size").value == 64 and at.number_input(key="train_epochs").value == 3
-    at.selectbox(key="train_model").select("resnet18").run()
+    at.selectbox(key="train_model").select("small_cnn").run()
     assert at.radio(key="train_weights").value == "none"  # no cached torchvision weights in this TORCH_HOME
     at.number_input(key="train_classes").set_value(3)
     at.number_input(key="train_size").set_value(32)
@@ -127,7 +127,7 @@ def test_train_page_preset_then_launch_queues_a_worker(demo_home):
     try:
         assert run["status"] in ACTIVE + ("done",)
         assert run["config"]["classes"] == 3 and run["config"]["image_size"] == 32
-        assert run["config"]["weights"] == "none" and run["config"]["model"] == "resnet18"
+        assert run["config"]["weights"] == "none" and run["config"]["model"] == "small_cnn"
         assert any(run["run_id"] in s.value for s in at.success)
     finally:
         status = wait_until_stopped(store, run["run_id"])
