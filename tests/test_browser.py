@@ -74,6 +74,7 @@ def test_new_user_path(app, tmp_path):
 
         page.goto(app + "/train")
         page.get_by_role("button", name="Quick demo run preset").click()
+        expect(page.get_by_text("Preset filled in")).to_be_visible()   # the rerun has finished
         page.get_by_role("button", name="Launch training run").click()
         expect(page.get_by_text("Follow it on the Runs page")).to_be_visible()
 
