@@ -63,8 +63,9 @@ def cmd_stats(a) -> dict:
     if not a.json:
         print(f"{out['images']:,} images in {out['classes']:,} classes; top {out['top_n']} hold "
               f"{out['top_n_share']:.1%}; largest/smallest {out['largest']}/{out['smallest']} ({out['ratio']:.1f}x)")
+        w = max((len(r["label"]) for r in out["top"]), default=8)
         for row in out["top"]:
-            print(f"  {row['label']:>12}  {row['count']:>8}")
+            print(f"  {row['label']:<{w}}  {row['count']:>9,}")
         if not scan:
             print(f"scan: skipped for {out['top_n_images']:,} images; pass --scan to decode them and list unreadable files")
         else:
