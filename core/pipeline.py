@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import math
 import os
-import queue
-import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -74,9 +74,10 @@ class PreparedBatches:
     """Iterates (uint8 NHWC batch, targets) from a memmap, gathered by a prefetch thread."""
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, batch_size: int, shuffle: bool,
-                 seed: int = 0, pin: bool = False, prefetch: int = 3):
+                 seed: int = 0, pin: bool = False, prefetch: int = 4, threads: int = 0):
         self.images, self.targets = images, np.asarray(targets, dtype=np.int64)
         self.batch_size, self.shuffle, self.seed, self.pin, self.prefetch = batch_size, shuffle, seed, pin, prefetch
+        self.threads = threads or min(4, os.cpu_count() or 1)
 
     def __len__(self):
         return math.ceil(len(self.targets) / self.batch_size)
@@ -93,30 +94,17 @@ class PreparedBatches:
         return (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
 
     def epoch(self, epoch: int):
+        """Batches in order, gathered `prefetch` ahead by a few threads (numpy's gather and
+        pin_memory release the GIL, so at GPU speed several threads keep up where one cannot)."""
         order = self._order(epoch)
         chunks = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-
-        def work():
-            for c in chunks:
-                if stop.is_set():
-                    return
-                q.put(self._gather(c))
-            q.put(None)
-
-        t = threading.Thread(target=work, daemon=True)
-        t.start()
-        try:
-            while (item := q.get()) is not None:
-                yield item
-        finally:
-            stop.set()
-            while t.is_alive():  # drain so the producer can exit
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    t.join(0.05)
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            pending = deque(pool.submit(self._gather, c) for c in chunks[:self.prefetch])
+            for c in chunks[self.prefetch:] + [None] * len(pending):
+                batch = pending.popleft().result()
+                if c is not None:
+                    pending.append(pool.submit(self._gather, c))
+                yield batch
 
 
 # ------------------------------------------------------------------ plain pipeline
