@@ -1,5 +1,5 @@
 # Two commands: `make app` (set up and launch the dashboard) and `make test` (set up and test).
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: app test bench browser-deps
 
 $(BIN)/python:
-	$(shell command -v $(PY) >/dev/null 2>&1 || echo python3) -m venv $(VENV)
+	$(PY) -m venv $(VENV)
 
 # Reinstall only when requirements.txt changes.
 $(STAMP): requirements.txt | $(BIN)/python
