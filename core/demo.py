@@ -129,10 +129,10 @@ class Pen:
     def __init__(self, draw, grade, r: random.Random, frame, cx, base, scale, aspect, light):
         self.draw, self.grade = draw, grade
         self.cx, self.base, self.s = cx, base, scale
-        self.sx = r.uniform(0.75, 1.25)  # horizontal squash/stretch
-        self.persp = r.uniform(-0.25, 0.08)  # looking up makes the top narrower
-        self.yaw = r.uniform(-0.15, 0.15) / max(aspect / 2, 0.25)  # nearer side taller
-        self.lean = r.uniform(-0.05, 0.05)
+        self.sx = r.uniform(0.8, 1.2)  # horizontal squash/stretch
+        self.persp = r.uniform(-0.2, 0.06)  # looking up makes the top narrower
+        self.yaw = r.uniform(-0.12, 0.12) / max(aspect / 2, 0.25)  # nearer side taller
+        self.lean = r.uniform(-0.04, 0.04)
         self.sun = r.uniform(-1, 1)  # -1 sun at the left, +1 at the right
         self.light = light  # < 1 for backlit silhouettes
         self.min_w = max(1, round(frame / 150))  # thinner lines vanish at 64 px
@@ -216,24 +216,25 @@ def draw_arch(p: Pen, m, r):
         p.rect(x - 0.07, 0.4, x + 0.07, 0.5, dark(body, 0.25))
 
 
-@kind("dome", 1.1, "Synthetic: domed capitol")
+@kind("dome", 1.0, "Synthetic: domed capitol")
 def draw_dome(p: Pen, m, r):
     body, acc = m
-    p.rect(-0.55, 0, 0.55, 0.28, body, 0)
-    p.rect(-0.2, 0, 0.2, 0.33, body, 0.3)
-    for i in range(6):
-        x = -0.17 + i * 0.068
-        p.rect(x - 0.012, 0.02, x + 0.012, 0.3, dark(body, 0.3))
-    p.poly([(-0.22, 0.33), (0.22, 0.33), (0, 0.42)], body, 0.5)
-    p.rect(-0.25, 0.3, 0.25, 0.52, body, 0.2)
+    wing = r.uniform(0.12, 0.18)
+    p.rect(-0.5, 0, 0.5, wing, body, 0)
+    for i in range(8):  # wing windows
+        x = -0.44 + i * 0.126
+        p.rect(x - 0.02, wing * 0.35, x + 0.02, wing * 0.75, dark(body, 0.4))
+    p.rect(-0.3, wing, 0.3, 0.38, body, 0.3)  # drum, ringed by columns
     for i in range(7):
-        x = -0.2 + i * 0.067
-        p.rect(x - 0.01, 0.34, x + 0.01, 0.48, dark(body))
+        x = -0.25 + i * 0.083
+        p.rect(x - 0.014, wing + 0.03, x + 0.014, 0.35, dark(body))
+    p.rect(-0.33, 0.38, 0.33, 0.41, dark(acc, 0.2))
+    # A big round dome: its curve, not the mass below, is what tells it from a pyramid.
     dome_c = acc if r.random() < 0.6 else body
-    p.poly(p.arc_pts(0, 0.52, 0.25, 0.3, math.pi, math.pi / 2, 8) + [(0, 0.52)], dome_c, -1)
-    p.poly(p.arc_pts(0, 0.52, 0.25, 0.3, math.pi / 2, 0, 8) + [(0, 0.52)], dome_c, 1)
-    p.rect(-0.035, 0.8, 0.035, 0.92, body)
-    p.ellipse(0, 0.94, 0.03, 0.03, dome_c)
+    p.poly(p.arc_pts(0, 0.41, 0.35, 0.42, math.pi, math.pi / 2, 10) + [(0, 0.41)], dome_c, -1)
+    p.poly(p.arc_pts(0, 0.41, 0.35, 0.42, math.pi / 2, 0, 10) + [(0, 0.41)], dome_c, 1)
+    p.rect(-0.04, 0.8, 0.04, 0.93, body)
+    p.ellipse(0, 0.95, 0.035, 0.035, dome_c)
 
 
 @kind("pyramid", 1.5, "Synthetic: pyramid")
@@ -274,22 +275,22 @@ def draw_bridge(p: Pen, m, r):
     p.rect(-1.3, deck - 0.03, 1.3, deck + 0.02, acc)
 
 
-@kind("pagoda", 0.72, "Synthetic: tiered pagoda")
+@kind("pagoda", 0.85, "Synthetic: tiered pagoda")
 def draw_pagoda(p: Pen, m, r):
     body, acc = m
-    n = r.randint(4, 6)
-    h = 0.88 / n
+    n = r.randint(3, 5)
+    h = 0.86 / n
     for i in range(n):
         y0 = i * h
         bw = 0.2 * (1 - 0.1 * i)
-        rw = bw + 0.14
-        p.rect(-bw, y0, bw, y0 + h * 0.65, body, 0.4)
-        p.rect(-bw * 0.3, y0, bw * 0.3, y0 + h * 0.45, dark(body))
-        p.poly([(-rw, y0 + h * 0.78), (-rw + 0.08, y0 + h * 0.6), (rw - 0.08, y0 + h * 0.6),
-                (rw, y0 + h * 0.78), (bw * 0.7, y0 + h), (-bw * 0.7, y0 + h)], acc, 0.5)
-    p.line([(0, 0.88), (0, 1.0)], 0.02, acc)
-    for y in (0.91, 0.94, 0.97):
-        p.rect(-0.03, y - 0.006, 0.03, y + 0.006, acc)
+        rw = bw + 0.2  # wide eaves: the stack of roofs is the pagoda's signature
+        p.rect(-bw, y0, bw, y0 + h * 0.6, body, 0.4)
+        p.rect(-bw * 0.3, y0, bw * 0.3, y0 + h * 0.4, dark(body))
+        p.poly([(-rw, y0 + h * 0.8), (-rw + 0.1, y0 + h * 0.55), (rw - 0.1, y0 + h * 0.55),
+                (rw, y0 + h * 0.8), (bw * 0.7, y0 + h), (-bw * 0.7, y0 + h)], acc, 0.5)
+    p.line([(0, 0.86), (0, 1.0)], 0.025, acc)
+    for y in (0.9, 0.94):
+        p.rect(-0.04, y - 0.01, 0.04, y + 0.01, acc)
 
 
 @kind("ferris_wheel", 1.0, "Synthetic: observation wheel")
@@ -328,22 +329,24 @@ def draw_colosseum(p: Pen, m, r):
         p.line([(-1, y0 - 0.02), (1, y0 - 0.02)], 0.015, dark(body, 0.15))
 
 
-@kind("skyscraper", 0.42, "Synthetic: stepped skyscraper")
+@kind("skyscraper", 0.5, "Synthetic: stepped skyscraper")
 def draw_skyscraper(p: Pen, m, r):
     body, acc = m
-    steps = r.randint(2, 4)
-    y, w = 0.0, 0.2
+    steps = r.randint(2, 3)
+    y, w = 0.0, 0.25
+    win = dark(acc, 0.3)
     for i in range(steps):
-        y1 = y + (0.9 - y) * (0.55 if i < steps - 1 else 1)
+        y1 = y + (0.92 - y) * (0.6 if i < steps - 1 else 1)
         edge = w * r.uniform(0.2, 0.5)  # corner between the two visible faces
         p.rect(-w, y, edge, y1, body, -1)
         p.rect(edge, y, w, y1, body, 1)
-        for k in range(int((y1 - y) / 0.045)):
-            wy = y + 0.02 + k * 0.045
-            p.line([(-w + 0.02, wy), (w - 0.02, wy)], 0.016, dark(acc, 0.3))
-        y, w = y1, w * 0.7
-    p.poly([(-w, y), (w, y), (0, y + 0.06)], acc)
-    p.line([(0, y + 0.05), (0, 1.0)], 0.012, acc)
+        for k in range(int((y1 - y) / 0.05)):  # window grid: the facade texture
+            wy = y + 0.025 + k * 0.05
+            p.line([(-w + 0.03, wy), (w - 0.03, wy)], 0.018, win)
+        for x in (-w / 2, w / 2):
+            p.line([(x, y), (x, y1)], 0.02, body, 1 if x > edge else -1)
+        y, w = y1, w * 0.65
+    p.line([(0, y), (0, 1.0)], 0.015, acc)
 
 
 @kind("windmill", 1.0, "Synthetic: windmill")
@@ -359,8 +362,8 @@ def draw_windmill(p: Pen, m, r):
         a = spin + k * math.pi / 2
         d, n = (math.cos(a), math.sin(a)), (-math.sin(a), math.cos(a))
         pt = lambda t, o: (hub[0] + d[0] * t + n[0] * o, hub[1] + d[1] * t + n[1] * o)
-        p.poly([pt(0.1, 0), pt(0.44, 0), pt(0.44, 0.08), pt(0.1, 0.08)], sail_c)
-        p.line([hub, pt(0.45, 0)], 0.014, dark(body, 0.4))
+        p.poly([pt(0.1, 0), pt(0.45, 0), pt(0.45, 0.11), pt(0.1, 0.11)], sail_c)
+        p.line([hub, pt(0.46, 0)], 0.02, dark(body, 0.4))
     p.ellipse(hub[0], hub[1], 0.025, 0.025, dark(body, 0.5))
 
 
@@ -385,14 +388,14 @@ def draw_temple(p: Pen, m, r):
 @kind("torii", 1.3, "Synthetic: torii gate")
 def draw_torii(p: Pen, m, r):
     body, acc = m
-    p.poly([(-0.5, 0), (-0.41, 0), (-0.42, 0.86), (-0.48, 0.86)], body, -1)
-    p.poly([(0.41, 0), (0.5, 0), (0.48, 0.86), (0.42, 0.86)], body, 1)
-    p.rect(-0.58, 0.64, 0.58, 0.71, body)
-    p.rect(-0.03, 0.71, 0.03, 0.86, body)
-    lift = r.uniform(0.04, 0.09)  # upturned kasagi ends
-    p.poly([(-0.66, 0.9 + lift), (-0.55, 0.86), (0.55, 0.86), (0.66, 0.9 + lift),
-            (0.55, 0.93), (-0.55, 0.93)], acc)
-    p.rect(-0.56, 0.93, 0.56, 0.96, dark(acc, 0.3))
+    p.poly([(-0.52, 0), (-0.4, 0), (-0.42, 0.86), (-0.49, 0.86)], body, -1)
+    p.poly([(0.4, 0), (0.52, 0), (0.49, 0.86), (0.42, 0.86)], body, 1)
+    p.rect(-0.6, 0.62, 0.6, 0.71, body)
+    p.rect(-0.04, 0.71, 0.04, 0.86, body)
+    lift = r.uniform(0.05, 0.1)  # upturned kasagi ends overhang the pillars
+    p.poly([(-0.68, 0.9 + lift), (-0.56, 0.85), (0.56, 0.85), (0.68, 0.9 + lift),
+            (0.56, 0.94), (-0.56, 0.94)], acc)
+    p.rect(-0.57, 0.94, 0.57, 0.98, dark(acc, 0.3))
 
 
 @kind("castle", 1.7, "Synthetic: castle with towers")
@@ -463,14 +466,17 @@ def draw_lighthouse(p: Pen, m, r):
 # --------------------------------------------------------------------------- scene
 
 
-def sky(S: int, r: random.Random, grade: Grade) -> tuple[Image.Image, str]:
-    """Vertical gradient: a 1-pixel-wide column stretched, far cheaper than per-pixel maths."""
+def sky(S: int, r: random.Random, grade: Grade) -> tuple[Image.Image, str, tuple]:
+    """Vertical gradient: a 1-pixel-wide column stretched, far cheaper than per-pixel maths.
+
+    Returns the image, the sky's name and its mean colour behind a landmark (upper 70%).
+    """
     name = r.choices(_SKY_NAMES, _SKY_WEIGHTS)[0]
     top, low = (grade(jitter(c, r, 15)) for c in SKIES[name][:2])
     t = np.linspace(0.0, 1.0, S)[:, None] ** r.uniform(0.6, 1.6)
     col = np.asarray(top) * (1 - t) + np.asarray(low) * t
     img = Image.fromarray(col.astype(np.uint8)[:, None, :]).resize((S, S), Image.NEAREST)
-    return img, name
+    return img, name, tuple(col[: int(S * 0.7)].mean(0))
 
 
 def clouds(d: ImageDraw.ImageDraw, S, r, grade, sky_name, ambient):
@@ -509,7 +515,7 @@ def skyline(d, S, r, grade, horizon, ambient):
 
 def occluders(d, S, r, grade, light):
     """Foreground trees, people and buildings that partly hide the landmark."""
-    for _ in range(r.choice((0, 0, 0, 0, 0, 1, 1, 2))):
+    for _ in range(r.choice((0, 0, 0, 0, 0, 0, 1, 1, 2))):
         x, y = r.uniform(0, S), r.uniform(0.8, 1.05) * S
         h = r.uniform(0.08, 0.25) * S
         pick = r.random()
@@ -577,12 +583,29 @@ def finish(img: Image.Image, r: random.Random, size: int) -> Image.Image:
     return ImageChops.add(img, bank.crop((ox, oy, ox + size, oy + size)), offset=-128)
 
 
+def luma(c) -> float:
+    return 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
+
+
+def materials(r: random.Random, pen: Pen, sky_rgb, min_contrast: float = 45) -> tuple:
+    """(body, accent) from the shared palette; the body must stand out from the sky.
+
+    Either polarity is fine, but a grey tower lost in a grey sky teaches nothing.
+    """
+    for _ in range(6):
+        body, acc = r.sample(MATERIALS, 2)
+        body = jitter(body, r)
+        if abs(luma(pen.col(body)) - luma(sky_rgb)) >= min_contrast:
+            break
+    return body, jitter(acc, r)
+
+
 def render(name: str, seed: int, index: int, size: int) -> Image.Image:
     """One photo of landmark kind `name`; drawn at 2x and box-downsampled for antialiasing."""
     r = random.Random(f"landmark-demo:{seed}:{index}")
     S = size * 2
     grade = Grade(r)
-    img, sky_name = sky(S, r, grade)
+    img, sky_name, sky_rgb = sky(S, r, grade)
     d = ImageDraw.Draw(img)
     light, ambient = (r.uniform(*SKIES[sky_name][k]) for k in (3, 4))
     clouds(d, S, r, grade, sky_name, ambient)
@@ -591,8 +614,7 @@ def render(name: str, seed: int, index: int, size: int) -> Image.Image:
     if ground_name == "city":
         skyline(d, S, r, grade, horizon, ambient)
     pen = place(d, grade, r, S, name, horizon, light)
-    body, acc = r.sample(MATERIALS, 2)
-    KINDS[name](pen, (jitter(body, r), jitter(acc, r)), r)
+    KINDS[name](pen, materials(r, pen, sky_rgb), r)
     occluders(d, S, r, grade, ambient)
     return finish(img, r, size)
 
