@@ -4,9 +4,11 @@ Why this exists: the workbench must be usable (and testable) without downloading
 real data. The generator draws one distinct *shape* per landmark kind, and hides
 everything else a shortcut learner could latch onto: colours come from one shared
 material palette, the scene (sky, ground, light, viewpoint, occluders, noise) is
-random, and dusk scenes turn buildings into dark silhouettes, so raw pixel
-intensity does not say which class an image is. A small CNN learns the shapes in
-a few epochs; a linear model on tiny raw pixels does not.
+random, landmarks stand anywhere in the frame, and backlit dusk (dark silhouettes)
+and floodlit night (bright on dark) make the landmark's brightness relative to its
+surroundings a coin toss. A small CNN learns the shapes in a few epochs (about 0.83-0.88
+held-out accuracy for resnet18 from scratch, 3 epochs at 64 px, 12 classes); a linear
+model on 16x16 raw pixels stays near 0.4 (bench/demo_learnability.py).
 
 Every image depends only on (seed, index, label, size), so output is byte-identical
 across runs and the work could be split between processes.
@@ -134,7 +136,7 @@ class Pen:
         self.yaw = r.uniform(-0.12, 0.12) / max(aspect / 2, 0.25)  # nearer side taller
         self.lean = r.uniform(-0.04, 0.04)
         self.sun = r.uniform(-1, 1)  # -1 sun at the left, +1 at the right
-        self.light = light  # < 1 for backlit silhouettes
+        self.light = light  # < 1 backlit silhouette, > 1 floodlit at night
         self.min_w = max(1, round(frame / 150))  # thinner lines vanish at 64 px
 
     def pt(self, x, y):

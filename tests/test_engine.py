@@ -1,10 +1,8 @@
-import os
-
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from core import engine
 from core.errors import UserError
 from core.jobs import execute
 from core.models import REGISTRY, build_model
@@ -21,13 +19,13 @@ def _run(cfg, store=None):
 
 
 def test_training_raises_accuracy_and_records_everything(demo_root):
-    store, run_id, out = _run(tiny_config(demo_root, epochs=4, lr=2e-3))
+    store, run_id, out = _run(tiny_config(demo_root, epochs=8))
     assert out["status"] == "done", out
     ep = store.epochs(run_id)
-    assert ep["epoch"].tolist() == [1, 2, 3, 4]
+    assert ep["epoch"].tolist() == list(range(1, 9))
     assert ep["train_loss"].iloc[-1] < ep["train_loss"].iloc[0]
     assert ep["train_acc"].iloc[-1] > ep["train_acc"].iloc[0]
-    assert out["val_acc"] > 0.5 and out["train_acc"] > 0.5       # 4 classes: chance is ~0.25-0.4
+    assert out["val_acc"] > 0.6 and out["train_acc"] > 0.6       # 4 classes: majority class is 0.42
     ev = store.evals(run_id)
     assert set(ev) == {"train", "val", "holdout"}
     assert np.array(ev["val"]["confusion"]).sum() == ev["val"]["n"]
@@ -35,7 +33,8 @@ def test_training_raises_accuracy_and_records_everything(demo_root):
     assert (d / "split.csv").exists() and (d / "checkpoints" / "last.pt").exists()
     assert not list(d.rglob("*.tmp"))
     assert (d / "predictions_holdout.parquet").exists()
-    assert len(store.steps(run_id)) == 4 * ep.shape[0] // 4 * len(store.steps(run_id)) // len(ep)
+    n_train = (pd.read_csv(d / "split.csv")["split"] == "train").sum()
+    assert len(store.steps(run_id)) == 8 * -(-n_train // 32)    # one row per step, none lost
 
 
 class StopAfter(StoreSink):
