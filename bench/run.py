@@ -75,7 +75,7 @@ def train_side(data, model, size, batch, pipeline, workers, epochs, run_dir) -> 
     d = engine.load_data(cfg, run_dir)            # prepared: decodes every JPEG once (cold cache)
     prep_s = time.perf_counter() - t0
     net = build_model(model, len(d.labels), "none").to(dev)
-    if dev.type == "cuda":
+    if engine.channels_last(cfg, dev):
         net = net.to(memory_format=torch.channels_last)
     opt, _ = engine.make_optimizer(cfg, net)
     loader = engine._loader(cfg, d, "train", True, dev)

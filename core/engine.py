@@ -110,13 +110,19 @@ def _batches(loader, epoch: int):
             yield x, y
 
 
+def channels_last(cfg, device) -> bool:
+    """NHWC memory format: faster convolutions with cuDNN and with oneDNN on the CPU (measured
+    1.1-1.2x for ResNet-18 on 2 CPU cores). The plain pipeline stays the unmodified reference."""
+    return device.type == "cuda" or (device.type == "cpu" and cfg.pipeline == "prepared")
+
+
 def _inputs(cfg, x, device, train: bool, gen):
-    channels_last = device.type == "cuda"
+    cl = channels_last(cfg, device)
     if cfg.pipeline == "prepared":
-        x = to_float(x, device, channels_last)
+        x = to_float(x, device, cl)
         return augment_batch(x, cfg.augment, gen) if train else x
     x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return x.contiguous(memory_format=torch.channels_last) if cl else x
 
 
 def _autocast(device):
@@ -259,7 +265,7 @@ def fit(cfg: TrainConfig, run_dir: Path, sink=NullSink(), resume: bool = False) 
     device = select_device(cfg.device)
     data = load_data(cfg, run_dir, sink)
     model = build_model(cfg.model, len(data.labels), cfg.weights, cfg.freeze).to(device)
-    if device.type == "cuda":
+    if channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(cfg, model)
     ckpt = run_dir / "checkpoints" / "last.pt"
