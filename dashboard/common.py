@@ -164,6 +164,19 @@ def predictor(run_id: str):
     return _predictor(run_id, mtime, home_key())
 
 
+def run_and_predictor(key: str):
+    """Pick a finished run (best first) and load its model; stops the page when there is none."""
+    run_id = run_picker("Model (a finished run; the best one is first)", key=key)
+    if not run_id:
+        st.page_link("../pages/train.py", label="Go to the Train page", icon="🚀")
+        st.stop()
+    try:
+        return run_id, predictor(run_id)
+    except UserError as e:
+        user_error(e)
+        st.stop()
+
+
 def user_error(e: Exception) -> None:
     """One clear sentence in the page instead of a traceback."""
     st.error(str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}", icon="🚫")

@@ -1,6 +1,6 @@
 """Class model: the image a trained network scores highest for a class (Simonyan, Vedaldi &
 Zisserman 2014, §2), drawn by a background process and cached per run, class, steps and size."""
-from dashboard.common import predictor, run_picker, store, user_error
+from dashboard.common import run_and_predictor, store, user_error
 
 import pandas as pd
 import streamlit as st
@@ -16,16 +16,7 @@ st.caption("Gradient ascent on the input image to maximise one class score (the 
            "towards grey, random jitter and a periodic blur so the result shows what the network looks "
            "for rather than adversarial noise (Simonyan et al. 2014 §2; Yosinski et al. 2015).")
 
-run_id = run_picker("Model (a finished run; the best one is first)", key="cm_run")
-if not run_id:
-    st.page_link("../pages/train.py", label="Go to the Train page", icon="🚀")
-    st.stop()
-
-try:
-    pred = predictor(run_id)
-except UserError as e:
-    user_error(e)
-    st.stop()
+run_id, pred = run_and_predictor("cm_run")
 
 classes = list(range(len(pred.names)))
 for k in ("cm_classes", "cm_size"):  # drop values that belong to another run

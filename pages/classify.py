@@ -1,6 +1,6 @@
 """Classify: upload photos (or take a holdout sample), see the top-5 classes of a finished run,
 and explain the decision with six attribution methods, each scored for faithfulness."""
-from dashboard.common import predictor, run_picker, store, user_error
+from dashboard.common import run_and_predictor, store, user_error
 
 import hashlib
 import time
@@ -44,16 +44,7 @@ st.title("Classify")
 st.caption("Upload landmark photos and see what a trained model thinks they are, and which pixels "
            "it looked at (Simonyan, Vedaldi & Zisserman 2014, and later attribution methods).")
 
-run_id = run_picker("Model (a finished run; the best one is first)", key="clf_run")
-if not run_id:
-    st.page_link("../pages/train.py", label="Go to the Train page", icon="🚀")
-    st.stop()
-
-try:
-    pred = predictor(run_id)
-except UserError as e:
-    user_error(e)
-    st.stop()
+run_id, pred = run_and_predictor("clf_run")
 
 
 # ------------------------------------------------------------------ inputs
