@@ -19,6 +19,7 @@ from .paths import runs_dir
 
 SCHEMA_VERSION = 1
 ACTIVE = ("queued", "starting", "running")
+FINAL = ("done", "failed", "cancelled", "interrupted")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
