@@ -148,3 +148,43 @@ def test_every_registered_model_builds_and_has_its_layers(name):
     m = build_model(name, 3, "none")
     assert m.submodule(m.head).out_features == 3
     m.submodule(m.cam_layer)
+
+
+def test_prepared_and_plain_pipelines_see_the_same_pixels(tmp_path):
+    """Decode-once (JPEG draft + crop-box resize) matches the reference Resize + CenterCrop on
+    landscape and portrait photos: the basis of 'same accuracy as the plain path'."""
+    from PIL import Image
+    from core.demo import KINDS, render
+    from core.pipeline import PlainDataset
+    from core.prepare import prepare
+    paths = []
+    for i, (kind, (w, h)) in enumerate(zip(list(KINDS)[:6], [(640, 480), (480, 640), (400, 300)] * 2)):
+        p = tmp_path / f"{i}.jpg"
+        render(kind, 0, i, max(w, h)).resize((w, h), Image.BILINEAR).save(p, quality=90)
+        paths.append(str(p))
+    prep = prepare(paths, 48, key="parity", workers=0)
+    plain = PlainDataset(paths, [0] * len(paths), 48)
+    for i, p in enumerate(paths):
+        a = torch.from_numpy(np.array(prep.store[prep.rows[i]])).permute(2, 0, 1).float() / 255
+        b = plain[i][0]
+        assert a.shape == b.shape == (3, 48, 48)
+        assert (a - b).abs().mean() < 0.03, p
+        assert (a - b.flip(2)).abs().mean() > 2 * (a - b).abs().mean()   # the comparison can tell
+
+
+def test_project_recipe_uses_a_fused_optimizer_with_the_reference_update():
+    from core.engine import make_optimizer
+    ref_net, fast_net = (torch.nn.Linear(5, 3) for _ in range(2))
+    fast_net.load_state_dict(ref_net.state_dict())
+    w0 = ref_net.weight.detach().clone()
+    ref, _ = make_optimizer(tiny_config(".", pipeline="plain"), ref_net)
+    fast, _ = make_optimizer(tiny_config(".", pipeline="prepared"), fast_net)
+    assert fast.defaults["fused"] and not ref.defaults.get("fused")
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    for net, opt in ((ref_net, ref), (fast_net, fast)):
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    assert torch.allclose(ref_net.weight, fast_net.weight, atol=1e-6)
+    assert not torch.allclose(ref_net.weight, w0, atol=1e-3)     # they did move
