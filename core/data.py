@@ -143,6 +143,8 @@ def _category_names(root: Path) -> dict:
 
 def read_csv_layout(root: Path) -> DatasetIndex:
     df = _read_csv(root / "train.csv")
+    if df.empty:
+        raise UserError(f"{root / 'train.csv'} lists no images: the data set is empty.")
     found = _csv_image_dir(root, df["id"])
     if found is None:
         raise UserError(f"{root / 'train.csv'} lists images that are not on disk; expected them under "

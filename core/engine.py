@@ -226,7 +226,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, cfg: Tr
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "epoch": epoch, "config": cfg.to_json(), "labels": list(labels),
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
     tmp = path.with_suffix(".tmp")
@@ -234,8 +234,23 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, cfg: Tr
     os.replace(tmp, path)
 
 
+def _numpy_state():
+    """numpy's RNG state with its key array as a tensor: loadable with weights_only=True."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+
+
+def read_checkpoint(path: Path) -> dict:
+    """torch.load with weights_only=True: a checkpoint can hold tensors and plain values, never code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"The checkpoint {path} cannot be read safely ({type(e).__name__}); it is damaged or "
+                        "was not written by this version of the workbench.") from None
+
+
 def load_checkpoint(path: Path, model, optimizer=None, scheduler=None) -> int:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(path)
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -244,7 +259,8 @@ def load_checkpoint(path: Path, model, optimizer=None, scheduler=None) -> int:
     rng = state.get("rng") or {}
     if "torch" in rng:
         torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
+        kind, keys, pos, has_gauss, gauss = rng["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         random.setstate(rng["python"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])

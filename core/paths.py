@@ -4,19 +4,30 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import UserError
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+def ensure_dir(p: Path, what: str) -> Path:
+    """mkdir -p that answers with a sentence, and checks the folder can be written to."""
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise PermissionError("permission denied")
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise UserError(f"Cannot write the {what} folder {p} ({reason.lower()}); choose a writable one.") from None
+    return p
 
 
 def home() -> Path:
     p = Path(os.environ.get("LANDMARKS_HOME") or (REPO / "workspace")).expanduser()
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    return ensure_dir(p, "LANDMARKS_HOME")
 
 
 def _sub(name: str) -> Path:
-    p = home() / name
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    return ensure_dir(home() / name, name)
 
 
 def datasets_dir() -> Path:
@@ -25,9 +36,7 @@ def datasets_dir() -> Path:
 
 def runs_dir(override: str | os.PathLike | None = None) -> Path:
     if override:
-        p = Path(override).expanduser()
-        p.mkdir(parents=True, exist_ok=True)
-        return p
+        return ensure_dir(Path(override).expanduser(), "runs")
     return _sub("runs")
 
 

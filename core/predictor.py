@@ -10,6 +10,7 @@ import torch
 
 from .config import TrainConfig
 from .data import open_image, resize_square
+from .engine import read_checkpoint
 from .errors import UserError
 from .models import LandmarkNet, build_model
 from .runs import RunStore
@@ -47,7 +48,7 @@ def load_predictor(run_id: str, store: RunStore | None = None) -> Predictor:
     ckpt = d / "checkpoints" / "last.pt"
     if not ckpt.exists():
         raise UserError(f"Run {run_id} has no checkpoint yet; wait for its first epoch to finish.")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = read_checkpoint(ckpt)
     cfg = TrainConfig.from_dict(json.loads(state["config"]))
     labels = [str(l) for l in state["labels"]]
     model = build_model(cfg.model, len(labels), weights="none")

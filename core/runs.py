@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import UserError
 from .paths import runs_dir
 
 SCHEMA_VERSION = 1
@@ -45,12 +46,16 @@ class RunStore:
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = runs_dir(root)
         self.db = self.root / "runs.db"
-        with self._conn() as c:
-            c.executescript(SCHEMA)
-            c.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            v = int(c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+        try:
+            with self._conn() as c:
+                c.executescript(SCHEMA)
+                c.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                v = int(c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"Cannot open the run database {self.db} ({e}); the runs folder must be writable "
+                            "and the file a database written by this program.") from None
         if v > SCHEMA_VERSION:
-            raise RuntimeError(f"{self.db} was written by a newer version (schema {v}); upgrade this program.")
+            raise UserError(f"{self.db} was written by a newer version (schema {v}); upgrade this program.")
 
     @contextmanager
     def _conn(self):

@@ -8,7 +8,16 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+from core.errors import UserError  # noqa: E402
+from dashboard.common import schedule_queue, store  # noqa: E402
+
 st.set_page_config(page_title="Landmark workbench", page_icon="🏛️", layout="wide")
+try:
+    store()             # LANDMARKS_HOME and its run database must be usable before any page
+except UserError as e:
+    st.error(str(e))
+    st.stop()
+schedule_queue()        # queued runs start after an app restart whichever page opens first
 
 PAGES = ROOT / "pages"
 nav = st.navigation({

@@ -53,6 +53,8 @@ def test_demo_stats_train_eval_predict(tmp_path, home):
     (["train", "--data", "{data}", "--model", "resnet18", "--augment", "zoom"], "Unknown augmentation 'zoom'"),
     (["eval", "no-such-run"], "There is no run 'no-such-run'"),
     (["stats", "{bad_csv}"], "missing column(s) landmark_id"),
+    (["train", "--data", "{empty}", "--model", "resnet18"], "lists no images: the data set is empty"),
+    (["train", "--data", "{data}", "--model", "small_cnn", "--runs", "{afile}/runs"], "Cannot write the runs folder"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(tmp_path, home, args, message):
     from core.demo import generate
@@ -61,7 +63,12 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, home, args, message):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "train.csv").write_text("id,url\n1,x\n")
-    args = [a.format(nowhere=tmp_path / "nowhere", data=data, bad_csv=bad) for a in args]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "train.csv").write_text("id,url,landmark_id\n")
+    (tmp_path / "afile").write_text("not a folder")
+    args = [a.format(nowhere=tmp_path / "nowhere", data=data, bad_csv=bad, empty=empty, afile=tmp_path / "afile")
+            for a in args]
     p = cli(*args, env_home=home, check=False)
     assert p.returncode == 2
     assert message in p.stderr and "Traceback" not in p.stderr

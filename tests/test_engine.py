@@ -59,7 +59,7 @@ def test_cancel_then_resume_neither_loses_nor_repeats_an_epoch(demo_root):
     assert out["status"] == "cancelled"
     assert store.epochs(run_id)["epoch"].tolist() == [1]
     steps_before = store.steps(run_id)
-    ckpt = torch.load(store.run_dir(run_id) / "checkpoints" / "last.pt", weights_only=False)
+    ckpt = torch.load(store.run_dir(run_id) / "checkpoints" / "last.pt", weights_only=True)   # no pickled code
     assert ckpt["epoch"] == 1
     split_before = (store.run_dir(run_id) / "split.csv").read_text()
     out = execute(store, run_id, resume_run=True)
@@ -188,3 +188,24 @@ def test_project_recipe_uses_a_fused_optimizer_with_the_reference_update():
             opt.step()
     assert torch.allclose(ref_net.weight, fast_net.weight, atol=1e-6)
     assert not torch.allclose(ref_net.weight, w0, atol=1e-3)     # they did move
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_checkpoints_load_with_weights_only_and_refuse_pickled_code(tmp_path):
+    from core.engine import load_checkpoint, make_optimizer, read_checkpoint, save_checkpoint
+    cfg = tiny_config(".")
+    net = build_model("small_cnn", 3, "none")
+    opt, sched = make_optimizer(cfg, net)
+    np.random.seed(7)
+    save_checkpoint(tmp_path / "last.pt", net, opt, sched, 4, cfg, ["a", "b", "c"])
+    expected = np.random.rand(3)
+    np.random.seed(99)
+    assert load_checkpoint(tmp_path / "last.pt", net, opt, sched) == 4
+    assert np.allclose(np.random.rand(3), expected)             # numpy RNG restored exactly
+    torch.save({"model": _Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="cannot be read safely"):
+        read_checkpoint(tmp_path / "evil.pt")

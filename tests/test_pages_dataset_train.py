@@ -162,3 +162,11 @@ def test_pages_through_app_navigation(demo_home):
     at.switch_page("../pages/train.py").run()
     assert not at.exception
     assert [link.label for link in at.page_link] == ["Follow it on the Runs page"]
+
+
+def test_app_with_an_unusable_home_says_so(tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("LANDMARKS_HOME", str(tmp_path / "afile" / "home"))
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not at.exception
+    assert len(at.error) == 1 and at.error[0].value.startswith("Cannot write the LANDMARKS_HOME folder")
