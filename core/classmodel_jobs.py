@@ -36,6 +36,16 @@ def png_path(store: RunStore, run_id: str, target: int, steps: int, size: int) -
     return class_model_path(out_dir(store, run_id), target, steps, size)
 
 
+def fresh_png(store: RunStore, run_id: str, target: int, steps: int, size: int) -> Path | None:
+    """The cached image if it was drawn from the run's current checkpoint (not from an older one)."""
+    png = png_path(store, run_id, target, steps, size)
+    ckpt = store.run_dir(run_id) / "checkpoints" / "last.pt"
+    try:
+        return png if png.stat().st_mtime >= (ckpt.stat().st_mtime if ckpt.exists() else 0) else None
+    except FileNotFoundError:
+        return None
+
+
 def _progress_file(store: RunStore, run_id: str) -> Path:
     return out_dir(store, run_id) / "progress.json"
 

@@ -101,7 +101,8 @@ def cmd_train(a) -> dict:
         from .data import load_index
         from .splits import top_classes
         top_classes(load_index(cfg.data).counts(), cfg.classes)  # fail fast, before a run folder exists
-        run_id = store.create(cfg, status="running")
+        from .jobs import device_key
+        run_id = store.create(cfg, status="running", device=device_key(cfg))   # holds the device's queue slot
     print(f"run {run_id} in {store.run_dir(run_id)}", file=sys.stderr)
     result = execute(store, run_id, resume_run=bool(a.resume), sink=TqdmSink(StoreSink(store, run_id)))
     if result["status"] == "failed":

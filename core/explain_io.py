@@ -59,12 +59,13 @@ def class_model_path(out_dir: Path, target: int, steps: int, size: int) -> Path:
 
 
 def class_model_png(pred, cls, out_dir: Path, steps: int = 150, size: int = 0, progress=None, should_stop=None) -> dict:
-    """Simonyan et al. 2014 §2 class model image, cached per run, class, steps and size."""
+    """Simonyan et al. 2014 §2 class model image, cached per run, class, steps and size (and
+    redrawn when the run's checkpoint is newer than the cached image, e.g. after a resume)."""
     target = resolve_class(pred, cls)
     size = size or pred.cfg.image_size
     out_dir.mkdir(parents=True, exist_ok=True)
     png = class_model_path(out_dir, target, steps, size)
-    if not png.exists():
+    if not png.exists() or png.stat().st_mtime < pred.weights_mtime:
         img = _class_model(pred.model, target, size=size, steps=steps, progress=progress, should_stop=should_stop)
         if should_stop is not None and should_stop():
             raise UserError("Class model generation was stopped before it finished; nothing was cached.")

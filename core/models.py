@@ -28,6 +28,16 @@ class LandmarkNet(nn.Module):
         self.cam_layer = cam_layer  # attribute path of the last conv block (Grad-CAM)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.frozen = False         # frozen feature extractor: only the head trains
+
+    def train(self, mode: bool = True):
+        """A frozen feature extractor keeps its batch-norm statistics too (BN layers stay in eval)."""
+        super().train(mode)
+        if mode and self.frozen:
+            for name, m in self.net.named_modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not name.startswith(self.head + "."):
+                    m.eval()
+        return self
 
     def forward(self, x):
         return self.net((x - self.mean) / self.std)
@@ -156,16 +166,20 @@ def imagenet_available(name: str) -> tuple[bool, str]:
                    f"the internet (or put {cached.name} in {cached.parent}).")
 
 
-def _load_matching(net: nn.Module, state: dict, source: str) -> int:
-    """Copy every tensor whose name and shape match (the 1000-class head never does)."""
+def _load_matching(net: nn.Module, state: dict, source: str, head: str) -> int:
+    """Copy every tensor whose name and shape match. Everything but the classifier head must
+    match: a partly loaded backbone would train silently from (partly) random init."""
     if "model" in state and isinstance(state["model"], dict):   # one of our checkpoints
         state = state["model"]
     if all(k.startswith("net.") for k in state):                 # a LandmarkNet state dict
         state = {k.removeprefix("net."): v for k, v in state.items()}
     own = net.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if len(matched) < 0.5 * len(own):
-        raise UserError(f"The weights in {source} do not fit this model ({len(matched)} of {len(own)} tensors match).")
+    body = [k for k in own if not k.startswith(head + ".") and not k.endswith("num_batches_tracked")]
+    missing = [k for k in body if k not in matched]
+    if missing:
+        raise UserError(f"The weights in {source} do not fit this model: {len(missing)} of {len(body)} backbone "
+                        f"tensors are missing or of another shape (first: {missing[0]}).")
     net.load_state_dict(matched, strict=False)
     return len(matched)
 
@@ -179,7 +193,7 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet", freeze: 
         raise UserError(f"{name} has no ImageNet weights; train it with --weights none.")
     if weights == "imagenet":
         try:
-            _load_matching(net, spec.imagenet(), "the ImageNet weights")
+            _load_matching(net, spec.imagenet(), "the ImageNet weights", spec.head)
         except WeightsUnavailable as e:
             raise UserError(
                 f"ImageNet weights for {name} are not available offline and could not be downloaded "
@@ -193,9 +207,10 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet", freeze: 
             state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
             raise UserError(f"{p} is not a PyTorch weight file ({e.__class__.__name__}).") from None
-        _load_matching(net, state, str(p))
+        _load_matching(net, state, str(p), spec.head)
     model = LandmarkNet(net, spec.mean, spec.std, spec.head, spec.cam_layer)
     if freeze:
+        model.frozen = True
         for pname, prm in net.named_parameters():
             prm.requires_grad = pname.startswith(spec.head + ".")
     return model

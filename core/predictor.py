@@ -23,6 +23,7 @@ class Predictor:
     labels: list
     names: list
     cfg: TrainConfig
+    weights_mtime: float = 0.0      # when the checkpoint was written (cached images older than it are stale)
 
     def tensor(self, image) -> torch.Tensor:
         """PIL image (or path / file object) -> (1,3,S,S) float in [0,1], as in training."""
@@ -55,7 +56,7 @@ def load_predictor(run_id: str, store: RunStore | None = None) -> Predictor:
     model.load_state_dict(state["model"])
     model.eval()
     names = _names(d, labels)
-    return Predictor(run_id, model, labels, names, cfg)
+    return Predictor(run_id, model, labels, names, cfg, ckpt.stat().st_mtime)
 
 
 def _names(run_dir: Path, labels: list) -> list:

@@ -44,9 +44,9 @@ def cached_result(run_id: str, target: int, steps: int, size: int, mtime: float)
 def grid(targets: list[int], job: dict | None) -> None:
     cols = st.columns(4)
     for i, t in enumerate(targets):
-        png = jobs.png_path(store(), run_id, t, steps, size)
+        png = jobs.fresh_png(store(), run_id, t, steps, size)
         col = cols[i % 4]
-        if png.exists():
+        if png is not None:
             r = cached_result(run_id, t, steps, size, png.stat().st_mtime)
             col.image(str(png), caption=f"{r['name']} · p = {r['prob']:.3f}", width="stretch")
         else:
@@ -81,7 +81,7 @@ def live() -> None:
 
 job = jobs.status(store(), run_id)
 active = bool(job and job["active"])
-missing = [t for t in chosen if not jobs.png_path(store(), run_id, t, steps, size).exists()]
+missing = [t for t in chosen if jobs.fresh_png(store(), run_id, t, steps, size) is None]
 label = f"Generate {len(missing)} class model{'s' if len(missing) != 1 else ''}" if missing else "All generated"
 if st.button(label, type="primary", disabled=active or not missing, key="cm_generate"):
     try:

@@ -14,6 +14,7 @@ from core.data import open_image
 from core.errors import UserError
 from core.explain import METHODS
 from core.explain_io import explain_one
+from core.uploads import UPLOAD_TYPES, limits_text, load_upload
 from dashboard import charts
 
 SPLITS = {"val": "Validation (20%)", "holdout": "Holdout (1%)", "train": "Train"}
@@ -148,15 +149,15 @@ def pick_image(first: str):
     source = st.radio("Image", ["holdout", "upload"], horizontal=True, key="cmp_source",
                       format_func={"holdout": "Holdout image of the first run", "upload": "Upload"}.get)
     if source == "upload":
-        file = st.file_uploader("Image file", type=["jpg", "jpeg", "png", "webp"], key="cmp_upload")
+        file = st.file_uploader("Image file", type=list(UPLOAD_TYPES), key="cmp_upload")
+        st.caption(limits_text())
         if file is None:
             return None, None
-        try:
-            return open_image(file), "upload:" + hashlib.sha1(file.getvalue()).hexdigest()
+        data = file.getvalue()
+        try:        # the Classify page's checks: size and pixel caps, type sniffing, truncation
+            return load_upload(data, file.name), "upload:" + hashlib.sha1(data).hexdigest()
         except UserError as e:
             user_error(e)
-        except Exception:  # noqa: BLE001 - a bad upload is one sentence, not a traceback
-            user_error(UserError(f"{file.name} is not an image this app can read; upload a JPEG, PNG or WebP file."))
         return None, None
     f = store().run_dir(first) / "predictions_holdout.parquet"
     if not f.exists():

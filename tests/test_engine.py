@@ -136,6 +136,12 @@ def test_weights_path_and_freeze(tmp_path):
     assert torch.equal(m2.net.conv1.weight, m.net.conv1.weight)
     trainable = [n for n, p in m2.named_parameters() if p.requires_grad]
     assert trainable == ["net.fc.weight", "net.fc.bias"]
+    bn = m2.net.bn1.running_mean.clone()
+    m2.train()(torch.rand(4, 3, 32, 32))
+    assert torch.equal(m2.net.bn1.running_mean, bn) and m2.training    # frozen BN statistics too
+    torch.save(build_model("small_cnn", 4, "none").state_dict(), tmp_path / "other.pt")
+    with pytest.raises(UserError, match="do not fit this model"):    # never a partly random backbone
+        build_model("resnet18", 4, str(tmp_path / "other.pt"))
     (tmp_path / "junk.pt").write_text("not weights")
     with pytest.raises(UserError, match="not a PyTorch weight file"):
         build_model("resnet18", 4, str(tmp_path / "junk.pt"))
