@@ -49,7 +49,8 @@ def schedule(store: RunStore, max_per_device: int = 1) -> list[str]:
         for r in queued:
             if busy.get(r["device"], 0) < max_per_device:
                 busy[r["device"]] = busy.get(r["device"], 0) + 1
-                c.execute("UPDATE runs SET status='starting', heartbeat=? WHERE run_id=?", (time.time(), r["run_id"]))
+                c.execute("UPDATE runs SET status='starting', heartbeat=?, pid=NULL, proc=NULL WHERE run_id=?",
+                          (time.time(), r["run_id"]))     # a resumed run's old worker is not this one
                 started.append(r["run_id"])
         c.execute("COMMIT")
     for run_id in started:

@@ -18,7 +18,7 @@ import pandas as pd
 from .errors import UserError
 from .paths import runs_dir
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2           # 2: runs.proc (worker identity, survives pid reuse after a reboot)
 ACTIVE = ("queued", "starting", "running")
 FINAL = ("done", "failed", "cancelled", "interrupted")
 
@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, created REAL, status TEXT, model TEXT, data TEXT, classes INTEGER,
     device TEXT, config TEXT, pid INTEGER, heartbeat REAL, started REAL, finished REAL,
     cancel INTEGER DEFAULT 0, resume INTEGER DEFAULT 0, error TEXT, progress TEXT, summary TEXT,
-    queued_at REAL);
+    queued_at REAL, proc TEXT);
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT, epoch INTEGER, train_loss REAL, train_acc REAL, val_loss REAL, val_acc REAL,
     lr REAL, seconds REAL, images_per_s REAL, PRIMARY KEY (run_id, epoch));
@@ -51,6 +51,9 @@ class RunStore:
                 c.executescript(SCHEMA)
                 c.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 v = int(c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+                if v < SCHEMA_VERSION:
+                    _migrate(c, v)
+                    v = SCHEMA_VERSION
         except sqlite3.DatabaseError as e:
             raise UserError(f"Cannot open the run database {self.db} ({e}); the runs folder must be writable "
                             "and the file a database written by this program.") from None
@@ -103,6 +106,8 @@ class RunStore:
         return [_decode_run(r) for r in self.query("SELECT * FROM runs ORDER BY created DESC")]
 
     def set(self, run_id: str, **fields) -> None:
+        if "pid" in fields and "proc" not in fields:
+            fields["proc"] = process_identity(fields["pid"])
         fields = {k: json.dumps(v) if k in ("progress", "summary") else v for k, v in fields.items()}
         cols = ", ".join(f"{k}=?" for k in fields)
         self.execute(f"UPDATE runs SET {cols} WHERE run_id=?", (*fields.values(), run_id))
@@ -123,8 +128,10 @@ class RunStore:
 
     def reap(self) -> list[str]:
         """Mark runs whose worker died (killed, machine rebooted) as interrupted."""
-        dead = [r["run_id"] for r in self.query("SELECT run_id, pid, heartbeat FROM runs WHERE status IN ('running','starting')")
-                if not _alive(r["pid"]) and time.time() - (r["heartbeat"] or 0) > 5]
+        rows = self.query("SELECT run_id, pid, proc, heartbeat FROM runs WHERE status IN ('running','starting')")
+        dead = [r["run_id"] for r in rows
+                if (not _alive(r["pid"]) and time.time() - (r["heartbeat"] or 0) > 5)
+                or (r["proc"] and process_identity(r["pid"]) != r["proc"])]   # pid reused by another process
         for run_id in dead:
             self.set(run_id, status="interrupted")
             self.event(run_id, "interrupted", "worker process is gone")
@@ -170,6 +177,30 @@ def _decode_run(r: dict) -> dict:
     for k in ("config", "progress", "summary"):
         r[k] = json.loads(r[k]) if r.get(k) else {}
     return r
+
+
+def _migrate(c, version: int) -> None:
+    """Bring an older database up to SCHEMA_VERSION in place (runs and metrics are kept)."""
+    if version < 2:
+        cols = {r[1] for r in c.execute("PRAGMA table_info(runs)")}
+        if "proc" not in cols:
+            c.execute("ALTER TABLE runs ADD COLUMN proc TEXT")
+    c.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+
+
+def process_identity(pid) -> str | None:
+    """'boot id:start time' of a live process, which a pid alone is not: after a reboot or a
+    wrap-around the same pid can belong to another program. None where /proc is missing."""
+    if not pid:
+        return None
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        with open(f"/proc/{int(pid)}/stat") as f:
+            start = f.read().rsplit(")", 1)[-1].split()[19]      # field 22: start time since boot
+    except (OSError, IndexError, ValueError):
+        return None
+    return f"{boot}:{start}"
 
 
 def _alive(pid) -> bool:

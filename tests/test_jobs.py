@@ -77,3 +77,32 @@ def test_dead_worker_shows_as_interrupted(demo_root):
     store.set(run_id, pid=p.pid, heartbeat=time.time() - 60)
     assert run_id in store.reap()
     assert store.get(run_id)["status"] == "interrupted"
+
+
+def test_a_reused_pid_does_not_keep_a_dead_run_running(demo_root, tmp_path):
+    """After a reboot the worker's pid can belong to another live process: the recorded process
+    identity (boot id + start time) tells them apart. Old databases are migrated in place."""
+    import sqlite3
+    from core.runs import SCHEMA_VERSION, process_identity
+    store = RunStore()
+    alive = store.create(tiny_config(demo_root), status="running")
+    store.set(alive, pid=os.getpid(), heartbeat=time.time())       # this very process: alive
+    reused = store.create(tiny_config(demo_root), status="running")
+    store.set(reused, pid=os.getpid(), proc="another-boot:123", heartbeat=time.time())
+    assert process_identity(os.getpid()) and store.get(alive)["proc"] == process_identity(os.getpid())
+    assert store.reap() == [reused]
+    assert store.get(reused)["status"] == "interrupted" and store.get(alive)["status"] == "running"
+
+    old = tmp_path / "old"                                          # a schema-1 database keeps its runs
+    old.mkdir()
+    with sqlite3.connect(old / "runs.db") as c:
+        c.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);"
+                        "INSERT INTO meta VALUES ('schema_version', '1');"
+                        "CREATE TABLE runs (run_id TEXT PRIMARY KEY, created REAL, status TEXT, model TEXT, data TEXT,"
+                        " classes INTEGER, device TEXT, config TEXT, pid INTEGER, heartbeat REAL, started REAL,"
+                        " finished REAL, cancel INTEGER DEFAULT 0, resume INTEGER DEFAULT 0, error TEXT,"
+                        " progress TEXT, summary TEXT, queued_at REAL);"
+                        "INSERT INTO runs (run_id, status, model, config) VALUES ('r1', 'done', 'resnet18', '{}');")
+    migrated = RunStore(old)
+    assert migrated.get("r1")["status"] == "done" and "proc" in migrated.get("r1")
+    assert migrated.query("SELECT value FROM meta")[0]["value"] == str(SCHEMA_VERSION)
