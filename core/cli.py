@@ -49,13 +49,13 @@ def cmd_demo_data(a) -> dict:
 def cmd_stats(a) -> dict:
     from .data import class_counts, imbalance, load_index
     from .prepare import prepare
-    counts = class_counts(a.data)
+    counts = class_counts(a.data, clean=a.clean)
     out = imbalance(counts, a.top)
     out["top"] = [{"label": str(l), "count": int(c)} for l, c in counts.head(a.top).items()]
     # scanning decodes every file of the top classes (cached): automatic for small sets
     scan = a.scan or (not a.no_scan and out["top_n_images"] <= AUTO_SCAN_IMAGES)
     if scan:
-        index = load_index(a.data)
+        index = load_index(a.data, clean=a.clean)
         sel = index.samples[index.samples["label"].isin(set(counts.head(a.top).index.astype(str)))]
         prep = prepare(sel["path"].tolist(), 32, key=str(index.root))
         out["scan"] = {"checked": len(sel), "unreadable": len(prep.reasons),
@@ -97,10 +97,10 @@ def cmd_train(a) -> dict:
                           optimizer=a.optimizer, image_size=a.image_size, augment=parse_augment(a.augment),
                           freeze=a.freeze, holdout=a.holdout, val=a.val, seed=a.seed, device=a.device,
                           pipeline=a.pipeline, workers=a.workers, compile=a.compile,
-                          max_images=a.max_images, weight_decay=a.weight_decay).validate()
+                          max_images=a.max_images, weight_decay=a.weight_decay, clean=a.clean).validate()
         from .data import load_index
         from .splits import top_classes
-        top_classes(load_index(cfg.data).counts(), cfg.classes)  # fail fast, before a run folder exists
+        top_classes(load_index(cfg.data, clean=cfg.clean).counts(), cfg.classes)  # fail fast, before a run folder exists
         from .jobs import device_key
         run_id = store.create(cfg, status="running", device=device_key(cfg))   # holds the device's queue slot
     print(f"run {run_id} in {store.run_dir(run_id)}", file=sys.stderr)
@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scan", action="store_true", help="decode the top classes' files and report unreadable ones "
                    f"(automatic up to {AUTO_SCAN_IMAGES:,} images)")
     p.add_argument("--no-scan", action="store_true")
+    p.add_argument("--clean", action="store_true", help="GLDv2: count only the images in train_clean.csv")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_stats)
 
@@ -206,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["adam", "sgd"], default=d.optimizer)
     p.add_argument("--augment", default="", help="comma list of crop,hflip,vflip,rot90")
     p.add_argument("--freeze", action="store_true", help="freeze the feature extractor")
+    p.add_argument("--clean", action="store_true", help="GLDv2: train only on the images in train_clean.csv")
     p.add_argument("--device", default=d.device)
     p.add_argument("--pipeline", choices=["prepared", "plain"], default=d.pipeline)
     p.add_argument("--compile", action="store_true")

@@ -41,6 +41,7 @@ class TrainConfig:
     workers: int = -1                  # DataLoader workers for the plain pipeline; -1 = auto
     compile: bool = False              # torch.compile the model (CUDA only pays off)
     max_images: int = 0                # cap on images used (0 = all), for quick looks
+    clean: bool = False                # GLDv2: only the images listed in train_clean.csv
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":

@@ -187,19 +187,46 @@ def detect_layout(root: Path) -> str:
                     f"or one folder of images per class.")
 
 
-def load_index(root) -> DatasetIndex:
+CLEAN_CSV = "train_clean.csv"
+
+
+def has_clean(root) -> bool:
+    """Does the data set ship GLDv2's cleaned subset (train_clean.csv)?"""
+    return (Path(root).expanduser() / CLEAN_CSV).is_file()
+
+
+def clean_table(root: Path) -> pd.DataFrame:
+    """train_clean.csv (`landmark_id,images`, ids separated by spaces) -> one row per image id."""
+    f = root / CLEAN_CSV
+    if not f.is_file():
+        raise UserError(f"{root} has no {CLEAN_CSV}; only GLDv2 ships the cleaned subset.")
+    try:
+        df = pd.read_csv(f, dtype=str, keep_default_na=False, engine="pyarrow")
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{f} could not be read as CSV ({e}).") from None
+    if not {"landmark_id", "images"} <= set(df.columns):
+        raise UserError(f"{f} is missing column(s); expected columns landmark_id,images.")
+    ids = df.assign(id=df["images"].str.split()).explode("id")
+    return ids.loc[ids["id"].notna() & (ids["id"] != ""), ["id", "landmark_id"]]
+
+
+def load_index(root, clean: bool = False) -> DatasetIndex:
     root = Path(root).expanduser().resolve()
     index = READERS[detect_layout(root)](root)
+    if clean:
+        keep = set(clean_table(root)["id"])
+        stem = index.samples["path"].str.rsplit("/", n=1).str[-1].str.removesuffix(".jpg")
+        index.samples = index.samples[stem.isin(keep)].reset_index(drop=True)
     if index.samples.empty:
-        raise UserError(f"{root} contains no images.")
+        raise UserError(f"{root} contains no images{' listed in ' + CLEAN_CSV if clean else ''}.")
     return index
 
 
 # ---------------------------------------------------------------- statistics (cached)
 
-def signature(root: Path) -> str:
+def signature(root: Path, clean: bool = False) -> str:
     """Changes when the data set does: train.csv's size+mtime, or the class folders' mtimes."""
-    f = root / "train.csv"
+    f = root / (CLEAN_CSV if clean else "train.csv")
     if f.exists():
         st = f.stat()
         sig = f"{f}|{st.st_size}|{st.st_mtime_ns}"
@@ -225,15 +252,21 @@ def _count_labels(root: Path) -> pd.Series:
     return s.sort_values(ascending=False, kind="stable")
 
 
-def class_counts(root) -> pd.Series:
-    """Images per class, most frequent first; cached on the CSV's size and mtime."""
+def _count_clean(root: Path) -> pd.Series:
+    s = clean_table(root)["landmark_id"].value_counts().rename("count")
+    return s.sort_values(ascending=False, kind="stable")
+
+
+def class_counts(root, clean: bool = False) -> pd.Series:
+    """Images per class, most frequent first; cached on the CSV's size and mtime. `clean`:
+    counted from train_clean.csv (GLDv2's cleaned subset) instead of train.csv."""
     root = Path(root).expanduser().resolve()
     detect_layout(root)
-    cache = cache_dir() / "stats" / f"{signature(root)}.parquet"
+    cache = cache_dir() / "stats" / f"{signature(root, clean)}{'-clean' if clean else ''}.parquet"
     if cache.exists():
         df = pd.read_parquet(cache)
         return pd.Series(df["count"].to_numpy(), index=df["label"].to_numpy(), name="count")
-    s = _count_labels(root)
+    s = _count_clean(root) if clean else _count_labels(root)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     pd.DataFrame({"label": s.index.astype(str), "count": s.to_numpy()}).to_parquet(tmp)

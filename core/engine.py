@@ -52,7 +52,7 @@ class Data:
 
 def load_data(cfg: TrainConfig, run_dir: Path, sink=NullSink()) -> Data:
     """Top-N classes, scan (decode once), drop unreadable files, split; reuse the manifest on resume."""
-    index = load_index(cfg.data)
+    index = load_index(cfg.data, clean=cfg.clean)
     labels = top_classes(index.counts(), cfg.classes)
     chosen = index.samples[index.samples["label"].isin(set(labels))].sort_values("path", kind="stable")
     if cfg.max_images and len(chosen) > cfg.max_images:

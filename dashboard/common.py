@@ -74,16 +74,17 @@ def dataset_options() -> dict[str, str]:
 
 
 @st.cache_resource(show_spinner="Counting images per class…", max_entries=8)
-def _counts(root: str, sig: str) -> pd.Series:
+def _counts(root: str, sig: str, clean: bool) -> pd.Series:
     from core.data import class_counts
-    return class_counts(root)
+    return class_counts(root, clean)
 
 
-def counts_of(root) -> pd.Series:
+def counts_of(root, clean: bool = False) -> pd.Series:
     """Images per class, shared read-only: at GLDv2 scale copying 200 k rows per rerun (as
-    st.cache_data would) costs more than drawing the page. Keyed on the data set's signature."""
+    st.cache_data would) costs more than drawing the page. Keyed on the data set's signature.
+    `clean`: GLDv2's cleaned subset (train_clean.csv)."""
     from core.data import signature
-    return _counts(str(root), signature(Path(root)))
+    return _counts(str(root), signature(Path(root), clean), clean)
 
 
 def is_synthetic(path: str | Path) -> bool:

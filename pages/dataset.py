@@ -15,7 +15,8 @@ import pandas as pd  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from core.data import detect_layout, signature, imbalance, load_index, open_image, resize_square  # noqa: E402
+from core.data import (detect_layout, has_clean, signature, imbalance, load_index, open_image,  # noqa: E402
+                       resize_square)
 from core.errors import UserError  # noqa: E402
 
 N_CHOICES = (10, 20, 30, 50, 100, 200, 500, 1000)
@@ -53,18 +54,18 @@ def names_of(root: str, mtime: float, labels: tuple) -> dict:
 
 
 @st.cache_resource(show_spinner="Reading the image list…", max_entries=2)
-def index_of(root: str, sig: str):
+def index_of(root: str, sig: str, clean: bool = False):
     """(DatasetIndex, None) or (None, sentence); built once per data set version."""
     try:
-        return load_index(root), None
+        return load_index(root, clean=clean), None
     except UserError as e:
         return None, str(e)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def sample_paths(root: str, sig: str, labels: tuple, per: int) -> dict:
+def sample_paths(root: str, sig: str, labels: tuple, per: int, clean: bool = False) -> dict:
     """A few random image paths for each label (deterministic)."""
-    index, _ = index_of(root, sig)
+    index, _ = index_of(root, sig, clean)
     s = index.samples[index.samples["label"].isin(set(labels))].sample(frac=1.0, random_state=0)
     return {str(k): g["path"].head(per).tolist() for k, g in s.groupby("label", sort=False)}
 
@@ -159,18 +160,18 @@ def metric_tiles(counts: pd.Series, n: int) -> None:
                     key="dataset_small_k", width=260, persist_state="session")
 
 
-def thumbnails(root: str, sig: str, counts: pd.Series, names: dict) -> None:
+def thumbnails(root: str, sig: str, counts: pd.Series, names: dict, clean: bool = False) -> None:
     big = int(counts.sum()) > 200_000
     if not st.toggle(f"Show sample images of the {THUMB_CLASSES} most frequent classes", value=not big,
                      key=f"dataset_thumbs_{sig}",
                      help="Reads the image list once per data set version (a few seconds for millions of images)."):
         return
-    index, err = index_of(root, sig)
+    index, err = index_of(root, sig, clean)
     if err:
         st.warning(f"No sample images: {err}")
         return
     labels = tuple(str(l) for l in counts.head(THUMB_CLASSES).index)
-    per_label = sample_paths(root, sig, labels, THUMB_PER_CLASS)
+    per_label = sample_paths(root, sig, labels, THUMB_PER_CLASS, clean)
     for label, name in zip(labels, display_names(labels, names)):
         st.markdown(f"**{name}** · {int(counts[label]):,} images")
         cols = st.columns(THUMB_PER_CLASS)
@@ -182,13 +183,13 @@ def thumbnails(root: str, sig: str, counts: pd.Series, names: dict) -> None:
                 col.image(im, caption=Path(path).stem[:10], width=THUMB_PX)
 
 
-def scan_section(root: str, sig: str, counts: pd.Series, n: int) -> None:
+def scan_section(root: str, sig: str, counts: pd.Series, n: int, clean: bool = False) -> None:
     top = counts.head(n)
-    key = (root, sig, n)
+    key = (root, sig, n, clean)
     st.caption(f"Decodes each of the {int(top.sum()):,} images of the top {len(top):,} classes once at "
                f"{SCAN_SIZE} px (cached, so training at {SCAN_SIZE} px and later scans are instant).")
     if st.button(f"Scan the top-{len(top)} classes for unreadable files", key="dataset_scan"):
-        index, err = index_of(root, sig)
+        index, err = index_of(root, sig, clean)
         if err:
             st.error(err, icon="🚫")
             return
@@ -233,7 +234,10 @@ try:
     root = Path(path).expanduser().resolve()
     detect_layout(root)
     sig = signature(root)
-    counts = counts_of(root)
+    clean = has_clean(root) and st.toggle(
+        "Cleaned subset only (train_clean.csv)", key="dataset_clean", persist_state="session",
+        help="GLDv2's cleaned list of images per landmark; training can use it too (Train page, or --clean).")
+    counts = counts_of(root, clean)
 except UserError as e:
     user_error(e)
     st.stop()
@@ -253,7 +257,7 @@ if n > BAR_LIMIT:
 right.plotly_chart(tail_figure(counts, n), key="dataset_tail")
 
 st.subheader("Sample images")
-thumbnails(str(root), sig, counts, names)
+thumbnails(str(root), sig, counts, names, clean)
 
 st.subheader("Scan report")
-scan_section(str(root), sig, counts, n)
+scan_section(str(root), sig, counts, n, clean)

@@ -14,7 +14,7 @@ import streamlit as st  # noqa: E402
 from streamlit.errors import StreamlitAPIException  # noqa: E402
 
 from core.config import AUGMENTATIONS, DEVICES, OPTIMIZERS, PIPELINES, TrainConfig  # noqa: E402
-from core.data import detect_layout  # noqa: E402
+from core.data import detect_layout, has_clean  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from core.models import REGISTRY, imagenet_available  # noqa: E402
 from core.runs import ACTIVE  # noqa: E402
@@ -123,6 +123,7 @@ def build_config(root: Path) -> TrainConfig:
         augment=tuple(a for a in AUGMENTATIONS if ss[f"train_aug_{a}"]), freeze=bool(ss["train_freeze"]),
         holdout=float(ss["train_holdout"]), val=float(ss["train_val"]), seed=int(ss["train_seed"]),
         device=ss["train_device"], pipeline=ss["train_pipeline"], max_images=int(ss["train_max_images"]),
+        clean=bool(ss.get("train_clean")) and has_clean(root),
     ).validate()
 
 
@@ -200,7 +201,10 @@ else:
     try:
         root = Path(path).expanduser().resolve()
         detect_layout(root)
-        counts = counts_of(root)
+        clean = has_clean(root) and st.toggle(
+            "Cleaned subset only (train_clean.csv)", key="train_clean", persist_state="session",
+            help="Train on GLDv2's cleaned list of images per landmark instead of every row of train.csv.")
+        counts = counts_of(root, clean)
     except UserError as e:
         user_error(e)
 if counts is not None:

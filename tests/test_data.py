@@ -134,3 +134,40 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
     Image.fromarray(a).save(tmp_path / "g16.png")
     im = data.open_image(tmp_path / "g16.png")
     assert im.getpixel((0, 0)) == (0, 0, 0) and im.getpixel((3, 3)) == (255, 255, 255)
+
+
+def test_gldv2_clean_subset(demo_root, tmp_path):
+    """train_clean.csv (landmark_id, space-separated ids) narrows the index and the counts."""
+    root = tmp_path / "gld"
+    shutil.copytree(demo_root, root)
+    df = pd.read_csv(root / "train.csv", dtype=str)
+    labels = df["landmark_id"].value_counts().index[:2]
+    keep = {l: df[df["landmark_id"] == l]["id"].head(7 + i).tolist() for i, l in enumerate(labels)}
+    pd.DataFrame({"landmark_id": list(keep), "images": [" ".join(v) for v in keep.values()]}).to_csv(
+        root / "train_clean.csv", index=False)
+    assert data.has_clean(root) and not data.has_clean(demo_root)
+    idx = data.load_index(root, clean=True)
+    assert len(idx.samples) == 15 and set(idx.samples["label"]) == set(labels)
+    assert sorted(idx.samples["path"].str.rsplit("/", n=1).str[-1]) == sorted(f"{i}.jpg" for v in keep.values() for i in v)
+    counts = data.class_counts(root, clean=True)
+    assert counts.to_dict() == {labels[1]: 8, labels[0]: 7}
+    assert data.class_counts(root).sum() == len(df)                 # the full set is cached apart
+    with pytest.raises(UserError, match="has no train_clean.csv"):
+        data.load_index(demo_root, clean=True)
+    (root / "train_clean.csv").write_text("landmark_id,ids\n1,a\n")
+    with pytest.raises(UserError, match="expected columns landmark_id,images"):
+        data.class_counts(root, clean=True)
+
+
+def test_training_data_honours_the_clean_subset(demo_root, tmp_path):
+    from core.engine import load_data
+    from tests.conftest import tiny_config
+    root = tmp_path / "gld"
+    shutil.copytree(demo_root, root)
+    df = pd.read_csv(root / "train.csv", dtype=str)
+    clean = df.groupby("landmark_id")["id"].apply(lambda s: " ".join(s.head(6))).reset_index(name="images")
+    clean.to_csv(root / "train_clean.csv", index=False)
+    (tmp_path / "run").mkdir()
+    d = load_data(tiny_config(root, clean=True), tmp_path / "run")
+    assert len(d.manifest) == 6 * df["landmark_id"].nunique()
+    assert set(d.manifest["path"].str.rsplit("/", n=1).str[-1].str[:-4]) <= set(" ".join(clean["images"]).split())

@@ -170,3 +170,31 @@ def test_app_with_an_unusable_home_says_so(tmp_path, monkeypatch):
     at = AppTest.from_file(str(APP), default_timeout=60).run()
     assert not at.exception
     assert len(at.error) == 1 and at.error[0].value.startswith("Cannot write the LANDMARKS_HOME folder")
+
+
+def test_clean_subset_toggle_on_dataset_and_train_pages(demo_home, tmp_path):
+    import pandas as pd
+    root = tmp_path / "gld"
+    shutil.copytree(demo_home / "datasets" / "demo", root)
+    df = pd.read_csv(root / "train.csv", dtype=str)
+    two = df[df["landmark_id"].isin(df["landmark_id"].unique()[:2])]
+    two.groupby("landmark_id")["id"].apply(lambda s: " ".join(s.head(5))).reset_index(name="images").to_csv(
+        root / "train_clean.csv", index=False)
+    at = page("dataset.py").run()
+    assert "dataset_clean" not in [t.key for t in at.toggle]        # the demo has no train_clean.csv
+    at.selectbox(key="dataset").select("Other path…").run()
+    at.text_input(key="dataset_path").input(str(root)).run()
+    assert metrics(at)["Images"] == "240"
+    at.toggle(key="dataset_clean").set_value(True).run()
+    assert not at.exception
+    assert (metrics(at)["Classes"], metrics(at)["Images"]) == ("2", "10")
+
+    at = page("train.py").run()
+    at.selectbox(key="train_dataset").select("Other path…").run()
+    at.text_input(key="train_dataset_path").input(str(root)).run()
+    at.toggle(key="train_clean").set_value(True).run()
+    at.number_input(key="train_classes").set_value(3)
+    at.button(key="train_launch").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "Asked for the 3 most frequent classes, but the data set has only 2; choose 2 or fewer."]
