@@ -329,6 +329,9 @@ def run(profile: str, only: set[str]) -> dict:
             step = max(1, len(files) // p["prep_files"])          # every class, not the first few
             out["prepare"] = bench_prepare(files[::step][:p["prep_files"]], 224)
             out["prepare_ratio"] = out["prepare"]["ratio"]
+        if "demo" in only:
+            out["demo"] = bench_demo(tmp)
+            out["demo_img_s"] = out["demo"]["img_s"]
         if "train" in only:
             r = bench_training(photos, "resnet18", p["size"], p["batch"], p["workers"], p["epochs"], p["amortise"], tmp)
             out["train_resnet18"] = r
@@ -344,9 +347,6 @@ def run(profile: str, only: set[str]) -> dict:
             r = bench_training(vgg_photos, "vgg16", p["size"], batch, p["workers"], 1, p["amortise"], tmp)
             out["train_vgg16"] = r
             out["train_ratio_vgg16"] = r["ratio"]
-        if "demo" in only:
-            out["demo"] = bench_demo(tmp)
-            out["demo_img_s"] = out["demo"]["img_s"]
         if "stats" in only:
             s = bench_stats(tmp, p["stats_rows"], p["stats_classes"])
             out["stats"] = s
