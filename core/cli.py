@@ -101,8 +101,8 @@ def cmd_train(a) -> dict:
         from .data import load_index
         from .splits import top_classes
         top_classes(load_index(cfg.data, clean=cfg.clean).counts(), cfg.classes)  # fail fast, before a run folder exists
-        from .jobs import device_key
-        run_id = store.create(cfg, status="running", device=device_key(cfg))   # holds the device's queue slot
+        from .jobs import foreground_device
+        run_id = store.create(cfg, status="running", device=foreground_device(cfg))   # holds its device's slot
     print(f"run {run_id} in {store.run_dir(run_id)}", file=sys.stderr)
     result = execute(store, run_id, resume_run=bool(a.resume), sink=TqdmSink(StoreSink(store, run_id)))
     if result["status"] == "failed":

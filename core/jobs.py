@@ -22,10 +22,36 @@ from .sinks import Cancelled, StoreSink
 
 
 def device_key(cfg: TrainConfig) -> str:
+    """The queue a run waits in: "cuda" (any GPU), "mps" or "cpu". A started GPU run holds
+    one GPU's slot, "cuda:<i>"."""
     import torch
     if cfg.device in ("auto", "cuda") and torch.cuda.is_available():
         return "cuda"
     return "mps" if cfg.device == "mps" else "cpu"
+
+
+def foreground_device(cfg: TrainConfig) -> str:
+    """The slot a CLI run (in this very process, on its default GPU) holds."""
+    key = device_key(cfg)
+    return "cuda:0" if key == "cuda" else key
+
+
+def gpu_count() -> int:
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _slots(key: str) -> list[str]:
+    return [f"cuda:{i}" for i in range(gpu_count())] if key == "cuda" else [key]
+
+
+def _visible_device(slot: str) -> str | None:
+    """CUDA_VISIBLE_DEVICES for a worker on `slot`, relative to what this process may see."""
+    if not slot.startswith("cuda:"):
+        return None
+    i = int(slot.split(":")[1])
+    mine = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return mine[i] if i < len(mine) else str(i)
 
 
 def launch(cfg: TrainConfig, store: RunStore, start: bool = True) -> str:
@@ -47,19 +73,22 @@ def schedule(store: RunStore, max_per_device: int = 1) -> list[str]:
             "SELECT device, COUNT(*) AS n FROM runs WHERE status IN ('starting','running') GROUP BY device")}
         queued = c.execute("SELECT run_id, device FROM runs WHERE status='queued' ORDER BY queued_at").fetchall()
         for r in queued:
-            if busy.get(r["device"], 0) < max_per_device:
-                busy[r["device"]] = busy.get(r["device"], 0) + 1
-                c.execute("UPDATE runs SET status='starting', heartbeat=?, pid=NULL, proc=NULL WHERE run_id=?",
-                          (time.time(), r["run_id"]))     # a resumed run's old worker is not this one
-                started.append(r["run_id"])
+            slot = next((k for k in _slots(r["device"]) if busy.get(k, 0) < max_per_device), None)
+            if slot is not None:     # one run per GPU: a queued "cuda" run takes the first free one
+                busy[slot] = busy.get(slot, 0) + 1
+                c.execute("UPDATE runs SET status='starting', device=?, heartbeat=?, pid=NULL, proc=NULL "
+                          "WHERE run_id=?", (slot, time.time(), r["run_id"]))  # a resumed run's old worker is gone
+                started.append((r["run_id"], slot))
         c.execute("COMMIT")
-    for run_id in started:
-        _spawn(store, run_id)
-    return started
+    for run_id, slot in started:
+        _spawn(store, run_id, _visible_device(slot))
+    return [run_id for run_id, _ in started]
 
 
-def _spawn(store: RunStore, run_id: str) -> None:
+def _spawn(store: RunStore, run_id: str, cuda_device: str | None = None) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if cuda_device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cuda_device      # the worker sees its one GPU as cuda:0
     with open(store.run_dir(run_id) / "log.txt", "ab") as log:  # the child keeps its own handle
         p = subprocess.Popen([sys.executable, "-m", "core.worker", run_id, "--runs", str(store.root)],
                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -83,7 +112,9 @@ def resume(store: RunStore, run_id: str) -> None:
         raise UserError(f"There is no run {run_id!r}.")
     if run["status"] in ("queued", "starting", "running"):
         raise UserError(f"Run {run_id} is {run['status']}; only a stopped run can be resumed.")
-    store.set(run_id, status="queued", cancel=0, resume=1, error=None, queued_at=time.time(), progress={})
+    device = "cuda" if str(run.get("device", "")).startswith("cuda") else run.get("device") or "cpu"
+    store.set(run_id, status="queued", device=device, cancel=0, resume=1, error=None, queued_at=time.time(),
+              progress={})
     store.event(run_id, "resume", "queued to resume")
     schedule(store)
 

@@ -106,3 +106,23 @@ def test_a_reused_pid_does_not_keep_a_dead_run_running(demo_root, tmp_path):
     migrated = RunStore(old)
     assert migrated.get("r1")["status"] == "done" and "proc" in migrated.get("r1")
     assert migrated.query("SELECT value FROM meta")[0]["value"] == str(SCHEMA_VERSION)
+
+
+def test_queue_runs_one_per_gpu_and_pins_each_worker(demo_root, monkeypatch):
+    """On a (pretend) 2-GPU machine visible as CUDA_VISIBLE_DEVICES=4,6: two runs start at once,
+    each pinned to its own GPU; the third waits until one of them ends; resume re-queues on any GPU."""
+    spawned = []
+    monkeypatch.setattr(jobs, "gpu_count", lambda: 2)
+    monkeypatch.setattr(jobs, "device_key", lambda cfg: "cuda")
+    monkeypatch.setattr(jobs, "_spawn", lambda store, run_id, cuda=None: spawned.append((run_id, cuda)))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    store = RunStore()
+    a, b, c = (jobs.launch(tiny_config(demo_root, seed=i), store) for i in range(3))
+    assert spawned == [(a, "4"), (b, "6")]
+    assert [store.get(r)["device"] for r in (a, b, c)] == ["cuda:0", "cuda:1", "cuda"]
+    assert store.get(c)["status"] == "queued"
+    store.set(a, status="done", pid=None)
+    assert jobs.schedule(store) == [c] and spawned[-1] == (c, "4")
+    store.set(b, status="interrupted")
+    jobs.resume(store, b)
+    assert spawned[-1] == (b, "6") and store.get(b)["device"] == "cuda:1"
