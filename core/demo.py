@@ -602,8 +602,10 @@ def materials(r: random.Random, pen: Pen, sky_rgb, min_contrast: float = 45) -> 
     return body, jitter(acc, r)
 
 
-def render(name: str, seed: int, index: int, size: int) -> Image.Image:
-    """One photo of landmark kind `name`; drawn at 2x and box-downsampled for antialiasing."""
+def render(name: str, seed: int, index: int, size: int, with_mask: bool = False):
+    """One photo of landmark kind `name`; drawn at 2x and box-downsampled for antialiasing.
+    `with_mask`: also return the landmark's pixels (an "L" image, 255 = structure, before
+    occluders), to check that explanations point at the structure rather than the sky."""
     r = random.Random(f"landmark-demo:{seed}:{index}")
     S = size * 2
     grade = Grade(r)
@@ -616,9 +618,16 @@ def render(name: str, seed: int, index: int, size: int) -> Image.Image:
     if ground_name == "city":
         skyline(d, S, r, grade, horizon, ambient)
     pen = place(d, grade, r, S, name, horizon, light)
+    before = img.copy() if with_mask else None
     KINDS[name](pen, materials(r, pen, sky_rgb), r)
+    mask = None
+    if with_mask:
+        diff = ImageChops.difference(img, before).convert("L")
+        mask = diff.point(lambda v: 255 if v else 0).resize((size, size), Image.BOX)
+        mask = mask.point(lambda v: 255 if v >= 128 else 0)
     occluders(d, S, r, grade, ambient)
-    return finish(img, r, size)
+    out = finish(img, r, size)
+    return (out, mask) if with_mask else out
 
 
 # --------------------------------------------------------------------------- data set

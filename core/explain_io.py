@@ -82,3 +82,35 @@ def _load_png(path):
     from PIL import Image
     with Image.open(path) as im:
         return im.convert("RGB")
+
+
+def landmark_focus(pred, images: int = 60, methods=("saliency",), seed: int = 12345) -> dict:
+    """For fresh demo photos rendered with their landmark mask (a seed no run trained on): the
+    median share of attribution mass on the landmark divided by its share of the image area
+    (1.0 = no better than uniform), and the fraction of images denser on the landmark."""
+    from .demo import KINDS, render as render_demo
+    kinds = list(KINDS)
+    if not all(str(l).isdigit() and int(l) < len(kinds) for l in pred.labels):
+        raise UserError(f"Run {pred.run_id} was not trained on the demo data set, whose photos come with masks.")
+    layer = pred.model.submodule(pred.model.cam_layer)
+    pred.model.eval()
+    out = {}
+    for method in methods:
+        ratios, wins = [], 0
+        for i in range(images):
+            target = i % len(pred.labels)
+            kind = kinds[int(pred.labels[target])]
+            img, mask = render_demo(kind, seed, i, pred.cfg.image_size, with_mask=True)
+            m = np.asarray(mask, dtype=np.float32) / 255
+            if m.mean() < 0.02:
+                continue                      # the landmark is almost fully out of frame
+            attr = explain(pred.model, pred.tensor(img), target, method, target_layer=layer)
+            a = np.abs(attr.detach().float().numpy())[0].sum(0)        # (H, W)
+            share = float((a * m).sum() / max(a.sum(), 1e-12))
+            ratios.append(share / float(m.mean()))
+            inside = (a * m).sum() / m.sum()
+            outside = (a * (1 - m)).sum() / max((1 - m).sum(), 1)
+            wins += inside > outside
+        out[method] = {"images": len(ratios), "mass_on_landmark_vs_area": float(np.median(ratios)),
+                       "images_denser_on_landmark": float(wins) / max(1, len(ratios))}
+    return out
