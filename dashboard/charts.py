@@ -159,6 +159,16 @@ def shared_labels(label_lists) -> list[str]:
     return [l for l in lists[0] if l in common]
 
 
+def shared_accuracy(ev: dict, labels: list) -> tuple[float | None, int]:
+    """(accuracy, images) of one eval over the images whose true class is in `labels`: a fair
+    number for runs trained on different class sets (a prediction outside `labels` counts wrong)."""
+    cm = np.asarray(ev["confusion"], dtype=np.int64)
+    pos = {str(l): i for i, l in enumerate(ev["labels"])}
+    idx = [pos[str(l)] for l in labels if str(l) in pos]
+    n = int(cm[idx].sum()) if idx else 0
+    return (float(cm[idx, idx].sum()) / n if n else None), n
+
+
 def class_overlap(label_lists) -> dict:
     """How many classes all runs share and how many each run has that not all others have."""
     shared = set(shared_labels(label_lists))

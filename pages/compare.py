@@ -111,8 +111,14 @@ def overlap_note(evs: dict, names: dict) -> list[str]:
     if any(ov["only"]):
         only = "; ".join(f"{k} only in {names[r]}" for r, k in zip(evs, ov["only"]) if k)
         st.info(f"These runs were trained on different class sets. They have **{ov['shared']} shared classes** "
-                f"({only}); per-class accuracy and confusion matrices below use the shared classes, "
-                "matched by label.", icon="ℹ️")
+                f"({only}); the accuracy below, per-class accuracy and confusion matrices use the shared "
+                "classes, matched by label.", icon="ℹ️")
+        if shared:
+            rows = [{"run": names[r], "acc": acc, "n": n}
+                    for r, (acc, n) in ((r, charts.shared_accuracy(ev, shared)) for r, ev in evs.items())]
+            st.dataframe(pd.DataFrame(rows), hide_index=True, key="cmp_shared_acc", column_config={
+                "run": "Run", "acc": st.column_config.NumberColumn("Accuracy on the shared classes", format=PCT),
+                "n": st.column_config.NumberColumn("Images", format="%d")})
     return shared
 
 

@@ -158,11 +158,19 @@ def test_evaluate_with_two_runs(use_trained_home):
     assert "n=" in at.metric[0].label
 
 
+def test_shared_accuracy_counts_predictions_outside_the_shared_classes_as_wrong():
+    ev = {"labels": ["a", "b", "c"], "confusion": [[5, 1, 0], [2, 3, 1], [0, 0, 9]]}
+    assert charts.shared_accuracy(ev, ["b", "a"]) == (8 / 12, 12)
+    assert charts.shared_accuracy(ev, ["z"]) == (None, 0)
+
+
 def test_compare_two_runs_with_different_class_sets(use_trained_home):
     at = _page(COMPARE)
     assert not at.exception, at.exception
     assert len(at.multiselect(key="cmp_runs").value) == 2
     assert any("shared classes" in i.value for i in at.info)   # 4 vs 3 classes
+    shared = [d.value for d in at.dataframe if "acc" in d.value.columns]
+    assert len(shared) == 1 and len(shared[0]) == 2 and shared[0]["n"].nunique() == 1   # same images
     assert len(_charts(at)) == 4                           # curves, difference, two confusion matrices
     assert at.selectbox(key="cmp_image").options           # holdout images of the first run
     at.selectbox(key="cmp_method").set_value("saliency")
