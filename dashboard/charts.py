@@ -134,7 +134,9 @@ def per_class_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
         x=list(range(len(d))), y=d["acc"], marker=dict(color=d["acc"], colorscale="RdYlGn", cmin=0, cmax=1),
         customdata=np.stack([d["name"], d["label"], d["support"], d["correct"]], axis=1) if len(d) else None,
         hovertemplate="%{customdata[0]} (label %{customdata[1]})<br>accuracy %{y:.1%} "
-                      "= %{customdata[3]}/%{customdata[2]} images<extra></extra>"))
+                      "= %{customdata[3]}/%{customdata[2]} images<extra></extra>",
+        text=[str(int(n)) for n in d["support"]], textposition="inside", insidetextanchor="end"))
+    fig.update_layout(uniformtext=dict(minsize=8, mode="hide"))   # support labels that fit, none that overlap
     _class_axis(fig, d["name"].tolist())
     fig.update_layout(title=title, yaxis=dict(title="accuracy", range=[0, 1.02], tickformat=".0%"),
                       height=420, margin=dict(l=10, r=10, t=40 if title else 10, b=10))

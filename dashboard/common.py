@@ -134,7 +134,8 @@ def runs_frame(statuses: tuple[str, ...] | None = None) -> pd.DataFrame:
 
 def run_label(run: dict | pd.Series) -> str:
     icon = STATUS_ICON.get(run["status"], "")
-    return f"{icon} {run['model']} · {run['classes']} classes · {run['run_id']}"
+    demo = " · 🧪 synthetic demo data" if run.get("data") and is_synthetic(run["data"]) else ""
+    return f"{icon} {run['model']} · {run['classes']} classes · {run['run_id']}{demo}"
 
 
 def run_picker(label: str, statuses=("done",), key: str = "run", multi: bool = False, default_best: bool = True):

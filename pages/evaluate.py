@@ -73,8 +73,13 @@ def per_class_section(ev: dict, split: str) -> None:
     df = charts.per_class_frame(ev)
     st.plotly_chart(charts.per_class_figure(df), key="eval_per_class")
     missing = int(df["acc"].isna().sum())
-    st.caption(f"Sorted; hover for the class name and its number of {SPLITS[split].lower()} images."
+    st.caption(f"Sorted; the number in a bar is the class's {SPLITS[split].lower()} images (its support)."
                + (f" {missing} class(es) have no image in this split and are left out." if missing else ""))
+    with st.expander("Per-class table"):
+        st.dataframe(df.sort_values(["acc", "support"], ascending=[True, False]), hide_index=True,
+                     key="eval_per_class_table", column_config={
+                         "acc": st.column_config.ProgressColumn("accuracy", format="%.3f", min_value=0, max_value=1),
+                         "support": st.column_config.NumberColumn("images", format="%d")})
 
 
 def confusion_section(ev: dict, run_id: str, split: str) -> None:

@@ -148,6 +148,11 @@ def test_pages_without_runs_say_so(page):
 def test_evaluate_with_two_runs(use_trained_home):
     at = _page(EVALUATE)
     assert not at.exception, at.exception
+    assert all(o.endswith("🧪 synthetic demo data") for o in at.selectbox(key="eval_run").options)
+    (table,) = [d.value for d in at.dataframe if "support" in d.value.columns]     # per-class table
+    from core.runs import RunStore
+    assert len(table) == RunStore().get(at.selectbox(key="eval_run").value)["classes"]
+    assert table["acc"].is_monotonic_increasing                                   # worst class first
     assert len(at.dataframe[0].value) == 2                 # the holdout table: one row per run
     assert len(_charts(at)) == 2                           # per-class bars + confusion heatmap
     assert at.get("download_button")                       # the full matrix as CSV
