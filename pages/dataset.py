@@ -160,9 +160,9 @@ def metric_tiles(counts: pd.Series, n: int) -> None:
                     key="dataset_small_k", width=260, persist_state="session")
 
 
-def thumbnails(root: str, sig: str, counts: pd.Series, names: dict, clean: bool = False) -> None:
+def thumbnails(root: str, sig: str, counts: pd.Series, names: dict, n: int, clean: bool = False) -> None:
     big = int(counts.sum()) > 200_000
-    if not st.toggle(f"Show sample images of the {THUMB_CLASSES} most frequent classes", value=not big,
+    if not st.toggle("Show sample images", value=not big,
                      key=f"dataset_thumbs_{sig}",
                      help="Reads the image list once per data set version (a few seconds for millions of images)."):
         return
@@ -170,7 +170,12 @@ def thumbnails(root: str, sig: str, counts: pd.Series, names: dict, clean: bool 
     if err:
         st.warning(f"No sample images: {err}")
         return
-    labels = tuple(str(l) for l in counts.head(THUMB_CLASSES).index)
+    options = [str(l) for l in counts.head(max(min(n, BAR_LIMIT), THUMB_CLASSES)).index]
+    shown = dict(zip(options, display_names(options, names)))
+    labels = tuple(st.multiselect(
+        "Classes to show", options, default=options[:THUMB_CLASSES], key=f"dataset_thumb_classes_{sig}_{n}",
+        format_func=lambda l: f"{shown[l]} ({int(counts[l]):,})",
+        help=f"Any of the {len(options):,} classes above; the {THUMB_CLASSES} most frequent to start."))
     per_label = sample_paths(root, sig, labels, THUMB_PER_CLASS, clean)
     for label, name in zip(labels, display_names(labels, names)):
         st.markdown(f"**{name}** · {int(counts[label]):,} images")
@@ -257,7 +262,7 @@ if n > BAR_LIMIT:
 right.plotly_chart(tail_figure(counts, n), key="dataset_tail")
 
 st.subheader("Sample images")
-thumbnails(str(root), sig, counts, names, clean)
+thumbnails(str(root), sig, counts, names, n, clean)
 
 st.subheader("Scan report")
 scan_section(str(root), sig, counts, n, clean)

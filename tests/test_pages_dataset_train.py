@@ -60,6 +60,9 @@ def test_dataset_page_demo_numbers_figures_thumbnails_and_scan(demo_home):
     assert len(at.get("plotly_chart")) == 2                         # Fig. 1 bars + the log-log tail
     images = at.get("image")                                         # 4 classes x 4 samples, maybe one unreadable
     assert len(images) >= 4 * 3 and all(im.captions[0] for im in images)
+    (pick,) = at.multiselect                                         # browse any class's samples
+    pick.set_value([pick.value[-1]]).run()
+    assert not at.exception and 3 <= len(at.get("image")) <= 4
 
     at.button(key="dataset_scan").click().run()
     assert not at.exception
