@@ -211,7 +211,10 @@ def final_metrics(run: dict) -> None:
     st.caption(f"Final evaluation of the last checkpoint{f' · holdout: {n} images' if n else ''} · "
                f"training time {fmt_secs(s.get('seconds'))}"
                + (f" · {s['images_per_s']:.0f} images/s" if s.get("images_per_s") else ""))
-    page_link("evaluate.py", "Confusion matrix, per-class accuracy and mistakes on the Evaluate page", "🎯")
+    if st.button("Confusion matrix, per-class accuracy and mistakes on the Evaluate page", icon="🎯",
+                 type="tertiary", key=f"runs_evaluate_{run['run_id']}"):
+        st.session_state["eval_run"] = run["run_id"]       # open Evaluate on this run, not the best one
+        st.switch_page(str(PAGES / "evaluate.py"))
 
 
 def failure(run: dict) -> None:

@@ -164,3 +164,18 @@ def _no_stray_workers():
                 os.kill(int(run["pid"]), signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+def test_evaluate_button_opens_evaluate_on_the_selected_run(use_trained_home):
+    _, (a, b) = use_trained_home
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    at = AppTest.from_file(str(app), default_timeout=120).run()
+    at.switch_page("../pages/evaluate.py").run()
+    other = b if at.selectbox(key="eval_run").value == a else a   # not the page's default (best) run
+    at = AppTest.from_file(str(app), default_timeout=120).run()
+    at.switch_page("../pages/runs.py").run()
+    pick(at, other)
+    at.button(key=f"runs_evaluate_{other}").click().run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="eval_run").value == other
+    assert any(m.label.startswith("Accuracy") for m in at.metric)
