@@ -221,11 +221,13 @@ def evaluate(model, loader, cfg, device, n_classes: int) -> tuple[dict, np.ndarr
 
 # ------------------------------------------------------------------ checkpoints
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, cfg: TrainConfig, labels) -> None:
-    """Everything needed to continue exactly: written to a temp file, then renamed (atomic)."""
+def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, cfg: TrainConfig, labels,
+                    elapsed: float = 0.0) -> None:
+    """Everything needed to continue exactly: written to a temp file, then renamed (atomic).
+    `elapsed`: the run's seconds so far, over all its segments (a resume goes on counting)."""
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "epoch": epoch, "config": cfg.to_json(), "labels": list(labels),
+        "epoch": epoch, "config": cfg.to_json(), "labels": list(labels), "elapsed": float(elapsed),
         "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
@@ -249,7 +251,8 @@ def read_checkpoint(path: Path) -> dict:
                         "was not written by this version of the workbench.") from None
 
 
-def load_checkpoint(path: Path, model, optimizer=None, scheduler=None) -> int:
+def load_checkpoint(path: Path, model, optimizer=None, scheduler=None) -> tuple[int, float]:
+    """Restore model, optimizer, scheduler and RNG; returns (epoch, elapsed seconds so far)."""
     state = read_checkpoint(path)
     model.load_state_dict(state["model"])
     if optimizer is not None:
@@ -264,7 +267,7 @@ def load_checkpoint(path: Path, model, optimizer=None, scheduler=None) -> int:
         random.setstate(rng["python"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-    return int(state["epoch"])
+    return int(state["epoch"]), float(state.get("elapsed", 0.0))
 
 
 def make_optimizer(cfg: TrainConfig, model):
@@ -295,7 +298,8 @@ def fit(cfg: TrainConfig, run_dir: Path, sink=NullSink(), resume: bool = False) 
     optimizer, scheduler = make_optimizer(cfg, model)
     ckpt = run_dir / "checkpoints" / "last.pt"
     ckpt.parent.mkdir(exist_ok=True)
-    start = load_checkpoint(ckpt, model, optimizer, scheduler) if resume and ckpt.exists() else 0
+    start, before = load_checkpoint(ckpt, model, optimizer, scheduler) if resume and ckpt.exists() else (0, 0.0)
+    t_start -= before                      # duration counts the earlier segments of a resumed run too
     if resume:
         sink.emit("resume", {"epoch": start})
     net = torch.compile(model) if cfg.compile and device.type == "cuda" else model
@@ -313,7 +317,7 @@ def fit(cfg: TrainConfig, run_dir: Path, sink=NullSink(), resume: bool = False) 
         rates.append(row["images_per_s"])
         sink.emit("epoch", {"epoch": epoch, **row, "val_loss": v["loss"], "val_acc": v["acc"],
                             "lr": optimizer.param_groups[0]["lr"]})
-        save_checkpoint(ckpt, model, optimizer, scheduler, epoch, cfg, data.labels)
+        save_checkpoint(ckpt, model, optimizer, scheduler, epoch, cfg, data.labels, time.time() - t_start)
     summary = final_evaluation(net, cfg, data, device, run_dir, sink)
     summary.update(epochs_completed=cfg.epochs, images_per_s=float(np.mean(rates)) if rates else None,
                    seconds=time.time() - t_start, device=str(device), skipped=len(data.skipped))

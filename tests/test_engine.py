@@ -60,10 +60,12 @@ def test_cancel_then_resume_neither_loses_nor_repeats_an_epoch(demo_root):
     assert store.epochs(run_id)["epoch"].tolist() == [1]
     steps_before = store.steps(run_id)
     ckpt = torch.load(store.run_dir(run_id) / "checkpoints" / "last.pt", weights_only=True)   # no pickled code
-    assert ckpt["epoch"] == 1
+    assert ckpt["epoch"] == 1 and ckpt["elapsed"] > 0
     split_before = (store.run_dir(run_id) / "split.csv").read_text()
     out = execute(store, run_id, resume_run=True)
     assert out["status"] == "done"
+    after = torch.load(store.run_dir(run_id) / "checkpoints" / "last.pt", weights_only=True)["elapsed"]
+    assert after > ckpt["elapsed"] and out["seconds"] >= after        # the first segment still counts
     assert store.epochs(run_id)["epoch"].tolist() == [1, 2, 3]
     steps = store.steps(run_id)
     assert steps["step"].is_unique and steps["step"].tolist() == list(range(1, len(steps) + 1))
@@ -207,10 +209,10 @@ def test_checkpoints_load_with_weights_only_and_refuse_pickled_code(tmp_path):
     net = build_model("small_cnn", 3, "none")
     opt, sched = make_optimizer(cfg, net)
     np.random.seed(7)
-    save_checkpoint(tmp_path / "last.pt", net, opt, sched, 4, cfg, ["a", "b", "c"])
+    save_checkpoint(tmp_path / "last.pt", net, opt, sched, 4, cfg, ["a", "b", "c"], elapsed=12.5)
     expected = np.random.rand(3)
     np.random.seed(99)
-    assert load_checkpoint(tmp_path / "last.pt", net, opt, sched) == 4
+    assert load_checkpoint(tmp_path / "last.pt", net, opt, sched) == (4, 12.5)
     assert np.allclose(np.random.rand(3), expected)             # numpy RNG restored exactly
     torch.save({"model": _Evil()}, tmp_path / "evil.pt")
     with pytest.raises(UserError, match="cannot be read safely"):
