@@ -32,6 +32,20 @@ class Predictor:
         return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
 
     @torch.no_grad()
+    def cam_grid(self) -> tuple[int, int]:
+        """Height and width of the Grad-CAM layer's feature map at this run's image size."""
+        if not hasattr(self, "_cam_grid"):
+            seen = []
+            layer = self.model.submodule(self.model.cam_layer)
+            hook = layer.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[-2:])))
+            try:
+                self.model.eval()(torch.zeros(1, 3, self.cfg.image_size, self.cfg.image_size))
+            finally:
+                hook.remove()
+            self._cam_grid = seen[-1]
+        return self._cam_grid
+
+    @torch.no_grad()
     def probs(self, x: torch.Tensor) -> np.ndarray:
         return torch.softmax(self.model(x), 1).numpy()
 

@@ -181,6 +181,11 @@ def show_explanations(name: str, x, target: int, methods: list[str], alpha: floa
 st.subheader("Why? Explanations")
 target, methods, alpha, chosen = explain_controls()
 name, x = inputs[chosen]
+if "gradcam" in methods and min(pred.cam_grid()) <= 4:
+    h, w = pred.cam_grid()
+    st.caption(f"Grad-CAM reads {pred.model.cam_layer}, a {h}×{w} feature map at {pred.cfg.image_size} px: it can "
+               "only say which part of the image mattered, not which details. Saliency and integrated gradients "
+               "work at pixel resolution.")
 if not methods:
     st.info("Choose at least one explanation method.")
 else:

@@ -67,6 +67,7 @@ def test_classify_uploads_sample_and_explanations(use_trained_home):
     assert abs(top5["probability"].sum() - 1) < 1e-4 and top5["probability"].is_monotonic_decreasing
     faith = at.dataframe[-1].value
     assert set(faith["method"]) == {"Saliency map (Simonyan et al. 2014)", "Grad-CAM"}
+    assert any("a 4×4 feature map at 32 px" in c.value for c in at.caption)   # small_cnn: Grad-CAM is coarse
     assert ((faith["score"] - (faith["insertion AUC"] - faith["deletion AUC"])).abs() < 1e-9).all()
     captions = [c for im in at.image for c in im.captions]
     assert captions[0] == "tower.png" and any(c.startswith("Grad-CAM · class") for c in captions)
