@@ -13,8 +13,7 @@ from pathlib import Path
 
 from .config import TrainConfig, parse_augment
 from .errors import UserError
-
-AUTO_SCAN_IMAGES = 5000
+from .prepare import AUTO_SCAN_IMAGES
 
 
 def _out(obj: dict, as_json: bool) -> None:

@@ -24,6 +24,7 @@ import pandas as pd
 from .paths import cache_dir
 
 CHUNK = 512  # images decoded between index commits
+AUTO_SCAN_IMAGES = 5000  # scans (decode-once checks) up to this many images run without being asked
 
 
 @dataclass

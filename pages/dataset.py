@@ -191,9 +191,12 @@ def thumbnails(root: str, sig: str, counts: pd.Series, names: dict, n: int, clea
 def scan_section(root: str, sig: str, counts: pd.Series, n: int, clean: bool = False) -> None:
     top = counts.head(n)
     key = (root, sig, n, clean)
+    from core.prepare import AUTO_SCAN_IMAGES
+    auto = int(top.sum()) <= AUTO_SCAN_IMAGES and key not in st.session_state["dataset_scans"]
     st.caption(f"Decodes each of the {int(top.sum()):,} images of the top {len(top):,} classes once at "
-               f"{SCAN_SIZE} px (cached, so training at {SCAN_SIZE} px and later scans are instant).")
-    if st.button(f"Scan the top-{len(top)} classes for unreadable files", key="dataset_scan"):
+               f"{SCAN_SIZE} px (cached, so training at {SCAN_SIZE} px and later scans are instant)"
+               + (f"; automatic up to {AUTO_SCAN_IMAGES:,} images." if int(top.sum()) <= AUTO_SCAN_IMAGES else "."))
+    if st.button(f"Scan the top-{len(top)} classes for unreadable files", key="dataset_scan") or auto:
         index, err = index_of(root, sig, clean)
         if err:
             st.error(err, icon="🚫")

@@ -64,9 +64,10 @@ def test_dataset_page_demo_numbers_figures_thumbnails_and_scan(demo_home):
     pick.set_value([pick.value[-1]]).run()
     assert not at.exception and 3 <= len(at.get("image")) <= 4
 
+    assert any("Checked 240 files (all decoded now): 1 unreadable" in w.value for w in at.warning)   # automatic
     at.button(key="dataset_scan").click().run()
     assert not at.exception
-    assert any("Checked 240 files" in w.value and "1 unreadable" in w.value for w in at.warning)
+    assert any("Checked 240 files (all from the cache): 1 unreadable" in w.value for w in at.warning)
     table = at.dataframe[0].value
     assert table["path"].tolist() == [str(bad)]
     assert table["reason"].iloc[0]
