@@ -24,6 +24,7 @@ import pandas as pd
 from .paths import cache_dir
 
 CHUNK = 512  # images decoded between index commits
+COMPACT_MIN_ROWS = 1024  # stores smaller than this are never compacted
 AUTO_SCAN_IMAGES = 5000  # scans (decode-once checks) up to this many images run without being asked
 
 
@@ -115,6 +116,9 @@ def prepare(paths: list[str], size: int, key: str, workers: int = 0, progress=No
     workers = workers or os.cpu_count() or 1
     row_bytes = size * size * 3
     with _locked(d):
+        if (d / "compacting").exists():    # a compaction was cut off: data and index may disagree
+            for f in ("images.u8", "index.parquet", "compacting"):
+                (d / f).unlink(missing_ok=True)
         index = _load_index(d)
         sig = _file_sig(paths)
         known = index.reindex(sig.index)
@@ -122,14 +126,42 @@ def prepare(paths: list[str], size: int, key: str, workers: int = 0, progress=No
         todo = list(dict.fromkeys(sig.index[stale.to_numpy()]))
         decoded = _decode_into(d, index, sig, todo, size, row_bytes, workers, progress)
         index = _load_index(d)
+        if decoded:
+            index = _compact(d, index, row_bytes)
         rows = index.loc[paths]
         n_rows = os.path.getsize(d / "images.u8") // row_bytes if (d / "images.u8").exists() else 0
-    store = (np.memmap(d / "images.u8", dtype=np.uint8, mode="r", shape=(n_rows, size, size, 3))
-             if n_rows else np.zeros((0, size, size, 3), np.uint8))
+        # opened under the lock: a compaction by another process cannot swap the file in between
+        store = (np.memmap(d / "images.u8", dtype=np.uint8, mode="r", shape=(n_rows, size, size, 3))
+                 if n_rows else np.zeros((0, size, size, 3), np.uint8))
     ok = rows["ok"].to_numpy(dtype=bool)
     reasons = [(p, r) for p, r, good in zip(rows.index, rows["reason"], ok) if not good]
     return Prepared(store, rows["row"].to_numpy(dtype=np.int64), ok, reasons, decoded)
 
+
+
+def _compact(d: Path, index: pd.DataFrame, row_bytes: int) -> pd.DataFrame:
+    """Rewrite the store without dead rows (files changed since, re-decoded into new rows) once
+    they are at least half of it. Processes still training keep their mapping of the old file
+    (os.replace leaves it intact for them); new readers get the new file and index together."""
+    data = d / "images.u8"
+    n_rows = os.path.getsize(data) // row_bytes if data.exists() else 0
+    live = np.sort(index["row"].to_numpy(dtype=np.int64))
+    if n_rows < COMPACT_MIN_ROWS or len(live) > n_rows / 2:
+        return index
+    tmp = d / "images.u8.tmp"
+    src = np.memmap(data, dtype=np.uint8, mode="r", shape=(n_rows, row_bytes))
+    with open(tmp, "wb") as f:
+        for i in range(0, len(live), 1024):
+            f.write(np.ascontiguousarray(src[live[i:i + 1024]]).tobytes())
+    del src
+    new_row = pd.Series(np.arange(len(live)), index=live)
+    index = index.assign(row=new_row.loc[index["row"].to_numpy()].to_numpy())
+    marker = d / "compacting"          # data and index are replaced one after the other: a crash in
+    marker.touch()                     # between leaves this marker, and the store is rebuilt
+    os.replace(tmp, data)
+    _save_index(d, index)
+    marker.unlink()
+    return index
 
 
 def _decode_into(d, index, sig, todo, size, row_bytes, workers, progress) -> int:

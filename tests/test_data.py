@@ -1,5 +1,6 @@
 import io
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -171,3 +172,25 @@ def test_training_data_honours_the_clean_subset(demo_root, tmp_path):
     d = load_data(tiny_config(root, clean=True), tmp_path / "run")
     assert len(d.manifest) == 6 * df["landmark_id"].nunique()
     assert set(d.manifest["path"].str.rsplit("/", n=1).str[-1].str[:-4]) <= set(" ".join(clean["images"]).split())
+
+
+def test_prepared_store_drops_dead_rows_once_they_are_half(tmp_path, monkeypatch):
+    import core.prepare as prep_mod
+    monkeypatch.setattr(prep_mod, "COMPACT_MIN_ROWS", 0)
+    paths = [str(tmp_path / f"{i}.jpg") for i in range(3)]
+    for i, p in enumerate(paths):
+        _jpeg(Path(p), color=(i * 80, 0, 0))
+    old = prepare(paths, 8, key="c")
+    before = old.images()[[0, 1, 2], 4, 4, 0].copy()
+    for i, p in enumerate(paths[:2]):                       # 2 of 3 change: 5 rows, 3 live, kept
+        _jpeg(Path(p), color=(0, 0, 60 + i * 90), size=(41, 30))
+    assert len(prepare(paths, 8, key="c").store) == 5
+    _jpeg(Path(paths[2]), color=(0, 250, 0), size=(42, 30))  # 6 rows, 3 live: rewritten
+    new = prepare(paths, 8, key="c")
+    assert len(new.store) == 3 and sorted(new.rows) == [0, 1, 2]
+    px = new.images()[:, 4, 4]
+    assert px[0, 2] > 40 and px[1, 2] > 130 and px[2, 1] > 200      # each path still gets its own image
+    assert (old.images()[[0, 1, 2], 4, 4, 0] == before).all()       # an open store keeps reading the old file
+    assert prepare(paths, 8, key="c").decoded == 0                  # and the index is consistent
+    (prep_mod.store_dir("c", 8) / "compacting").touch()             # a compaction cut off by a crash:
+    assert prepare(paths, 8, key="c").decoded == 3                  # the store is rebuilt, not trusted
