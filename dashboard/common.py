@@ -79,6 +79,13 @@ def _counts(root: str, sig: str, clean: bool) -> pd.Series:
     return class_counts(root, clean)
 
 
+def clean_toggle(root, key: str, help: str) -> bool:
+    """A toggle for GLDv2's cleaned subset, shown only when the data set has train_clean.csv."""
+    from core.data import has_clean
+    return has_clean(root) and st.toggle("Cleaned subset only (train_clean.csv)", key=key,
+                                         persist_state="session", help=help)
+
+
 def counts_of(root, clean: bool = False) -> pd.Series:
     """Images per class, shared read-only: at GLDv2 scale copying 200 k rows per rerun (as
     st.cache_data would) costs more than drawing the page. Keyed on the data set's signature.

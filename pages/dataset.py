@@ -6,7 +6,7 @@ core.data.class_counts (cached on disk by the CSV's size and mtime) behind an in
 keyed the same way, readable names are looked up only for the classes shown, and the full
 image index is only built when the thumbnails or the scan ask for it, once per data set version.
 """
-from dashboard.common import counts_of, dataset_picker, synthetic_note, user_error
+from dashboard.common import clean_toggle, counts_of, dataset_picker, synthetic_note, user_error
 
 from pathlib import Path  # noqa: E402
 
@@ -15,8 +15,7 @@ import pandas as pd  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from core.data import (detect_layout, has_clean, signature, imbalance, load_index, open_image,  # noqa: E402
-                       resize_square)
+from core.data import detect_layout, signature, imbalance, load_index, open_image, resize_square  # noqa: E402
 from core.errors import UserError  # noqa: E402
 
 N_CHOICES = (10, 20, 30, 50, 100, 200, 500, 1000)
@@ -242,9 +241,8 @@ try:
     root = Path(path).expanduser().resolve()
     detect_layout(root)
     sig = signature(root)
-    clean = has_clean(root) and st.toggle(
-        "Cleaned subset only (train_clean.csv)", key="dataset_clean", persist_state="session",
-        help="GLDv2's cleaned list of images per landmark; training can use it too (Train page, or --clean).")
+    clean = clean_toggle(root, "dataset_clean", "GLDv2's cleaned list of images per landmark; training can use "
+                                                "it too (Train page, or --clean).")
     counts = counts_of(root, clean)
 except UserError as e:
     user_error(e)

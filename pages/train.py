@@ -4,8 +4,8 @@ The page never trains: core.jobs.launch writes a queued run to the store and sta
 `python -m core.worker` in its own session when the device is free. The form is validated
 first (TrainConfig.validate and the data set's class count), so bad input creates no run.
 """
-from dashboard.common import (STATUS_ICON, counts_of, dataset_picker, runs_frame, schedule_queue, store,  # noqa: I001
-                              synthetic_note, user_error)
+from dashboard.common import (STATUS_ICON, clean_toggle, counts_of, dataset_picker, runs_frame,  # noqa: I001
+                              schedule_queue, store, synthetic_note, user_error)
 
 from pathlib import Path  # noqa: E402
 
@@ -201,9 +201,8 @@ else:
     try:
         root = Path(path).expanduser().resolve()
         detect_layout(root)
-        clean = has_clean(root) and st.toggle(
-            "Cleaned subset only (train_clean.csv)", key="train_clean", persist_state="session",
-            help="Train on GLDv2's cleaned list of images per landmark instead of every row of train.csv.")
+        clean = clean_toggle(root, "train_clean", "Train on GLDv2's cleaned list of images per landmark "
+                                                  "instead of every row of train.csv.")
         counts = counts_of(root, clean)
     except UserError as e:
         user_error(e)
