@@ -10,6 +10,7 @@ size, and reports the ratio (machines are noisy: ratios are the result, not abso
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -111,21 +112,10 @@ def from_memory(net, loader, opt, cfg, dev) -> float:
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    engine.train_one_epoch(net, _Repeat(batch, steps), opt, cfg, dev, 0, 0, NullSink())
+    engine.train_one_epoch(net, _Head(itertools.repeat(batch), steps), opt, cfg, dev, 0, 0, NullSink())
     if dev.type == "cuda":
         torch.cuda.synchronize()
     return steps * len(y) / (time.perf_counter() - t0)
-
-
-class _Repeat:
-    def __init__(self, batch, k):
-        self.batch, self.k = batch, k
-
-    def __len__(self):
-        return self.k
-
-    def __iter__(self):
-        return (self.batch for _ in range(self.k))
 
 
 class _Head:
@@ -249,9 +239,8 @@ def bench_stats(tmp: Path, rows: int, classes: int) -> dict:
         if "df" not in cats:
             cats["df"] = pd.read_csv(root / "train_label_to_category.csv", dtype=str, engine="pyarrow")
         top = counts.head(50)
-        df = cats["df"][cats["df"]["landmark_id"].isin(top.index.astype(str))]
-        names = df["category"].str.replace(r"^.*Category:", "", regex=True).str.replace("_", " ")
-        return data.imbalance(counts, 50), dict(zip(df["landmark_id"], names))
+        return data.imbalance(counts, 50), data.readable_names(cats["df"][cats["df"]["landmark_id"].isin(
+            top.index.astype(str))])
 
     t0 = time.perf_counter()
     page_numbers()

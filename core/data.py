@@ -136,7 +136,12 @@ def _category_names(root: Path) -> dict:
     df = pd.read_csv(f, dtype=str, keep_default_na=False)
     if not {"landmark_id", "category"} <= set(df.columns):
         raise UserError(f"{f} is missing column(s); expected columns landmark_id,category.")
-    # GLDv2 categories are Wikimedia URLs: keep the readable tail.
+    return readable_names(df)
+
+
+def readable_names(df: pd.DataFrame) -> dict:
+    """landmark_id -> name from a (landmark_id, category) frame. GLDv2 categories are Wikimedia
+    URLs: keep the readable tail."""
     names = df["category"].str.replace(r"^.*Category:", "", regex=True).str.replace("_", " ")
     return dict(zip(df["landmark_id"], names))
 

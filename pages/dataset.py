@@ -15,7 +15,8 @@ import pandas as pd  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from core.data import detect_layout, signature, imbalance, load_index, open_image, resize_square  # noqa: E402
+from core.data import (detect_layout, signature, imbalance, load_index, open_image, readable_names,  # noqa: E402
+                       resize_square)
 from core.errors import UserError  # noqa: E402
 
 N_CHOICES = (10, 20, 30, 50, 100, 200, 500, 1000)
@@ -46,10 +47,7 @@ def names_of(root: str, mtime: float, labels: tuple) -> dict:
     df = categories(root, mtime) if mtime else None
     if df is None:
         return {}
-    df = df[df["landmark_id"].isin(labels)]
-    # GLDv2 categories are Wikimedia URLs: keep the readable tail (as core.data does)
-    names = df["category"].str.replace(r"^.*Category:", "", regex=True).str.replace("_", " ")
-    return dict(zip(df["landmark_id"], names))
+    return readable_names(df[df["landmark_id"].isin(labels)])
 
 
 @st.cache_resource(show_spinner="Reading the image list…", max_entries=2)

@@ -1,7 +1,7 @@
 """Runs: every run in one table; the selected run's live curves and progress, its final
 metrics, and the controls to cancel, resume or delete it. Reads the run store only; the
 workers write it. Live parts poll inside st.fragment(run_every=...) only while a run is active."""
-from dashboard.common import ROOT, STATUS_ICON, home_key, runs_frame, run_label, schedule_queue, store
+from dashboard.common import ROOT, STATUS_ICON, home_key, runs_frame, run_label, store
 
 import time
 
@@ -305,7 +305,6 @@ def details(run: dict) -> None:
 # ------------------------------------------------------------------ page
 
 st.title("📈 Runs")
-schedule_queue()
 flash()
 frame = runs_frame()
 if frame.empty:

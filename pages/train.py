@@ -5,7 +5,7 @@ The page never trains: core.jobs.launch writes a queued run to the store and sta
 first (TrainConfig.validate and the data set's class count), so bad input creates no run.
 """
 from dashboard.common import (STATUS_ICON, clean_toggle, counts_of, dataset_picker, runs_frame,  # noqa: I001
-                              schedule_queue, store, synthetic_note, user_error)
+                              store, synthetic_note, user_error)
 
 from pathlib import Path  # noqa: E402
 
@@ -182,7 +182,6 @@ def live(active: bool) -> None:
 
 # ------------------------------------------------------------------ page
 
-schedule_queue()
 st.session_state.setdefault("train_last_run", None)
 st.session_state.setdefault("train_model", default_model())
 st.session_state.setdefault("train_weights", default_weights(st.session_state["train_model"]))
