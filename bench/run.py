@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 def _write_jpegs(args):
     out, start, stop, w, h, seed = args
     from PIL import Image
-    from core.demo import KINDS, render
+    from core.data.demo import KINDS, render
     kinds = list(KINDS)[:10]
     rows = []
     for i in range(start, stop):
@@ -59,7 +59,7 @@ def make_jpegs(out: Path, n: int, w: int = 640, h: int = 480, workers: int = 1) 
 # ------------------------------------------------------------------ 1. training end to end
 
 def _cfg(data, model, size, batch, pipeline, workers, epochs):
-    from core.config import TrainConfig
+    from core.train.config import TrainConfig
     return TrainConfig(data=str(data), model=model, weights="none", classes=0, epochs=epochs, batch_size=batch,
                        image_size=size, holdout=0.0, val=0.05, pipeline=pipeline, workers=workers, seed=0)
 
@@ -67,9 +67,9 @@ def _cfg(data, model, size, batch, pipeline, workers, epochs):
 def train_side(data, model, size, batch, pipeline, workers, epochs, run_dir) -> dict:
     """Time `epochs` training epochs from JPEG files; preparation (decode once) timed apart."""
     import torch
-    from core import engine
-    from core.models import build_model
-    from core.sinks import NullSink
+    from core.train import engine
+    from core.train.models import build_model
+    from core.runs.sinks import NullSink
     cfg = _cfg(data, model, size, batch, pipeline, workers, epochs)
     dev = engine.select_device("auto")
     t0 = time.perf_counter()
@@ -102,8 +102,8 @@ def from_memory(net, loader, opt, cfg, dev) -> float:
     """The same training step fed one batch already on the device, over and over: what the
     model and hardware do with no input pipeline at all (the ceiling for any pipeline)."""
     import torch
-    from core import engine
-    from core.sinks import NullSink
+    from core.train import engine
+    from core.runs.sinks import NullSink
     it = loader.epoch(0)
     x, y = next(it)
     it.close()
@@ -165,7 +165,7 @@ def _mk(p: Path) -> Path:
 def bench_prepare(files: list[str], size: int) -> dict:
     """Images/s on one core: draft decode + reduce (project) vs full decode + resize (plain)."""
     from PIL import Image
-    from core.prepare import _decode
+    from core.data.prepared import _decode
 
     def plain(p):
         im = Image.open(p).convert("RGB")
@@ -193,7 +193,7 @@ def bench_prepare(files: list[str], size: int) -> dict:
 
 def bench_demo(tmp: Path, images: int = 600, size: int = 128) -> dict:
     """Synthetic demo photos written per second on one core (render + JPEG encode + CSV)."""
-    from core.demo import generate
+    from core.data.demo import generate
     generate(tmp / "demo_warm", classes=12, images=48, size=size, seed=1)      # imports, first-call caches
     t0 = time.perf_counter()
     generate(tmp / "demo_bench", classes=12, images=images, size=size, seed=0)
@@ -222,7 +222,8 @@ def make_gldv2_csv(path: Path, rows: int = 4_100_000, classes: int = 203_000, se
 
 
 def bench_stats(tmp: Path, rows: int, classes: int) -> dict:
-    from core import data, paths
+    from core.data import readers as data
+    from core import paths
     root = tmp / "gldv2"
     root.mkdir(exist_ok=True)
     make_gldv2_csv(root / "train.csv", rows, classes)
@@ -264,10 +265,10 @@ def _time(fn) -> float:
 def bench_classify(size: int = 224, n: int = 20) -> dict:
     import torch
     from PIL import Image
-    from core.config import TrainConfig
+    from core.train.config import TrainConfig
     from core.explain import explain, to_map
-    from core.models import build_model
-    from core.predictor import Predictor
+    from core.train.models import build_model
+    from core.explain.predictor import Predictor
     model = build_model("resnet18", 10, "none").eval()
     pred = Predictor("bench", model, [str(i) for i in range(10)], [f"c{i}" for i in range(10)],
                      TrainConfig(data="", image_size=size))

@@ -11,9 +11,9 @@ import math
 import sys
 from pathlib import Path
 
-from .config import TrainConfig, parse_augment
-from .errors import UserError
-from .prepare import AUTO_SCAN_IMAGES
+from core.train.config import TrainConfig, parse_augment
+from core.errors import UserError
+from core.data.prepared import AUTO_SCAN_IMAGES
 
 
 def _out(obj: dict, as_json: bool) -> None:
@@ -36,7 +36,7 @@ def _clean(o):
 
 
 def cmd_demo_data(a) -> dict:
-    from .demo import generate
+    from core.data.demo import generate
     def progress(done, total):
         if done == total or done % 500 == 0:
             print(f"\rgenerated {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
@@ -46,8 +46,8 @@ def cmd_demo_data(a) -> dict:
 
 
 def cmd_stats(a) -> dict:
-    from .data import class_counts, imbalance, load_index
-    from .prepare import prepare
+    from core.data.readers import class_counts, imbalance, load_index
+    from core.data.prepared import prepare
     counts = class_counts(a.data, clean=a.clean)
     out = imbalance(counts, a.top)
     out["top"] = [{"label": str(l), "count": int(c)} for l, c in counts.head(a.top).items()]
@@ -76,9 +76,9 @@ def cmd_stats(a) -> dict:
 
 
 def cmd_train(a) -> dict:
-    from .jobs import execute
-    from .runs import RunStore
-    from .sinks import StoreSink, TqdmSink
+    from core.runs.jobs import execute
+    from core.runs.store import RunStore
+    from core.runs.sinks import StoreSink, TqdmSink
     store = RunStore(a.runs)
     if a.resume:
         run = store.get(a.resume)
@@ -97,10 +97,10 @@ def cmd_train(a) -> dict:
                           freeze=a.freeze, holdout=a.holdout, val=a.val, seed=a.seed, device=a.device,
                           pipeline=a.pipeline, workers=a.workers, compile=a.compile,
                           max_images=a.max_images, weight_decay=a.weight_decay, clean=a.clean).validate()
-        from .data import load_index
-        from .splits import top_classes
+        from core.data.readers import load_index
+        from core.data.splits import top_classes
         top_classes(load_index(cfg.data, clean=cfg.clean).counts(), cfg.classes)  # fail fast, before a run folder exists
-        from .jobs import foreground_device
+        from core.runs.jobs import foreground_device
         run_id = store.create(cfg, status="running", device=foreground_device(cfg))   # holds its device's slot
     print(f"run {run_id} in {store.run_dir(run_id)}", file=sys.stderr)
     result = execute(store, run_id, resume_run=bool(a.resume), sink=TqdmSink(StoreSink(store, run_id)))
@@ -114,7 +114,7 @@ def cmd_train(a) -> dict:
 
 
 def cmd_eval(a) -> dict:
-    from .runs import RunStore
+    from core.runs.store import RunStore
     store = RunStore(a.runs)
     run = store.get(a.run_id)
     if run is None:
@@ -136,8 +136,8 @@ def cmd_eval(a) -> dict:
 
 
 def cmd_predict(a) -> dict:
-    from .predictor import load_predictor
-    from .runs import RunStore
+    from core.explain.predictor import load_predictor
+    from core.runs.store import RunStore
     pred = load_predictor(a.run, RunStore(a.runs))
     results = []
     for path in a.images:
@@ -160,14 +160,14 @@ def cmd_predict(a) -> dict:
 
 
 def _explain(pred, x, path, methods: str, out_dir) -> list:
-    from .explain_io import explain_to_png
+    from core.explain.files import explain_to_png
     return [explain_to_png(pred, x, path, m.strip(), Path(out_dir or ".")) for m in methods.split(",") if m.strip()]
 
 
 def cmd_class_model(a) -> dict:
-    from .explain_io import class_model_png
-    from .predictor import load_predictor
-    from .runs import RunStore
+    from core.explain.files import class_model_png
+    from core.explain.predictor import load_predictor
+    from core.runs.store import RunStore
     pred = load_predictor(a.run, RunStore(a.runs))
     return class_model_png(pred, a.cls, Path(a.out), steps=a.steps, size=a.size)
 

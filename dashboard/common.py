@@ -15,7 +15,7 @@ import streamlit as st  # noqa: E402
 
 from core import paths  # noqa: E402
 from core.errors import UserError  # noqa: E402
-from core.runs import RunStore  # noqa: E402
+from core.runs.store import RunStore  # noqa: E402
 
 DEMO_ARGS = dict(classes=12, images=3000, size=160, seed=0)
 STATUS_ICON = {"queued": "⏳", "starting": "🚀", "running": "🏃", "done": "✅", "failed": "❌",
@@ -38,7 +38,7 @@ def store() -> RunStore:
 
 def schedule_queue() -> None:
     """Move the persisted queue along (also after an app restart); cheap when nothing waits."""
-    from core.jobs import schedule
+    from core.runs.jobs import schedule
     try:
         schedule(store())
     except Exception as e:  # noqa: BLE001 - a page must render even if a worker cannot start
@@ -55,7 +55,7 @@ def ensure_demo() -> Path:
     """Generate the synthetic demo data set on first use (a few seconds)."""
     d = demo_path()
     if not (d / "train.csv").exists():
-        from core.demo import generate
+        from core.data.demo import generate
         with st.spinner("Generating the synthetic demo data set (first use only)…"):
             bar = st.progress(0.0, text="drawing synthetic landmarks")
             generate(d, progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total} images"),
@@ -75,13 +75,13 @@ def dataset_options() -> dict[str, str]:
 
 @st.cache_resource(show_spinner="Counting images per class…", max_entries=8)
 def _counts(root: str, sig: str, clean: bool) -> pd.Series:
-    from core.data import class_counts
+    from core.data.readers import class_counts
     return class_counts(root, clean)
 
 
 def clean_toggle(root, key: str, help: str) -> bool:
     """A toggle for GLDv2's cleaned subset, shown only when the data set has train_clean.csv."""
-    from core.data import has_clean
+    from core.data.readers import has_clean
     return has_clean(root) and st.toggle("Cleaned subset only (train_clean.csv)", key=key,
                                          persist_state="session", help=help)
 
@@ -90,7 +90,7 @@ def counts_of(root, clean: bool = False) -> pd.Series:
     """Images per class, shared read-only: at GLDv2 scale copying 200 k rows per rerun (as
     st.cache_data would) costs more than drawing the page. Keyed on the data set's signature.
     `clean`: GLDv2's cleaned subset (train_clean.csv)."""
-    from core.data import signature
+    from core.data.readers import signature
     return _counts(str(root), signature(Path(root), clean), clean)
 
 
@@ -112,7 +112,13 @@ def dataset_picker(key: str = "dataset") -> str | None:
     if choice == "Other path…":
         typed = st.text_input("Data set folder", key=f"{key}_path",
                               placeholder="/data/google-landmarks-v2 or a folder of class folders")
-        return typed.strip() or None
+        if not typed.strip():
+            return None
+        try:  # before anything reads it: only LANDMARKS_HOME/datasets and LANDMARKS_DATA_ROOTS
+            return str(paths.confine(typed))
+        except UserError as e:
+            user_error(e)
+            return None
     if choice == labels[0]:
         return str(ensure_demo())
     return opts[choice]
@@ -162,7 +168,7 @@ def run_picker(label: str, statuses=("done",), key: str = "run", multi: bool = F
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=8)
 def _predictor(run_id: str, ckpt_mtime: float, home: str):
-    from core.predictor import load_predictor
+    from core.explain.predictor import load_predictor
     return load_predictor(run_id, store())
 
 

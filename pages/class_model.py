@@ -5,9 +5,9 @@ from dashboard.common import run_and_predictor, store, user_error
 import pandas as pd
 import streamlit as st
 
-from core import classmodel_jobs as jobs
+from core.runs import classmodel_jobs as jobs
 from core.errors import UserError
-from core.explain_io import class_model_png
+from core.explain.files import class_model_png
 
 st.session_state.setdefault("cm_steps", 150)
 

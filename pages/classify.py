@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.data import open_image
+from core.data.readers import open_image
 from core.errors import UserError
 from core.explain import render, to_png_bytes
-from core.explain_io import explain_one, image_uint8
-from core.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, UPLOAD_TYPES, limits_text, load_upload
+from core.explain.files import explain_one, image_uint8
+from core.data.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, UPLOAD_TYPES, limits_text, load_upload
 
 METHOD_NAMES = {
     "saliency": "Saliency map (Simonyan et al. 2014)",

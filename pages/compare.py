@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.data import open_image
+from core.data.readers import open_image
 from core.errors import UserError
 from core.explain import METHODS
-from core.explain_io import explain_one
-from core.uploads import UPLOAD_TYPES, limits_text, load_upload
+from core.explain.files import explain_one
+from core.data.uploads import UPLOAD_TYPES, limits_text, load_upload
 from dashboard import charts
 
 SPLITS = {"val": "Validation (20%)", "holdout": "Holdout (1%)", "train": "Train"}

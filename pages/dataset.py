@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from core.data import (detect_layout, signature, imbalance, load_index, open_image, readable_names,  # noqa: E402
+from core.data.readers import (detect_layout, signature, imbalance, load_index, open_image, readable_names,  # noqa: E402
                        resize_square)
 from core.errors import UserError  # noqa: E402
 
@@ -188,7 +188,7 @@ def thumbnails(root: str, sig: str, counts: pd.Series, names: dict, n: int, clea
 def scan_section(root: str, sig: str, counts: pd.Series, n: int, clean: bool = False) -> None:
     top = counts.head(n)
     key = (root, sig, n, clean)
-    from core.prepare import AUTO_SCAN_IMAGES
+    from core.data.prepared import AUTO_SCAN_IMAGES
     auto = int(top.sum()) <= AUTO_SCAN_IMAGES and key not in st.session_state["dataset_scans"]
     st.caption(f"Decodes each of the {int(top.sum()):,} images of the top {len(top):,} classes once at "
                f"{SCAN_SIZE} px (cached, so training at {SCAN_SIZE} px and later scans are instant)"
@@ -198,7 +198,7 @@ def scan_section(root: str, sig: str, counts: pd.Series, n: int, clean: bool = F
         if err:
             st.error(err, icon="🚫")
             return
-        from core.prepare import prepare
+        from core.data.prepared import prepare
         paths = index.samples.loc[index.samples["label"].isin(set(top.index.astype(str))), "path"].tolist()
         bar = st.progress(0.0, text="scanning")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.data import open_image
+from core.data.readers import open_image
 from dashboard import charts
 
 SPLITS = {"holdout": "Holdout (1%)", "val": "Validation", "train": "Train"}

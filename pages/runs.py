@@ -9,8 +9,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import jobs
-from core.runs import ACTIVE
+from core.runs import jobs
+from core.runs.store import ACTIVE
 
 # ------------------------------------------------------------------ session keys
 st.session_state.setdefault("runs_selected", None)   # run id shown below the table (survives page switches)

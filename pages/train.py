@@ -1,7 +1,7 @@
 """Train: the seed's knobs in one form; launch queues a run and starts a worker process.
 
 The page never trains: core.jobs.launch writes a queued run to the store and starts
-`python -m core.worker` in its own session when the device is free. The form is validated
+`python -m core.runs.worker` in its own session when the device is free. The form is validated
 first (TrainConfig.validate and the data set's class count), so bad input creates no run.
 """
 from dashboard.common import (STATUS_ICON, clean_toggle, counts_of, dataset_picker, runs_frame,  # noqa: I001
@@ -13,11 +13,11 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 from streamlit.errors import StreamlitAPIException  # noqa: E402
 
-from core.config import AUGMENTATIONS, DEVICES, OPTIMIZERS, PIPELINES, TrainConfig  # noqa: E402
-from core.data import detect_layout, has_clean  # noqa: E402
+from core.train.config import AUGMENTATIONS, DEVICES, OPTIMIZERS, PIPELINES, TrainConfig  # noqa: E402
+from core.data.readers import detect_layout, has_clean  # noqa: E402
 from core.errors import UserError  # noqa: E402
-from core.models import REGISTRY, imagenet_available  # noqa: E402
-from core.runs import ACTIVE  # noqa: E402
+from core.train.models import REGISTRY, imagenet_available  # noqa: E402
+from core.runs.store import ACTIVE  # noqa: E402
 
 RUNS_PAGE = Path(__file__).resolve().parent / "runs.py"
 AUG_LABELS = {"crop": "Random resized crop", "hflip": "Random horizontal flip",
@@ -114,6 +114,8 @@ def build_config(root: Path) -> TrainConfig:
         weights = ss["train_weights_path"].strip()
         if not weights:
             raise UserError("Type the path of a weight file, or choose ImageNet or None.")
+        from core import paths  # the browser may open weights only under the data roots and runs/
+        weights = str(paths.confine(weights, "weight file", paths.weight_roots()))
         if not Path(weights).expanduser().is_file():
             raise UserError(f"Weight file {weights} does not exist.")
     return TrainConfig(
@@ -129,8 +131,8 @@ def build_config(root: Path) -> TrainConfig:
 
 def submit(root: Path, counts: pd.Series) -> None:
     """Validate, then queue the run; bad input shows one sentence and creates nothing."""
-    from core.jobs import launch
-    from core.splits import top_classes
+    from core.runs.jobs import launch
+    from core.data.splits import top_classes
     try:
         cfg = build_config(root)
         top_classes(counts, cfg.classes)

@@ -25,14 +25,14 @@ def home(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """4 classes, 240 images of 48 px: trains to well above chance in seconds at 32 px."""
-    from core.demo import generate
+    from core.data.demo import generate
     out = tmp_path_factory.mktemp("demo")
     generate(out, classes=4, images=240, size=48, seed=0)
     return out
 
 
 def tiny_config(data, **kw):
-    from core.config import TrainConfig
+    from core.train.config import TrainConfig
     base = dict(data=str(data), model="small_cnn", weights="none", classes=4, epochs=3, batch_size=32,
                 lr=1e-3, image_size=32, holdout=0.05, val=0.2, seed=0)
     base.update(kw)
@@ -43,8 +43,8 @@ def tiny_config(data, **kw):
 def trained_home(tmp_path_factory, demo_root):
     """A LANDMARKS_HOME with two finished runs on the tiny demo data (read-only for tests:
     copy it before changing anything). Returns (home, [run_id_4_classes, run_id_3_classes])."""
-    from core.jobs import execute
-    from core.runs import RunStore
+    from core.runs.jobs import execute
+    from core.runs.store import RunStore
     h = tmp_path_factory.mktemp("trained_home")
     old = os.environ.get("LANDMARKS_HOME")
     os.environ["LANDMARKS_HOME"] = str(h)

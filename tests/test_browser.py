@@ -51,8 +51,8 @@ def app(home, demo_root, tmp_path):
     yield url
     os.killpg(p.pid, 15)
     p.wait(20)
-    from core import jobs
-    from core.runs import RunStore
+    from core.runs import jobs
+    from core.runs.store import RunStore
     store = RunStore()
     for r in store.list():  # stop any worker the test started
         if r["status"] in ("queued", "starting", "running"):

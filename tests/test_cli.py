@@ -57,7 +57,7 @@ def test_demo_stats_train_eval_predict(tmp_path, home):
     (["train", "--data", "{data}", "--model", "small_cnn", "--runs", "{afile}/runs"], "Cannot write the runs folder"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(tmp_path, home, args, message):
-    from core.demo import generate
+    from core.data.demo import generate
     data = tmp_path / "d"
     generate(data, classes=3, images=30, size=32)
     bad = tmp_path / "bad"

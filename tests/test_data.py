@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core import data
+from core.data import readers as data
 from core.errors import UserError
-from core.prepare import prepare
+from core.data.prepared import prepare
 
 
 def _jpeg(path, color=(200, 30, 30), size=(40, 30)):
@@ -161,7 +161,7 @@ def test_gldv2_clean_subset(demo_root, tmp_path):
 
 
 def test_training_data_honours_the_clean_subset(demo_root, tmp_path):
-    from core.engine import load_data
+    from core.train.engine import load_data
     from tests.conftest import tiny_config
     root = tmp_path / "gld"
     shutil.copytree(demo_root, root)
@@ -175,7 +175,7 @@ def test_training_data_honours_the_clean_subset(demo_root, tmp_path):
 
 
 def test_prepared_store_drops_dead_rows_once_they_are_half(tmp_path, monkeypatch):
-    import core.prepare as prep_mod
+    import core.data.prepared as prep_mod
     monkeypatch.setattr(prep_mod, "COMPACT_MIN_ROWS", 0)
     paths = [str(tmp_path / f"{i}.jpg") for i in range(3)]
     for i, p in enumerate(paths):

@@ -1,4 +1,4 @@
-"""core.demo: the synthetic landmark generator (layout, determinism, long tail, not-too-easy)."""
+"""core.data.demo: the synthetic landmark generator (layout, determinism, long tail, not-too-easy)."""
 import csv
 import re
 import sys
@@ -10,7 +10,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import demo  # noqa: E402
+from core.data import demo  # noqa: E402
 
 ARGS = dict(classes=6, images=120, size=48, seed=3)
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from core.errors import UserError
-from core.jobs import execute
-from core.models import REGISTRY, build_model
-from core.pipeline import augment_batch, random_resized_crop
-from core.runs import RunStore
-from core.sinks import StoreSink
+from core.runs.jobs import execute
+from core.train.models import REGISTRY, build_model
+from core.train.pipeline import augment_batch, random_resized_crop
+from core.runs.store import RunStore
+from core.runs.sinks import StoreSink
 from tests.conftest import tiny_config
 
 
@@ -162,9 +162,9 @@ def test_prepared_and_plain_pipelines_see_the_same_pixels(tmp_path):
     """Decode-once (JPEG draft + crop-box resize) matches the reference Resize + CenterCrop on
     landscape and portrait photos: the basis of 'same accuracy as the plain path'."""
     from PIL import Image
-    from core.demo import KINDS, render
-    from core.pipeline import PlainDataset
-    from core.prepare import prepare
+    from core.data.demo import KINDS, render
+    from core.train.pipeline import PlainDataset
+    from core.data.prepared import prepare
     paths = []
     for i, (kind, (w, h)) in enumerate(zip(list(KINDS)[:6], [(640, 480), (480, 640), (400, 300)] * 2)):
         p = tmp_path / f"{i}.jpg"
@@ -181,7 +181,7 @@ def test_prepared_and_plain_pipelines_see_the_same_pixels(tmp_path):
 
 
 def test_project_recipe_uses_a_fused_optimizer_with_the_reference_update():
-    from core.engine import make_optimizer
+    from core.train.engine import make_optimizer
     ref_net, fast_net = (torch.nn.Linear(5, 3) for _ in range(2))
     fast_net.load_state_dict(ref_net.state_dict())
     w0 = ref_net.weight.detach().clone()
@@ -204,7 +204,7 @@ class _Evil:
 
 
 def test_checkpoints_load_with_weights_only_and_refuse_pickled_code(tmp_path):
-    from core.engine import load_checkpoint, make_optimizer, read_checkpoint, save_checkpoint
+    from core.train.engine import load_checkpoint, make_optimizer, read_checkpoint, save_checkpoint
     cfg = tiny_config(".")
     net = build_model("small_cnn", 3, "none")
     opt, sched = make_optimizer(cfg, net)

@@ -436,8 +436,8 @@ def test_render_unknown_method():
 def test_saliency_of_a_trained_run_lands_on_the_landmark_not_the_sky(use_trained_home):
     """Issue 4's 'done when': on fresh demo photos (a seed the run never saw), the saliency map
     puts more of its mass on the landmark's pixels than on the sky and ground around it."""
-    from core.explain_io import landmark_focus
-    from core.predictor import load_predictor
+    from core.explain.files import landmark_focus
+    from core.explain.predictor import load_predictor
     home, run_ids = use_trained_home
     r = landmark_focus(load_predictor(run_ids[0]), images=24, methods=("saliency",))["saliency"]
     assert r["images"] >= 20

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core import jobs
-from core.runs import RunStore
+from core.runs import jobs
+from core.runs.store import RunStore
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ def wait_for(store, run_id, statuses, timeout=240):
 
 def test_worker_survives_the_process_that_launched_it(demo_root, home):
     code = ("import sys; sys.path.insert(0, %r)\n"
-            "from core.jobs import launch; from core.runs import RunStore; from core.config import TrainConfig\n"
+            "from core.runs.jobs import launch; from core.runs.store import RunStore; from core.train.config import TrainConfig\n"
             "cfg = TrainConfig(data=%r, model='small_cnn', weights='none', classes=3, epochs=1, batch_size=32,"
             " image_size=32, holdout=0.05)\n"
             "print(launch(cfg, RunStore()))\n") % (str(ROOT), str(demo_root))
@@ -85,7 +85,7 @@ def test_a_reused_pid_does_not_keep_a_dead_run_running(demo_root, tmp_path):
     """After a reboot the worker's pid can belong to another live process: the recorded process
     identity (boot id + start time) tells them apart. Old databases are migrated in place."""
     import sqlite3
-    from core.runs import SCHEMA_VERSION, process_identity
+    from core.runs.store import SCHEMA_VERSION, process_identity
     store = RunStore()
     alive = store.create(tiny_config(demo_root), status="running")
     store.set(alive, pid=os.getpid(), heartbeat=time.time())       # this very process: alive

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from core import metrics
+from core.train import metrics
 
 
 def test_gap_hand_computed_all_correct_is_one():

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import classmodel_jobs as jobs
+from core.runs import classmodel_jobs as jobs
 from core.errors import UserError
-from core.predictor import load_predictor
-from core.runs import RunStore
+from core.explain.predictor import load_predictor
+from core.runs.store import RunStore
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 

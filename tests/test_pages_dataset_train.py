@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.runs import ACTIVE, FINAL, RunStore
+from core.runs.store import ACTIVE, FINAL, RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "dashboard" / "app.py"
@@ -37,7 +37,7 @@ def wait_until_stopped(store: RunStore, run_id: str, timeout: float = 240) -> st
         if status in FINAL:
             return status
         time.sleep(0.5)
-    from core.jobs import cancel
+    from core.runs.jobs import cancel
     cancel(store, run_id)
     while store.get(run_id)["status"] in ACTIVE and time.time() < end + 60:
         time.sleep(0.5)
@@ -158,7 +158,7 @@ def test_pages_through_app_navigation(demo_home):
                if not (PAGES / f"{p}.py").exists()]
     if missing:
         pytest.skip(f"app.py navigates to pages not written yet: {', '.join(missing)}")
-    from core.config import TrainConfig
+    from core.train.config import TrainConfig
     run_id = RunStore().create(TrainConfig(data=str(demo_home / "datasets" / "demo"), classes=3), status="done")
     at = AppTest.from_file(str(APP), default_timeout=120).run()
     assert not at.exception and metrics(at)["Classes"] == "4"   # Dataset is the default page

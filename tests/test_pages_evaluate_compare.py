@@ -150,7 +150,7 @@ def test_evaluate_with_two_runs(use_trained_home):
     assert not at.exception, at.exception
     assert all(o.endswith("🧪 synthetic demo data") for o in at.selectbox(key="eval_run").options)
     (table,) = [d.value for d in at.dataframe if "support" in d.value.columns]     # per-class table
-    from core.runs import RunStore
+    from core.runs.store import RunStore
     assert len(table) == RunStore().get(at.selectbox(key="eval_run").value)["classes"]
     assert table["acc"].is_monotonic_increasing                                   # worst class first
     assert len(at.dataframe[0].value) == 2                 # the holdout table: one row per run
@@ -205,7 +205,7 @@ def test_compare_upload_bad_file_is_one_sentence(use_trained_home):
 def test_evaluate_many_classes_shows_top_k_with_other_bucket(tmp_path):
     """A run with 60 classes (metrics written straight to the store, no training): the heatmap
     shows the K most-confused classes plus "(other)", and the page copes without prediction files."""
-    from core.runs import RunStore
+    from core.runs.store import RunStore
     from tests.conftest import tiny_config
     store = RunStore()
     run_id = store.create(tiny_config(tmp_path, classes=60), status="done")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.runs import ACTIVE, RunStore
+from core.runs.store import ACTIVE, RunStore
 from tests.conftest import tiny_config
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from core.errors import UserError
-from core.splits import make_manifest, top_classes
+from core.data.splits import make_manifest, top_classes
 
 
 def _samples(counts):

@@ -1,4 +1,4 @@
-"""core.uploads: every bad upload is one clear sentence; every odd but valid image becomes
+"""core.data.uploads: every bad upload is one clear sentence; every odd but valid image becomes
 upright RGB. All images are generated here."""
 import io
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from core.errors import UserError
-from core.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, limits_text, load_upload, sniff_format
+from core.data.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, limits_text, load_upload, sniff_format
 
 
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .class_model import class_model
-from .faithfulness import Faithfulness, blurred, faithfulness
-from .methods import METHODS, Method, Target, default_target_layer, get_method, model_guard
-from .render import colorize, overlay, render, signed_to_rgb, to_map, to_png_bytes
+from core.explain.class_model import class_model
+from core.explain.faithfulness import Faithfulness, blurred, faithfulness
+from core.explain.methods import METHODS, Method, Target, default_target_layer, get_method, model_guard
+from core.explain.render import colorize, overlay, render, signed_to_rgb, to_map, to_png_bytes
 
 __all__ = [
     "METHODS", "Method", "explain", "default_target_layer", "model_guard",

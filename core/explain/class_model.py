@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
-from .methods import model_device, model_guard
+from core.explain.methods import model_device, model_guard
 
 Progress = Callable[[int, int, float], None]
 

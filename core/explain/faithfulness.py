@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
-from .methods import model_device, model_guard
+from core.explain.methods import model_device, model_guard
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import io
 
 from PIL import Image, ImageFile
 
-from .data import MAX_PIXELS, open_image
-from .errors import UserError
+from core.data.readers import MAX_PIXELS, open_image
+from core.errors import UserError
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024   # bytes; = maxUploadSize (MB) in .streamlit/config.toml
 MAX_UPLOAD_PIXELS = MAX_PIXELS // 2    # pixels (25 megapixels); a 12 MP phone photo passes

@@ -1,4 +1,4 @@
-"""Worker process: `python -m core.worker RUN_ID [--runs DIR]`. Never imports Streamlit;
+"""Worker process: `python -m core.runs.worker RUN_ID [--runs DIR]`. Never imports Streamlit;
 writes only to the run store. When done it starts the next queued run."""
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 import signal
 import sys
 
-from .jobs import execute, schedule
-from .runs import RunStore
+from core.runs.jobs import execute, schedule
+from core.runs.store import RunStore
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m core.worker")
+    ap = argparse.ArgumentParser(prog="python -m core.runs.worker")
     ap.add_argument("run_id")
     ap.add_argument("--runs", default=None)
     args = ap.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Class model images generated in the background: `python -m core.classmodel_jobs RUN ...`.
+"""Class model images generated in the background: `python -m core.runs.classmodel_jobs RUN ...`.
 
 The page calls `start()`, which spawns this module in a new session (so page reruns and
 closed tabs do not kill it), and polls `status()`. The child loads the run's model once and
@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UserError
-from .paths import REPO
-from .runs import RunStore, _alive
+from core.errors import UserError
+from core.paths import REPO
+from core.runs.store import RunStore, _alive
 
 STEPS_RANGE = (1, 5000)     # gradient-ascent steps per class
 SIZE_RANGE = (16, 512)      # px; the image is size x size
@@ -32,7 +32,7 @@ def out_dir(store: RunStore, run_id: str) -> Path:
 
 def png_path(store: RunStore, run_id: str, target: int, steps: int, size: int) -> Path:
     """Where explain_io.class_model_png caches the image of class index ``target``."""
-    from .explain_io import class_model_path
+    from core.explain.files import class_model_path
     return class_model_path(out_dir(store, run_id), target, steps, size)
 
 
@@ -96,7 +96,7 @@ def start(store: RunStore, run_id: str, classes: list, steps: int = 150, size: i
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(d / "log.txt", "ab") as log:
         # "--" so that a class label starting with "-" is not read as an option
-        p = subprocess.Popen([sys.executable, "-m", "core.classmodel_jobs", run_id, "--runs", str(store.root),
+        p = subprocess.Popen([sys.executable, "-m", "core.runs.classmodel_jobs", run_id, "--runs", str(store.root),
                               "--steps", str(int(steps)), "--size", str(size), "--", *classes],
                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              cwd=str(REPO), env=env, start_new_session=True)
@@ -127,8 +127,8 @@ class _Stopped(Exception):
 
 def run(store: RunStore, run_id: str, classes: list, steps: int, size: int) -> dict:
     """The child's work: every class in turn, progress written as it goes. Returns the final state."""
-    from .explain_io import class_model_png
-    from .predictor import load_predictor
+    from core.explain.files import class_model_png
+    from core.explain.predictor import load_predictor
 
     path = _progress_file(store, run_id)
     state = _initial(os.getpid(), list(classes), steps, size)
@@ -163,7 +163,7 @@ def run(store: RunStore, run_id: str, classes: list, steps: int, size: int) -> d
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m core.classmodel_jobs",
+    ap = argparse.ArgumentParser(prog="python -m core.runs.classmodel_jobs",
                                  description="Generate class model images for a finished run.")
     ap.add_argument("run_id")
     ap.add_argument("classes", nargs="+", help="class labels, names or indices")

@@ -16,15 +16,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import metrics
-from .config import TrainConfig
-from .data import load_index
-from .errors import UserError
-from .models import build_model
-from .pipeline import PreparedBatches, augment_batch, plain_loader, to_float
-from .prepare import prepare
-from .sinks import Cancelled, NullSink
-from .splits import load_manifest, make_manifest, save_manifest, top_classes
+from core.train import metrics
+from core.train.config import TrainConfig
+from core.data.readers import load_index
+from core.errors import UserError
+from core.train.models import build_model
+from core.train.pipeline import PreparedBatches, augment_batch, plain_loader, to_float
+from core.data.prepared import prepare
+from core.runs.sinks import Cancelled, NullSink
+from core.data.splits import load_manifest, make_manifest, save_manifest, top_classes
 
 SCAN_SIZE = 32  # the plain pipeline still scans files once (at a tiny size) to drop unreadable ones
 

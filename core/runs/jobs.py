@@ -1,6 +1,6 @@
 """Run lifecycle: launch into a persisted queue, start workers in their own sessions, run.
 
-A worker is `python -m core.worker RUN_ID --runs DIR`, started with start_new_session=True so
+A worker is `python -m core.runs.worker RUN_ID --runs DIR`, started with start_new_session=True so
 page reruns, closed tabs and a restarted Streamlit never kill it. By default one run at a time
 per device (one per GPU, one on the CPU); the rest wait in the queue (the runs table) and start
 in order when the device frees up: the worker that finishes starts the next one, and every
@@ -14,11 +14,11 @@ import sys
 import time
 import traceback
 
-from .config import TrainConfig
-from .errors import UserError
-from .paths import REPO
-from .runs import RunStore
-from .sinks import Cancelled, StoreSink
+from core.train.config import TrainConfig
+from core.errors import UserError
+from core.paths import REPO
+from core.runs.store import RunStore
+from core.runs.sinks import Cancelled, StoreSink
 
 
 def device_key(cfg: TrainConfig) -> str:
@@ -90,7 +90,7 @@ def _spawn(store: RunStore, run_id: str, cuda_device: str | None = None) -> None
     if cuda_device is not None:
         env["CUDA_VISIBLE_DEVICES"] = cuda_device      # the worker sees its one GPU as cuda:0
     with open(store.run_dir(run_id) / "log.txt", "ab") as log:  # the child keeps its own handle
-        p = subprocess.Popen([sys.executable, "-m", "core.worker", run_id, "--runs", str(store.root)],
+        p = subprocess.Popen([sys.executable, "-m", "core.runs.worker", run_id, "--runs", str(store.root)],
                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              cwd=str(REPO), env=env, start_new_session=True)
     store.set(run_id, pid=p.pid)
@@ -121,7 +121,7 @@ def resume(store: RunStore, run_id: str) -> None:
 
 def execute(store: RunStore, run_id: str, resume_run: bool = False, sink=None) -> dict:
     """Run a queued run in this process: fit, then record the outcome. Used by worker and CLI."""
-    from .engine import fit
+    from core.train.engine import fit
     run = store.get(run_id)
     cfg = TrainConfig.from_dict(run["config"])
     # `cancel` is not reset here: a Cancel clicked while the worker was starting must still count

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
+from core.errors import UserError
 
 
 def top_classes(counts: pd.Series, n: int) -> list[str]:

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import TrainConfig
-from .data import open_image, resize_square
-from .engine import read_checkpoint
-from .errors import UserError
-from .models import LandmarkNet, build_model
-from .runs import RunStore
+from core.train.config import TrainConfig
+from core.data.readers import open_image, resize_square
+from core.train.engine import read_checkpoint
+from core.errors import UserError
+from core.train.models import LandmarkNet, build_model
+from core.runs.store import RunStore
 
 
 @dataclass

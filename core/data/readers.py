@@ -4,7 +4,7 @@ Layouts:
   gldv2    train.csv (id,url,landmark_id) + train|images/<a>/<b>/<c>/<id>.jpg
   gldv1    train.csv (id,url,landmark_id) + <dir>/<id>.jpg  (Kaggle 2018)
   folders  <class>/<image> with jpg/jpeg/png/webp
-The embedded demo data set (core.demo) is written in the gldv2 layout.
+The embedded demo data set (core.data.demo) is written in the gldv2 layout.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from .errors import UserError
-from .paths import cache_dir
+from core.errors import UserError
+from core.paths import cache_dir
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp"}
 CSV_COLUMNS = ("id", "url", "landmark_id")

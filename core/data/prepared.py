@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .paths import cache_dir
+from core.paths import cache_dir
 
 CHUNK = 512  # images decoded between index commits
 COMPACT_MIN_ROWS = 1024  # stores smaller than this are never compacted
@@ -45,7 +45,7 @@ class Prepared:
 def _decode(args):
     """Worker: path -> (bytes | None, reason). Kept import-light for spawned workers."""
     path, size = args
-    from .data import open_image, resize_square
+    from core.data.readers import open_image, resize_square
     try:
         if os.path.getsize(path) == 0:
             return None, "empty file (0 bytes)"

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from core.errors import UserError
 
 AUGMENTATIONS = ("crop", "hflip", "vflip", "rot90")
 OPTIMIZERS = ("adam", "sgd")
@@ -61,7 +61,7 @@ class TrainConfig:
             (0 <= self.holdout < 0.5, "--holdout must be a fraction in [0, 0.5)."),
             (0 < self.val < 0.9, "--val must be a fraction in (0, 0.9)."),
         ]
-        from .models import REGISTRY
+        from core.train.models import REGISTRY
         checks.insert(0, (self.model in REGISTRY, f"Unknown model {self.model!r}; choose one of: {', '.join(REGISTRY)}."))
         for ok, msg in checks:
             if not ok:

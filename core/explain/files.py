@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .explain import METHODS, explain, faithfulness, render, to_map, to_png_bytes
-from .explain import class_model as _class_model
+from core.errors import UserError
+from core.explain import METHODS, explain, faithfulness, render, to_map, to_png_bytes
+from core.explain import class_model as _class_model
 
 
 def image_uint8(x) -> np.ndarray:
@@ -88,7 +88,7 @@ def landmark_focus(pred, images: int = 60, methods=("saliency",), seed: int = 12
     """For fresh demo photos rendered with their landmark mask (a seed no run trained on): the
     median share of attribution mass on the landmark divided by its share of the image area
     (1.0 = no better than uniform), and the fraction of images denser on the landmark."""
-    from .demo import KINDS, render as render_demo
+    from core.data.demo import KINDS, render as render_demo
     kinds = list(KINDS)
     if not all(str(l).isdigit() and int(l) < len(kinds) for l in pred.labels):
         raise UserError(f"Run {pred.run_id} was not trained on the demo data set, whose photos come with masks.")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import UserError
-from .paths import runs_dir
+from core.errors import UserError
+from core.paths import runs_dir
 
 SCHEMA_VERSION = 2           # 2: runs.proc (worker identity, survives pid reuse after a reboot)
 ACTIVE = ("queued", "starting", "running")

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import UserError
+from core.errors import UserError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
