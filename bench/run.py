@@ -60,8 +60,10 @@ def make_jpegs(out: Path, n: int, w: int = 640, h: int = 480, workers: int = 1) 
 
 def _cfg(data, model, size, batch, pipeline, workers, epochs):
     from core.train.config import TrainConfig
+    # the plain side is the tutorial recipe whole: PIL per epoch, fp32, NCHW, the default optimizer loop
+    speed = {} if pipeline == "prepared" else dict(precision="fp32", channels_last="off", fused="off")
     return TrainConfig(data=str(data), model=model, weights="none", classes=0, epochs=epochs, batch_size=batch,
-                       image_size=size, holdout=0.0, val=0.05, pipeline=pipeline, workers=workers, seed=0)
+                       image_size=size, holdout=0.0, val=0.05, pipeline=pipeline, workers=workers, seed=0, **speed)
 
 
 def train_side(data, model, size, batch, pipeline, workers, epochs, run_dir) -> dict:
@@ -69,11 +71,12 @@ def train_side(data, model, size, batch, pipeline, workers, epochs, run_dir) -> 
     import torch
     from core.train import engine
     from core.train.models import build_model
-    from core.runs.sinks import NullSink
+    from core.runs.store import RunFolder
+    from core.train.sinks import NullSink
     cfg = _cfg(data, model, size, batch, pipeline, workers, epochs)
     dev = engine.select_device("auto")
     t0 = time.perf_counter()
-    d = engine.load_data(cfg, run_dir)            # prepared: decodes every JPEG once (cold cache)
+    d = engine.load_data(cfg, RunFolder(run_dir))          # prepared: decodes every JPEG once (cold cache)
     prep_s = time.perf_counter() - t0
     net = build_model(model, len(d.labels), "none").to(dev)
     if engine.channels_last(cfg, dev):
@@ -103,7 +106,7 @@ def from_memory(net, loader, opt, cfg, dev) -> float:
     model and hardware do with no input pipeline at all (the ceiling for any pipeline)."""
     import torch
     from core.train import engine
-    from core.runs.sinks import NullSink
+    from core.train.sinks import NullSink
     it = loader.epoch(0)
     x, y = next(it)
     it.close()

@@ -1,4 +1,4 @@
-"""Command line: python -m core {demo-data,stats,train,eval,predict,class-model}.
+"""Command line: python -m core {demo-data,stats,train,runs,eval,predict,class-model}.
 
 With --json the last line on stdout is one JSON object; progress goes to stderr.
 Bad input prints one sentence to stderr and exits with status 2.
@@ -11,7 +11,7 @@ import math
 import sys
 from pathlib import Path
 
-from core.train.config import TrainConfig, parse_augment
+from core.train.config import add_arguments, from_arguments
 from core.errors import UserError
 from core.data.prepared import AUTO_SCAN_IMAGES
 
@@ -76,41 +76,57 @@ def cmd_stats(a) -> dict:
 
 
 def cmd_train(a) -> dict:
-    from core.runs.jobs import execute
+    from core.runs.jobs import foreground_device, reap, run_job
     from core.runs.store import RunStore
-    from core.runs.sinks import StoreSink, TqdmSink
+    from core.train.sinks import TqdmSink
     store = RunStore(a.runs)
     if a.resume:
+        reap(store)                      # a worker killed a moment ago is interrupted, not "running"
         run = store.get(a.resume)
         if run is None:
             raise UserError(f"There is no run {a.resume!r} in {store.root}.")
         if run["status"] in ("running", "starting"):
-            raise UserError(f"Run {a.resume} is {run['status']}; it cannot be resumed twice.")
+            raise UserError(f"Run {a.resume} is {run['status']} in another process (pid {run.get('pid')}); "
+                            "cancel it first or wait for it.")
         run_id = a.resume
-        store.set(run_id, cancel=0, progress={})
+        store.set(run_id, status="running", device=foreground_device(store.run(run_id).config().device), cancel=0,
+                  progress={}, error=None, finished=None, args={**(run.get("args") or {}), "resume": True})
+        store.event(run_id, "resume", "resumed from the command line")
     else:
         if not a.data or not a.model:
             raise UserError("train needs --data DIR and --model NAME (or --resume RUN_ID).")
-        cfg = TrainConfig(data=str(Path(a.data).expanduser().resolve()), model=a.model, weights=a.weights,
-                          classes=a.classes, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                          optimizer=a.optimizer, image_size=a.image_size, augment=parse_augment(a.augment),
-                          freeze=a.freeze, holdout=a.holdout, val=a.val, seed=a.seed, device=a.device,
-                          pipeline=a.pipeline, workers=a.workers, compile=a.compile,
-                          max_images=a.max_images, weight_decay=a.weight_decay, clean=a.clean).validate()
+        cfg = from_arguments(a, data=str(Path(a.data).expanduser().resolve()), model=a.model).validate()
         from core.data.readers import load_index
         from core.data.splits import top_classes
         top_classes(load_index(cfg.data, clean=cfg.clean).counts(), cfg.classes)  # fail fast, before a run folder exists
-        from core.runs.jobs import foreground_device
-        run_id = store.create(cfg, status="running", device=foreground_device(cfg))   # holds its device's slot
-    print(f"run {run_id} in {store.run_dir(run_id)}", file=sys.stderr)
-    result = execute(store, run_id, resume_run=bool(a.resume), sink=TqdmSink(StoreSink(store, run_id)))
+        run_id = store.create(cfg, status="running", device=foreground_device(cfg.device))  # holds its device's slot
+    print(f"run {run_id} in {store.run(run_id).dir}", file=sys.stderr)
+    result = run_job(store, run_id, sink=TqdmSink())
     if result["status"] == "failed":
-        if not a.resume and not store.epochs(run_id).shape[0]:
+        if not a.resume and store.epochs(run_id).empty:
             store.delete(run_id)  # nothing was trained: do not leave an empty failed run behind
         raise UserError(result["error"])
     keys = ("run_id", "status", "epochs_completed", "train_acc", "val_acc", "holdout_acc", "holdout_top5",
             "holdout_gap", "images_per_s", "seconds")
-    return {k: result.get(k) for k in keys}
+    return {**{k: result.get(k) for k in keys}, "run_id": run_id}
+
+
+def cmd_runs(a) -> dict:
+    from core.runs.store import RunStore
+    if a.action == "rebuild":
+        out = RunStore.rebuild(a.runs)
+        if not a.json:
+            print(f"rebuilt {out['database']} from {out['runs']} run folder(s)", file=sys.stderr)
+        return out
+    from core.runs.store import RunStore
+    rows = [{k: r.get(k) for k in ("run_id", "status", "model", "classes", "data")} | {
+             "holdout_acc": (r.get("summary") or {}).get("holdout_acc")} for r in RunStore(a.runs).list()]
+    if not a.json:
+        for r in rows:
+            acc = "—" if r["holdout_acc"] is None else f"{r['holdout_acc']:.3f}"
+            print(f"{r['run_id']}  {r['status']:<11} {r['model']:<18} {acc}")
+        return {}
+    return {"runs": rows}
 
 
 def cmd_eval(a) -> dict:
@@ -194,26 +210,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_stats)
 
-    d = TrainConfig(data="")
     p = sub.add_parser("train", help="train a model (defaults: the seed's Adam, lr 0.001, 10 epochs)")
     p.add_argument("--data")
     p.add_argument("--model")
-    p.add_argument("--weights", default=d.weights, help="imagenet | none | PATH")
-    for name, typ in (("classes", int), ("epochs", int), ("batch-size", int), ("lr", float), ("image-size", int),
-                      ("holdout", float), ("val", float), ("seed", int), ("workers", int), ("max-images", int),
-                      ("weight-decay", float)):
-        p.add_argument(f"--{name}", type=typ, default=getattr(d, name.replace("-", "_")))
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default=d.optimizer)
-    p.add_argument("--augment", default="", help="comma list of crop,hflip,vflip,rot90")
-    p.add_argument("--freeze", action="store_true", help="freeze the feature extractor")
-    p.add_argument("--clean", action="store_true", help="GLDv2: train only on the images in train_clean.csv")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--pipeline", choices=["prepared", "plain"], default=d.pipeline)
-    p.add_argument("--compile", action="store_true")
+    add_arguments(p)                     # one flag per TrainConfig field, defaults from the dataclass
     p.add_argument("--runs", default=None)
     p.add_argument("--resume", default=None, metavar="RUN_ID")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("runs", help="list runs, or rebuild the run index from the run folders")
+    p.add_argument("action", nargs="?", choices=["list", "rebuild"], default="list")
+    p.add_argument("--runs", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_runs)
 
     p = sub.add_parser("eval", help="metrics of a finished run")
     p.add_argument("run_id")
@@ -244,8 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _terminate(*_):
+    raise KeyboardInterrupt()
+
+
 def main(argv=None) -> int:
+    import signal
     a = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)   # SIGTERM like Ctrl-C: the run is marked interrupted
     try:
         out = a.fn(a)
     except UserError as e:
@@ -254,6 +270,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept (resume with --resume RUN_ID)", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if out:
         _out(out, a.json)
     return 0

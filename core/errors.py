@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input: the message is one sentence that says what is wrong and what to do."""
+
+
+class Cancelled(Exception):
+    """Raised inside a job when its cancel flag is set; a training run keeps its last checkpoint."""

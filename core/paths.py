@@ -1,7 +1,9 @@
 """Where datasets, runs and caches live: everything under LANDMARKS_HOME (default ./workspace)."""
 from __future__ import annotations
 
+import errno
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from core.errors import UserError
@@ -9,16 +11,40 @@ from core.errors import UserError
 REPO = Path(__file__).resolve().parent.parent
 
 
-def ensure_dir(p: Path, what: str) -> Path:
+def ensure_dir(p: Path, what: str, fix: str = "choose a writable one") -> Path:
     """mkdir -p that answers with a sentence, and checks the folder can be written to."""
-    try:
+    with writing(p, what, fix, any_error=True):
         p.mkdir(parents=True, exist_ok=True)
         if not os.access(p, os.W_OK | os.X_OK):
-            raise PermissionError("permission denied")
-    except OSError as e:
-        reason = e.strerror or str(e)
-        raise UserError(f"Cannot write the {what} folder {p} ({reason.lower()}); choose a writable one.") from None
+            raise PermissionError(errno.EACCES, "permission denied")
     return p
+
+
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def write_error(e: OSError, p: Path, what: str, fix: str = "choose a writable one",
+                any_error: bool = False) -> UserError | None:
+    """The one sentence for an OSError met while writing under `p`; None when it is not a disk
+    problem the user can fix (and `any_error` is off), so that a real bug keeps its traceback."""
+    reason = (e.strerror or str(e)).lower()
+    if e.errno in DISK_FULL:
+        return UserError(f"The disk holding {p} is full ({reason}); free space and run again.")
+    if any_error or e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UserError(f"Cannot write the {what} folder {p} ({reason}); {fix}.")
+    return None
+
+
+@contextmanager
+def writing(p: Path, what: str, fix: str = "choose a writable one", any_error: bool = False):
+    """Turns a full disk or a folder that cannot be written into write_error's sentence."""
+    try:
+        yield
+    except OSError as e:
+        err = write_error(e, p, what, fix, any_error)
+        if err is None:
+            raise
+        raise err from None
 
 
 def home() -> Path:

@@ -9,11 +9,20 @@ if str(ROOT) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from core.errors import UserError  # noqa: E402
+from core.runs.store import IndexDamaged, RunStore  # noqa: E402
 from dashboard.common import schedule_queue, store  # noqa: E402
 
 st.set_page_config(page_title="Landmark workbench", page_icon="🏛️", layout="wide")
 try:
     store()             # LANDMARKS_HOME and its run database must be usable before any page
+except IndexDamaged as e:
+    st.error(str(e), icon="🚫")
+    if st.button("Rebuild the run index from the run folders", type="primary", key="app_rebuild"):
+        out = RunStore.rebuild()
+        st.cache_resource.clear()
+        st.success(f"Rebuilt the index from {out['runs']} run folder(s).")
+        st.rerun()
+    st.stop()
 except UserError as e:
     st.error(str(e))
     st.stop()

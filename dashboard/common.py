@@ -52,16 +52,36 @@ def demo_path() -> Path:
 
 
 def ensure_demo() -> Path:
-    """Generate the synthetic demo data set on first use (a few seconds)."""
+    """The synthetic demo data set, generated on first use by a background job (a few seconds);
+    while it is being generated the page shows the job's progress and stops there."""
     d = demo_path()
-    if not (d / "train.csv").exists():
-        from core.data.demo import generate
-        with st.spinner("Generating the synthetic demo data set (first use only)…"):
-            bar = st.progress(0.0, text="drawing synthetic landmarks")
-            generate(d, progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total} images"),
-                     **DEMO_ARGS)
-            bar.empty()
-    return d
+    if (d / "train.csv").exists():
+        return d
+    from core.runs import jobs
+    job = jobs.latest(store(), "demo", out=str(d))
+    if job is None or (not job["active"] and job["status"] != "done"):
+        if job is not None and job["status"] == "failed":
+            st.error(f"Generating the demo data set failed: {job['error']}", icon="🚫")
+        jobs.submit(store(), "demo", dict(out=str(d), **DEMO_ARGS))
+    elif job["status"] == "done":
+        return d
+    job_progress("demo", "Generating the synthetic demo data set (first use only)…", out=str(d))
+    st.stop()
+
+
+def job_progress(kind: str, text: str, poll_s: float = 1.0, **match) -> None:
+    """A progress bar of the newest job of `kind`, refreshed until it ends, then one full rerun."""
+    from core.runs import jobs
+
+    @st.fragment(run_every=poll_s)
+    def view():
+        job = jobs.latest(store(), kind, **match)
+        if job is None or not job["active"]:
+            st.rerun(scope="app")
+        p = job.get("progress") or {}
+        frac = min(p.get("done", 0) / max(p.get("total") or 1, 1), 1.0)
+        st.progress(frac, text=f"{text} {p.get('done', 0):,}/{p.get('total') or '?'}")
+    view()
 
 
 def dataset_options() -> dict[str, str]:
@@ -140,7 +160,9 @@ def runs_frame(statuses: tuple[str, ...] | None = None) -> pd.DataFrame:
                      "train_acc": s.get("train_acc"), "val_acc": s.get("val_acc"),
                      "holdout_acc": s.get("holdout_acc"), "holdout_top5": s.get("holdout_top5"),
                      "holdout_gap": s.get("holdout_gap"),
-                     "seconds": s.get("seconds") or ((r["finished"] or 0) - (r["started"] or 0) if r["finished"] else None),
+                     "seconds": s.get("seconds") or (r["finished"] - r["started"]
+                                                     if r["finished"] and r["started"] else None),
+                     "started": r["started"],
                      "data": r["data"], "created": pd.to_datetime(r["created"], unit="s")})
     return pd.DataFrame(rows)
 
@@ -174,9 +196,7 @@ def _predictor(run_id: str, ckpt_mtime: float, home: str):
 
 def predictor(run_id: str):
     """The run's model, loaded once per checkpoint (cache key: the checkpoint's mtime)."""
-    ckpt = store().run_dir(run_id) / "checkpoints" / "last.pt"
-    mtime = ckpt.stat().st_mtime if ckpt.exists() else 0.0
-    return _predictor(run_id, mtime, home_key())
+    return _predictor(run_id, store().run(run_id).checkpoint_mtime(), home_key())
 
 
 def run_and_predictor(key: str):

@@ -1,22 +1,24 @@
 """Class model: the image a trained network scores highest for a class (Simonyan, Vedaldi &
-Zisserman 2014, §2), drawn by a background process and cached per run, class, steps and size."""
+Zisserman 2014, §2), drawn by a background job and cached per run, class, steps and size."""
 from dashboard.common import run_and_predictor, store, user_error
 
 import pandas as pd
 import streamlit as st
 
-from core.runs import classmodel_jobs as jobs
 from core.errors import UserError
-from core.explain.files import class_model_png
+from core.explain.files import class_model_path, class_model_png
+from core.runs import jobs
+from core.runs.tasks import SIZE_RANGE, STEPS_RANGE
 
 st.session_state.setdefault("cm_steps", 150)
 
-st.title("Class model")
+st.title("🎨 Class model")
 st.caption("Gradient ascent on the input image to maximise one class score (the logit), with an L2 pull "
            "towards grey, random jitter and a periodic blur so the result shows what the network looks "
            "for rather than adversarial noise (Simonyan et al. 2014 §2; Yosinski et al. 2015).")
 
 run_id, pred = run_and_predictor("cm_run")
+run = store().run(run_id)
 
 classes = list(range(len(pred.names)))
 for k in ("cm_classes", "cm_size"):  # drop values that belong to another run
@@ -24,80 +26,99 @@ for k in ("cm_classes", "cm_size"):  # drop values that belong to another run
         del st.session_state[k]
 st.session_state["cm_for"] = run_id
 st.session_state.setdefault("cm_classes", classes[:4])
-lo, hi = jobs.SIZE_RANGE
+lo, hi = SIZE_RANGE
 st.session_state.setdefault("cm_size", min(max(int(pred.cfg.image_size), lo), hi))
 
 chosen = st.multiselect("Classes", classes, key="cm_classes", format_func=lambda i: pred.names[i])
 c1, c2 = st.columns(2)
-steps = int(c1.number_input("Steps", *jobs.STEPS_RANGE, step=10, key="cm_steps",
+steps = int(c1.number_input("Steps", *STEPS_RANGE, step=10, key="cm_steps",
                             help="Gradient-ascent steps per class; more steps sharpen the pattern."))
-size = int(c2.number_input("Size (px)", *jobs.SIZE_RANGE, step=16, key="cm_size",
+size = int(c2.number_input("Size (px)", *SIZE_RANGE, step=16, key="cm_size",
                            help=f"Side of the square image; the run trained at {pred.cfg.image_size} px."))
+
+
+def fresh_png(target: int):
+    """The cached image if it was drawn from the run's current checkpoint (not an older one)."""
+    png = class_model_path(run.class_models_dir, target, steps, size)
+    try:
+        return png if png.stat().st_mtime >= run.checkpoint_mtime() else None
+    except FileNotFoundError:
+        return None
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def cached_result(run_id: str, target: int, steps: int, size: int, mtime: float) -> dict:
     """Class probability of a finished PNG (class_model_png only reads it: the file exists)."""
-    return class_model_png(pred, pred.labels[target], jobs.out_dir(store(), run_id), steps=steps, size=size)
+    return class_model_png(pred, pred.labels[target], run.class_models_dir, steps=steps, size=size)
 
 
 def grid(targets: list[int], job: dict | None) -> None:
     cols = st.columns(4)
     for i, t in enumerate(targets):
-        png = jobs.fresh_png(store(), run_id, t, steps, size)
+        png = fresh_png(t)
         col = cols[i % 4]
         if png is not None:
             r = cached_result(run_id, t, steps, size, png.stat().st_mtime)
             col.image(str(png), caption=f"{r['name']} · p = {r['prob']:.3f}", width="stretch")
         else:
-            waiting = job and job["active"] and pred.labels[t] in job["classes"]
+            waiting = job and job["active"] and pred.labels[t] in job["args"]["classes"]
             col.info(f"{pred.names[t]}: {'queued…' if waiting else 'not generated yet'}")
 
 
 def progress(job: dict) -> None:
-    n = max(1, len(job["classes"]))
-    i = min(job["class_index"], n - 1)
-    done = (job["class_index"] + job["step"] / max(1, job["steps"])) / n
-    label = job["classes"][i]
+    p, names = job.get("progress") or {}, job["args"]["classes"]
+    n, i = max(1, len(names)), min(p.get("done", 0), len(names) - 1)
+    frac = (p.get("done", 0) + p.get("step", 0) / max(1, p.get("steps") or 1)) / n
+    label = names[i]
     name = pred.names[pred.labels.index(label)] if label in pred.labels else label
-    st.progress(min(1.0, done), text=f"class {i + 1}/{n} ({name}): step {job['step']}/{job['steps']}")
+    st.progress(min(1.0, frac), text=f"class {i + 1}/{n} ({name}): step {p.get('step', 0)}/{p.get('steps', steps)}")
     if st.button("Stop", key="cm_stop"):
-        jobs.stop(store(), run_id)
+        jobs.cancel(store(), job["job_id"])
 
 
 def live() -> None:
-    job = jobs.status(store(), run_id)
+    job = jobs.latest(store(), "class_models", run_id=run_id)
     if job and job["active"]:
         progress(job)
-    elif job and job.get("error") == "Stopped.":
+    elif job and job["status"] == "cancelled":
         st.info("Generation stopped; the images finished before the stop are kept.", icon="⏹️")
-    elif job and job.get("error"):
-        st.warning(f"The last generation ended early: {job['error']}", icon="⚠️")
+    elif job and job["status"] in ("failed", "interrupted"):
+        st.warning(f"The last generation ended early: {job.get('error') or job['status']}", icon="⚠️")
     grid(chosen, job)
     if job and not job["active"] and st.session_state.get("cm_polling"):
         st.session_state["cm_polling"] = False
         st.rerun()  # the whole page again, so polling stops and the button comes back
 
 
-job = jobs.status(store(), run_id)
+def start(missing: list[int]) -> None:
+    job = jobs.latest(store(), "class_models", run_id=run_id)
+    if job and job["active"]:
+        raise UserError(f"Class models for run {run_id} are already being generated; wait for them or stop them.")
+    if not run.has_checkpoint():
+        raise UserError(f"Run {run_id} has no checkpoint yet; wait for its first epoch to finish.")
+    jobs.submit(store(), "class_models", {"classes": [pred.labels[t] for t in missing], "steps": steps,
+                                          "size": size}, run_id=run_id)
+
+
+job = jobs.latest(store(), "class_models", run_id=run_id)
 active = bool(job and job["active"])
-missing = [t for t in chosen if jobs.fresh_png(store(), run_id, t, steps, size) is None]
+missing = [t for t in chosen if fresh_png(t) is None]
 label = f"Generate {len(missing)} class model{'s' if len(missing) != 1 else ''}" if missing else "All generated"
 if st.button(label, type="primary", disabled=active or not missing, key="cm_generate"):
     try:
-        jobs.start(store(), run_id, [pred.labels[t] for t in missing], steps=steps, size=size)
+        start(missing)
         st.rerun()
     except UserError as e:
         user_error(e)
 st.caption("Runs in its own process: you can leave this page and come back. Images are cached in the run "
-           f"folder ({jobs.out_dir(store(), run_id)}); the probability under each is the model's softmax "
+           f"folder ({run.class_models_dir}); the probability under each is the model's softmax "
            "for that class on the generated image.")
 
 st.session_state["cm_polling"] = active
 st.fragment(run_every=1.0 if active else None)(live)()
 
 with st.expander("All cached class models of this run"):
-    files = sorted(jobs.out_dir(store(), run_id).glob("class_*_*_*.png"))
+    files = sorted(run.class_models_dir.glob("class_*_*_*.png"))
     if not files:
         st.write("None yet.")
     else:

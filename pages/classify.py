@@ -14,7 +14,8 @@ from core.data.readers import open_image
 from core.errors import UserError
 from core.explain import render, to_png_bytes
 from core.explain.files import explain_one, image_uint8
-from core.data.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, UPLOAD_TYPES, limits_text, load_upload
+from core.data.uploads import (MAX_FILES_PER_UPLOAD, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, UPLOAD_TYPES,
+                               check_file_count, limits_text, load_upload)
 
 METHOD_NAMES = {
     "saliency": "Saliency map (Simonyan et al. 2014)",
@@ -52,7 +53,7 @@ run_id, pred = run_and_predictor("clf_run")
 @st.cache_data(show_spinner=False, max_entries=16)
 def holdout(run_id: str, mtime: float) -> list[tuple[str, int]]:
     """(path, true class index) of the run's holdout images: never seen in training."""
-    f = store().run_dir(run_id) / "predictions_holdout.parquet"
+    f = store().run(run_id).predictions_file("holdout")
     if not f.exists():
         return []
     df = pd.read_parquet(f, columns=["path", "target"])
@@ -60,7 +61,7 @@ def holdout(run_id: str, mtime: float) -> list[tuple[str, int]]:
 
 
 def sample_buttons() -> None:
-    f = store().run_dir(run_id) / "predictions_holdout.parquet"
+    f = store().run(run_id).predictions_file("holdout")
     rows = holdout(run_id, f.stat().st_mtime if f.exists() else 0.0)
     samples = st.session_state["clf_samples"]
     if not rows:
@@ -74,10 +75,15 @@ def sample_buttons() -> None:
 
 
 uploads = st.file_uploader("Photos", type=list(UPLOAD_TYPES), accept_multiple_files=True, key="clf_upload")
-st.caption(limits_text(MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS))
+st.caption(limits_text(MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS) + f" At most {MAX_FILES_PER_UPLOAD} photos at a time.")
 sample_buttons()
 
 images: list[tuple[str, object]] = []  # (name, RGB PIL image)
+try:  # too many files: classify none of them (the sentence says how many are allowed)
+    check_file_count(len(uploads or []))
+except UserError as e:
+    user_error(e)
+    uploads = []
 for uf in uploads or []:
     try:
         images.append((uf.name, load_upload(uf.getvalue(), uf.name)))
@@ -133,8 +139,7 @@ def attribution(model_key: str, image_key: str, method: str, target: int, _x) ->
 
 
 def model_key() -> str:
-    ckpt = store().run_dir(run_id) / "checkpoints" / "last.pt"
-    return f"{run_id}:{ckpt.stat().st_mtime if ckpt.exists() else 0}"
+    return f"{run_id}:{store().run(run_id).checkpoint_mtime()}"
 
 
 def explain_controls() -> tuple[int, list[str], float, int]:

@@ -165,7 +165,7 @@ def pick_image(first: str):
         except UserError as e:
             user_error(e)
         return None, None
-    f = store().run_dir(first) / "predictions_holdout.parquet"
+    f = store().run(first).predictions_file("holdout")
     if not f.exists():
         st.info("The first run has no holdout predictions; upload an image instead.", icon="ℹ️")
         return None, None

@@ -6,7 +6,8 @@ core.data.class_counts (cached on disk by the CSV's size and mtime) behind an in
 keyed the same way, readable names are looked up only for the classes shown, and the full
 image index is only built when the thumbnails or the scan ask for it, once per data set version.
 """
-from dashboard.common import clean_toggle, counts_of, dataset_picker, synthetic_note, user_error
+from dashboard.common import (clean_toggle, counts_of, dataset_picker, job_progress, store, synthetic_note,  # noqa: I001
+                              user_error)
 
 from pathlib import Path  # noqa: E402
 
@@ -18,14 +19,13 @@ import streamlit as st  # noqa: E402
 from core.data.readers import (detect_layout, signature, imbalance, load_index, open_image, readable_names,  # noqa: E402
                        resize_square)
 from core.errors import UserError  # noqa: E402
+from core.runs.tasks import SCAN_SIZE  # noqa: E402
 
 N_CHOICES = (10, 20, 30, 50, 100, 200, 500, 1000)
 BAR_LIMIT = 1000          # bars drawn at most; the long-tail plot shows every class
 TAIL_POINTS = 2000        # log-spaced ranks drawn in the long-tail plot
 THUMB_CLASSES, THUMB_PER_CLASS, THUMB_PX = 6, 4, 96
-SCAN_SIZE = 32            # pixels: the scan decodes every file once at this size (cached)
 
-st.session_state.setdefault("dataset_scans", {})   # (root, signature, N) -> scan result
 
 
 # ------------------------------------------------------------------ cached loaders
@@ -186,34 +186,34 @@ def thumbnails(root: str, sig: str, counts: pd.Series, names: dict, n: int, clea
 
 
 def scan_section(root: str, sig: str, counts: pd.Series, n: int, clean: bool = False) -> None:
-    top = counts.head(n)
-    key = (root, sig, n, clean)
+    """The scan is a background job (core.runs.tasks.scan): it goes on if the page is left."""
     from core.data.prepared import AUTO_SCAN_IMAGES
-    auto = int(top.sum()) <= AUTO_SCAN_IMAGES and key not in st.session_state["dataset_scans"]
+    from core.runs import jobs
+    top = counts.head(n)
+    match = dict(data=root, sig=sig, n=int(len(top)), clean=bool(clean))
+    job = jobs.latest(store(), "scan", **match)
+    small = int(top.sum()) <= AUTO_SCAN_IMAGES
     st.caption(f"Decodes each of the {int(top.sum()):,} images of the top {len(top):,} classes once at "
                f"{SCAN_SIZE} px (cached, so training at {SCAN_SIZE} px and later scans are instant)"
-               + (f"; automatic up to {AUTO_SCAN_IMAGES:,} images." if int(top.sum()) <= AUTO_SCAN_IMAGES else "."))
-    if st.button(f"Scan the top-{len(top)} classes for unreadable files", key="dataset_scan") or auto:
-        index, err = index_of(root, sig, clean)
-        if err:
-            st.error(err, icon="🚫")
-            return
-        from core.data.prepared import prepare
-        paths = index.samples.loc[index.samples["label"].isin(set(top.index.astype(str))), "path"].tolist()
-        bar = st.progress(0.0, text="scanning")
-
-        def progress(done, total):
-            if done == total or done % max(1, total // 100) == 0:
-                bar.progress(done / total, text=f"decoded {done:,}/{total:,} new or changed files")
-        prep = prepare(paths, SCAN_SIZE, key=str(index.root), progress=progress)
-        bar.empty()
-        st.session_state["dataset_scans"][key] = {"checked": len(paths), "decoded": prep.decoded,
-                                                  "reasons": list(prep.reasons)}
-    result = st.session_state["dataset_scans"].get(key)
-    if result is None:
+               + (f"; automatic up to {AUTO_SCAN_IMAGES:,} images." if small else "."))
+    clicked = st.button(f"Scan the top-{len(top)} classes for unreadable files", key="dataset_scan",
+                        disabled=bool(job and job["active"]))
+    if clicked or (small and job is None):
+        jobs.submit(store(), "scan", {**match, "labels": [str(l) for l in top.index]})
+        job = jobs.latest(store(), "scan", **match)
+    if job is None:
         return
-    bad = result["reasons"]
-    fresh = result["decoded"]
+    if job["active"]:
+        job_progress("scan", "Scanning: decoded", **match)
+        return
+    if job["status"] != "done":
+        st.error(f"The scan ended early: {job.get('error') or job['status']}", icon="🚫")
+        return
+    scan_report(job["result"])
+
+
+def scan_report(result: dict) -> None:
+    bad, fresh = result["reasons"], result["decoded"]
     how = ("all from the cache" if not fresh else "all decoded now" if fresh == result["checked"]
            else f"{fresh:,} decoded now, the rest from the cache")
     msg = f"Checked {result['checked']:,} files ({how}): {len(bad):,} unreadable."

@@ -102,7 +102,7 @@ def confusion_section(ev: dict, run_id: str, split: str) -> None:
 
 def mistakes_section(ev: dict, run_id: str, split: str) -> None:
     st.subheader("Most confident mistakes")
-    f = store().run_dir(run_id) / f"predictions_{split}.parquet"
+    f = store().run(run_id).predictions_file(split)
     if not f.exists():
         st.caption("Per-image predictions are kept for the validation and holdout splits only.")
         return

@@ -56,12 +56,9 @@ def table() -> pd.DataFrame:
     df = runs_frame()
     if df.empty:
         return df
-    best = {r["run_id"]: r["best"] for r in store().query(
-        "SELECT run_id, MAX(val_acc) AS best FROM epochs GROUP BY run_id")}
-    df["best_val_acc"] = df["run_id"].map(best)
-    started = {r["run_id"]: r["started"] for r in store().query(
-        "SELECT run_id, started FROM runs WHERE status IN ('starting','running')")}
-    live = df["run_id"].map(started).map(lambda t: time.time() - t if t else None)
+    df["best_val_acc"] = df["run_id"].map(store().best_val_accs())
+    live = [time.time() - t if st_ in ("starting", "running") and t else None
+            for st_, t in zip(df["status"], df["started"])]
     df["duration"] = [fmt_secs(s if s is not None and not pd.isna(s) else l)
                       for s, l in zip(df["seconds"], live)]
     df["status_label"] = [f"{STATUS_ICON.get(s, '')} {s}" for s in df["status"]]
@@ -76,9 +73,7 @@ def curves(run_id: str, stamp: tuple, home: str) -> tuple[pd.DataFrame, pd.DataF
 
 def curve_stamp(run_id: str) -> tuple:
     """Changes when rows are added or rewritten (a resumed run replaces rows in place)."""
-    e = store().query("SELECT COUNT(*) AS n, TOTAL(seconds) AS s FROM epochs WHERE run_id=?", (run_id,))[0]
-    s = store().query("SELECT COUNT(*) AS n, MAX(t) AS t FROM steps WHERE run_id=?", (run_id,))[0]
-    return e["n"], e["s"], s["n"], s["t"]
+    return store().run(run_id).curve_stamp()
 
 
 # ------------------------------------------------------------------ table and picker
@@ -120,8 +115,7 @@ def _keep_pick() -> None:
 # ------------------------------------------------------------------ live view
 
 def live_view(run_id: str, was_active: bool) -> None:
-    s = store()
-    s.reap()  # a worker that died mid-run shows as interrupted
+    jobs.reap(store())  # a worker that died mid-run shows as interrupted
     run = s.get(run_id)
     if run is None or (was_active and run["status"] not in ACTIVE):
         st.rerun()  # finished (or deleted) while polling: one full rerun shows the final state
@@ -142,8 +136,7 @@ def status_line(run: dict) -> None:
 def progress_bar(run: dict) -> None:
     p = run["progress"] or {}
     if run["status"] == "queued":
-        ahead = store().query("SELECT COUNT(*) AS n FROM runs WHERE status IN ('queued','starting','running')"
-                              " AND device=? AND queued_at<?", (run["device"], run["queued_at"] or 0))[0]["n"]
+        ahead = store().run(run["run_id"]).queue_position()
         st.progress(0.0, text=f"Waiting in the queue for the {run['device']} device ({ahead} ahead)")
         return
     if run["status"] == "starting" or not p.get("steps_per_epoch"):
@@ -219,17 +212,17 @@ def final_metrics(run: dict) -> None:
 
 def failure(run: dict) -> None:
     st.error(run.get("error") or "The run failed without an error message.", icon="❌")
-    log = store().run_dir(run["run_id"]) / "log.txt"
-    if log.exists():
-        tail = log.read_text(errors="replace").splitlines()[-LOG_LINES:]
-        st.caption(f"Last {len(tail)} lines of {log}")
+    r = store().run(run["run_id"])
+    tail = r.log_tail(LOG_LINES)
+    if tail is not None:
+        st.caption(f"Last {len(tail)} lines of {r.log_file}")
         st.code("\n".join(tail) or "(empty log)", language="text")
     else:
         st.caption("This run has no log file.")
 
 
 def has_checkpoint(run_id: str) -> bool:
-    return (store().run_dir(run_id) / "checkpoints" / "last.pt").exists()
+    return store().run(run_id).has_checkpoint()
 
 
 def on_cancel(run_id: str) -> None:

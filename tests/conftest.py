@@ -43,7 +43,7 @@ def tiny_config(data, **kw):
 def trained_home(tmp_path_factory, demo_root):
     """A LANDMARKS_HOME with two finished runs on the tiny demo data (read-only for tests:
     copy it before changing anything). Returns (home, [run_id_4_classes, run_id_3_classes])."""
-    from core.runs.jobs import execute
+    from core.runs.jobs import run_job
     from core.runs.store import RunStore
     h = tmp_path_factory.mktemp("trained_home")
     old = os.environ.get("LANDMARKS_HOME")
@@ -53,7 +53,7 @@ def trained_home(tmp_path_factory, demo_root):
         ids = []
         for classes, epochs in ((4, 3), (3, 2)):
             run_id = store.create(tiny_config(demo_root, classes=classes, epochs=epochs), status="running")
-            out = execute(store, run_id)
+            out = run_job(store, run_id)
             assert out["status"] == "done", out
             ids.append(run_id)
     finally:

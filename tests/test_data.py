@@ -161,6 +161,7 @@ def test_gldv2_clean_subset(demo_root, tmp_path):
 
 
 def test_training_data_honours_the_clean_subset(demo_root, tmp_path):
+    from core.runs.store import RunFolder
     from core.train.engine import load_data
     from tests.conftest import tiny_config
     root = tmp_path / "gld"
@@ -169,7 +170,7 @@ def test_training_data_honours_the_clean_subset(demo_root, tmp_path):
     clean = df.groupby("landmark_id")["id"].apply(lambda s: " ".join(s.head(6))).reset_index(name="images")
     clean.to_csv(root / "train_clean.csv", index=False)
     (tmp_path / "run").mkdir()
-    d = load_data(tiny_config(root, clean=True), tmp_path / "run")
+    d = load_data(tiny_config(root, clean=True), RunFolder(tmp_path / "run"))
     assert len(d.manifest) == 6 * df["landmark_id"].nunique()
     assert set(d.manifest["path"].str.rsplit("/", n=1).str[-1].str[:-4]) <= set(" ".join(clean["images"]).split())
 

@@ -4,18 +4,17 @@ import pytest
 import torch
 
 from core.errors import UserError
-from core.runs.jobs import execute
+from core.runs.jobs import run_job
 from core.train.models import REGISTRY, build_model
 from core.train.pipeline import augment_batch, random_resized_crop
 from core.runs.store import RunStore
-from core.runs.sinks import StoreSink
 from tests.conftest import tiny_config
 
 
 def _run(cfg, store=None):
     store = store or RunStore()
     run_id = store.create(cfg, status="running")
-    return store, run_id, execute(store, run_id)
+    return store, run_id, run_job(store, run_id)
 
 
 def test_training_raises_accuracy_and_records_everything(demo_root):
@@ -29,7 +28,7 @@ def test_training_raises_accuracy_and_records_everything(demo_root):
     ev = store.evals(run_id)
     assert set(ev) == {"train", "val", "holdout"}
     assert np.array(ev["val"]["confusion"]).sum() == ev["val"]["n"]
-    d = store.run_dir(run_id)
+    d = store.run(run_id).dir
     assert (d / "split.csv").exists() and (d / "checkpoints" / "last.pt").exists()
     assert not list(d.rglob("*.tmp"))
     assert (d / "predictions_holdout.parquet").exists()
@@ -37,14 +36,14 @@ def test_training_raises_accuracy_and_records_everything(demo_root):
     assert len(store.steps(run_id)) == 8 * -(-n_train // 32)    # one row per step, none lost
 
 
-class StopAfter(StoreSink):
-    def __init__(self, store, run_id, epochs):
-        super().__init__(store, run_id)
-        self.epochs = epochs
-        self.seen = 0
+class StopAfter:
+    """A sink around the store's (like the CLI's progress bar) that asks to stop after some epochs."""
+
+    def __init__(self, epochs):
+        self.inner, self.epochs, self.seen = None, epochs, 0
 
     def emit(self, kind, row):
-        super().emit(kind, row)
+        self.inner.emit(kind, row)
         self.seen += kind == "epoch"
 
     def should_stop(self):
@@ -55,22 +54,23 @@ def test_cancel_then_resume_neither_loses_nor_repeats_an_epoch(demo_root):
     store = RunStore()
     cfg = tiny_config(demo_root, epochs=3)
     run_id = store.create(cfg, status="running")
-    out = execute(store, run_id, sink=StopAfter(store, run_id, 1))
+    out = run_job(store, run_id, sink=StopAfter(1))
     assert out["status"] == "cancelled"
     assert store.epochs(run_id)["epoch"].tolist() == [1]
     steps_before = store.steps(run_id)
-    ckpt = torch.load(store.run_dir(run_id) / "checkpoints" / "last.pt", weights_only=True)   # no pickled code
+    ckpt = torch.load(store.run(run_id).dir / "checkpoints" / "last.pt", weights_only=True)   # no pickled code
     assert ckpt["epoch"] == 1 and ckpt["elapsed"] > 0
-    split_before = (store.run_dir(run_id) / "split.csv").read_text()
-    out = execute(store, run_id, resume_run=True)
+    split_before = (store.run(run_id).dir / "split.csv").read_text()
+    store.set(run_id, status="running", args={"resume": True})
+    out = run_job(store, run_id)
     assert out["status"] == "done"
-    after = torch.load(store.run_dir(run_id) / "checkpoints" / "last.pt", weights_only=True)["elapsed"]
+    after = torch.load(store.run(run_id).dir / "checkpoints" / "last.pt", weights_only=True)["elapsed"]
     assert after > ckpt["elapsed"] and out["seconds"] >= after        # the first segment still counts
     assert store.epochs(run_id)["epoch"].tolist() == [1, 2, 3]
     steps = store.steps(run_id)
     assert steps["step"].is_unique and steps["step"].tolist() == list(range(1, len(steps) + 1))
     assert steps[steps["epoch"] == 1]["loss"].tolist() == steps_before["loss"].tolist()
-    assert (store.run_dir(run_id) / "split.csv").read_text() == split_before
+    assert (store.run(run_id).dir / "split.csv").read_text() == split_before
 
 
 def test_plain_pipeline_trains_too(demo_root):
@@ -180,13 +180,13 @@ def test_prepared_and_plain_pipelines_see_the_same_pixels(tmp_path):
         assert (a - b.flip(2)).abs().mean() > 2 * (a - b).abs().mean()   # the comparison can tell
 
 
-def test_project_recipe_uses_a_fused_optimizer_with_the_reference_update():
+def test_fused_optimizer_is_its_own_setting_with_the_reference_update():
     from core.train.engine import make_optimizer
     ref_net, fast_net = (torch.nn.Linear(5, 3) for _ in range(2))
     fast_net.load_state_dict(ref_net.state_dict())
     w0 = ref_net.weight.detach().clone()
-    ref, _ = make_optimizer(tiny_config(".", pipeline="plain"), ref_net)
-    fast, _ = make_optimizer(tiny_config(".", pipeline="prepared"), fast_net)
+    ref, _ = make_optimizer(tiny_config(".", fused="off"), ref_net)
+    fast, _ = make_optimizer(tiny_config(".", fused="auto"), fast_net)
     assert fast.defaults["fused"] and not ref.defaults.get("fused")
     x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
     for net, opt in ((ref_net, ref), (fast_net, fast)):
@@ -217,3 +217,33 @@ def test_checkpoints_load_with_weights_only_and_refuse_pickled_code(tmp_path):
     torch.save({"model": _Evil()}, tmp_path / "evil.pt")
     with pytest.raises(UserError, match="cannot be read safely"):
         read_checkpoint(tmp_path / "evil.pt")
+
+
+def test_the_plain_pipeline_does_not_change_the_numerics():
+    """Speed settings are config fields of their own: choosing the plain pipeline to debug the
+    input keeps the same precision, memory format and optimizer (they used to follow the pipeline)."""
+    from core.train.engine import speed_settings
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for dev in (cpu, cuda):
+        assert speed_settings(tiny_config(".", pipeline="plain"), dev) == speed_settings(tiny_config("."), dev)
+    assert "precision bf16" in speed_settings(tiny_config("."), cuda)
+    assert "precision fp32" in speed_settings(tiny_config("."), cpu)
+    off = tiny_config(".", precision="fp32", channels_last="off", fused="off")
+    assert speed_settings(off, cuda) == "precision fp32, channels_last off, fused optimizer off, compile off"
+
+
+def test_config_defaults_are_declared_once_and_drive_cli_and_validation():
+    import dataclasses
+    from core.cli import build_parser
+    from core.train.config import DEFAULTS, TrainConfig, from_arguments
+    a = build_parser().parse_args(["train", "--data", ".", "--model", "small_cnn"])
+    cfg = from_arguments(a, data=".", model="small_cnn")
+    assert cfg == TrainConfig(data=".", model="small_cnn")          # no flag given: the dataclass defaults
+    assert DEFAULTS["lr"] == 1e-3 and DEFAULTS["epochs"] == 10
+    a = build_parser().parse_args(["train", "--lr", "0.01", "--augment", "hflip,crop", "--freeze"])
+    cfg = from_arguments(a, data=".", model="small_cnn")
+    assert (cfg.lr, cfg.augment, cfg.freeze) == (0.01, ("hflip", "crop"), True)
+    with pytest.raises(UserError, match="--image-size must be between 16 and 1024"):
+        dataclasses.replace(cfg, image_size=8).validate()
+    with pytest.raises(UserError, match="choose from adam, sgd"):
+        dataclasses.replace(cfg, optimizer="rmsprop").validate()

@@ -23,7 +23,7 @@ def wait_for(store, run_id, statuses, timeout=240):
             return run
         time.sleep(0.3)
     raise AssertionError(f"run {run_id} still {store.get(run_id)['status']}; log:\n"
-                         + (store.run_dir(run_id) / "log.txt").read_text()[-3000:])
+                         + (store.run(run_id).dir / "log.txt").read_text()[-3000:])
 
 
 def test_worker_survives_the_process_that_launched_it(demo_root, home):
@@ -55,7 +55,7 @@ def test_queue_runs_one_at_a_time_per_device_and_cancel_resume(demo_root):
     jobs.cancel(store, a)
     run = wait_for(store, a, ("cancelled", "failed"))
     assert run["status"] == "cancelled"
-    assert (store.run_dir(a) / "checkpoints" / "last.pt").exists()
+    assert (store.run(a).dir / "checkpoints" / "last.pt").exists()
     done_epochs = store.epochs(a)["epoch"].tolist()
     assert done_epochs and done_epochs == list(range(1, len(done_epochs) + 1))
     # the queued run starts by itself once the device is free
@@ -63,8 +63,8 @@ def test_queue_runs_one_at_a_time_per_device_and_cancel_resume(demo_root):
     # resume the cancelled run with fewer remaining epochs: shrink its config for test speed
     cfg = store.get(a)["config"]
     cfg["epochs"] = len(done_epochs) + 1
-    import json
-    store.set(a, config=json.dumps(cfg))
+    from core.train.config import TrainConfig
+    store.run(a).update_config(TrainConfig.from_dict(cfg))
     jobs.resume(store, a)
     run = wait_for(store, a, ("done", "failed"))
     assert run["status"] == "done", run["error"]
@@ -77,7 +77,7 @@ def test_dead_worker_shows_as_interrupted(demo_root):
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     store.set(run_id, pid=p.pid, heartbeat=time.time() - 60)
-    assert run_id in store.reap()
+    assert run_id in jobs.reap(store)
     assert store.get(run_id)["status"] == "interrupted"
 
 
@@ -92,7 +92,7 @@ def test_a_reused_pid_does_not_keep_a_dead_run_running(demo_root, tmp_path):
     reused = store.create(tiny_config(demo_root), status="running")
     store.set(reused, pid=os.getpid(), proc="another-boot:123", heartbeat=time.time())
     assert process_identity(os.getpid()) and store.get(alive)["proc"] == process_identity(os.getpid())
-    assert store.reap() == [reused]
+    assert jobs.reap(store) == [reused]
     assert store.get(reused)["status"] == "interrupted" and store.get(alive)["status"] == "running"
 
     old = tmp_path / "old"                                          # a schema-1 database keeps its runs
@@ -107,7 +107,8 @@ def test_a_reused_pid_does_not_keep_a_dead_run_running(demo_root, tmp_path):
                         "INSERT INTO runs (run_id, status, model, config) VALUES ('r1', 'done', 'resnet18', '{}');")
     migrated = RunStore(old)
     assert migrated.get("r1")["status"] == "done" and "proc" in migrated.get("r1")
-    assert migrated.query("SELECT value FROM meta")[0]["value"] == str(SCHEMA_VERSION)
+    with sqlite3.connect(old / "runs.db") as c:
+        assert c.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
 
 
 def test_queue_runs_one_per_gpu_and_pins_each_worker(demo_root, monkeypatch):
@@ -115,7 +116,7 @@ def test_queue_runs_one_per_gpu_and_pins_each_worker(demo_root, monkeypatch):
     each pinned to its own GPU; the third waits until one of them ends; resume re-queues on any GPU."""
     spawned = []
     monkeypatch.setattr(jobs, "gpu_count", lambda: 2)
-    monkeypatch.setattr(jobs, "device_key", lambda cfg: "cuda")
+    monkeypatch.setattr(jobs, "device_key", lambda pref: "cuda")
     monkeypatch.setattr(jobs, "_spawn", lambda store, run_id, cuda=None: spawned.append((run_id, cuda)))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
     store = RunStore()
@@ -142,7 +143,7 @@ def test_a_killed_worker_resumes_without_losing_or_repeating_an_epoch(demo_root)
     pid = store.get(run_id)["pid"]
     os.killpg(pid, signal.SIGKILL)
     while time.time() - t0 < 150 and store.get(run_id)["status"] not in ("interrupted", "done"):
-        store.reap()
+        jobs.reap(store)
         time.sleep(0.3)
     run = store.get(run_id)
     if run["status"] == "done":

@@ -125,7 +125,7 @@ def test_class_model_background_job(use_trained_home):
     assert not at.exception, [e.value for e in at.exception]
     assert [c for im in at.image for c in im.captions] == [f"{names[1]} · p = {s['results'][0]['prob']:.3f}"]
     assert at.button(key="cm_generate").label == "All generated"
-    ckpt = store.run_dir(run) / "checkpoints" / "last.pt"     # a resume writes a newer checkpoint:
+    ckpt = store.run(run).dir / "checkpoints" / "last.pt"     # a resume writes a newer checkpoint:
     os.utime(ckpt, (time.time() + 5, time.time() + 5))         # the cached image is stale, drawn again
     assert jobs.fresh_png(store, run, 1, 5, 32) is None
     at.run()

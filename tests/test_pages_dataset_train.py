@@ -15,9 +15,11 @@ PAGES = ROOT / "pages"
 
 
 @pytest.fixture
-def demo_home(home, demo_root):
-    """The 4-class demo (240 images, 48 px) where ensure_demo() looks, so the page skips generating it."""
+def demo_home(home, demo_root, monkeypatch):
+    """The 4-class demo (240 images, 48 px) where ensure_demo() looks, so the page skips generating it.
+    The test's tmp_path is a data root, so the pages may open folders typed under it."""
     shutil.copytree(demo_root, home / "datasets" / "demo")
+    monkeypatch.setenv("LANDMARKS_DATA_ROOTS", str(home.parent))
     return home
 
 
@@ -95,9 +97,10 @@ def test_dataset_page_folder_layout_counts_by_hand(demo_home, tmp_path):
 def test_dataset_page_missing_path_says_one_sentence(demo_home):
     at = page("dataset.py").run()
     at.selectbox(key="dataset").select("Other path…").run()
-    at.text_input(key="dataset_path").input("/no/such/landmarks").run()
+    missing = (demo_home.parent / "no-such-landmarks").resolve()   # under a data root, so not refused
+    at.text_input(key="dataset_path").input(str(missing)).run()
     assert not at.exception
-    assert [e.value for e in at.error] == ["Data set folder /no/such/landmarks does not exist."]
+    assert [e.value for e in at.error] == [f"Data set folder {missing} does not exist."]
     assert not at.metric
 
 
@@ -145,9 +148,10 @@ def test_train_page_preset_then_launch_queues_a_worker(demo_home):
 def test_train_page_bad_dataset_path_shows_error(demo_home):
     at = page("train.py").run()
     at.selectbox(key="train_dataset").select("Other path…").run()
-    at.text_input(key="train_dataset_path").input("/no/such/set").run()
+    missing = (demo_home.parent / "no-such-set").resolve()          # under a data root, so not refused
+    at.text_input(key="train_dataset_path").input(str(missing)).run()
     assert not at.exception
-    assert [e.value for e in at.error] == ["Data set folder /no/such/set does not exist."]
+    assert [e.value for e in at.error] == [f"Data set folder {missing} does not exist."]
     assert not at.button                                  # no form, no launch
 
 

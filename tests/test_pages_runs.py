@@ -56,7 +56,7 @@ def wait_final(store, run_id, timeout=120):
     pid = store.get(run_id)["pid"]
     if pid:  # never leave the worker this test started behind
         os.kill(int(pid), signal.SIGTERM)
-    raise AssertionError((store.run_dir(run_id) / "log.txt").read_text()[-2000:])
+    raise AssertionError((store.run(run_id).dir / "log.txt").read_text()[-2000:])
 
 
 def test_empty_home_shows_friendly_info():
@@ -121,11 +121,11 @@ def test_delete_needs_confirmation(use_trained_home):
     at = pick(open_runs(), a)
     button(at, "runs_delete").click().run()
     assert "nothing was deleted" in texts(at, "warning")
-    assert store.get(a) is not None and store.run_dir(a).exists()
+    assert store.get(a) is not None and store.run(a).dir.exists()
     at.checkbox(key=f"runs_confirm_{a}").check().run()
     button(at, "runs_delete").click().run()
     assert not at.exception, at.exception
-    assert store.get(a) is None and not store.run_dir(a).exists()
+    assert store.get(a) is None and not store.run(a).dir.exists()
     assert table_ids(at) == [b]
     assert at.selectbox(key="runs_pick").value == b
 
@@ -134,7 +134,7 @@ def test_failed_run_shows_error_and_log_tail(use_trained_home):
     _, (a, _) = use_trained_home
     store = RunStore()
     store.set(a, status="failed", error="Boom: something")
-    (store.run_dir(a) / "log.txt").write_text("\n".join(f"log line {i}" for i in range(100)))
+    (store.run(a).dir / "log.txt").write_text("\n".join(f"log line {i}" for i in range(100)))
     at = pick(open_runs(), a)
     assert "Boom: something" in texts(at, "error")
     log = texts(at, "code")

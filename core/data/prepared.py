@@ -7,6 +7,11 @@ decoded once with libjpeg's DCT-domain downscaling (`Image.draft`), EXIF-oriente
 incremental (only new or changed files are decoded), resumable (the index is committed in
 chunks), parallel over cores, and invalid rows for files whose size or mtime changed are
 re-decoded. Unreadable files are recorded with the reason: that is the scan report.
+
+The index is the truth, the data file is not: a crash or a full disk can leave images.u8 with a
+torn tail, or shorter than the index says, or with rows the disk lost. So rows are written at the
+offset the index says, an uncommitted tail is cut off when the store is opened, and each row's
+crc32 (in the index) is checked for the rows a call returns; a row that fails is decoded again.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import fcntl
 import hashlib
 import multiprocessing as mp
 import os
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +27,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.paths import cache_dir
+from core.paths import cache_dir, ensure_dir, writing
 
 CHUNK = 512  # images decoded between index commits
 COMPACT_MIN_ROWS = 1024  # stores smaller than this are never compacted
+SCAN_SIZE = 32  # px: scans (and the plain pipeline's check of every file) decode at this size
 AUTO_SCAN_IMAGES = 5000  # scans (decode-once checks) up to this many images run without being asked
+NO_CRC = -1  # rows from before checksums were kept: not trusted, decoded again when asked for
+CACHE_FIX = "make it writable or set LANDMARKS_HOME to a writable folder"
 
 
 @dataclass
@@ -59,9 +68,7 @@ def _decode(args):
 
 def store_dir(key: str, size: int) -> Path:
     h = hashlib.sha1(str(key).encode()).hexdigest()[:12]
-    d = cache_dir() / "prepared" / f"{h}_{size}"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return ensure_dir(cache_dir() / "prepared" / f"{h}_{size}", "prepared-image cache", CACHE_FIX)
 
 
 @contextmanager
@@ -80,7 +87,7 @@ def _file_sig(paths: list[str]) -> pd.DataFrame:
         try:
             st = os.stat(p)
             rows.append((st.st_size, st.st_mtime_ns))
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL byte in the path; the decode reports it
             rows.append((-1, -1))
     return pd.DataFrame(rows, columns=["fsize", "mtime"], index=pd.Index(paths, name="path"))
 
@@ -88,16 +95,62 @@ def _file_sig(paths: list[str]) -> pd.DataFrame:
 def _load_index(d: Path) -> pd.DataFrame:
     f = d / "index.parquet"
     if f.exists():
-        return pd.read_parquet(f).set_index("path")
-    return pd.DataFrame(columns=["fsize", "mtime", "row", "ok", "reason"],
+        index = pd.read_parquet(f).set_index("path")
+        return index if "crc" in index else index.assign(crc=NO_CRC)  # an index from before checksums
+    return pd.DataFrame(columns=["fsize", "mtime", "row", "ok", "reason", "crc"],
                         index=pd.Index([], name="path")).astype(
-        {"fsize": "int64", "mtime": "int64", "row": "int64", "ok": bool, "reason": str})
+        {"fsize": "int64", "mtime": "int64", "row": "int64", "ok": bool, "reason": str, "crc": "int64"})
 
 
 def _save_index(d: Path, index: pd.DataFrame) -> None:
     tmp = d / "index.parquet.tmp"
-    index.reset_index().to_parquet(tmp)
+    try:
+        index.reset_index().to_parquet(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written index on a full disk only takes space
+        raise
     os.replace(tmp, d / "index.parquet")
+
+
+def _open_store(d: Path, row_bytes: int) -> pd.DataFrame:
+    """The index, with images.u8 cut to the rows it commits: a tail a crash or a full disk left
+    behind is dropped, and index rows the file no longer holds (it was truncated) are forgotten."""
+    index = _load_index(d)
+    data = d / "images.u8"
+    have = os.path.getsize(data) // row_bytes if data.exists() else 0
+    lost = index["row"].to_numpy() >= have
+    if lost.any():
+        index = index[~lost]
+        _save_index(d, index)  # first: a crash before the truncate below leaves a tail, cut next time
+    committed = _committed(index)
+    if data.exists() and os.path.getsize(data) != committed * row_bytes:
+        os.truncate(data, committed * row_bytes)
+    return index
+
+
+def _committed(index: pd.DataFrame) -> int:
+    """Rows the index commits: new rows always go after the last one, so that is max row + 1."""
+    return int(index["row"].max()) + 1 if len(index) else 0
+
+
+def _needs_decode(d: Path, index: pd.DataFrame, sig: pd.DataFrame, row_bytes: int) -> list[str]:
+    """Paths that are new, changed since their decode, or whose row fails its checksum."""
+    known = index.reindex(sig.index)
+    stale = (known["fsize"].ne(sig["fsize"]) | known["mtime"].ne(sig["mtime"])).to_numpy()
+    fresh = known[~stale]
+    bad = _crc_rows(d, fresh["row"].to_numpy(np.int64), row_bytes) != fresh["crc"].to_numpy(np.int64)
+    return list(sig.index[stale]) + list(fresh.index[bad])
+
+
+def _crc_rows(d: Path, rows: np.ndarray, row_bytes: int) -> np.ndarray:
+    """crc32 of each row, read in file order (crc32 runs at GB/s: the disk is the cost)."""
+    out = np.empty(len(rows), np.int64)
+    if not len(rows):
+        return out
+    data = np.memmap(d / "images.u8", dtype=np.uint8, mode="r").reshape(-1, row_bytes)
+    for i in np.argsort(rows, kind="stable"):
+        out[i] = zlib.crc32(data[rows[i]])
+    return out
 
 
 def _pool_map(todo: list[str], size: int, workers: int):
@@ -115,17 +168,16 @@ def prepare(paths: list[str], size: int, key: str, workers: int = 0, progress=No
     d = store_dir(key, size)
     workers = workers or os.cpu_count() or 1
     row_bytes = size * size * 3
-    with _locked(d):
+    # a full disk or a cache that cannot be written is a sentence; the store is left consistent
+    with writing(d, "prepared-image cache", CACHE_FIX), _locked(d):
         if (d / "compacting").exists():    # a compaction was cut off: data and index may disagree
             for f in ("images.u8", "index.parquet", "compacting"):
                 (d / f).unlink(missing_ok=True)
-        index = _load_index(d)
-        sig = _file_sig(paths)
-        known = index.reindex(sig.index)
-        stale = known["fsize"].ne(sig["fsize"]) | known["mtime"].ne(sig["mtime"])
-        todo = list(dict.fromkeys(sig.index[stale.to_numpy()]))
-        decoded = _decode_into(d, index, sig, todo, size, row_bytes, workers, progress)
-        index = _load_index(d)
+        index = _open_store(d, row_bytes)
+        sig = _file_sig(list(dict.fromkeys(paths)))   # a path asked for twice is decoded once
+        todo = _needs_decode(d, index, sig, row_bytes)
+        index = _decode_into(d, index, sig, todo, size, row_bytes, workers, progress)
+        decoded = len(todo)
         if decoded:
             index = _compact(d, index, row_bytes)
         rows = index.loc[paths]
@@ -134,7 +186,7 @@ def prepare(paths: list[str], size: int, key: str, workers: int = 0, progress=No
         store = (np.memmap(d / "images.u8", dtype=np.uint8, mode="r", shape=(n_rows, size, size, 3))
                  if n_rows else np.zeros((0, size, size, 3), np.uint8))
     ok = rows["ok"].to_numpy(dtype=bool)
-    reasons = [(p, r) for p, r, good in zip(rows.index, rows["reason"], ok) if not good]
+    reasons = list(dict.fromkeys((p, r) for p, r, good in zip(rows.index, rows["reason"], ok) if not good))
     return Prepared(store, rows["row"].to_numpy(dtype=np.int64), ok, reasons, decoded)
 
 
@@ -150,9 +202,13 @@ def _compact(d: Path, index: pd.DataFrame, row_bytes: int) -> pd.DataFrame:
         return index
     tmp = d / "images.u8.tmp"
     src = np.memmap(data, dtype=np.uint8, mode="r", shape=(n_rows, row_bytes))
-    with open(tmp, "wb") as f:
-        for i in range(0, len(live), 1024):
-            f.write(np.ascontiguousarray(src[live[i:i + 1024]]).tobytes())
+    try:
+        with open(tmp, "wb") as f:
+            for i in range(0, len(live), 1024):
+                f.write(np.ascontiguousarray(src[live[i:i + 1024]]).tobytes())
+    except BaseException:
+        tmp.unlink(missing_ok=True)    # a half-written copy on a full disk only takes space
+        raise
     del src
     new_row = pd.Series(np.arange(len(live)), index=live)
     index = index.assign(row=new_row.loc[index["row"].to_numpy()].to_numpy())
@@ -164,26 +220,38 @@ def _compact(d: Path, index: pd.DataFrame, row_bytes: int) -> pd.DataFrame:
     return index
 
 
-def _decode_into(d, index, sig, todo, size, row_bytes, workers, progress) -> int:
-    """Append decoded rows for `todo` to images.u8, committing the index every CHUNK images."""
+def _decode_into(d, index, sig, todo, size, row_bytes, workers, progress) -> pd.DataFrame:
+    """Write decoded rows for `todo` after the committed ones, committing the index every CHUNK
+    images; returns the index."""
     if not todo:
-        return 0
-    data = d / "images.u8"
-    with open(data, "ab") as f:
-        next_row = f.tell() // row_bytes
-        blank = bytes(row_bytes)
-        pending = []
+        return index
+    next_row = _committed(index)
+    blank = bytes(row_bytes)
+    pending = []
+    with os.fdopen(os.open(d / "images.u8", os.O_RDWR | os.O_CREAT, 0o644), "r+b") as f:
+        f.seek(next_row * row_bytes)   # where the index says, never the end a crash may have torn
         for i, (buf, reason) in enumerate(_pool_map(todo, size, workers)):
-            f.write(buf if buf is not None else blank)
+            row = buf if buf is not None else blank
+            _write_row(f, row)
             p = todo[i]
-            pending.append((p, int(sig.at[p, "fsize"]), int(sig.at[p, "mtime"]), next_row, buf is not None, reason))
+            pending.append((p, int(sig.at[p, "fsize"]), int(sig.at[p, "mtime"]), next_row, buf is not None,
+                            reason, zlib.crc32(row)))
             next_row += 1
             if len(pending) >= CHUNK or i == len(todo) - 1:
-                f.flush()
-                new = pd.DataFrame(pending, columns=["path", "fsize", "mtime", "row", "ok", "reason"]).set_index("path")
-                index = pd.concat([index.drop(new.index, errors="ignore"), new])
-                _save_index(d, index)
+                f.flush()              # the rows reach the file before the index that commits them
+                index = _commit(d, index, pending)
                 pending = []
             if progress:
                 progress(i + 1, len(todo))
-    return len(todo)
+    return index
+
+
+def _write_row(f, row: bytes) -> None:
+    f.write(row)
+
+
+def _commit(d: Path, index: pd.DataFrame, pending: list) -> pd.DataFrame:
+    new = pd.DataFrame(pending, columns=["path", "fsize", "mtime", "row", "ok", "reason", "crc"]).set_index("path")
+    index = pd.concat([index.drop(new.index, errors="ignore"), new])
+    _save_index(d, index)
+    return index

@@ -95,22 +95,58 @@ def resize_square(im: Image.Image, size: int) -> Image.Image:
 # ---------------------------------------------------------------- readers
 
 _SAFE_ID = re.compile(r"[/\\]|\.\.")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # a NUL cannot be in a path; the others are never meant
+
+
+def parse_csv(path: Path, read):
+    """read() (a pandas or pyarrow CSV read of `path`), with any parse failure as one sentence
+    naming the file: pyarrow fails on a field or line longer than its 1 MB block, on bad UTF-8…"""
+    import pyarrow as pa  # here, not at the top: the decode workers import this module
+    try:
+        return read()
+    except (ValueError, OSError, pa.ArrowException) as e:  # ParserError and ArrowInvalid are ValueErrors
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "straddl" in msg:
+            msg = "a field or line is longer than the 1 MB the parser reads at a time"
+        raise UserError(f"{path} could not be read as CSV ({msg[:200].rstrip('.')}); fix or replace the file.") from None
 
 
 def _read_csv(path: Path, columns=("id", "landmark_id")) -> pd.DataFrame:
-    try:
-        head = pd.read_csv(path, nrows=0)
-    except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
-        raise UserError(f"{path} could not be read as CSV ({e}).") from None
+    head = parse_csv(path, lambda: pd.read_csv(path, nrows=0))
     missing = [c for c in CSV_COLUMNS if c not in head.columns]
     if missing:
         raise UserError(f"{path} is missing column(s) {', '.join(missing)}; expected columns id,url,landmark_id.")
-    df = pd.read_csv(path, usecols=list(columns), dtype={"id": str, "landmark_id": str},
-                     engine="pyarrow", keep_default_na=False)
-    bad = df["id"].str.contains(_SAFE_ID, regex=True) if "id" in df else pd.Series([], dtype=bool)
+    df = parse_csv(path, lambda: pd.read_csv(path, usecols=list(columns), dtype={"id": str, "landmark_id": str},
+                                             engine="pyarrow", keep_default_na=False))
+    if "id" in df:
+        _check_ids(path, df["id"])
+    df = df[df["landmark_id"] != ""]
+    return _drop_duplicates(path, df) if "id" in df else df
+
+
+def _check_ids(path: Path, ids: pd.Series) -> None:
+    bad = ids.str.contains(_SAFE_ID, regex=True)
     if bad.any():
-        raise UserError(f"{path} has an unsafe image id {df['id'][bad].iloc[0]!r} (ids may not contain '/', '\\' or '..').")
-    return df[df["landmark_id"] != ""]
+        raise UserError(f"{path} has an unsafe image id {ids[bad].iloc[0]!r} (ids may not contain '/', '\\' or '..').")
+    ctl = ids.str.contains(_CONTROL, regex=True)
+    if ctl.any():
+        n = int(np.flatnonzero(ctl.to_numpy())[0])
+        raise UserError(f"{path} has an image id with a control character, {ids.iloc[n]!r} on data row {n + 1}; "
+                        f"fix or remove that row.")
+
+
+def _drop_duplicates(path: Path, df: pd.DataFrame) -> pd.DataFrame:
+    """A row listed twice is one image; an id under two landmarks has no right answer."""
+    if not df["id"].duplicated().any():   # the common case, and the cheap test (~1 s for GLDv2)
+        return df
+    df = df.drop_duplicates(["id", "landmark_id"])
+    twice = df["id"].duplicated(keep=False)
+    if twice.any():
+        i = df["id"][twice].iloc[0]
+        labels = " and ".join(df.loc[df["id"] == i, "landmark_id"].head(2))
+        raise UserError(f"{path} lists the image id {i!r} under two landmark ids ({labels}); "
+                        f"keep one row per image.")
+    return df
 
 
 def _csv_image_dir(root: Path, ids: pd.Series) -> tuple[Path, bool] | None:
@@ -133,7 +169,7 @@ def _category_names(root: Path) -> dict:
     f = root / "train_label_to_category.csv"
     if not f.exists():
         return {}
-    df = pd.read_csv(f, dtype=str, keep_default_na=False)
+    df = parse_csv(f, lambda: pd.read_csv(f, dtype=str, keep_default_na=False))
     if not {"landmark_id", "category"} <= set(df.columns):
         raise UserError(f"{f} is missing column(s); expected columns landmark_id,category.")
     return readable_names(df)
@@ -166,10 +202,25 @@ def read_csv_layout(root: Path) -> DatasetIndex:
                         synthetic=(root / "SYNTHETIC.txt").exists())
 
 
+def _entries(d: Path, what: str = "class folder", fix: str = "make it readable or move it out of the data set") -> list:
+    """os.scandir(d), sorted by name; a folder that cannot be listed is a sentence naming it."""
+    try:
+        with os.scandir(d) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        reason = (e.strerror or type(e).__name__).lower()
+        raise UserError(f"Cannot read the {what} {d} ({reason}); {fix}.") from None
+
+
+def _subfolders(root: Path) -> list[Path]:
+    entries = _entries(root, "data set folder", "make it readable")
+    return [Path(e.path) for e in entries if e.is_dir() and not e.name.startswith(".")]
+
+
 def read_folders(root: Path) -> DatasetIndex:
     rows = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for f in sorted(os.scandir(d), key=lambda e: e.name):
+    for d in _subfolders(root):
+        for f in _entries(d):
             if f.is_file() and Path(f.name).suffix.lower() in IMAGE_EXTS:
                 rows.append((f.path, d.name))
     samples = pd.DataFrame(rows, columns=["path", "label"])
@@ -185,8 +236,8 @@ def detect_layout(root: Path) -> str:
         raise UserError(f"Data set folder {root} does not exist.")
     if (root / "train.csv").exists():
         return "csv"
-    for d in root.iterdir():
-        if d.is_dir() and any(Path(n).suffix.lower() in IMAGE_EXTS for n in os.listdir(d)):
+    for d in _subfolders(root):
+        if any(Path(e.name).suffix.lower() in IMAGE_EXTS for e in _entries(d)):
             return "folders"
     raise UserError(f"{root} is not a data set: expected train.csv (Google Landmarks layout) "
                     f"or one folder of images per class.")
@@ -205,10 +256,7 @@ def clean_table(root: Path) -> pd.DataFrame:
     f = root / CLEAN_CSV
     if not f.is_file():
         raise UserError(f"{root} has no {CLEAN_CSV}; only GLDv2 ships the cleaned subset.")
-    try:
-        df = pd.read_csv(f, dtype=str, keep_default_na=False, engine="pyarrow")
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"{f} could not be read as CSV ({e}).") from None
+    df = parse_csv(f, lambda: pd.read_csv(f, dtype=str, keep_default_na=False, engine="pyarrow"))
     if not {"landmark_id", "images"} <= set(df.columns):
         raise UserError(f"{f} is missing column(s); expected columns landmark_id,images.")
     ids = df.assign(id=df["images"].str.split()).explode("id")
@@ -246,11 +294,11 @@ def _count_labels(root: Path) -> pd.Series:
         return load_index(root).counts()
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
-    head = pd.read_csv(f, nrows=0)
+    head = parse_csv(f, lambda: pd.read_csv(f, nrows=0))
     if "landmark_id" not in head.columns:
         raise UserError(f"{f} is missing column(s) landmark_id; expected columns id,url,landmark_id.")
-    table = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(
-        include_columns=["landmark_id"], column_types={"landmark_id": "string"}))
+    table = parse_csv(f, lambda: pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(
+        include_columns=["landmark_id"], column_types={"landmark_id": "string"})))
     vc = pc.value_counts(table.column("landmark_id")).flatten()
     s = pd.Series(vc[1].to_numpy(), index=vc[0].to_pylist(), name="count")
     s = s[s.index.notna() & (s.index != "")]

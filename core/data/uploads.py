@@ -16,6 +16,7 @@ from core.errors import UserError
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024   # bytes; = maxUploadSize (MB) in .streamlit/config.toml
 MAX_UPLOAD_PIXELS = MAX_PIXELS // 2    # pixels (25 megapixels); a 12 MP phone photo passes
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp")   # file_uploader's filter; content decides below
+MAX_FILES_PER_UPLOAD = 20             # files in one upload on the Classify page; more are refused
 
 # Magic numbers of the formats we decode. Sniffing first keeps every other Pillow plugin
 # (EPS runs Ghostscript, for one) away from uploaded bytes.
@@ -43,6 +44,13 @@ def human_bytes(n: int) -> str:
 def limits_text(max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS) -> str:
     return (f"JPEG, PNG or WebP; at most {human_bytes(max_bytes)} and {max_pixels / 1e6:g} megapixels "
             "per image. EXIF rotation is applied; transparency is put on white.")
+
+
+def check_file_count(n: int, max_files: int = MAX_FILES_PER_UPLOAD) -> None:
+    """Refuse an upload of more than max_files files (each one is decoded and run through the model)."""
+    if n > max_files:
+        raise UserError(f"{n} files were uploaded at once, more than the limit of {max_files}; "
+                        f"remove some and classify them in batches of {max_files} or fewer.")
 
 
 def load_upload(data: bytes, name: str, max_bytes: int = MAX_UPLOAD_BYTES,

@@ -1,7 +1,6 @@
 """Load a finished run's model once and classify images with it (CLI and Classify page)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,28 +55,15 @@ class Predictor:
 
 
 def load_predictor(run_id: str, store: RunStore | None = None) -> Predictor:
-    store = store or RunStore()
-    d = store.run_dir(run_id)
-    if store.get(run_id) is None or not d.exists():
-        raise UserError(f"There is no run {run_id!r} in {store.root}.")
-    ckpt = d / "checkpoints" / "last.pt"
-    if not ckpt.exists():
+    run = (store or RunStore()).require(run_id)
+    if not run.has_checkpoint():
         raise UserError(f"Run {run_id} has no checkpoint yet; wait for its first epoch to finish.")
-    state = read_checkpoint(ckpt)
-    cfg = TrainConfig.from_dict(json.loads(state["config"]))
+    mtime = run.checkpoint_mtime()
+    state = read_checkpoint(run.checkpoint)
+    cfg = run.config()
     labels = [str(l) for l in state["labels"]]
     model = build_model(cfg.model, len(labels), weights="none")
     model.load_state_dict(state["model"])
     model.eval()
-    names = _names(d, labels)
-    return Predictor(run_id, model, labels, names, cfg, ckpt.stat().st_mtime)
-
-
-def _names(run_dir: Path, labels: list) -> list:
-    f = run_dir / "classes.json"
-    if f.exists():
-        import pandas as pd
-        df = pd.read_json(f)
-        m = dict(zip(df["label"].astype(str), df["name"].astype(str)))
-        return [m.get(l, l) for l in labels]
-    return list(labels)
+    names = run.class_names()
+    return Predictor(run_id, model, labels, [names.get(l, l) for l in labels], cfg, mtime)

@@ -1,38 +1,105 @@
-"""Run lifecycle: launch into a persisted queue, start workers in their own sessions, run.
+"""One job system for every task that takes more than a second: training, class-model images,
+the data-set scan, demo generation (and whatever kind is registered next).
 
-A worker is `python -m core.runs.worker RUN_ID --runs DIR`, started with start_new_session=True so
-page reruns, closed tabs and a restarted Streamlit never kill it. By default one run at a time
-per device (one per GPU, one on the CPU); the rest wait in the queue (the runs table) and start
-in order when the device frees up: the worker that finishes starts the next one, and every
-dashboard page load calls `schedule()` too, so the queue also moves after a restart.
+A job is a row of the store's `jobs` table: kind, arguments, status, device, progress, result.
+- **One launcher**: `submit()` queues a job and `schedule()` starts it in a worker process,
+  `python -m core.runs.worker JOB_ID`, in a new session, so page reruns, closed tabs and a
+  restarted Streamlit never kill it. (The CLI runs a job in its own process with `run_job()`.)
+- **One queue**: a kind that needs a device (training) waits for a free slot, one job per GPU
+  ("cuda:<i>") or one on the CPU; other kinds start at once. The worker that finishes starts
+  the next job, and every dashboard page load calls `schedule()` too.
+- **One liveness rule** (`reap()`): a starting or running job is dead when its recorded process
+  (pid + process identity) is gone, or when no worker ever reported back within a minute.
+- **One progress protocol**: a job reports with `ctx.progress(**fields)` (throttled, with a
+  heartbeat) and ends with a result dict or an error sentence; pages only read `status()`.
+A new kind is one function plus one registration line (`@kind("name")`, see core.runs.tasks).
 """
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
 import time
 import traceback
+from dataclasses import dataclass
+from typing import Callable
 
-from core.train.config import TrainConfig
-from core.errors import UserError
+from core.errors import Cancelled, UserError
 from core.paths import REPO
-from core.runs.store import RunStore
-from core.runs.sinks import Cancelled, StoreSink
+from core.runs.store import ACTIVE, START_GRACE_S, RunStore, alive
+
+PROGRESS_EVERY_S = 0.25      # seconds between progress writes of one job
+STOP_CHECK_S = 0.5           # seconds between reads of a job's cancel flag
 
 
-def device_key(cfg: TrainConfig) -> str:
-    """The queue a run waits in: "cuda" (any GPU), "mps" or "cpu". A started GPU run holds
-    one GPU's slot, "cuda:<i>"."""
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    fn: Callable                              # (Context) -> result dict
+    queue: Callable[[dict], str | None]       # args -> device queue ("cuda", "cpu", "mps") or None: no slot
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def kind(name: str, queue: Callable[[dict], str | None] | None = None):
+    """Register a job kind: `@kind("scan")` above `def scan(ctx) -> dict`."""
+    def register(fn):
+        KINDS[name] = Kind(name, fn, queue or (lambda args: None))
+        return fn
+    return register
+
+
+def _kind(name: str) -> Kind:
+    import core.runs.tasks  # noqa: F401 - the built-in kinds register themselves on import
+    if name not in KINDS:
+        raise UserError(f"Unknown job kind {name!r}; known kinds: {', '.join(KINDS)}.")
+    return KINDS[name]
+
+
+class Context:
+    """What a job's function gets: its arguments, its run (if any), progress and a stop flag."""
+
+    def __init__(self, store: RunStore, job: dict, sink=None):
+        self.store, self.job, self.job_id = store, job, job["job_id"]
+        self.args = job.get("args") or {}
+        self.run = store.run(job["run_id"]) if job.get("run_id") else None
+        self.sink = sink
+        self._last = self._stop_checked = 0.0
+        self._stop = False
+
+    def progress(self, force: bool = False, **fields) -> None:
+        """Report progress (any flat fields: done, total, message...) and a heartbeat."""
+        if force or time.monotonic() - self._last >= PROGRESS_EVERY_S:
+            self._last = time.monotonic()
+            self.store.set_job(self.job_id, progress=fields, heartbeat=time.time())
+
+    def should_stop(self) -> bool:
+        if time.monotonic() - self._stop_checked > STOP_CHECK_S:
+            self._stop_checked = time.monotonic()
+            self._stop = bool((self.store.job(self.job_id) or {}).get("cancel"))
+        return self._stop
+
+    def check_stop(self) -> None:
+        if self.should_stop():
+            raise Cancelled()
+
+
+# ------------------------------------------------------------------ devices
+
+def device_key(device_pref: str) -> str:
+    """The queue a training job waits in: "cuda" (any GPU), "mps" or "cpu". A started GPU job
+    holds one GPU's slot, "cuda:<i>"."""
     import torch
-    if cfg.device in ("auto", "cuda") and torch.cuda.is_available():
+    if device_pref in ("auto", "cuda") and torch.cuda.is_available():
         return "cuda"
-    return "mps" if cfg.device == "mps" else "cpu"
+    return "mps" if device_pref == "mps" else "cpu"
 
 
-def foreground_device(cfg: TrainConfig) -> str:
+def foreground_device(device_pref: str) -> str:
     """The slot a CLI run (in this very process, on its default GPU) holds."""
-    key = device_key(cfg)
+    key = device_key(device_pref)
     return "cuda:0" if key == "cuda" else key
 
 
@@ -41,112 +108,173 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _slots(key: str) -> list[str]:
+def _slots(key: str | None) -> list[str | None]:
+    if key is None:
+        return [None]
     return [f"cuda:{i}" for i in range(gpu_count())] if key == "cuda" else [key]
 
 
-def _visible_device(slot: str) -> str | None:
+def _visible_device(slot: str | None) -> str | None:
     """CUDA_VISIBLE_DEVICES for a worker on `slot`, relative to what this process may see."""
-    if not slot.startswith("cuda:"):
+    if not slot or not slot.startswith("cuda:"):
         return None
     i = int(slot.split(":")[1])
     mine = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     return mine[i] if i < len(mine) else str(i)
 
 
-def launch(cfg: TrainConfig, store: RunStore, start: bool = True) -> str:
-    """Queue a run and start it if its device is free. Returns the run id."""
+# ------------------------------------------------------------------ launcher
+
+def submit(store: RunStore, kind_name: str, args: dict, run_id: str | None = None, start: bool = True) -> str:
+    """Queue a job of a registered kind (and start it if it may). Returns the job id."""
+    k = _kind(kind_name)
+    job_id = store.add_job(kind_name, args, run_id, k.queue(args))
+    if start:
+        schedule(store)
+    return job_id
+
+
+def launch(cfg, store: RunStore, start: bool = True) -> str:
+    """Queue a training run and start it if its device is free. Returns the run id."""
     cfg.validate()
-    run_id = store.create(cfg, status="queued", device=device_key(cfg))
+    run_id = store.create(cfg, status="queued", device=device_key(cfg.device))
     if start:
         schedule(store)
     return run_id
 
 
 def schedule(store: RunStore, max_per_device: int = 1) -> list[str]:
-    """Start the oldest queued run of every device that has a free slot."""
-    store.reap()
-    started = []
-    with store._conn() as c:
-        c.execute("BEGIN IMMEDIATE")  # one scheduler at a time claims queued runs
-        busy = {r["device"]: r["n"] for r in c.execute(
-            "SELECT device, COUNT(*) AS n FROM runs WHERE status IN ('starting','running') GROUP BY device")}
-        queued = c.execute("SELECT run_id, device FROM runs WHERE status='queued' ORDER BY queued_at").fetchall()
-        for r in queued:
-            slot = next((k for k in _slots(r["device"]) if busy.get(k, 0) < max_per_device), None)
-            if slot is not None:     # one run per GPU: a queued "cuda" run takes the first free one
-                busy[slot] = busy.get(slot, 0) + 1
-                c.execute("UPDATE runs SET status='starting', device=?, heartbeat=?, pid=NULL, proc=NULL "
-                          "WHERE run_id=?", (slot, time.time(), r["run_id"]))  # a resumed run's old worker is gone
-                started.append((r["run_id"], slot))
-        c.execute("COMMIT")
-    for run_id, slot in started:
-        _spawn(store, run_id, _visible_device(slot))
-    return [run_id for run_id, _ in started]
+    """Start every queued job that may start: the oldest of each device with a free slot, and
+    every job that needs no device."""
+    reap(store)
+    started = store.claim_queued(_slots, max_per_device)
+    for job_id, slot in started:
+        _spawn(store, job_id, _visible_device(slot))
+    return [job_id for job_id, _ in started]
 
 
-def _spawn(store: RunStore, run_id: str, cuda_device: str | None = None) -> None:
+def log_file(store: RunStore, job: dict):
+    """A training job logs into its run folder; other jobs into runs/jobs/<job id>.log."""
+    if job["kind"] == "train" and job.get("run_id"):
+        return store.run(job["run_id"]).log_file
+    d = store.root / "jobs"
+    d.mkdir(exist_ok=True)
+    return d / f"{job['job_id']}.log"
+
+
+def _spawn(store: RunStore, job_id: str, cuda_device: str | None = None) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if cuda_device is not None:
         env["CUDA_VISIBLE_DEVICES"] = cuda_device      # the worker sees its one GPU as cuda:0
-    with open(store.run_dir(run_id) / "log.txt", "ab") as log:  # the child keeps its own handle
-        p = subprocess.Popen([sys.executable, "-m", "core.runs.worker", run_id, "--runs", str(store.root)],
+    with open(log_file(store, store.job(job_id)), "ab") as log:  # the child keeps its own handle
+        p = subprocess.Popen([sys.executable, "-m", "core.runs.worker", job_id, "--runs", str(store.root)],
                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              cwd=str(REPO), env=env, start_new_session=True)
-    store.set(run_id, pid=p.pid)
+    store.set_job(job_id, pid=p.pid)
 
 
-def cancel(store: RunStore, run_id: str) -> None:
-    run = store.get(run_id)
-    if run and run["status"] == "queued":
-        store.set(run_id, status="cancelled", finished=time.time())
-    else:
-        store.set(run_id, cancel=1)  # the worker stops at its next step, keeping its last checkpoint
-    store.event(run_id, "cancel", "cancel requested")
+# ------------------------------------------------------------------ liveness, control, status
+
+def reap(store: RunStore) -> list[str]:
+    """Mark jobs whose worker died (killed, machine rebooted) as interrupted."""
+    now, dead = time.time(), []
+    for j in store.jobs(statuses=("starting", "running")):
+        gone = not alive(j["pid"], j["proc"]) if j["pid"] else now - (j["heartbeat"] or 0) > START_GRACE_S
+        if gone:
+            dead.append(j["job_id"])
+            _finish(store, j, "interrupted", "the worker process is gone")
+    return dead
+
+
+def _finish(store: RunStore, job: dict, status: str, message: str = "", **fields) -> None:
+    store.set_job(job["job_id"], status=status, finished=time.time(), **fields)
+    if job["kind"] == "train" and job.get("run_id"):
+        store.event(job["run_id"], status, message)
+
+
+def cancel(store: RunStore, job_id: str) -> str:
+    """Stop a job: a queued one at once, a running one at its next step. Returns what happened."""
+    job = store.job(job_id)
+    if job is None or job["status"] not in ACTIVE:
+        return "not active"
+    if job["status"] == "queued":
+        _finish(store, job, "cancelled", "cancelled while queued")
+        return "cancelled"
+    store.set_job(job_id, cancel=1)
+    if job["kind"] == "train" and job.get("run_id"):
+        store.event(job["run_id"], "cancel", "cancel requested")
+    return "requested"
 
 
 def resume(store: RunStore, run_id: str) -> None:
     """Queue an interrupted, cancelled or failed run to continue from its last checkpoint."""
+    reap(store)
     run = store.get(run_id)
     if run is None:
         raise UserError(f"There is no run {run_id!r}.")
-    if run["status"] in ("queued", "starting", "running"):
+    if run["status"] in ACTIVE:
         raise UserError(f"Run {run_id} is {run['status']}; only a stopped run can be resumed.")
-    device = "cuda" if str(run.get("device", "")).startswith("cuda") else run.get("device") or "cpu"
-    store.set(run_id, status="queued", device=device, cancel=0, resume=1, error=None, queued_at=time.time(),
-              progress={})
+    device = "cuda" if str(run.get("device") or "").startswith("cuda") else run.get("device") or "cpu"
+    store.set(run_id, status="queued", device=device, cancel=0, args={**(run.get("args") or {}), "resume": True},
+              error=None, queued_at=time.time(), progress={}, finished=None)
     store.event(run_id, "resume", "queued to resume")
     schedule(store)
 
 
-def execute(store: RunStore, run_id: str, resume_run: bool = False, sink=None) -> dict:
-    """Run a queued run in this process: fit, then record the outcome. Used by worker and CLI."""
-    from core.train.engine import fit
-    run = store.get(run_id)
-    cfg = TrainConfig.from_dict(run["config"])
-    # `cancel` is not reset here: a Cancel clicked while the worker was starting must still count
-    store.set(run_id, status="running", pid=os.getpid(), started=run.get("started") or time.time(),
-              heartbeat=time.time())
-    store.event(run_id, "started", f"pid {os.getpid()}")
-    sink = sink or StoreSink(store, run_id)
+def status(store: RunStore, job_id: str) -> dict | None:
+    """The job as pages read it: status, progress, result, error, plus "active"."""
+    reap(store)
+    job = store.job(job_id)
+    if job is not None:
+        job["active"] = job["status"] in ACTIVE
+    return job
+
+
+def latest(store: RunStore, kind_name: str, run_id: str | None = None, **match) -> dict | None:
+    """The newest job of a kind (for a run, and with these argument values), with "active"."""
+    reap(store)
+    for job in store.jobs(kind=kind_name, run_id=run_id):
+        if all(job["args"].get(k) == v for k, v in match.items()):
+            job["active"] = job["status"] in ACTIVE
+            return job
+    return None
+
+
+# ------------------------------------------------------------------ running a job (worker or CLI)
+
+def run_job(store: RunStore, job_id: str, sink=None) -> dict:
+    """Run a claimed (or foreground) job in this process and record how it ended."""
+    job = store.job(job_id)
+    if job is None:
+        raise UserError(f"There is no job {job_id!r} in {store.root}.")
+    k = _kind(job["kind"])
+    store.set_job(job_id, status="running", pid=os.getpid(), started=job.get("started") or time.time(),
+                  heartbeat=time.time())
+    if job["kind"] == "train" and job.get("run_id"):
+        store.event(job["run_id"], "started", f"pid {os.getpid()}")
+    ctx = Context(store, job, sink)
     try:
-        summary = fit(cfg, store.run_dir(run_id), sink, resume=resume_run or bool(run.get("resume")))
+        result = k.fn(ctx) or {}
     except Cancelled:
-        sink.flush() if hasattr(sink, "flush") else None
-        store.set(run_id, status="cancelled", finished=time.time())
-        store.event(run_id, "cancelled", "stopped at a step; last checkpoint kept")
-        return {"run_id": run_id, "status": "cancelled"}
+        _finish(store, job, "cancelled", "stopped at a step; the last checkpoint is kept")
+        return {"job_id": job_id, "status": "cancelled"}
+    except KeyboardInterrupt:            # Ctrl-C, or SIGTERM turned into one by the worker/CLI
+        _finish(store, job, "interrupted", "stopped by a signal (Ctrl-C or SIGTERM); resume continues it")
+        raise
     except UserError as e:
-        return _failed(store, run_id, str(e))
+        return _failed(store, job, str(e))
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _failed(store, job, f"The disk is full ({e.filename or 'writing'}); free space, then resume.")
+        traceback.print_exc()
+        return _failed(store, job, f"{type(e).__name__}: {e}")
     except Exception as e:  # noqa: BLE001 - record anything, keep the traceback in the log
         traceback.print_exc()
-        return _failed(store, run_id, f"{type(e).__name__}: {e}")
-    store.set(run_id, status="done", finished=time.time(), summary=summary, resume=0)
-    store.event(run_id, "done", "")
-    return {"run_id": run_id, "status": "done", **summary}
+        return _failed(store, job, f"{type(e).__name__}: {e}")
+    _finish(store, job, "done", "", result=result, cancel=0)
+    return {"job_id": job_id, "status": "done", **result}
 
 
-def _failed(store, run_id, message):
-    store.set(run_id, status="failed", finished=time.time(), error=message)
-    store.event(run_id, "failed", message)
-    return {"run_id": run_id, "status": "failed", "error": message}
+def _failed(store: RunStore, job: dict, message: str) -> dict:
+    _finish(store, job, "failed", message, error=message)
+    return {"job_id": job["job_id"], "status": "failed", "error": message}

@@ -1,7 +1,14 @@
-"""Run configuration: a frozen dataclass saved as config.json beside the run.
+"""Run configuration: a frozen dataclass saved as config.json in the run folder (the one stored
+copy: resume, the predictor and the index all read it from there).
 
-A run can be reproduced or resumed from its folder alone. Defaults are the seed poster's final
-settings: Adam, lr 0.001, 10 epochs, cross-entropy, no augmentation, no frozen features.
+Defaults are declared here once, with their units, bounds and choices in each field's
+metadata; the CLI's `train` flags (`add_arguments`), the Train form (`DEFAULTS`, `spec`) and
+`validate()` are derived from them. Defaults are the seed poster's final settings: Adam,
+lr 0.001, 10 epochs, batch 32, cross-entropy, no augmentation, no frozen features.
+
+Speed settings (mixed precision, channels_last, the fused optimizer, compile) are fields of
+their own, "auto" by default (on where the device gains from them), and never implied by the
+pipeline: the plain pipeline is for debugging the input, not for changing the numerics.
 """
 from __future__ import annotations
 
@@ -16,56 +23,56 @@ AUGMENTATIONS = ("crop", "hflip", "vflip", "rot90")
 OPTIMIZERS = ("adam", "sgd")
 PIPELINES = ("prepared", "plain")
 DEVICES = ("auto", "cuda", "mps", "cpu")
+PRECISIONS = ("auto", "bf16", "fp32")
+SWITCHES = ("auto", "on", "off")
+
+
+def _f(default, help: str, lo=None, hi=None, choices=None, flag: bool = True, **kw):
+    """A config field with what the CLI, the form and validate() need to know about it."""
+    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices, "flag": flag, **kw}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str                          # dataset directory (any supported layout)
-    model: str = "resnet18"            # name in core.models.REGISTRY
-    weights: str = "imagenet"          # imagenet | none | path to a state dict
-    classes: int = 10                  # N most frequent classes; 0 = all
-    epochs: int = 10
-    batch_size: int = 32               # images per step
-    lr: float = 1e-3
-    optimizer: str = "adam"            # adam | sgd (momentum 0.9)
-    momentum: float = 0.9              # SGD only
-    weight_decay: float = 0.0
-    image_size: int = 224              # pixels, square
-    augment: tuple[str, ...] = ()      # subset of AUGMENTATIONS
-    freeze: bool = False               # train only the classifier head
-    holdout: float = 0.01              # fraction split off first (stratified)
-    val: float = 0.2                   # fraction of the rest used for validation
-    seed: int = 0
-    device: str = "auto"               # auto | cuda | mps | cpu
-    pipeline: str = "prepared"         # prepared (decode once, batched GPU augment) | plain (PIL per epoch)
-    workers: int = -1                  # DataLoader workers for the plain pipeline; -1 = auto
-    compile: bool = False              # torch.compile the model (CUDA only pays off)
-    max_images: int = 0                # cap on images used (0 = all), for quick looks
-    clean: bool = False                # GLDv2: only the images listed in train_clean.csv
-    extra: dict = field(default_factory=dict)
+    data: str = _f("", "data set folder (any supported layout)", flag=False)
+    model: str = _f("resnet18", "model name (see core.train.models.REGISTRY)", flag=False)
+    weights: str = _f("imagenet", "imagenet | none | PATH of a state dict or a run's checkpoint")
+    classes: int = _f(10, "the N most frequent classes; 0 = all", lo=0)
+    epochs: int = _f(10, "passes over the training split", lo=1, hi=10000)
+    batch_size: int = _f(32, "images per step", lo=1, hi=65536)
+    lr: float = _f(1e-3, "learning rate", lo=1e-8, hi=10.0)
+    optimizer: str = _f("adam", "adam | sgd (momentum 0.9)", choices=OPTIMIZERS)
+    momentum: float = _f(0.9, "SGD momentum", lo=0.0, hi=0.999)
+    weight_decay: float = _f(0.0, "L2 weight decay", lo=0.0, hi=1.0)
+    image_size: int = _f(224, "pixels, square", lo=16, hi=1024)
+    augment: tuple = _f((), "comma list of crop,hflip,vflip,rot90", choices=AUGMENTATIONS, noun="augmentation")
+    freeze: bool = _f(False, "freeze the feature extractor (train only the classifier head)")
+    holdout: float = _f(0.01, "fraction split off first (stratified)", lo=0.0, hi=0.49)
+    val: float = _f(0.2, "fraction of the rest used for validation", lo=0.01, hi=0.89)
+    seed: int = _f(0, "random seed of the split, the initialisation and the batches", lo=0)
+    device: str = _f("auto", "auto | cuda | mps | cpu", choices=DEVICES)
+    pipeline: str = _f("prepared", "prepared (decode once, batched augmentation on the device) | "
+                                   "plain (PIL per epoch, DataLoader)", choices=PIPELINES)
+    workers: int = _f(-1, "DataLoader workers for the plain pipeline; -1 = auto", lo=-1, hi=256)
+    precision: str = _f("auto", "auto (bf16 on CUDA, fp32 elsewhere) | bf16 | fp32", choices=PRECISIONS)
+    channels_last: str = _f("auto", "NHWC memory format: auto (on for CUDA and CPU) | on | off", choices=SWITCHES)
+    fused: str = _f("auto", "fused optimizer kernel: auto (on for CUDA and CPU) | on | off", choices=SWITCHES)
+    compile: bool = _f(False, "torch.compile the model (pays off on CUDA for long runs)")
+    max_images: int = _f(0, "cap on images used (0 = all), for quick looks", lo=0)
+    clean: bool = _f(False, "GLDv2: only the images listed in train_clean.csv")
+    extra: dict = _f({}, "free-form notes kept with the run", flag=False)
 
     def validate(self) -> "TrainConfig":
-        bad = [a for a in self.augment if a not in AUGMENTATIONS]
-        if bad:
-            raise UserError(f"Unknown augmentation {bad[0]!r}; choose from {', '.join(AUGMENTATIONS)}.")
-        checks = [
-            (self.optimizer in OPTIMIZERS, f"Unknown optimizer {self.optimizer!r}; choose adam or sgd."),
-            (self.pipeline in PIPELINES, f"Unknown pipeline {self.pipeline!r}; choose prepared or plain."),
-            (self.device in DEVICES, f"Unknown device {self.device!r}; choose auto, cuda, mps or cpu."),
-            (self.epochs >= 1, "--epochs must be at least 1."),
-            (self.batch_size >= 1, "--batch-size must be at least 1."),
-            (self.lr > 0, "--lr must be positive."),
-            (self.classes >= 0, "--classes must be 0 (all) or a positive number."),
-            (self.classes != 1, "--classes must be at least 2 to train a classifier."),
-            (16 <= self.image_size <= 1024, "--image-size must be between 16 and 1024 pixels."),
-            (0 <= self.holdout < 0.5, "--holdout must be a fraction in [0, 0.5)."),
-            (0 < self.val < 0.9, "--val must be a fraction in (0, 0.9)."),
-        ]
         from core.train.models import REGISTRY
-        checks.insert(0, (self.model in REGISTRY, f"Unknown model {self.model!r}; choose one of: {', '.join(REGISTRY)}."))
-        for ok, msg in checks:
-            if not ok:
-                raise UserError(msg)
+        if self.model not in REGISTRY:
+            raise UserError(f"Unknown model {self.model!r}; choose one of: {', '.join(REGISTRY)}.")
+        for f in dataclasses.fields(self):
+            _check(f, getattr(self, f.name))
+        if self.classes == 1:
+            raise UserError("--classes must be at least 2 to train a classifier (or 0 for all).")
         return self
 
     def to_json(self) -> str:
@@ -82,6 +89,54 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _check(f, value) -> None:
+    m, flag = f.metadata, "--" + f.name.replace("_", "-")
+    choices = m.get("choices")
+    if choices:
+        bad = [v for v in (value if isinstance(value, tuple) else (value,)) if v not in choices]
+        if bad:
+            noun = m.get("noun") or f.name.replace("_", " ")
+            raise UserError(f"Unknown {noun} {bad[0]!r}; choose from {', '.join(choices)}.")
+    lo, hi = m.get("lo"), m.get("hi")
+    if lo is not None and hi is not None and not lo <= value <= hi:
+        raise UserError(f"{flag} must be between {lo:g} and {hi:g}; got {value:g}.")
+    if lo is not None and hi is None and value < lo:
+        raise UserError(f"{flag} must be at least {lo:g}; got {value:g}.")
+
+
+DEFAULTS = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            for f in dataclasses.fields(TrainConfig)}
+
+
+def spec(name: str) -> dict:
+    """Metadata of one field (help, lo, hi, choices) for a form widget."""
+    return dict(next(f for f in dataclasses.fields(TrainConfig) if f.name == name).metadata)
+
+
+def add_arguments(parser) -> None:
+    """One CLI flag per config field, with the field's default, help and choices."""
+    for f in dataclasses.fields(TrainConfig):
+        m = f.metadata
+        if not m.get("flag"):
+            continue
+        flag, default = "--" + f.name.replace("_", "-"), DEFAULTS[f.name]
+        help_ = f"{m['help']} (default: {default if default != () else 'none'})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", default=None, help=m["help"])
+        elif f.name == "augment":
+            parser.add_argument(flag, default=None, help=help_)
+        else:
+            parser.add_argument(flag, type=type(default), default=None, help=help_,
+                                choices=m.get("choices"))
+
+
+def from_arguments(args, **fixed) -> TrainConfig:
+    """A config from parsed CLI flags: flags not given keep the dataclass defaults."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if f.metadata.get("flag") and getattr(args, f.name, None) is not None}
+    return TrainConfig.from_dict({**given, **fixed})
 
 
 def parse_augment(value) -> tuple[str, ...]:

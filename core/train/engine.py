@@ -23,10 +23,10 @@ from core.errors import UserError
 from core.train.models import build_model
 from core.train.pipeline import PreparedBatches, augment_batch, plain_loader, to_float
 from core.data.prepared import prepare
-from core.runs.sinks import Cancelled, NullSink
+from core.train.sinks import Cancelled, NullSink
 from core.data.splits import load_manifest, make_manifest, save_manifest, top_classes
 
-SCAN_SIZE = 32  # the plain pipeline still scans files once (at a tiny size) to drop unreadable ones
+from core.data.prepared import SCAN_SIZE  # noqa: E402 - the plain pipeline still scans files once at this size
 
 
 def select_device(pref: str = "auto") -> torch.device:
@@ -50,8 +50,9 @@ class Data:
     synthetic: bool
 
 
-def load_data(cfg: TrainConfig, run_dir: Path, sink=NullSink()) -> Data:
-    """Top-N classes, scan (decode once), drop unreadable files, split; reuse the manifest on resume."""
+def load_data(cfg: TrainConfig, folder, sink=NullSink()) -> Data:
+    """Top-N classes, scan (decode once), drop unreadable files, split; reuse the manifest on resume.
+    `folder`: the run's files (core.runs.store.RunFolder: split_file, classes_file...)."""
     index = load_index(cfg.data, clean=cfg.clean)
     labels = top_classes(index.counts(), cfg.classes)
     chosen = index.samples[index.samples["label"].isin(set(labels))].sort_values("path", kind="stable")
@@ -63,14 +64,12 @@ def load_data(cfg: TrainConfig, run_dir: Path, sink=NullSink()) -> Data:
                    progress=lambda d, t: sink.emit("prepare", {"message": f"prepared {d}/{t}"}) if d % 2000 == 0 else None)
     rows = pd.Series(prep.rows, index=chosen["path"].to_numpy())
     good = chosen[prep.ok].reset_index(drop=True)
-    mpath = run_dir / "split.csv"
-    if mpath.exists():
-        manifest = load_manifest(mpath)
-        labels = list(pd.read_json(run_dir / "classes.json")["label"].astype(str))
+    if folder.split_file.exists():
+        manifest, labels = _resumed_manifest(folder, set(good["path"]), sink)
     else:
         manifest, labels = make_manifest(good, 0, cfg.holdout, cfg.val, cfg.seed)
-        save_manifest(manifest, mpath)
-        pd.DataFrame({"label": labels, "name": [index.name(l) for l in labels]}).to_json(run_dir / "classes.json")
+        save_manifest(manifest, folder.split_file)
+        pd.DataFrame({"label": labels, "name": [index.name(l) for l in labels]}).to_json(folder.classes_file)
     if len(labels) < 2:
         raise UserError("Training needs at least two classes with readable images.")
     store_rows = rows.loc[manifest["path"]].to_numpy() if cfg.pipeline == "prepared" else None
@@ -79,6 +78,21 @@ def load_data(cfg: TrainConfig, run_dir: Path, sink=NullSink()) -> Data:
     names = [index.name(l) for l in labels]
     return Data(manifest, labels, names, prep.store if store_rows is not None else None, store_rows,
                 prep.reasons, index.synthetic)
+
+
+def _resumed_manifest(folder, readable: set, sink) -> tuple[pd.DataFrame, list]:
+    """The run's own split, less the files that vanished or became unreadable since: their
+    store rows would be blank images, so they leave training and evaluation (and are counted)."""
+    manifest = load_manifest(folder.split_file)
+    labels = list(pd.read_json(folder.classes_file)["label"].astype(str))
+    keep = manifest["path"].isin(readable)
+    if not keep.all():
+        gone = manifest[~keep]
+        by_split = ", ".join(f"{n} {s}" for s, n in gone["split"].value_counts().items())
+        sink.emit("dropped", {"message": f"{len(gone)} image(s) of the split are missing or unreadable now "
+                                         f"and were left out ({by_split})"})
+        manifest = manifest[keep].reset_index(drop=True)
+    return manifest, labels
 
 
 def _loader(cfg, data: Data, split: str, train: bool, device):
@@ -110,16 +124,28 @@ def _batches(loader, epoch: int):
             yield x, y
 
 
-def fast(cfg) -> bool:
-    """The project's recipe (prepared data, NHWC, bf16 on CUDA, fused optimizer) or, for
-    `--pipeline plain`, the unmodified reference a tutorial writes (PIL per epoch, fp32, NCHW,
-    the default optimizer): the benchmark compares the two whole recipes."""
-    return cfg.pipeline == "prepared"
+def _switch(value: str, device) -> bool:
+    """'auto' is on where the device gains from it (CUDA and the CPU), 'on'/'off' as said."""
+    return value == "on" or (value == "auto" and device.type in ("cuda", "cpu"))
 
 
 def channels_last(cfg, device) -> bool:
     """NHWC memory format: faster convolutions with cuDNN and with oneDNN on the CPU."""
-    return fast(cfg) and device.type in ("cuda", "cpu")
+    return _switch(cfg.channels_last, device)
+
+
+def bf16(cfg, device) -> bool:
+    """bf16 autocast: same accuracy as fp32 for these CNNs, 2-3x faster on tensor cores.
+    'auto' uses it on CUDA only (on a CPU without AMX bf16 is slower than fp32)."""
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+
+
+def speed_settings(cfg, device) -> str:
+    """What the speed fields resolved to on this device, for the run's events."""
+    return (f"precision {'bf16' if bf16(cfg, device) else 'fp32'}, channels_last "
+            f"{'on' if channels_last(cfg, device) else 'off'}, fused optimizer "
+            f"{'on' if _switch(cfg.fused, device) else 'off'}, compile "
+            f"{'on' if cfg.compile and device.type == 'cuda' else 'off'}")
 
 
 def _inputs(cfg, x, device, train: bool, gen):
@@ -132,8 +158,7 @@ def _inputs(cfg, x, device, train: bool, gen):
 
 
 def _autocast(cfg, device):
-    # bf16 autocast on CUDA: same accuracy as fp32 for these CNNs, 2-3x faster on tensor cores
-    return torch.autocast("cuda", dtype=torch.bfloat16) if fast(cfg) and device.type == "cuda" else nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16(cfg, device) else nullcontext()
 
 
 def train_one_epoch(model, loader, optimizer, cfg, device, epoch: int, step0: int, sink) -> dict:
@@ -227,7 +252,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, cfg: Tr
     `elapsed`: the run's seconds so far, over all its segments (a resume goes on counting)."""
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "epoch": epoch, "config": cfg.to_json(), "labels": list(labels), "elapsed": float(elapsed),
+        "epoch": epoch, "labels": list(labels), "elapsed": float(elapsed),
         "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
@@ -274,7 +299,7 @@ def make_optimizer(cfg: TrainConfig, model):
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel updates every parameter (CPU and CUDA); same update as the default
     # for-each loop, measured 1.1x faster per ResNet-18 training step on 2 CPU cores
-    kw = {"fused": True} if fast(cfg) and params and params[0].device.type in ("cpu", "cuda") else {}
+    kw = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") and _switch(cfg.fused, params[0].device) else {}
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kw)
     else:
@@ -285,18 +310,19 @@ def make_optimizer(cfg: TrainConfig, model):
 
 # ------------------------------------------------------------------ fit
 
-def fit(cfg: TrainConfig, run_dir: Path, sink=NullSink(), resume: bool = False) -> dict:
-    """Train (or continue) one run in `run_dir`, then evaluate train/val/holdout."""
+def fit(cfg: TrainConfig, folder, sink=NullSink(), resume: bool = False) -> dict:
+    """Train (or continue) one run whose files are `folder` (a RunFolder), then evaluate
+    train/val/holdout."""
     cfg.validate()
     torch.manual_seed(cfg.seed)
     t_start = time.time()
     device = select_device(cfg.device)
-    data = load_data(cfg, run_dir, sink)
+    data = load_data(cfg, folder, sink)
     model = build_model(cfg.model, len(data.labels), cfg.weights, cfg.freeze).to(device)
     if channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(cfg, model)
-    ckpt = run_dir / "checkpoints" / "last.pt"
+    ckpt = folder.checkpoint
     ckpt.parent.mkdir(exist_ok=True)
     start, before = load_checkpoint(ckpt, model, optimizer, scheduler) if resume and ckpt.exists() else (0, 0.0)
     t_start -= before                      # duration counts the earlier segments of a resumed run too
@@ -307,6 +333,7 @@ def fit(cfg: TrainConfig, run_dir: Path, sink=NullSink(), resume: bool = False) 
     val = _loader(cfg, data, "val", False, device)
     if len(train) == 0:
         raise UserError("The training split is empty; use more images or smaller --holdout/--val fractions.")
+    sink.emit("speed", {"message": speed_settings(cfg, device)})
     sink.emit("info", {"message": f"device {device}, {len(data.labels)} classes, "
                                   f"{(data.manifest['split'] == 'train').sum()} training images, starting at epoch {start + 1}"})
     rates = []
@@ -318,13 +345,13 @@ def fit(cfg: TrainConfig, run_dir: Path, sink=NullSink(), resume: bool = False) 
         sink.emit("epoch", {"epoch": epoch, **row, "val_loss": v["loss"], "val_acc": v["acc"],
                             "lr": optimizer.param_groups[0]["lr"]})
         save_checkpoint(ckpt, model, optimizer, scheduler, epoch, cfg, data.labels, time.time() - t_start)
-    summary = final_evaluation(net, cfg, data, device, run_dir, sink)
+    summary = final_evaluation(net, cfg, data, device, folder, sink)
     summary.update(epochs_completed=cfg.epochs, images_per_s=float(np.mean(rates)) if rates else None,
                    seconds=time.time() - t_start, device=str(device), skipped=len(data.skipped))
     return summary
 
 
-def final_evaluation(model, cfg, data: Data, device, run_dir: Path, sink) -> dict:
+def final_evaluation(model, cfg, data: Data, device, folder, sink) -> dict:
     """The seed's table (train/val/holdout accuracy) plus top-5, GAP, per-class and confusion."""
     summary = {}
     for split in ("train", "val", "holdout"):
@@ -334,7 +361,7 @@ def final_evaluation(model, cfg, data: Data, device, run_dir: Path, sink) -> dic
         for k in ("acc", "top5", "gap"):
             summary[f"{split}_{k}"] = m.get(k)
         if split != "train" and len(y):
-            save_predictions(run_dir / f"predictions_{split}.parquet", data.manifest, split, y, p)
+            save_predictions(folder.predictions_file(split), data.manifest, split, y, p)
     return summary
 
 

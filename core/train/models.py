@@ -72,7 +72,7 @@ def _tv_state(weights_enum_name: str, member="IMAGENET1K_V1") -> Callable[[], di
         if cached.exists():
             return torch.load(cached, map_location="cpu", weights_only=True)
         try:
-            return torch.hub.load_state_dict_from_url(w.url, map_location="cpu", progress=False)
+            return torch.hub.load_state_dict_from_url(w.url, map_location="cpu", progress=False, weights_only=True)
         except (urllib.error.URLError, OSError, RuntimeError) as e:
             raise WeightsUnavailable(f"{w.url} ({e.__class__.__name__})") from None
     return load

@@ -1,0 +1,122 @@
+"""The job kinds: each is one function and one registration line (see core.runs.jobs).
+
+  train         fit a run's model (one GPU or the CPU slot), then evaluate train/val/holdout
+  class_models  draw the class model image of each chosen class of a finished run
+  scan          decode the top classes' images once (cached) and list the unreadable files
+  demo          generate the synthetic demo data set
+"""
+from __future__ import annotations
+
+import time
+
+from core.data.prepared import SCAN_SIZE
+from core.errors import UserError
+from core.runs.jobs import Context, kind
+
+STEPS_RANGE = (1, 5000)     # class models: gradient-ascent steps per class
+SIZE_RANGE = (16, 512)      # class models: px, the image is size x size
+
+
+class StoreSink:
+    """The engine's rows into the run store: step rows batched (one transaction a second),
+    epochs, evaluations and events at once; progress and heartbeat into the run's job."""
+
+    def __init__(self, ctx: Context, flush_s: float = 1.0):
+        self.ctx, self.run, self.flush_s = ctx, ctx.run, flush_s
+        self._steps: list[tuple] = []
+        self._last = 0.0
+
+    def emit(self, kind_: str, row: dict) -> None:
+        store, run_id = self.run.store, self.run.id
+        if kind_ == "step":
+            self._steps.append((row["step"], row["epoch"], row["loss"], row["acc"], row["lr"], time.time()))
+            if time.time() - self._last > self.flush_s:
+                self.flush(row.get("progress"))
+        elif kind_ == "epoch":
+            self.flush()
+            store.log_epoch(run_id, row)
+        elif kind_ == "eval":
+            store.log_eval(run_id, row["split"], row["metrics"])
+        elif kind_ == "progress":
+            self.flush(row)
+        elif kind_ == "resume":
+            # resuming from epoch k's checkpoint re-runs what followed: drop those rows
+            store.truncate_after(run_id, row["epoch"])
+        else:
+            store.event(run_id, kind_, row.get("message", ""))
+
+    def flush(self, progress: dict | None = None) -> None:
+        if self._steps:
+            self.run.store.log_step(self.run.id, self._steps)
+            self._steps = []
+        if progress:
+            self.ctx.progress(force=True, **progress)
+        else:
+            self.run.store.set_job(self.run.id, heartbeat=time.time())
+        self._last = time.time()
+
+    def should_stop(self) -> bool:
+        return self.ctx.should_stop()
+
+
+@kind("train", queue=lambda args: None)  # the queue of a run is set at creation (its device)
+def train(ctx: Context) -> dict:
+    from core.train.engine import fit
+    sink = StoreSink(ctx)
+    if ctx.sink is not None:             # the CLI's progress bar, forwarding to the store
+        ctx.sink.inner = sink
+        sink = ctx.sink
+    summary = fit(ctx.run.config(), ctx.run, sink, resume=bool(ctx.args.get("resume")))
+    ctx.run.set(summary=summary, args={**ctx.args, "resume": False})
+    return summary
+
+
+@kind("class_models")
+def class_models(ctx: Context) -> dict:
+    from core.explain.files import class_model_png
+    from core.explain.predictor import load_predictor
+    a = ctx.args
+    classes, steps, size = list(a["classes"]), int(a["steps"]), int(a["size"])
+    pred = load_predictor(ctx.run.id, ctx.run.store)
+    results = []
+    for i, cls in enumerate(classes):
+        def on_step(step, total, score, i=i):
+            ctx.progress(done=i, total=len(classes), step=step, steps=steps, results=results)
+        try:
+            r = class_model_png(pred, cls, ctx.run.class_models_dir, steps=steps, size=size, progress=on_step,
+                                should_stop=ctx.should_stop)
+        except UserError:
+            ctx.check_stop()             # stopped by the user: cancelled, not failed
+            raise
+        results.append({k: r[k] for k in ("class", "name", "png", "prob")})
+        ctx.progress(force=True, done=i + 1, total=len(classes), step=steps, steps=steps, results=results)
+    return {"results": results}
+
+
+@kind("scan")
+def scan(ctx: Context) -> dict:
+    from core.data.prepared import prepare
+    from core.data.readers import load_index
+    a = ctx.args
+    index = load_index(a["data"], clean=bool(a.get("clean")))
+    top = set(map(str, a["labels"]))
+    paths = index.samples.loc[index.samples["label"].isin(top), "path"].tolist()
+
+    def progress(done, total):
+        ctx.check_stop()
+        ctx.progress(done=done, total=total)
+    prep = prepare(paths, SCAN_SIZE, key=str(index.root), progress=progress)
+    return {"checked": len(paths), "decoded": prep.decoded, "reasons": [list(r) for r in prep.reasons]}
+
+
+@kind("demo")
+def demo(ctx: Context) -> dict:
+    from core.data.demo import generate
+    a = dict(ctx.args)
+    out = a.pop("out")
+
+    def progress(done, total):
+        ctx.check_stop()
+        ctx.progress(done=done, total=total)
+    info = generate(out, progress=progress, **a)
+    return {"out": str(out), "images": info.get("images"), "classes": info.get("classes")}
