@@ -91,11 +91,6 @@ def live() -> None:
 
 
 def start(missing: list[int]) -> None:
-    job = jobs.latest(store(), "class_models", run_id=run_id)
-    if job and job["active"]:
-        raise UserError(f"Class models for run {run_id} are already being generated; wait for them or stop them.")
-    if not run.has_checkpoint():
-        raise UserError(f"Run {run_id} has no checkpoint yet; wait for its first epoch to finish.")
     jobs.submit(store(), "class_models", {"classes": [pred.labels[t] for t in missing], "steps": steps,
                                           "size": size}, run_id=run_id)
 

@@ -116,7 +116,7 @@ def _keep_pick() -> None:
 
 def live_view(run_id: str, was_active: bool) -> None:
     jobs.reap(store())  # a worker that died mid-run shows as interrupted
-    run = s.get(run_id)
+    run = store().get(run_id)
     if run is None or (was_active and run["status"] not in ACTIVE):
         st.rerun()  # finished (or deleted) while polling: one full rerun shows the final state
     status_line(run)

@@ -13,7 +13,9 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 from streamlit.errors import StreamlitAPIException  # noqa: E402
 
-from core.train.config import AUGMENTATIONS, DEVICES, OPTIMIZERS, PIPELINES, TrainConfig  # noqa: E402
+from core.train.config import (AUGMENTATIONS, DEVICES, OPTIMIZERS, PIPELINES, PRECISIONS, SWITCHES,  # noqa: E402
+                               TrainConfig, spec)
+from core.train.config import DEFAULTS as CONFIG_DEFAULTS  # noqa: E402
 from core.data.readers import detect_layout, has_clean  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from core.train.models import REGISTRY, imagenet_available  # noqa: E402
@@ -24,11 +26,21 @@ AUG_LABELS = {"crop": "Random resized crop", "hflip": "Random horizontal flip",
               "vflip": "Random vertical flip", "rot90": "Random 90° rotations"}
 WEIGHT_LABELS = {"imagenet": "ImageNet", "none": "None (from scratch)", "path": "Weight file…"}
 OPT_LABELS = {"adam": "Adam", "sgd": "SGD (momentum 0.9)"}
-DEFAULTS = dict(  # the seed poster's final settings (Adam, lr 0.001, 10 epochs, batch 32, no augmentation)
-    train_weights_path="", train_classes=10, train_lr=1e-3, train_epochs=10, train_optimizer="adam",
-    train_batch=32, train_size=224, train_freeze=False, train_holdout=0.01, train_val=0.2, train_seed=0,
-    train_device="auto", train_pipeline="prepared", train_max_images=0,
-    **{f"train_aug_{a}": False for a in AUGMENTATIONS})
+# form widget key -> TrainConfig field; the defaults and bounds come from the dataclass (core.train.config)
+FIELDS = dict(train_classes="classes", train_lr="lr", train_epochs="epochs", train_optimizer="optimizer",
+              train_batch="batch_size", train_size="image_size", train_freeze="freeze", train_holdout="holdout",
+              train_val="val", train_seed="seed", train_device="device", train_pipeline="pipeline",
+              train_max_images="max_images", train_precision="precision", train_channels_last="channels_last",
+              train_fused="fused", train_compile="compile")
+DEFAULTS = {"train_weights_path": "", **{k: CONFIG_DEFAULTS[f] for k, f in FIELDS.items()},
+            **{f"train_aug_{a}": a in CONFIG_DEFAULTS["augment"] for a in AUGMENTATIONS}}
+
+
+def number(col, label: str, key: str, **kw):
+    """A number input whose bounds are the config field's (so the form and validate() agree)."""
+    s = spec(FIELDS[key])
+    return col.number_input(label, min_value=s["lo"], max_value=s["hi"], key=key, persist_state="session",
+                            help=kw.pop("help", s["help"]), **kw)
 
 
 # ------------------------------------------------------------------ helpers
@@ -54,11 +66,9 @@ def on_model_change() -> None:
 def apply_preset(n_classes: int) -> None:
     """Quick demo run: small and fast on a CPU (a minute or two on the demo data set)."""
     model = "efficientnet_lite0" if weights_status("efficientnet_lite0")[0] else "small_cnn"
+    st.session_state.update({**DEFAULTS, "train_weights_path": st.session_state.get("train_weights_path", "")})
     st.session_state.update(train_model=model, train_weights=default_weights(model),
-                            train_classes=min(10, n_classes), train_size=64, train_epochs=3, train_batch=32,
-                            train_lr=1e-3, train_optimizer="adam", train_freeze=False, train_max_images=0,
-                            train_pipeline="prepared", train_device="auto",
-                            **{f"train_aug_{a}": False for a in AUGMENTATIONS})
+                            train_classes=min(10, n_classes), train_size=64, train_epochs=3)
     st.session_state["train_preset_note"] = True
 
 
@@ -74,36 +84,35 @@ def form(n_classes: int) -> bool:
         a.caption(("✅ " if ok else "⚠️ ") + note)
         a.text_input("Weight file (for “Weight file…”)", key="train_weights_path", persist_state="session",
                      placeholder="/path/to/state_dict.pt or a run's checkpoints/last.pt")
-        a.number_input(f"N most frequent classes (0 = all {n_classes:,})", min_value=0, step=1,
-                       key="train_classes", persist_state="session",
-                       help="The seed trains on the 10, 20, 30 and 50 most frequent classes.")
-        b.number_input("Learning rate", min_value=1e-6, max_value=10.0, step=1e-4, format="%.5f",
-                       key="train_lr", persist_state="session")
-        b.number_input("Epochs", min_value=1, max_value=1000, step=1, key="train_epochs", persist_state="session")
+        number(a, f"N most frequent classes (0 = all {n_classes:,})", "train_classes", step=1,
+               help="The seed trains on the 10, 20, 30 and 50 most frequent classes.")
+        number(b, "Learning rate", "train_lr", step=1e-4, format="%.5f")
+        number(b, "Epochs", "train_epochs", step=1)
         b.selectbox("Optimizer", OPTIMIZERS, format_func=OPT_LABELS.get, key="train_optimizer",
                     persist_state="session")
-        b.number_input("Batch size", min_value=1, max_value=4096, step=8, key="train_batch",
-                       persist_state="session")
-        c.number_input("Image size (px, square)", min_value=16, max_value=1024, step=16, key="train_size",
-                       persist_state="session",
-                       help="224 is the seed's size (for a GPU); 64 is plenty for the demo on a CPU.")
+        number(b, "Batch size", "train_batch", step=8)
+        number(c, "Image size (px, square)", "train_size", step=16,
+               help="224 is the seed's size (for a GPU); 64 is plenty for the demo on a CPU.")
         c.markdown("**Augmentation**")
         for aug in AUGMENTATIONS:
             c.checkbox(AUG_LABELS[aug], key=f"train_aug_{aug}", persist_state="session")
         c.checkbox("Frozen feature extractor (train only the head)", key="train_freeze", persist_state="session")
-        with st.expander("Splits, device and pipeline"):
-            d, e, f = st.columns(3)
-            d.number_input("Holdout fraction (split off first)", min_value=0.0, max_value=0.49, step=0.01,
-                           format="%.3f", key="train_holdout", persist_state="session")
-            d.number_input("Validation fraction (of the rest)", min_value=0.01, max_value=0.89, step=0.05,
-                           format="%.3f", key="train_val", persist_state="session")
-            e.number_input("Seed", min_value=0, step=1, key="train_seed", persist_state="session")
+        with st.expander("Splits, device, pipeline and speed"):
+            d, e, f, g = st.columns(4)
+            number(d, "Holdout fraction (split off first)", "train_holdout", step=0.01, format="%.3f")
+            number(d, "Validation fraction (of the rest)", "train_val", step=0.05, format="%.3f")
+            number(e, "Seed", "train_seed", step=1)
             e.selectbox("Device", DEVICES, key="train_device", persist_state="session")
             f.selectbox("Pipeline", PIPELINES, key="train_pipeline", persist_state="session",
-                        help="prepared: decode every image once (cached), augment in batches; "
-                             "plain: decode with PIL every epoch.")
-            f.number_input("Max images (0 = all)", min_value=0, step=100, key="train_max_images",
-                           persist_state="session", help="Cap the images used, for a quick look.")
+                        help=spec("pipeline")["help"])
+            number(f, "Max images (0 = all)", "train_max_images", step=100)
+            g.selectbox("Precision", PRECISIONS, key="train_precision", persist_state="session",
+                        help=spec("precision")["help"])
+            g.selectbox("Channels last", SWITCHES, key="train_channels_last", persist_state="session",
+                        help=spec("channels_last")["help"])
+            g.selectbox("Fused optimizer", SWITCHES, key="train_fused", persist_state="session",
+                        help=spec("fused")["help"])
+            g.checkbox("torch.compile", key="train_compile", persist_state="session", help=spec("compile")["help"])
         return st.form_submit_button("🚀 Launch training run", type="primary", key="train_launch")
 
 
@@ -118,13 +127,10 @@ def build_config(root: Path) -> TrainConfig:
         weights = str(paths.confine(weights, "weight file", paths.weight_roots()))
         if not Path(weights).expanduser().is_file():
             raise UserError(f"Weight file {weights} does not exist.")
+    values = {f: type(CONFIG_DEFAULTS[f])(ss[k]) for k, f in FIELDS.items()}
     return TrainConfig(
-        data=str(root), model=ss["train_model"], weights=weights, classes=int(ss["train_classes"]),
-        epochs=int(ss["train_epochs"]), batch_size=int(ss["train_batch"]), lr=float(ss["train_lr"]),
-        optimizer=ss["train_optimizer"], image_size=int(ss["train_size"]),
-        augment=tuple(a for a in AUGMENTATIONS if ss[f"train_aug_{a}"]), freeze=bool(ss["train_freeze"]),
-        holdout=float(ss["train_holdout"]), val=float(ss["train_val"]), seed=int(ss["train_seed"]),
-        device=ss["train_device"], pipeline=ss["train_pipeline"], max_images=int(ss["train_max_images"]),
+        data=str(root), model=ss["train_model"], weights=weights, **values,
+        augment=tuple(a for a in AUGMENTATIONS if ss[f"train_aug_{a}"]),
         clean=bool(ss.get("train_clean")) and has_clean(root),
     ).validate()
 

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.runs import classmodel_jobs as jobs
+from core.explain.files import class_model_path
+from core.runs import jobs
 from core.errors import UserError
 from core.explain.predictor import load_predictor
 from core.runs.store import RunStore
@@ -93,13 +94,14 @@ def test_class_model_background_job(use_trained_home):
     home, run_ids = use_trained_home
     store = RunStore()
     with pytest.raises(UserError, match="no run 'nope'"):
-        jobs.start(store, "nope", ["0"])
+        jobs.submit(store, "class_models", {"classes": ["0"], "steps": 5, "size": 32}, run_id="nope")
     with pytest.raises(UserError, match="Steps must be between 1 and 5000"):
-        jobs.start(store, run_ids[0], ["0"], steps=0)
+        jobs.submit(store, "class_models", {"classes": ["0"], "steps": 0, "size": 32}, run_id=run_ids[0])
+    assert store.jobs(kind="class_models") == []                 # bad input queues nothing
 
     at = page("class_model")
     run = at.selectbox(key="cm_run").value
-    assert run in run_ids and jobs.status(store, run) is None
+    assert run in run_ids and jobs.latest(store, "class_models", run_id=run) is None
     names = load_predictor(run).names
     at.multiselect(key="cm_classes").set_value([1])
     at.number_input(key="cm_steps").set_value(5)
@@ -113,12 +115,13 @@ def test_class_model_background_job(use_trained_home):
     assert at.button(key="cm_generate").disabled and at.info[0].value.endswith(": queued…")
 
     deadline = time.time() + 120
-    while (s := jobs.status(store, run)) and s["active"] and time.time() < deadline:
+    while (s := jobs.latest(store, "class_models", run_id=run)) and s["active"] and time.time() < deadline:
         time.sleep(0.5)
-    assert s and s["done"] and s["error"] is None, s
-    assert s["classes"] == ["1"] and s["step"] == 5 and s["steps"] == 5
-    out = jobs.png_path(store, run, 1, 5, 32)
+    assert s and s["status"] == "done" and s["error"] is None, s
+    assert s["args"]["classes"] == ["1"] and s["progress"]["step"] == 5 and s["progress"]["steps"] == 5
+    out = class_model_path(store.run(run).class_models_dir, 1, 5, 32)
     assert out.exists() and Image.open(out).size == (32, 32)
+    s = s["result"]
     assert s["results"][0]["png"] == str(out) and 0 <= s["results"][0]["prob"] <= 1
 
     at.run()
@@ -127,6 +130,5 @@ def test_class_model_background_job(use_trained_home):
     assert at.button(key="cm_generate").label == "All generated"
     ckpt = store.run(run).dir / "checkpoints" / "last.pt"     # a resume writes a newer checkpoint:
     os.utime(ckpt, (time.time() + 5, time.time() + 5))         # the cached image is stale, drawn again
-    assert jobs.fresh_png(store, run, 1, 5, 32) is None
     at.run()
     assert at.button(key="cm_generate").label == "Generate 1 class model"

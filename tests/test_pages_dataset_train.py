@@ -48,6 +48,21 @@ def wait_until_stopped(store: RunStore, run_id: str, timeout: float = 240) -> st
 
 # ------------------------------------------------------------------ Dataset page
 
+def wait_for_jobs(kind: str, timeout: float = 120) -> None:
+    """Until no job of `kind` is queued or running (scans and demo generation run in workers)."""
+    import time
+    from core.runs import jobs
+    from core.runs.store import RunStore
+    store, t0 = RunStore(), time.time()
+    while time.time() - t0 < timeout:
+        found = [j for j in store.jobs(kind=kind)]
+        jobs.reap(store)
+        if found and not any(j["status"] in ("queued", "starting", "running") for j in store.jobs(kind=kind)):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{kind} jobs still active: {store.jobs(kind=kind)}")
+
+
 def test_dataset_page_demo_numbers_figures_thumbnails_and_scan(demo_home):
     # one unreadable file among the images: the scan must name it and say why
     bad = sorted((demo_home / "datasets" / "demo" / "train").rglob("*.jpg"))[0]
@@ -66,8 +81,12 @@ def test_dataset_page_demo_numbers_figures_thumbnails_and_scan(demo_home):
     pick.set_value([pick.value[-1]]).run()
     assert not at.exception and 3 <= len(at.get("image")) <= 4
 
-    assert any("Checked 240 files (all decoded now): 1 unreadable" in w.value for w in at.warning)   # automatic
+    wait_for_jobs("scan")                           # the scan started by itself, as a background job
+    at.run()
+    assert any("Checked 240 files (all decoded now): 1 unreadable" in w.value for w in at.warning)
     at.button(key="dataset_scan").click().run()
+    wait_for_jobs("scan")
+    at.run()
     assert not at.exception
     assert any("Checked 240 files (all from the cache): 1 unreadable" in w.value for w in at.warning)
     table = at.dataframe[0].value

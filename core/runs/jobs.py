@@ -38,15 +38,16 @@ class Kind:
     name: str
     fn: Callable                              # (Context) -> result dict
     queue: Callable[[dict], str | None]       # args -> device queue ("cuda", "cpu", "mps") or None: no slot
+    check: Callable | None = None             # (store, args, run_id) -> None; raises UserError before queueing
 
 
 KINDS: dict[str, Kind] = {}
 
 
-def kind(name: str, queue: Callable[[dict], str | None] | None = None):
+def kind(name: str, queue: Callable[[dict], str | None] | None = None, check: Callable | None = None):
     """Register a job kind: `@kind("scan")` above `def scan(ctx) -> dict`."""
     def register(fn):
-        KINDS[name] = Kind(name, fn, queue or (lambda args: None))
+        KINDS[name] = Kind(name, fn, queue or (lambda args: None), check)
         return fn
     return register
 
@@ -128,6 +129,8 @@ def _visible_device(slot: str | None) -> str | None:
 def submit(store: RunStore, kind_name: str, args: dict, run_id: str | None = None, start: bool = True) -> str:
     """Queue a job of a registered kind (and start it if it may). Returns the job id."""
     k = _kind(kind_name)
+    if k.check is not None:
+        k.check(store, args, run_id)         # bad input: one sentence, nothing queued
     job_id = store.add_job(kind_name, args, run_id, k.queue(args))
     if start:
         schedule(store)

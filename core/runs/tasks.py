@@ -71,7 +71,24 @@ def train(ctx: Context) -> dict:
     return summary
 
 
-@kind("class_models")
+def _check_class_models(store, args: dict, run_id: str | None) -> None:
+    from core.runs.jobs import latest
+    run = store.require(run_id or "")
+    if not run.has_checkpoint():
+        raise UserError(f"Run {run.id} has no checkpoint yet; wait for its first epoch to finish.")
+    if not args.get("classes"):
+        raise UserError("Choose at least one class to visualise.")
+    steps, size = int(args.get("steps", 0)), int(args.get("size", 0))
+    if not STEPS_RANGE[0] <= steps <= STEPS_RANGE[1]:
+        raise UserError(f"Steps must be between {STEPS_RANGE[0]} and {STEPS_RANGE[1]}; got {steps}.")
+    if not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:
+        raise UserError(f"Image size must be between {SIZE_RANGE[0]} and {SIZE_RANGE[1]} px; got {size}.")
+    job = latest(store, "class_models", run_id=run.id)
+    if job and job["active"]:
+        raise UserError(f"Class models for run {run.id} are already being generated; wait for them or stop them.")
+
+
+@kind("class_models", check=_check_class_models)
 def class_models(ctx: Context) -> dict:
     from core.explain.files import class_model_png
     from core.explain.predictor import load_predictor
