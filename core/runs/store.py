@@ -479,7 +479,8 @@ class RunStore:
 
     # ---------------------------------------------------------------- folder files
     def _export_epochs(self, run_id: str) -> None:
-        _atomic_write(self.run(run_id).epochs_file, self.epochs(run_id).drop(columns="run_id").to_json(orient="records"))
+        rows = self.epochs(run_id).drop(columns="run_id").to_dict("records")   # json keeps every float digit
+        _atomic_write(self.run(run_id).epochs_file, json.dumps(rows))
 
     def _export_steps(self, run_id: str) -> None:
         f = self.run(run_id).steps_file
