@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 def _write_jpegs(args):
     out, start, stop, w, h, seed = args
     from PIL import Image
-    from core.data.demo import KINDS, render
+    from core.data.demo import KINDS, draw_landmark as render
     kinds = list(KINDS)[:10]
     rows = []
     for i in range(start, stop):

@@ -1,6 +1,6 @@
 """Train: the seed's knobs in one form; launch queues a run and starts a worker process.
 
-The page never trains: core.jobs.launch writes a queued run to the store and starts
+The page never trains: core.runs.jobs.launch writes a queued run to the store and starts
 `python -m core.runs.worker` in its own session when the device is free. The form is validated
 first (TrainConfig.validate and the data set's class count), so bad input creates no run.
 """

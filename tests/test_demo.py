@@ -107,10 +107,10 @@ def test_long_tail_counts(gen):
     counts = np.bincount(labels, minlength=ARGS["classes"])
     assert counts.sum() == ARGS["images"]
     assert counts[0] > counts[-1] and counts.min() >= 3
-    big = demo.class_counts(12, 3000)
+    big = demo.planned_counts(12, 3000)
     assert sum(big) == 3000 and big == sorted(big, reverse=True)
     assert big[0] > 4 * big[-1]  # clearly long-tailed, not uniform
-    assert demo.class_counts(5, 15) == [3] * 5  # the minimum is exactly the floor
+    assert demo.planned_counts(5, 15) == [3] * 5  # the minimum is exactly the floor
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -132,7 +132,7 @@ def test_registry_has_many_distinct_kinds():
     assert set(demo.KINDS) == set(demo.ASPECT) == set(demo.TITLES)
     assert len(set(demo.TITLES.values())) == len(demo.TITLES)
     for i, name in enumerate(demo.KINDS):
-        im = demo.render(name, 0, i, 32)
+        im = demo.draw_landmark(name, 0, i, 32)
         assert im.size == (32, 32) and im.mode == "RGB"
 
 

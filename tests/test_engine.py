@@ -162,7 +162,7 @@ def test_prepared_and_plain_pipelines_see_the_same_pixels(tmp_path):
     """Decode-once (JPEG draft + crop-box resize) matches the reference Resize + CenterCrop on
     landscape and portrait photos: the basis of 'same accuracy as the plain path'."""
     from PIL import Image
-    from core.data.demo import KINDS, render
+    from core.data.demo import KINDS, draw_landmark as render
     from core.train.pipeline import PlainDataset
     from core.data.prepared import prepare
     paths = []

@@ -233,3 +233,17 @@ def test_a_new_job_kind_is_one_function_and_one_line(monkeypatch):
         assert jobs.run_job(store, second)["status"] == "cancelled"
     finally:
         jobs.KINDS.pop("count", None)
+
+
+def test_the_app_says_the_index_is_damaged_and_rebuilds_it_with_one_click(home, demo_root):
+    from streamlit.testing.v1 import AppTest
+    store = RunStore()
+    ids = _two_runs(store, demo_root)
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(store.db) + suffix).unlink(missing_ok=True)
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "is missing but 2 run folder(s) exist" in at.error[0].value
+    at.button(key="app_rebuild").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert sorted(r["run_id"] for r in RunStore().list()) == sorted(ids)

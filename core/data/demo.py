@@ -602,7 +602,7 @@ def materials(r: random.Random, pen: Pen, sky_rgb, min_contrast: float = 45) -> 
     return body, jitter(acc, r)
 
 
-def render(name: str, seed: int, index: int, size: int, with_mask: bool = False):
+def draw_landmark(name: str, seed: int, index: int, size: int, with_mask: bool = False):
     """One photo of landmark kind `name`; drawn at 2x and box-downsampled for antialiasing.
     `with_mask`: also return the landmark's pixels (an "L" image, 255 = structure, before
     occluders), to check that explanations point at the structure rather than the sky."""
@@ -633,7 +633,7 @@ def render(name: str, seed: int, index: int, size: int, with_mask: bool = False)
 # --------------------------------------------------------------------------- data set
 
 
-def class_counts(classes: int, images: int) -> list[int]:
+def planned_counts(classes: int, images: int) -> list[int]:
     """Zipf-like long tail, at least MIN_PER_CLASS each, summing exactly to `images`.
 
     Largest-remainder rounding keeps the counts non-increasing, so class 0 is the head.
@@ -693,7 +693,7 @@ def generate(out, classes: int = 12, images: int = 3000, size: int = 160, seed: 
     root.mkdir(parents=True, exist_ok=True)
     (root / "SYNTHETIC.txt").write_text(NOTE.format(seed=seed))
     names = list(KINDS)[:classes]
-    counts = class_counts(classes, images)
+    counts = planned_counts(classes, images)
     rows, made = [], set()
     every = max(1, images // 100)
     for i, label in enumerate(labels_for(seed, counts)):
@@ -702,7 +702,7 @@ def generate(out, classes: int = 12, images: int = 3000, size: int = 160, seed: 
         if folder not in made:
             folder.mkdir(parents=True, exist_ok=True)
             made.add(folder)
-        render(names[label], seed, i, size).save(folder / f"{iid}.jpg", quality=JPEG_QUALITY)
+        draw_landmark(names[label], seed, i, size).save(folder / f"{iid}.jpg", quality=JPEG_QUALITY)
         rows.append((iid, f"synthetic://{names[label]}/{iid}", label))
         if progress and ((i + 1) % every == 0 or i + 1 == images):
             progress(i + 1, images)

@@ -88,7 +88,7 @@ def landmark_focus(pred, images: int = 60, methods=("saliency",), seed: int = 12
     """For fresh demo photos rendered with their landmark mask (a seed no run trained on): the
     median share of attribution mass on the landmark divided by its share of the image area
     (1.0 = no better than uniform), and the fraction of images denser on the landmark."""
-    from core.data.demo import KINDS, render as render_demo
+    from core.data.demo import KINDS, draw_landmark as render_demo
     kinds = list(KINDS)
     if not all(str(l).isdigit() and int(l) < len(kinds) for l in pred.labels):
         raise UserError(f"Run {pred.run_id} was not trained on the demo data set, whose photos come with masks.")
