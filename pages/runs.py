@@ -226,9 +226,11 @@ def has_checkpoint(run_id: str) -> bool:
 
 
 def on_cancel(run_id: str) -> None:
-    jobs.cancel(store(), run_id)
-    st.session_state["runs_flash"] = ("info", f"Cancel requested: {run_id} stops at its next step "
-                                               "and keeps its last checkpoint.")
+    what = jobs.cancel(store(), run_id)
+    st.session_state["runs_flash"] = ("info", f"Cancelled {run_id} before it started." if what == "cancelled" else
+                                      f"Cancel requested: {run_id} stops at its next step"
+                                      + (" and keeps its last checkpoint." if store().run(run_id).has_checkpoint()
+                                         else "; it has no checkpoint yet, so it cannot be resumed."))
 
 
 def on_resume(run_id: str) -> None:

@@ -201,7 +201,7 @@ class RunStore:
         folders = self.run_folders()
         if folders and not self.db.exists():
             raise IndexDamaged(f"The run database {self.db} is missing but {len(folders)} run folder(s) exist; "
-                               f"rebuild it with `python -m core runs rebuild` (or Rebuild on the Runs page).")
+                               f"rebuild it with `python -m core runs rebuild` (or the Rebuild button in the app).")
         try:
             with self._conn() as c:
                 if c.execute("PRAGMA quick_check").fetchone()[0] != "ok":
@@ -225,13 +225,13 @@ class RunStore:
                 self.export_folder(run_id)           # an older index: give its runs their folder files
         if folders and n == 0:
             raise IndexDamaged(f"The run database {self.db} is empty but {len(folders)} run folder(s) exist; "
-                               f"rebuild it with `python -m core runs rebuild` (or Rebuild on the Runs page).")
+                               f"rebuild it with `python -m core runs rebuild` (or the Rebuild button in the app).")
 
     def _damaged(self, e) -> UserError:
         if not os.access(self.root, os.W_OK):
             return UserError(f"Cannot open the run database {self.db} ({e}); the runs folder must be writable.")
         return IndexDamaged(f"The run database {self.db} is damaged ({e}); rebuild it from the run folders with "
-                            f"`python -m core runs rebuild` (or Rebuild on the Runs page).")
+                            f"`python -m core runs rebuild` (or the Rebuild button in the app).")
 
     @contextmanager
     def _conn(self):
