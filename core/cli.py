@@ -118,7 +118,6 @@ def cmd_runs(a) -> dict:
         if not a.json:
             print(f"rebuilt {out['database']} from {out['runs']} run folder(s)", file=sys.stderr)
         return out
-    from core.runs.store import RunStore
     rows = [{k: r.get(k) for k in ("run_id", "status", "model", "classes", "data")} | {
              "holdout_acc": (r.get("summary") or {}).get("holdout_acc")} for r in RunStore(a.runs).list()]
     if not a.json:

@@ -1,1 +1,1 @@
-"""train"""
+"""Training: config, model registry, input pipeline, engine (train_one_epoch, evaluate, fit), metrics, sinks."""

@@ -22,11 +22,9 @@ from core.data.readers import load_index
 from core.errors import UserError
 from core.train.models import build_model
 from core.train.pipeline import PreparedBatches, augment_batch, plain_loader, to_float
-from core.data.prepared import prepare
+from core.data.prepared import SCAN_SIZE, prepare  # SCAN_SIZE: the plain pipeline checks every file once at it
 from core.train.sinks import Cancelled, NullSink
 from core.data.splits import load_manifest, make_manifest, save_manifest, top_classes
-
-from core.data.prepared import SCAN_SIZE  # noqa: E402 - the plain pipeline still scans files once at this size
 
 
 def select_device(pref: str = "auto") -> torch.device:
