@@ -300,15 +300,15 @@ class RunStore:
         run_id = time.strftime("%Y%m%d-%H%M%S-") + f"{config.model}-" + uuid.uuid4().hex[:4]
         run = self.run(run_id)
         now = time.time()
-        try:
-            run.dir.mkdir(parents=True)
-            _atomic_write(run.config_file, config.to_json())
+        try:   # the index row first: a folder is never seen (by _open) without its row
             with self.transaction() as c:
                 c.execute("INSERT INTO runs (run_id, created, model, data, classes, config) VALUES (?,?,?,?,?,?)",
                           (run_id, now, config.model, config.data, config.classes, config.to_json()))
                 c.execute("INSERT INTO jobs (job_id, kind, run_id, args, status, device, created, queued_at, "
                           "heartbeat) VALUES (?,?,?,?,?,?,?,?,?)",
                           (run_id, "train", run_id, json.dumps(args or {}), status, device, now, now, now))
+            run.dir.mkdir(parents=True)
+            _atomic_write(run.config_file, config.to_json())
             run.write_record()
         except OSError as e:
             self._forget(run_id)
