@@ -76,22 +76,14 @@ def cmd_stats(a) -> dict:
 
 
 def cmd_train(a) -> dict:
-    from core.runs.jobs import foreground_device, reap, run_job
+    from core.runs.jobs import foreground_device, resume, run_job
     from core.runs.store import RunStore
     from core.train.sinks import TqdmSink
     store = RunStore(a.runs)
     if a.resume:
-        reap(store)                      # a worker killed a moment ago is interrupted, not "running"
-        run = store.get(a.resume)
-        if run is None:
-            raise UserError(f"There is no run {a.resume!r} in {store.root}.")
-        if run["status"] in ("running", "starting"):
-            raise UserError(f"Run {a.resume} is {run['status']} in another process (pid {run.get('pid')}); "
-                            "cancel it first or wait for it.")
         run_id = a.resume
-        store.set(run_id, status="running", device=foreground_device(store.run(run_id).config().device), cancel=0,
-                  progress={}, error=None, finished=None, args={**(run.get("args") or {}), "resume": True})
-        store.event(run_id, "resume", "resumed from the command line")
+        here = foreground_device(store.require(run_id).config().device)
+        resume(store, run_id, here=here)       # holds its device's slot, like a new CLI run
     else:
         if not a.data or not a.model:
             raise UserError("train needs --data DIR and --model NAME (or --resume RUN_ID).")

@@ -59,12 +59,12 @@ def ensure_demo() -> Path:
         return d
     from core.runs import jobs
     job = jobs.latest(store(), "demo", out=str(d))
-    if job is None or (not job["active"] and job["status"] != "done"):
-        if job is not None and job["status"] == "failed":
-            st.error(f"Generating the demo data set failed: {job['error']}", icon="🚫")
+    if job is not None and job["status"] in ("failed", "interrupted"):
+        st.error(f"Generating the demo data set failed: {job.get('error') or job['status']}", icon="🚫")
+        if not st.button("Try again", key="demo_retry"):
+            st.stop()                  # not resubmitted by itself: a failing job would loop every second
+    if job is None or not job["active"]:
         jobs.submit(store(), "demo", dict(out=str(d), **DEMO_ARGS))
-    elif job["status"] == "done":
-        return d
     job_progress("demo", "Generating the synthetic demo data set (first use only)…", out=str(d))
     st.stop()
 

@@ -133,13 +133,41 @@ def _committed(index: pd.DataFrame) -> int:
     return int(index["row"].max()) + 1 if len(index) else 0
 
 
-def _needs_decode(d: Path, index: pd.DataFrame, sig: pd.DataFrame, row_bytes: int) -> list[str]:
-    """Paths that are new, changed since their decode, or whose row fails its checksum."""
+def _stale(index: pd.DataFrame, sig: pd.DataFrame) -> list[str]:
+    """Paths that are new, or whose file changed since it was decoded."""
     known = index.reindex(sig.index)
     stale = (known["fsize"].ne(sig["fsize"]) | known["mtime"].ne(sig["mtime"])).to_numpy()
-    fresh = known[~stale]
-    bad = _crc_rows(d, fresh["row"].to_numpy(np.int64), row_bytes) != fresh["crc"].to_numpy(np.int64)
-    return list(sig.index[stale]) + list(fresh.index[bad])
+    return list(sig.index[stale])
+
+
+def _file_stamp(data: Path) -> str:
+    st = os.stat(data)
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _verified(d: Path, index: pd.DataFrame, row_bytes: int) -> pd.DataFrame:
+    """The index less the rows whose checksum fails (they are decoded again when asked for).
+    The full pass runs only when images.u8 changed since the last one: `verified` holds the
+    file's size and mtime as it was then, and this module's own writes (under the lock, from
+    bytes whose checksum it just took) renew it. Reading a whole GLDv2-scale store at every
+    run's start would cost more than the training it feeds."""
+    data, stamp = d / "images.u8", d / "verified"
+    if not data.exists() or (stamp.exists() and stamp.read_text() == _file_stamp(data)):
+        return index
+    ok = _crc_rows(d, index["row"].to_numpy(np.int64), row_bytes) == index["crc"].to_numpy(np.int64)
+    if not ok.all():
+        index = index[ok]
+        _save_index(d, index)
+    _renew_stamp(d)
+    return index
+
+
+def _renew_stamp(d: Path) -> None:
+    data = d / "images.u8"
+    if data.exists():
+        tmp = d / "verified.tmp"
+        tmp.write_text(_file_stamp(data))
+        os.replace(tmp, d / "verified")
 
 
 def _crc_rows(d: Path, rows: np.ndarray, row_bytes: int) -> np.ndarray:
@@ -173,13 +201,14 @@ def prepare(paths: list[str], size: int, key: str, workers: int = 0, progress=No
         if (d / "compacting").exists():    # a compaction was cut off: data and index may disagree
             for f in ("images.u8", "index.parquet", "compacting"):
                 (d / f).unlink(missing_ok=True)
-        index = _open_store(d, row_bytes)
+        index = _verified(d, _open_store(d, row_bytes), row_bytes)
         sig = _file_sig(list(dict.fromkeys(paths)))   # a path asked for twice is decoded once
-        todo = _needs_decode(d, index, sig, row_bytes)
+        todo = _stale(index, sig)
         index = _decode_into(d, index, sig, todo, size, row_bytes, workers, progress)
         decoded = len(todo)
         if decoded:
             index = _compact(d, index, row_bytes)
+            _renew_stamp(d)            # rows written here were checksummed as they were written
         rows = index.loc[paths]
         n_rows = os.path.getsize(d / "images.u8") // row_bytes if (d / "images.u8").exists() else 0
         # opened under the lock: a compaction by another process cannot swap the file in between

@@ -16,7 +16,6 @@ A new kind is one function plus one registration line (`@kind("name")`, see core
 """
 from __future__ import annotations
 
-import errno
 import os
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from core.errors import Cancelled, UserError
-from core.paths import REPO
+from core.paths import DISK_FULL, REPO
 from core.runs.store import ACTIVE, START_GRACE_S, RunStore, alive
 
 PROGRESS_EVERY_S = 0.25      # seconds between progress writes of one job
@@ -209,19 +208,23 @@ def cancel(store: RunStore, job_id: str) -> str:
     return "requested"
 
 
-def resume(store: RunStore, run_id: str) -> None:
-    """Queue an interrupted, cancelled or failed run to continue from its last checkpoint."""
+def resume(store: RunStore, run_id: str, here: str | None = None) -> None:
+    """Queue an interrupted, cancelled or failed run to continue from its last checkpoint; with
+    `here` (a device slot), claim it to run in this very process instead (the CLI's --resume).
+    A worker that died a moment ago is reaped first, so its run is resumable at once."""
     reap(store)
     run = store.get(run_id)
     if run is None:
-        raise UserError(f"There is no run {run_id!r}.")
-    if run["status"] in ACTIVE:
-        raise UserError(f"Run {run_id} is {run['status']}; only a stopped run can be resumed.")
-    device = "cuda" if str(run.get("device") or "").startswith("cuda") else run.get("device") or "cpu"
-    store.set(run_id, status="queued", device=device, cancel=0, args={**(run.get("args") or {}), "resume": True},
-              error=None, queued_at=time.time(), progress={}, finished=None)
-    store.event(run_id, "resume", "queued to resume")
-    schedule(store)
+        raise UserError(f"There is no run {run_id!r} in {store.root}.")
+    if run["status"] in ("starting", "running") or (run["status"] == "queued" and here is None):
+        pid = f" (pid {run['pid']})" if run.get("pid") else ""
+        raise UserError(f"Run {run_id} is {run['status']}{pid}; only a stopped run can be resumed.")
+    device = here or ("cuda" if str(run.get("device") or "").startswith("cuda") else run.get("device") or "cpu")
+    store.set(run_id, status="running" if here else "queued", device=device, cancel=0, error=None,
+              args={**(run.get("args") or {}), "resume": True}, queued_at=time.time(), progress={}, finished=None)
+    store.event(run_id, "resume", "resumed from the command line" if here else "queued to resume")
+    if here is None:
+        schedule(store)
 
 
 def status(store: RunStore, job_id: str) -> dict | None:
@@ -267,7 +270,7 @@ def run_job(store: RunStore, job_id: str, sink=None) -> dict:
     except UserError as e:
         return _failed(store, job, str(e))
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno in DISK_FULL:
             return _failed(store, job, f"The disk is full ({e.filename or 'writing'}); free space, then resume.")
         traceback.print_exc()
         return _failed(store, job, f"{type(e).__name__}: {e}")

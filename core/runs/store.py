@@ -134,21 +134,6 @@ class Run(RunFolder):
         f = self.predictions_file(split)
         return pd.read_parquet(f) if f.exists() else None
 
-    def epochs(self) -> pd.DataFrame:
-        return self.store.epochs(self.id)
-
-    def steps(self) -> pd.DataFrame:
-        return self.store.steps(self.id)
-
-    def evals(self) -> dict:
-        return self.store.evals(self.id)
-
-    def events(self) -> list[dict]:
-        return self.store.events(self.id)
-
-    def best_val_acc(self) -> float | None:
-        return self.store._scalar("SELECT MAX(val_acc) FROM epochs WHERE run_id=?", (self.id,))
-
     def curve_stamp(self) -> tuple:
         """Changes when metric rows are added or rewritten (a resumed run replaces rows in place)."""
         e = self.store._query("SELECT COUNT(*) AS n, TOTAL(seconds) AS s FROM epochs WHERE run_id=?", (self.id,))[0]
@@ -159,9 +144,6 @@ class Run(RunFolder):
         """Jobs ahead of this run on its device (queued earlier, or running there)."""
         return self.store.jobs_ahead(self.id)
 
-    def cancel_requested(self) -> bool:
-        return bool(self.store._scalar("SELECT cancel FROM jobs WHERE job_id=?", (self.id,)))
-
     def log_tail(self, lines: int) -> list[str] | None:
         if not self.log_file.exists():
             return None
@@ -170,9 +152,6 @@ class Run(RunFolder):
     # ---------------------------------------------------------------- writes (worker side)
     def set(self, **fields) -> None:
         self.store.set(self.id, **fields)
-
-    def event(self, kind: str, message: str = "") -> None:
-        self.store.event(self.id, kind, message)
 
     def update_config(self, cfg) -> None:
         """Replace the stored configuration (both the folder's copy and the index)."""
@@ -349,8 +328,8 @@ class RunStore:
         if run_cols:
             self._update("runs", "run_id", run_id, run_cols)
         if job_cols:
-            self.set_job(run_id, **job_cols)
-        if run_cols or set(job_cols) & set(RECORD_FIELDS):
+            self.set_job(run_id, **job_cols)   # rewrites run.json itself when a recorded field changed
+        if run_cols:
             self.run(run_id).write_record()
 
     def _update(self, table: str, key: str, value: str, fields: dict) -> None:
@@ -517,10 +496,8 @@ def _decode(r: dict) -> dict:
     for k in JSON_FIELDS:
         if k in r:
             r[k] = json.loads(r[k]) if r.get(k) else {}
-    r.setdefault("status", "interrupted")
-    if r.get("status") is None:
+    if r.get("status") is None:        # a run whose job row is missing: nothing is running it
         r["status"] = "interrupted"
-    r["resume"] = bool((r.get("args") or {}).get("resume"))
     return r
 
 
