@@ -1,0 +1,147 @@
+"""Data sets the app remembers: a name for every folder a user pointed at (a typed path, a
+download, the demo), kept in LANDMARKS_HOME/datasets.json.
+
+The file is the truth (one small JSON list, rewritten atomically under a lock, so the app and a
+download worker can both add to it). Forgetting a data set removes its entry, never its files.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from core import paths
+from core.errors import UserError
+
+FILE = "datasets.json"
+SOURCES = ("typed", "download", "demo", "run")
+_NAME = re.compile(r"^[\w][\w .\-()]{0,63}$")
+
+
+def _file(home: Path | None) -> Path:
+    return (home or paths.home()) / FILE
+
+
+@contextmanager
+def _locked(home: Path | None):
+    f = _file(home)
+    with paths.writing(f.parent, "LANDMARKS_HOME"):
+        with open(f.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield f
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read(f: Path) -> list[dict]:
+    try:
+        data = json.loads(f.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError):
+        # a damaged list is kept aside, not overwritten: the folders themselves are untouched
+        f.replace(f.with_name(f"{f.name}.damaged-{int(time.time())}"))
+        return []
+    return [d for d in data if isinstance(d, dict) and d.get("name") and d.get("path")] if isinstance(data, list) else []
+
+
+def _write(f: Path, entries: list[dict]) -> None:
+    tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
+    with paths.writing(f.parent, "LANDMARKS_HOME"):
+        tmp.write_text(json.dumps(entries, indent=1))
+        os.replace(tmp, f)
+
+
+def _key(path) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def listed(home: Path | None = None) -> list[dict]:
+    """Every remembered data set, the most recently used first ({name, path, source, added, used})."""
+    return sorted(_read(_file(home)), key=lambda d: -float(d.get("used") or 0))
+
+
+def by_path(path, home: Path | None = None) -> dict | None:
+    k = _key(path)
+    return next((d for d in _read(_file(home)) if d["path"] == k), None)
+
+
+def by_name(name: str, home: Path | None = None) -> dict | None:
+    return next((d for d in _read(_file(home)) if d["name"] == name), None)
+
+
+def name_of(path, home: Path | None = None) -> str:
+    """The remembered name of a data set folder, else the folder's own name."""
+    if not path:
+        return "—"
+    d = by_path(path, home)
+    return d["name"] if d else Path(str(path)).name or str(path)
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    if name not in taken:
+        return name
+    i = 2
+    while f"{name} ({i})" in taken:
+        i += 1
+    return f"{name} ({i})"
+
+
+def check_name(name: str) -> str:
+    name = (name or "").strip()
+    if not _NAME.match(name):
+        raise UserError(f"{name!r} is not a usable data set name: use 1-64 letters, digits, spaces, "
+                        f"'.', '-', '_' or brackets, starting with a letter or digit.")
+    return name
+
+
+def remember(path, name: str | None = None, source: str = "typed", home: Path | None = None,
+             touch: bool = True) -> dict:
+    """Register `path` (idempotent: a known folder keeps its name) and mark it used now."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown data set source {source!r}")
+    k = _key(path)
+    with _locked(home) as f:
+        entries = _read(f)
+        now = time.time()
+        for d in entries:
+            if d["path"] == k:
+                if touch:
+                    d["used"] = now
+                break
+        else:
+            base = check_name(name) if name else (Path(k).name or "data set")
+            d = {"name": _unique(base, {e["name"] for e in entries}), "path": k, "source": source,
+                 "added": now, "used": now}
+            entries.append(d)
+        _write(f, entries)
+    return dict(d)
+
+
+def rename(old: str, new: str, home: Path | None = None) -> dict:
+    new = check_name(new)
+    with _locked(home) as f:
+        entries = _read(f)
+        d = next((e for e in entries if e["name"] == old), None)
+        if d is None:
+            raise UserError(f"There is no data set named {old!r}.")
+        if new != old and any(e["name"] == new for e in entries):
+            raise UserError(f"A data set named {new!r} already exists; choose another name.")
+        d["name"] = new
+        _write(f, entries)
+    return dict(d)
+
+
+def forget(name: str, home: Path | None = None) -> None:
+    """Drop the entry (the folder and the runs trained on it stay)."""
+    with _locked(home) as f:
+        entries = _read(f)
+        kept = [e for e in entries if e["name"] != name]
+        if len(kept) == len(entries):
+            raise UserError(f"There is no data set named {name!r}.")
+        _write(f, kept)
