@@ -84,13 +84,49 @@ def job_progress(kind: str, text: str, poll_s: float = 1.0, **match) -> None:
     view()
 
 
-def dataset_options() -> dict[str, str]:
-    """Label -> path: the demo first, then every folder under LANDMARKS_HOME/datasets."""
-    opts = {"Demo (synthetic landmarks)": str(demo_path())}
-    for d in sorted(paths.datasets_dir().iterdir()):
-        if d.is_dir() and d.resolve() != demo_path().resolve():
-            opts[d.name] = str(d)
-    return opts
+DEMO = "demo"          # the synthetic demo's name in pickers and in the URL (?data=demo)
+DATA_PARAM = "data"    # the data set in use, in the URL: bookmarkable, kept across reloads
+OTHER = "Other path…"
+
+
+def datasets() -> dict[str, str]:
+    """Name -> folder of every data set the app knows: the demo, then the remembered ones (a typed
+    path, a download), the most recently used first. Folders under LANDMARKS_HOME/datasets and the
+    data sets of existing runs are remembered on first sight, so nothing has to be typed twice."""
+    from core.data import registry
+    known = {d["path"] for d in registry.listed()}
+    demo = str(demo_path().resolve())
+    found = [(str(d.resolve()), "typed") for d in sorted(paths.datasets_dir().iterdir()) if d.is_dir()]
+    found += [(str(Path(r["data"])), "run") for r in store().list() if r.get("data")]
+    for path, source in found:
+        if path not in known and path != demo and Path(path).is_dir():
+            registry.remember(path, source=source, touch=False)
+            known.add(path)
+    out = {DEMO: demo}
+    out.update({d["name"]: d["path"] for d in registry.listed() if d["path"] != demo})
+    return out
+
+
+def dataset_in_use(opts: dict[str, str] | None = None) -> str:
+    """The name of the data set in use: the URL's ?data=, else this session's, else the most
+    recently used real data set (the demo only when there is no other)."""
+    opts = opts or datasets()
+    for cand in (st.query_params.get(DATA_PARAM), st.session_state.get("data_in_use")):
+        if cand in opts:
+            return cand
+    real = [n for n, p in opts.items() if n != DEMO and not is_synthetic(p)]
+    return real[0] if real else DEMO
+
+
+def dataset_path_in_use() -> str | None:
+    """The folder of the data set in use without drawing a picker (for pages that pick runs)."""
+    name = dataset_in_use()
+    return None if name == DEMO and not (demo_path() / "train.csv").exists() else datasets()[name]
+
+
+def _use(name: str) -> None:
+    st.session_state["data_in_use"] = name
+    st.query_params[DATA_PARAM] = name
 
 
 @st.cache_resource(show_spinner="Counting images per class…", max_entries=8)
@@ -125,33 +161,57 @@ def synthetic_note(path) -> None:
 
 
 def dataset_picker(key: str = "dataset") -> str | None:
-    """Select box over known data sets plus a typed path; returns a path or None."""
-    opts = dataset_options()
-    labels = list(opts) + ["Other path…"]
-    choice = st.selectbox("Data set", labels, key=key)
-    if choice == "Other path…":
+    """The data set in use (one for every page, kept in the URL) or a typed folder, which is then
+    remembered under its folder's name; returns a path or None."""
+    from core.data import registry
+    from core.data.readers import detect_layout
+    opts = datasets()
+    current = dataset_in_use(opts)
+    if st.session_state.pop(f"{key}_remembered", False) or st.session_state.get(key) != OTHER:
+        st.session_state[key] = current
+    _use(current)
+    labels = {DEMO: "Demo (synthetic landmarks)"}
+    choice = st.selectbox("Data set", [*opts, OTHER], key=key, on_change=lambda: _picked(key),
+                          format_func=lambda n: labels.get(n, n),
+                          help="Every data set you have opened, downloaded or trained on. The choice is "
+                               "shared by all pages and kept in the page's address.")
+    if choice == OTHER:
         typed = st.text_input("Data set folder", key=f"{key}_path",
                               placeholder="/data/google-landmarks-v2 or a folder of class folders")
         if not typed.strip():
             return None
         try:  # before anything reads it: only LANDMARKS_HOME/datasets and LANDMARKS_DATA_ROOTS
-            return str(paths.confine(typed))
+            folder = paths.confine(typed)
+            detect_layout(folder)
+            entry = registry.remember(folder, source="typed")
         except UserError as e:
             user_error(e)
             return None
-    if choice == labels[0]:
+        _use(entry["name"])
+        st.session_state[f"{key}_remembered"] = True   # the widget shows it by name from the next run
+        st.rerun()
+    if choice == DEMO:
         return str(ensure_demo())
     return opts[choice]
+
+
+def _picked(key: str) -> None:
+    if st.session_state[key] != OTHER:
+        _use(st.session_state[key])
 
 
 # ------------------------------------------------------------------ runs
 
 def runs_frame(statuses: tuple[str, ...] | None = None) -> pd.DataFrame:
+    from core.data.registry import listed
+    names = {d["path"]: d["name"] for d in listed()}
+    demo = str(demo_path().resolve())
     rows = []
     for r in store().list():
         if statuses and r["status"] not in statuses:
             continue
         c, s = r["config"], r["summary"] or {}
+        data = r["data"] or ""
         rows.append({"run_id": r["run_id"], "status": r["status"], "model": r["model"],
                      "classes": r["classes"], "epochs": c.get("epochs"), "lr": c.get("lr"),
                      "batch": c.get("batch_size"), "optimizer": c.get("optimizer"),
@@ -163,29 +223,64 @@ def runs_frame(statuses: tuple[str, ...] | None = None) -> pd.DataFrame:
                      "seconds": s.get("seconds") or (r["finished"] - r["started"]
                                                      if r["finished"] and r["started"] else None),
                      "started": r["started"],
-                     "data": r["data"], "created": pd.to_datetime(r["created"], unit="s")})
+                     "data": data, "dataset": DEMO if data == demo else names.get(data, Path(data).name or "—"),
+                     "synthetic": bool(data) and is_synthetic(data),
+                     "created": pd.to_datetime(r["created"], unit="s")})
     return pd.DataFrame(rows)
 
 
 def run_label(run: dict | pd.Series) -> str:
     icon = STATUS_ICON.get(run["status"], "")
-    demo = " · 🧪 synthetic demo data" if run.get("data") and is_synthetic(run["data"]) else ""
-    return f"{icon} {run['model']} · {run['classes']} classes · {run['run_id']}{demo}"
+    data = run.get("dataset") or (Path(run["data"]).name if run.get("data") else "—")
+    if run.get("data") and is_synthetic(run["data"]):
+        data = "🧪 synthetic demo" if data == DEMO else f"{data} 🧪 synthetic"
+    return f"{icon} {run['model']} · {run['classes']} classes · {data} · {run['run_id']}"
+
+
+def _url_pick(key: str, param: str, valid: list, multi: bool) -> None:
+    """Seed a picker's state from the URL (a bookmark, a reload) and drop a stale choice."""
+    raw = st.query_params.get(param)
+    if raw and raw != st.session_state.get(f"_{key}_url"):   # not merely what this page wrote last
+        want = [v for v in raw.split(",") if v in valid] if multi else (raw if raw in valid else None)
+        if want:
+            st.session_state[key] = want
+            return
+    cur = st.session_state.get(key)
+    if cur is not None and (any(v not in valid for v in cur) if multi else cur not in valid):
+        del st.session_state[key]
+
+
+def _to_url(key: str, param: str, value) -> None:
+    text = ",".join(value) if isinstance(value, list) else (value or "")
+    st.session_state[f"_{key}_url"] = text
+    if text:
+        st.query_params[param] = text
+    elif param in st.query_params:
+        del st.query_params[param]
 
 
 def run_picker(label: str, statuses=("done",), key: str = "run", multi: bool = False, default_best: bool = True):
-    """Pick one (or several) runs; default is the best finished run by holdout accuracy."""
+    """Pick one (or several) runs, kept in the URL (?run=ID, ?runs=A,B). The default: runs of the data
+    set in use first, real data before the synthetic demo, then the best by holdout accuracy."""
     df = runs_frame(statuses)
     if df.empty:
         st.info("No finished runs yet. Launch one on the **Train** page.", icon="ℹ️")
         return [] if multi else None
     if default_best and "holdout_acc" in df:
-        df = df.sort_values(["holdout_acc", "val_acc"], ascending=False, na_position="last")
+        df = df.assign(_mine=df["data"] == (dataset_path_in_use() or ""), _real=~df["synthetic"])
+        df = df.sort_values(["_mine", "_real", "holdout_acc", "val_acc"], ascending=False, na_position="last")
     ids = df["run_id"].tolist()
     fmt = {r["run_id"]: run_label(r) for _, r in df.iterrows()}
+    param = "runs" if multi else "run"
+    _url_pick(key, param, ids, multi)
     if multi:
-        return st.multiselect(label, ids, default=ids[:2], format_func=fmt.get, key=key)
-    return st.selectbox(label, ids, format_func=fmt.get, key=key)
+        if key not in st.session_state:
+            st.session_state[key] = ids[:2]
+        picked = st.multiselect(label, ids, format_func=fmt.get, key=key, persist_state="session")
+    else:
+        picked = st.selectbox(label, ids, format_func=fmt.get, key=key, persist_state="session")
+    _to_url(key, param, picked)
+    return picked
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=8)

@@ -82,11 +82,11 @@ def runs_table(any_active: bool) -> None:
     df = table()
     if df.empty or any_active and not df["status"].isin(ACTIVE).any():
         st.rerun()  # the last active run just ended: refresh everything once, then stop polling
-    cols = ["status_label", "run_id", "model", "classes", "epochs", "lr", "batch", "optimizer", "image_size",
+    cols = ["status_label", "run_id", "dataset", "model", "classes", "epochs", "lr", "batch", "optimizer", "image_size",
             "augment", "freeze", "best_val_acc", "holdout_acc", "duration"]
     acc = "%.3f"
     st.dataframe(df[cols], hide_index=True, width="stretch", column_config={
-        "status_label": "Status", "run_id": "Run", "model": "Model", "classes": "Classes",
+        "status_label": "Status", "run_id": "Run", "dataset": "Data set", "model": "Model", "classes": "Classes",
         "epochs": "Epochs", "lr": st.column_config.NumberColumn("LR", format="%g"), "batch": "Batch",
         "optimizer": "Optimizer", "image_size": "Image size", "augment": "Augment",
         "freeze": st.column_config.CheckboxColumn("Frozen"),
@@ -100,12 +100,17 @@ def pick_run(df: pd.DataFrame) -> str:
     ids = df["run_id"].tolist()
     active = df.loc[df["status"].isin(ACTIVE), "run_id"].tolist()
     fresh = [i for i in active if i not in st.session_state["runs_seen"]]
-    if fresh or st.session_state["runs_selected"] not in ids:
+    linked = st.query_params.get("run")        # a bookmark or a reload keeps its run
+    if linked in ids and linked != st.session_state.get("runs_linked"):
+        st.session_state["runs_selected"] = st.session_state["runs_linked"] = linked
+    elif fresh or st.session_state["runs_selected"] not in ids:
         st.session_state["runs_selected"] = (fresh or active or ids)[0]
     st.session_state["runs_seen"] = ids
     st.session_state["runs_pick"] = st.session_state["runs_selected"]  # widget state is dropped on page switch
     labels = {r["run_id"]: run_label(r) for _, r in df.iterrows()}
-    return st.selectbox("Run", ids, format_func=labels.get, key="runs_pick", on_change=_keep_pick)
+    picked = st.selectbox("Run", ids, format_func=labels.get, key="runs_pick", on_change=_keep_pick)
+    st.query_params["run"] = st.session_state["runs_linked"] = picked
+    return picked
 
 
 def _keep_pick() -> None:
