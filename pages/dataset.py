@@ -224,6 +224,30 @@ def scan_report(result: dict) -> None:
                                     "reason": st.column_config.TextColumn("why it was skipped")})
 
 
+def manage_datasets(path: str | None) -> None:
+    """Rename or forget the data set in use (its folder and the runs trained on it stay)."""
+    from core.data import registry
+    entry = registry.by_path(path) if path else None
+    if entry is None:
+        return
+    with st.expander(f"Data set “{entry['name']}”: {entry['path']}"):
+        c1, c2 = st.columns([3, 1])
+        new = c1.text_input("Name", value=entry["name"], key="dataset_rename")
+        if c2.button("Rename", key="dataset_rename_go", disabled=new.strip() == entry["name"]):
+            try:
+                registry.rename(entry["name"], new)
+                st.query_params["data"] = st.session_state["data_in_use"] = new.strip()
+                st.rerun()
+            except UserError as e:
+                user_error(e)
+        if st.button("Forget this data set", key="dataset_forget",
+                     help="Removes it from the pickers only: the folder and the runs trained on it stay."):
+            registry.forget(entry["name"])
+            st.session_state.pop("data_in_use", None)
+            st.query_params.pop("data", None)
+            st.rerun()
+
+
 # ------------------------------------------------------------------ page
 
 st.title("📊 Dataset")
@@ -231,6 +255,7 @@ st.caption("How imbalanced is the data? The seed poster (Fig. 1) shows the 50 mo
            "Landmarks classes; here is the same view for any data set, plus the whole long tail.")
 
 path = dataset_picker("dataset")
+manage_datasets(path)
 if not path:
     st.info("Type the folder of a data set: a Google Landmarks download (train.csv + train/) "
             "or one folder of images per class.", icon="ℹ️")

@@ -48,6 +48,10 @@ def test_rename_and_forget_say_one_sentence(tmp_path):
     assert [d["name"] for d in registry.listed()] == ["b"]
     with pytest.raises(UserError, match="no data set named"):
         registry.forget("Paris 2026")
+    registry.remember(a, touch=False)                                # seen again (a run's data): stays forgotten
+    assert [d["name"] for d in registry.listed()] == ["b"]
+    registry.remember(a)                                             # typed again: back, under its name
+    assert [d["name"] for d in registry.listed()] == ["Paris 2026", "b"]
 
 
 def test_a_damaged_list_is_kept_aside_not_lost(tmp_path):
@@ -105,3 +109,17 @@ def test_classify_defaults_to_a_real_data_set_run_not_the_synthetic_demo(use_tra
     assert not at.exception, at.exception
     assert at.selectbox(key="clf_run").value == other               # real data first, whatever the demo scored
     assert "real-photos" in at.selectbox(key="clf_run").format_func(other)
+
+
+def test_rename_and_forget_on_the_dataset_page():
+    _folder_set(paths_datasets() / "paris")
+    at = AppTest.from_file(DATASET, default_timeout=60).run()
+    assert at.selectbox(key="dataset").value == "paris"
+    at.text_input(key="dataset_rename").input("Paris landmarks").run()
+    at.button(key="dataset_rename_go").click().run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="dataset").value == "Paris landmarks"
+    at.button(key="dataset_forget").click().run()
+    assert not at.exception
+    assert "Paris landmarks" not in at.selectbox(key="dataset").options
+    assert (paths_datasets() / "paris").is_dir()

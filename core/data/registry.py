@@ -62,8 +62,9 @@ def _key(path) -> str:
 
 
 def listed(home: Path | None = None) -> list[dict]:
-    """Every remembered data set, the most recently used first ({name, path, source, added, used})."""
-    return sorted(_read(_file(home)), key=lambda d: -float(d.get("used") or 0))
+    """Every remembered data set, the most recently used first ({name, path, source, added, used});
+    forgotten ones are left out."""
+    return sorted((d for d in _read(_file(home)) if not d.get("hidden")), key=lambda d: -float(d.get("used") or 0))
 
 
 def by_path(path, home: Path | None = None) -> dict | None:
@@ -111,8 +112,9 @@ def remember(path, name: str | None = None, source: str = "typed", home: Path | 
         now = time.time()
         for d in entries:
             if d["path"] == k:
-                if touch:
+                if touch:            # chosen again (typed, downloaded): a forgotten entry comes back
                     d["used"] = now
+                    d.pop("hidden", None)
                 break
         else:
             base = check_name(name) if name else (Path(k).name or "data set")
@@ -138,10 +140,13 @@ def rename(old: str, new: str, home: Path | None = None) -> dict:
 
 
 def forget(name: str, home: Path | None = None) -> None:
-    """Drop the entry (the folder and the runs trained on it stay)."""
+    """Leave it out of the pickers (the folder and the runs trained on it stay). The entry is kept,
+    marked hidden, so that finding the folder again (under datasets/, or as a run's data) does not
+    bring it back by itself; typing or downloading it again does."""
     with _locked(home) as f:
         entries = _read(f)
-        kept = [e for e in entries if e["name"] != name]
-        if len(kept) == len(entries):
+        d = next((e for e in entries if e["name"] == name and not e.get("hidden")), None)
+        if d is None:
             raise UserError(f"There is no data set named {name!r}.")
-        _write(f, kept)
+        d["hidden"] = True
+        _write(f, entries)
