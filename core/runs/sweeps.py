@@ -1,0 +1,453 @@
+"""Sweeps: hyperparameter searches (the poster's Fig. 2) on Optuna, where every trial is an
+ordinary run.
+
+A sweep is an Optuna study (LANDMARKS_HOME/sweeps.db by default; `storage` may be any URL Optuna
+takes, e.g. PostgreSQL, so that several machines work on one study). The study keeps the base
+configuration, the search space and the sampler in its user attributes; each trial keeps the
+run that trained it (`run_id`, `host`) in its own.
+
+The driver (`drive`) asks Optuna for configurations, queues each as a run through the one job
+queue (as many at once as the device has slots: one per GPU, one on the CPU), watches their
+per-epoch validation accuracy, prunes hopeless ones (Optuna's median pruner: the run is
+cancelled and shown as "pruned" with the epoch it stopped at), and tells Optuna how each ended.
+It holds no state of its own: a driver started again (after a crash, a kill, an app restart)
+adopts the running trials of its host whose driver is gone, and goes on. Grid sweeps enqueue
+every configuration once when the study is created; a driver takes one with Optuna's atomic
+WAITING→RUNNING transition, so two drivers never train the same configuration.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import re
+import socket
+import time
+from pathlib import Path
+
+from core import paths
+from core.errors import UserError
+from core.train.config import TrainConfig
+
+SAMPLERS = ("grid", "tpe", "random")
+FIXED = ("data", "device", "pipeline", "workers", "extra")   # not searchable
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+DB_FILE = "sweeps.db"
+PRUNE_WARMUP_EPOCHS = 2      # a trial is never pruned before its 2nd epoch ends
+PRUNE_STARTUP_TRIALS = 2     # nor before two trials have finished
+MAX_RESUMES = 2              # an interrupted trial run is resumed at most this often
+
+
+def _optuna():
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def storage_url(url: str | None = None) -> str:
+    return url or f"sqlite:///{paths.home() / DB_FILE}"
+
+
+def _storage(url: str | None):
+    optuna = _optuna()
+    url = storage_url(url)
+    kw = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kw)
+    except Exception as e:  # noqa: BLE001 - a bad URL, a server that cannot be reached, a missing driver
+        raise UserError(f"Cannot open the sweep storage {url} ({str(e).splitlines()[0][:160]}).") from None
+
+
+def check_name(name: str) -> str:
+    if not name or not _NAME.match(name):
+        raise UserError(f"{name!r} is not a usable sweep name: use 1-64 letters, digits, '.', '-' or '_'.")
+    return name
+
+
+# ------------------------------------------------------------------ search space
+
+def _field(name: str):
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if name not in fields or name in FIXED:
+        ok = ", ".join(n for n in fields if n not in FIXED)
+        raise UserError(f"{name!r} cannot be searched; choose from {ok}.")
+    return fields[name]
+
+
+def _typed(f, text: str):
+    from core.train.config import DEFAULTS, _check
+    kind = type(DEFAULTS[f.name])
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise ValueError
+            value = text.lower() in ("true", "1", "yes", "on")
+        elif kind is tuple:
+            value = "+".join(sorted(p for p in text.split("+") if p))   # augment=crop+hflip
+        else:
+            value = kind(float(text)) if kind is int and text.replace(".", "", 1).isdigit() else kind(text)
+    except ValueError:
+        raise UserError(f"{text!r} is not a valid value for {f.name} ({kind.__name__}).") from None
+    _check(f, tuple(value.split("+")) if kind is tuple and value else value)
+    return value
+
+
+def parse_space(items: list[str]) -> dict:
+    """["lr=0.01,0.001", "optimizer=adam,sgd", "lr=1e-4:1e-2"] -> {name: [values]} or
+    {name: {"low", "high", "log"}} (a range, for tpe and random)."""
+    if not items:
+        raise UserError("Give at least one parameter to search, e.g. --grid lr=0.01,0.001 optimizer=adam,sgd.")
+    space = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not values.strip():
+            raise UserError(f"{item!r} is not NAME=V1,V2,… (or NAME=LOW:HIGH for tpe/random).")
+        f = _field(name)
+        if ":" in values:
+            lo, _, hi = values.partition(":")
+            low, high = _typed(f, lo.strip()), _typed(f, hi.strip())
+            if not isinstance(low, (int, float)) or isinstance(low, bool) or low >= high:
+                raise UserError(f"{item!r}: a range needs two numbers, low < high.")
+            space[name] = {"low": low, "high": high, "log": name in ("lr", "weight_decay") and low > 0}
+        else:
+            vals = [_typed(f, v.strip()) for v in values.split(",") if v.strip()]
+            space[name] = list(dict.fromkeys(vals))
+    return space
+
+
+def grid(space: dict) -> list[dict]:
+    if any(isinstance(v, dict) for v in space.values()):
+        raise UserError("A grid sweep needs lists of values (NAME=V1,V2,…), not ranges; use --sampler tpe or random.")
+    names = list(space)
+    return [dict(zip(names, combo)) for combo in itertools.product(*(space[n] for n in names))]
+
+
+def _distributions(space: dict) -> dict:
+    optuna = _optuna()
+    out = {}
+    for name, v in space.items():
+        if isinstance(v, dict):
+            cls = optuna.distributions.IntDistribution if isinstance(v["low"], int) else \
+                optuna.distributions.FloatDistribution
+            out[name] = cls(v["low"], v["high"], log=v["log"])
+        else:
+            out[name] = optuna.distributions.CategoricalDistribution(v)
+    return out
+
+
+def trial_config(base: dict, params: dict) -> TrainConfig:
+    p = dict(params)
+    if "augment" in p:
+        p["augment"] = tuple(x for x in str(p["augment"]).split("+") if x)
+    return TrainConfig.from_dict({**base, **p}).validate()
+
+
+# ------------------------------------------------------------------ creating and loading
+
+def create(name: str, base: TrainConfig, space: dict | None = None, sampler: str = "grid",
+           trials: int | None = None, prune: bool = False, storage: str | None = None,
+           configs: list[dict] | None = None, kind: str = "sweep", meta: dict | None = None) -> dict:
+    """A new sweep (or the same one again: its settings must match). `configs` enqueues an
+    explicit list instead of the grid of `space` (the poster's table does)."""
+    optuna = _optuna()
+    check_name(name)
+    if sampler not in SAMPLERS:
+        raise UserError(f"Unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}.")
+    base.validate()
+    space = space or {}
+    todo = configs if configs is not None else grid(space) if sampler == "grid" else None
+    if todo is not None:
+        for params in todo:
+            trial_config(dataclasses.asdict(base), params)     # every configuration valid, before anything is stored
+        trials = len(todo)
+    elif not trials or trials < 1:
+        raise UserError("A tpe or random sweep needs --trials N (how many configurations to train).")
+    settings = {"base": json.loads(base.to_json()), "space": space, "sampler": sampler, "trials": int(trials),
+                "prune": bool(prune), "kind": kind}
+    st = _storage(storage)
+    existing = _find(st, name)
+    if existing is not None:
+        old = {k: existing.user_attrs.get(k) for k in settings}
+        if old != json.loads(json.dumps(settings)):
+            raise UserError(f"A sweep named {name!r} already exists with other settings; choose another --name, "
+                            f"or continue it with --join {name}.")
+        return info(name, storage)
+    study = optuna.create_study(study_name=name, storage=st, direction="maximize", load_if_exists=True)
+    for k, v in settings.items():
+        study.set_user_attr(k, v)
+    study.set_user_attr("created", time.time())
+    study.set_user_attr("meta", meta or {})
+    for params in todo or []:
+        study.enqueue_trial(params, skip_if_exists=True)
+    return info(name, storage)
+
+
+def _find(st, name: str):
+    optuna = _optuna()
+    try:
+        return optuna.load_study(study_name=name, storage=st)
+    except KeyError:
+        return None
+
+
+def load(name: str, storage: str | None = None):
+    optuna = _optuna()
+    st = _storage(storage)
+    study = _find(st, name)
+    if study is None:
+        raise UserError(f"There is no sweep named {name!r} in {storage_url(storage)}.")
+    a = study.user_attrs
+    seed = int(a.get("base", {}).get("seed", 0))
+    sampler = {"tpe": optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, a.get("trials", 10))),
+               "random": optuna.samplers.RandomSampler(seed=seed)}.get(a.get("sampler"),
+                                                                     optuna.samplers.RandomSampler(seed=seed))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=PRUNE_WARMUP_EPOCHS)
+    return optuna.load_study(study_name=name, storage=st, sampler=sampler, pruner=pruner)
+
+
+def names(storage: str | None = None) -> list[dict]:
+    """Every sweep in the storage, newest first: name, kind, created, trials asked/planned."""
+    optuna = _optuna()
+    url = storage_url(storage)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        return []
+    out = []
+    for s in optuna.get_all_study_summaries(_storage(storage), include_best_trial=False):
+        a = s.user_attrs
+        out.append({"name": s.study_name, "kind": a.get("kind", "sweep"), "created": a.get("created"),
+                    "planned": a.get("trials"), "trials": s.n_trials, "sampler": a.get("sampler")})
+    return sorted(out, key=lambda d: -(d["created"] or 0))
+
+
+# ------------------------------------------------------------------ the driver
+
+def _me() -> dict:
+    from core.runs.store import process_identity
+    return {"host": socket.gethostname(), "pid": os.getpid(), "proc": process_identity(os.getpid())}
+
+
+def _driver_gone(attrs: dict) -> bool:
+    from core.runs.store import alive
+    d = attrs.get("driver") or {}
+    return d.get("host") == socket.gethostname() and not alive(d.get("pid"), d.get("proc"))
+
+
+def _launch(store, study, trial, base: dict, name: str) -> str:
+    from core.runs.jobs import device_key, schedule
+    cfg = trial_config(base, trial.params)
+    run_id = store.create(cfg, status="queued", device=device_key(cfg.device),
+                          args={"sweep": name, "trial": trial.number})
+    store.set(run_id, name=f"{name} #{trial.number}")
+    trial.set_user_attr("run_id", run_id)
+    trial.set_user_attr("host", socket.gethostname())
+    schedule(store)
+    return run_id
+
+
+def _take(study, dists: dict, planned: int, sampler: str):
+    """The next trial for this driver, or None when the sweep has nothing left to hand out."""
+    optuna = _optuna()
+    tid = study._pop_waiting_trial_id()        # atomic WAITING -> RUNNING: no configuration twice
+    if tid is None:
+        if sampler == "grid" or len(study.get_trials(deepcopy=False)) >= planned:
+            return None
+        trial = study.ask(dists)
+    else:
+        trial = optuna.trial.Trial(study, tid)
+        for n, d in dists.items():             # suggesting an enqueued trial returns its fixed values
+            _suggest(trial, n, d)
+    trial.set_user_attr("driver", _me())
+    return trial
+
+
+def _suggest(trial, name: str, d):
+    optuna = _optuna()
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return trial.suggest_categorical(name, d.choices)
+    if isinstance(d, optuna.distributions.IntDistribution):
+        return trial.suggest_int(name, d.low, d.high, log=d.log)
+    return trial.suggest_float(name, d.low, d.high, log=d.log)
+
+
+def drive(name: str, store, storage: str | None = None, poll_s: float = 0.5, should_stop=None,
+          progress=None, slots: int | None = None) -> dict:
+    """Run the sweep until every configuration has ended (or `should_stop()`); returns info()."""
+    from core.runs.jobs import _slots, cancel, device_key, resume, schedule
+    optuna = _optuna()
+    TS = optuna.trial.TrialState
+    study = load(name, storage)
+    a = study.user_attrs
+    base, planned, sampler, prune = a["base"], int(a["trials"]), a["sampler"], bool(a.get("prune"))
+    if a.get("cancelled"):
+        study.set_user_attr("cancelled", False)        # continuing a cancelled sweep
+    dists = _distributions(a["space"]) if sampler != "grid" else _distributions(
+        {k: sorted({c[k] for c in _enqueued(study)}, key=str) for k in _param_names(study)})
+    width = slots or len(_slots(device_key(base.get("device", "auto"))))
+    mine: dict[int, dict] = {}                         # trial number -> {trial, run_id, reported, pruned_at, resumes}
+
+    for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,)):   # adopt what a dead driver left
+        if _driver_gone(t.user_attrs):
+            trial = optuna.trial.Trial(study, t._trial_id)
+            trial.set_user_attr("driver", _me())
+            run_id = t.user_attrs.get("run_id")
+            if run_id and store.get(run_id) is None:
+                run_id = None
+            if run_id is None:
+                try:
+                    run_id = _launch(store, study, trial, base, name)
+                except UserError as e:
+                    trial.set_user_attr("error", str(e))
+                    study.tell(trial, state=TS.FAIL)
+                    continue
+            mine[t.number] = {"trial": trial, "run_id": run_id, "reported": 0, "pruned_at": None, "resumes": 0}
+
+    while True:
+        stopping = bool(should_stop and should_stop()) or bool(study.user_attrs.get("cancelled"))
+        schedule(store)
+        for n, m in list(mine.items()):
+            if _watch(store, study, m, prune, stopping, cancel, resume):
+                del mine[n]
+        if not stopping:
+            while len(mine) < width:
+                trial = _take(study, dists, planned, sampler)
+                if trial is None:
+                    break
+                try:
+                    run_id = _launch(store, study, trial, base, name)
+                except UserError as e:
+                    trial.set_user_attr("error", str(e))
+                    study.tell(trial, state=TS.FAIL)
+                    continue
+                mine[trial.number] = {"trial": trial, "run_id": run_id, "reported": 0, "pruned_at": None,
+                                      "resumes": 0}
+        if progress:
+            s = info(name, storage, study=study)
+            progress(done=s["counts"]["ended"], total=s["planned"], counts=s["counts"])
+        if not mine:
+            break
+        time.sleep(poll_s)
+    if should_stop and should_stop():
+        from core.errors import Cancelled
+        raise Cancelled()
+    return info(name, storage)
+
+
+def _enqueued(study) -> list[dict]:
+    return [t.system_attrs.get("fixed_params", t.params) for t in study.get_trials(deepcopy=False)]
+
+
+def _param_names(study) -> list[str]:
+    return list(dict.fromkeys(k for p in _enqueued(study) for k in p))
+
+
+def _watch(store, study, m: dict, prune: bool, stopping: bool, cancel, resume) -> bool:
+    """One look at a trial's run; tells Optuna and returns True once the run has ended."""
+    TS = _optuna().trial.TrialState
+    trial, run_id = m["trial"], m["run_id"]
+    run = store.get(run_id)
+    if run is None:                                    # its run was deleted
+        trial.set_user_attr("error", "its run was deleted")
+        study.tell(trial, state=TS.FAIL)
+        return True
+    status = run["status"]
+    if status in ("starting", "running") and prune and m["pruned_at"] is None:
+        ep = store.epochs(run_id)
+        for row in ep[ep["epoch"] > m["reported"]].itertuples():
+            trial.report(float(row.val_acc), int(row.epoch))
+            m["reported"] = int(row.epoch)
+            if trial.should_prune():
+                m["pruned_at"] = int(row.epoch)
+                cancel(store, run_id)
+                store.event(run_id, "prune", f"the sweep prunes it after epoch {row.epoch}: its validation "
+                                             f"accuracy {row.val_acc:.3f} is below the median of earlier trials")
+                break
+    if stopping and status in ("queued", "starting", "running") and not run.get("cancel"):
+        cancel(store, run_id)
+        m["cancelled"] = True
+    if status in ("queued", "starting", "running"):
+        return False
+    if status == "done":
+        val = (run.get("summary") or {}).get("val_acc")
+        if val is None:
+            trial.set_user_attr("error", "the run finished without a validation accuracy")
+            study.tell(trial, state=TS.FAIL)
+        else:
+            study.tell(trial, float(val))
+        return True
+    if status == "cancelled" and m["pruned_at"] is not None:
+        store.set(run_id, status="pruned")
+        store.event(run_id, "pruned", f"pruned by its sweep after epoch {m['pruned_at']}")
+        trial.set_user_attr("pruned_at", m["pruned_at"])
+        study.tell(trial, state=TS.PRUNED)
+        return True
+    if status == "interrupted" and not stopping and m["resumes"] < MAX_RESUMES:
+        m["resumes"] += 1                              # its worker died (a reboot, a kill): continue it
+        resume(store, run_id)
+        return False
+    trial.set_user_attr("error", "the sweep was cancelled" if m.get("cancelled") else
+                        run.get("error") or f"its run was {status}")
+    study.tell(trial, state=TS.FAIL)
+    return True
+
+
+# ------------------------------------------------------------------ reading a sweep
+
+STATE = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+
+
+def info(name: str, storage: str | None = None, study=None) -> dict:
+    """Everything the CLI's --json and the Sweeps page show: configs (params, run_id, val_acc,
+    state, pruned_at, error), best, counts, settings."""
+    study = study or load(name, storage)
+    a = study.user_attrs
+    configs = []
+    for t in study.get_trials(deepcopy=False):
+        params = t.params or t.system_attrs.get("fixed_params", {})
+        inter = t.intermediate_values
+        configs.append({"number": t.number, "params": params, "run_id": t.user_attrs.get("run_id"),
+                        "host": t.user_attrs.get("host"), "state": STATE.get(t.state.name, t.state.name.lower()),
+                        "val_acc": t.value if t.value is not None else (inter[max(inter)] if inter else None),
+                        "pruned_at": t.user_attrs.get("pruned_at"), "error": t.user_attrs.get("error"),
+                        "curve": {int(k): float(v) for k, v in sorted(inter.items())},
+                        "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+                        if t.datetime_complete and t.datetime_start else None})
+    done = [c for c in configs if c["state"] == "complete" and c["val_acc"] is not None]
+    best = max(done, key=lambda c: c["val_acc"]) if done else None
+    counts = {s: sum(c["state"] == s for c in configs) for s in STATE.values()}
+    counts["ended"] = counts["complete"] + counts["pruned"] + counts["failed"]
+    return {"name": name, "storage": storage_url(storage), "kind": a.get("kind", "sweep"), "sampler": a.get("sampler"),
+            "space": a.get("space"), "base": a.get("base"), "prune": a.get("prune"), "planned": a.get("trials"),
+            "cancelled": bool(a.get("cancelled")), "created": a.get("created"), "meta": a.get("meta") or {},
+            "configs": configs, "best": best, "counts": counts,
+            "finished": counts["ended"] >= (a.get("trials") or 0) and not counts["running"]}
+
+
+def importance(name: str, storage: str | None = None) -> dict[str, float]:
+    """Optuna's parameter importance (fANOVA) over the finished trials; {} when it cannot tell."""
+    optuna = _optuna()
+    study = load(name, storage)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if len(done) < 3 or len({json.dumps(t.params, sort_keys=True, default=str) for t in done}) < 2:
+        return {}
+    try:
+        return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return {}
+
+
+def cancel_sweep(name: str, store, storage: str | None = None) -> dict:
+    """Stop a sweep: no new trials; its queued and running trial runs on this machine are
+    cancelled (their drivers mark them failed, "the sweep was cancelled"). Continue it with drive()."""
+    from core.runs.jobs import cancel, latest
+    study = load(name, storage)
+    study.set_user_attr("cancelled", True)
+    for t in study.get_trials(deepcopy=False):
+        run_id = t.user_attrs.get("run_id")
+        if t.state.name == "RUNNING" and run_id and store.get(run_id) is not None:
+            cancel(store, run_id)
+    job = latest(store, "sweep", name=name)
+    if job and job["active"]:
+        cancel(store, job["job_id"])
+    return info(name, storage)

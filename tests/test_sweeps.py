@@ -1,0 +1,156 @@
+"""Sweeps on Optuna: every trial an ordinary run, pruning, restart, two drivers, the poster's table."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core.errors import UserError
+from core.runs import sweeps
+from core.runs.store import RunStore
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--model", "small_cnn", "--weights", "none", "--classes", "4", "--image-size", "32", "--holdout", "0.05",
+        "--batch-size", "32"]
+
+
+def _cli(*args, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-m", "core", *args], capture_output=True, text=True, timeout=timeout,
+                       env=env, cwd=str(ROOT))
+    return p
+
+
+def _last_json(p):
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_parse_space_types_and_one_sentence_errors():
+    assert sweeps.parse_space(["lr=0.01,0.001", "optimizer=adam,sgd", "batch-size=16,32"]) == {
+        "lr": [0.01, 0.001], "optimizer": ["adam", "sgd"], "batch_size": [16, 32]}
+    assert sweeps.parse_space(["lr=1e-4:1e-2"])["lr"] == {"low": 1e-4, "high": 1e-2, "log": True}
+    assert sweeps.parse_space(["freeze=true,false", "augment=hflip+crop,crop"]) == {
+        "freeze": [True, False], "augment": ["crop+hflip", "crop"]}
+    with pytest.raises(UserError, match="cannot be searched"):
+        sweeps.parse_space(["data=/x,/y"])
+    with pytest.raises(UserError, match="not a valid value for batch_size"):
+        sweeps.parse_space(["batch_size=big"])
+    with pytest.raises(UserError, match="Unknown optimizer 'rmsprop'"):
+        sweeps.parse_space(["optimizer=adam,rmsprop"])
+    with pytest.raises(UserError, match="--lr must be between"):
+        sweeps.parse_space(["lr=0.01,50"])
+    with pytest.raises(UserError, match="not NAME=V1,V2"):
+        sweeps.parse_space(["lr"])
+
+
+def test_grid_sweep_runs_every_configuration_once_and_prunes_one_that_cannot_learn(demo_root):
+    # lr 5 cannot learn: after two finished trials it is pruned at epoch 2 (warm-up), not trained to the end
+    p = _cli("sweep", "--data", str(demo_root), *TINY, "--epochs", "3", "--grid", "lr=0.002,5", "seed=0,1",
+             "--prune", "--name", "grid4", "--json")
+    out = _last_json(p)
+    assert len(out["configs"]) == 4
+    states = {(c["params"]["lr"], c["params"]["seed"]): c["state"] for c in out["configs"]}
+    assert states[(0.002, 0)] == states[(0.002, 1)] == "complete"
+    assert states[(5.0, 0)] == "pruned" and states[(5.0, 1)] in ("pruned", "complete")
+    pruned = [c for c in out["configs"] if c["state"] == "pruned"]
+    assert all(c["pruned_at"] == sweeps.PRUNE_WARMUP_EPOCHS for c in pruned)
+    assert out["best"]["params"]["lr"] == 0.002 and out["best"]["val_acc"] > 0.3
+    store = RunStore()
+    runs = {r["run_id"]: r for r in store.list()}
+    assert sorted(runs) == sorted(c["run_id"] for c in out["configs"])          # every trial an ordinary run
+    for c in out["configs"]:
+        r = runs[c["run_id"]]
+        assert r["name"] == f"grid4 #{c['number']}" and r["args"]["sweep"] == "grid4"
+        assert r["config"]["lr"] == c["params"]["lr"]
+        if c["state"] == "pruned":
+            assert r["status"] == "pruned" and len(store.epochs(c["run_id"])) < 3
+            assert any(e["kind"] == "pruned" for e in store.events(c["run_id"]))
+    status = _last_json(_cli("sweep", "--status", "grid4", "--json"))
+    assert status["finished"] and status["best"]["run_id"] == out["best"]["run_id"]
+
+
+def test_a_killed_driver_continues_and_two_drivers_share_one_study(demo_root):
+    sweeps.create("shared", _base(demo_root), sweeps.parse_space(["lr=0.003,0.001", "seed=0,1"]))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    first = subprocess.Popen([sys.executable, "-m", "core", "sweep", "--join", "shared"], env=env, cwd=str(ROOT),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and sweeps.info("shared")["counts"]["complete"] < 1:
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)                 # the driver dies; its running trial's worker goes on
+    first.wait()
+    assert sweeps.info("shared")["counts"]["complete"] >= 1
+    # two drivers now: one adopts what the dead one left, both take configurations from the same study
+    a, b = (subprocess.Popen([sys.executable, "-m", "core", "sweep", "--join", "shared", "--json"], env=env,
+                             cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2))
+    for p in (a, b):
+        p.wait(timeout=300)
+        assert p.returncode == 0, p.stderr.read()[-2000:]
+    info = sweeps.info("shared")
+    assert info["counts"]["complete"] == 4 and info["finished"]
+    params = [(c["params"]["lr"], c["params"]["seed"]) for c in info["configs"]]
+    assert len(params) == len(set(params)) == 4                      # no configuration twice
+    runs = RunStore().list()
+    assert len(runs) == 4 and {r["run_id"] for r in runs} == {c["run_id"] for c in info["configs"]}
+
+
+def _base(data, **kw):
+    from core.train.config import TrainConfig
+    return TrainConfig(**{**dict(data=str(data), model="small_cnn", weights="none", classes=4, epochs=1,
+                                 batch_size=32, image_size=32, holdout=0.05, seed=0), **kw})
+
+
+def test_create_refuses_other_settings_under_the_same_name_and_bad_combinations(demo_root):
+    sweeps.create("s", _base(demo_root), {"lr": [0.01, 0.001]})
+    sweeps.create("s", _base(demo_root), {"lr": [0.01, 0.001]})            # the same again: fine (continue)
+    with pytest.raises(UserError, match="already exists with other settings"):
+        sweeps.create("s", _base(demo_root), {"lr": [0.1]})
+    with pytest.raises(UserError, match="needs --trials"):
+        sweeps.create("t", _base(demo_root), {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}, sampler="tpe")
+    with pytest.raises(UserError, match="not a usable sweep name"):
+        sweeps.create("../x", _base(demo_root), {"lr": [0.1]})
+    with pytest.raises(UserError, match="no sweep named"):
+        sweeps.info("nope")
+    p = _cli("sweep", "--data", str(demo_root), "--grid", "momentum=2", "--json")
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: --momentum must be between")
+
+
+def test_cancelled_sweep_stops_its_queued_and_running_trials(demo_root):
+    from core.runs import jobs
+    sweeps.create("stopme", _base(demo_root, epochs=30), {"seed": [0, 1, 2]})
+    store = RunStore()
+    jobs.submit(store, "sweep", {"name": "stopme", "storage": None})
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(r["status"] == "running" for r in store.list()):
+        time.sleep(0.3)
+    sweeps.cancel_sweep("stopme", store)
+    while time.time() < deadline + 60 and (jobs.latest(store, "sweep", name="stopme") or {}).get("active"):
+        time.sleep(0.3)
+    info = sweeps.info("stopme")
+    assert info["cancelled"] and info["counts"]["running"] == 0
+    assert info["counts"]["waiting"] >= 1                                   # not started: left for a later continue
+    assert all(r["status"] in ("cancelled",) for r in store.list())
+    assert all(c["error"] == "the sweep was cancelled" for c in info["configs"] if c["state"] == "failed")
+
+
+def test_reproduce_quick_fills_its_table(demo_root):
+    out = _last_json(_cli("reproduce", "--data", str(demo_root), "--classes", "3,4", "--models", "small_cnn",
+                          "--quick", "--json"))
+    assert out["quick"] and len(out["rows"]) == 2
+    for row in out["rows"]:
+        assert row["status"] == "done" and row["this"]["holdout"] is not None and row["this"]["train"] > 0
+        assert row["poster"]["holdout"] is None                               # the poster has no small_cnn row
+    from core.runs import reproduce
+    name, cfg, configs, meta = reproduce.plan(str(demo_root))
+    assert [tuple(r) for r in meta["rows"]] == list(reproduce.POSTER)      # the poster's six rows by default
+    assert cfg.lr == 1e-3 and cfg.optimizer == "adam" and cfg.epochs == 10 and cfg.holdout == 0.01
+    # offline, ResNet-18 and VGG-16 have no ImageNet weights here: EfficientNet-Lite0 stands in and the table says so
+    assert meta["stand_in"] == {"resnet18": reproduce.STAND_IN, "vgg16": reproduce.STAND_IN}
+    rows = reproduce.table({"configs": []}, RunStore(), [tuple(r) for r in meta["rows"]], meta["stand_in"])
+    assert "stand-in: efficientnet_lite0" in reproduce.markdown(rows)
