@@ -1,0 +1,226 @@
+"""Models out (issue 13): `python -m core export` writes ONNX / TorchScript files that carry their
+class names and preprocessing, checked against PyTorch; the exported model's top-1 agrees with
+the app's predictor, also through the stand-alone example (onnxruntime + Pillow + numpy alone)."""
+import ast
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tokenize
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.errors import UserError
+from core.export import TOLERANCE, cached_export, export_run, read_metadata
+from core.runs.store import RunStore
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "classify_onnx.py"
+
+
+@pytest.fixture(scope="module")
+def exported(trained_home, tmp_path_factory):
+    """A private copy of trained_home with run 0 exported as ONNX and TorchScript (once)."""
+    h = tmp_path_factory.mktemp("export_home")
+    shutil.copytree(trained_home[0], h, dirs_exist_ok=True)
+    store = RunStore(h / "runs")
+    run_id = trained_home[1][0]
+    out = {fmt: export_run(store, run_id, fmt) for fmt in ("onnx", "torchscript")}
+    return store, run_id, out
+
+
+@pytest.fixture(scope="module")
+def photos(exported, tmp_path_factory):
+    """Test images: the run's holdout images and, made from them, a large landscape photo (the
+    reduce-then-resize path), a small portrait one (upscaled) and a PNG with transparency."""
+    from core.data.splits import load_manifest
+    store, run_id, _ = exported
+    m = load_manifest(store.require(run_id).split_file)
+    holdout = m.loc[m["split"] == "holdout", "path"].tolist()
+    d = tmp_path_factory.mktemp("photos")
+    made = []
+    for i, p in enumerate(holdout[:3]):
+        im = Image.open(p).convert("RGB")
+        big = Image.new("RGB", (330, 200), (90, 120, 160))
+        big.paste(im.resize((200, 200)), (65, 0))
+        big.save(d / f"landscape{i}.jpg", quality=92)
+        im.resize((30, 52)).save(d / f"portrait{i}.jpg")
+        made += [str(d / f"landscape{i}.jpg"), str(d / f"portrait{i}.jpg")]
+    return holdout + made
+
+
+def predictor(store, run_id):
+    from core.explain.predictor import load_predictor
+    return load_predictor(run_id, store)
+
+
+def test_export_checks_and_reports(exported):
+    store, run_id, out = exported
+    pred = predictor(store, run_id)
+    for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".pt")):
+        r = out[fmt]
+        path = Path(r["path"])
+        assert path == store.require(run_id).exports_dir / f"{run_id}{suffix}" and path.is_file()
+        assert r["format"] == fmt and r["bytes"] == path.stat().st_size and not r["cached"]
+        assert 0 <= r["max_abs_diff"] <= TOLERANCE and r["top1_agree"] == 1.0
+        assert r["checked"] >= 10 and r["checked_on"].startswith("8 image(s) of the run's split")
+        assert r["classes"] == 4 and r["labels"] == pred.labels and r["names"] == pred.names
+        assert r["input"]["size"] == 32 and r["input"]["range"] == [0, 1]
+        assert r["input"]["layout"] == "NCHW RGB" and r["input"]["resize"] == "centre square crop, bilinear"
+        assert r["seconds"] > 0
+        side = json.loads(Path(r["sidecar"]).read_text())
+        assert Path(r["sidecar"]) == Path(str(path) + ".json")
+        assert side["labels"] == pred.labels and side["check"]["max_abs_diff"] == r["max_abs_diff"]
+        assert not [f for f in path.parent.iterdir() if f.name.endswith(".tmp")]   # no temporary files left
+
+
+def test_metadata_round_trips(exported):
+    import onnx
+    store, run_id, out = exported
+    pred = predictor(store, run_id)
+    for fmt in ("onnx", "torchscript"):
+        meta = read_metadata(out[fmt]["path"])
+        assert meta["labels"] == pred.labels and meta["names"] == pred.names
+        assert meta["image_size"] == meta["input"]["size"] == pred.cfg.image_size == 32
+        assert meta["run_id"] == run_id and meta["model"] == "small_cnn" and meta["format"] == fmt
+    props = {p.key: p.value for p in onnx.load(out["onnx"]["path"]).metadata_props}   # inside the file itself
+    assert json.loads(props["landmarks"])["names"] == pred.names
+
+
+def test_exported_top1_equals_the_apps(exported, photos):
+    import onnxruntime as ort
+    store, run_id, out = exported
+    pred = predictor(store, run_id)
+    x = torch.cat([pred.tensor(p) for p in photos])
+    want = [pred.top(x[i:i + 1], 1)[0]["class"] for i in range(len(x))]
+    with torch.no_grad():
+        ref = pred.model(x).numpy()
+    sess = ort.InferenceSession(out["onnx"]["path"], providers=["CPUExecutionProvider"])
+    assert isinstance(sess.get_inputs()[0].shape[0], str)             # the batch dimension is dynamic
+    got = sess.run(None, {"image": x.numpy()})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)                 # torch.jit is deprecated upstream
+        ts = torch.jit.load(out["torchscript"]["path"])
+    with torch.no_grad():
+        got_ts = ts(x).numpy()
+    for logits in (got, got_ts):
+        assert logits.shape == ref.shape and np.abs(logits - ref).max() <= TOLERANCE
+        assert logits.argmax(1).tolist() == want
+
+
+def test_example_needs_only_onnxruntime(exported, photos, tmp_path):
+    store, run_id, out = exported
+    src = EXAMPLE.read_text()
+    imports = {n.names[0].name.split(".")[0] if isinstance(n, ast.Import) else n.module.split(".")[0]
+               for n in ast.walk(ast.parse(src)) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    assert imports <= {"json", "sys", "numpy", "onnxruntime", "PIL"}
+    code_lines = {t.start[0] for t in tokenize.generate_tokens(io.StringIO(src).readline)
+                  if t.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
+                                    tokenize.DEDENT, tokenize.ENDMARKER)
+                  and not (t.type == tokenize.STRING and t.start[1] == 0)}        # not the docstring
+    assert len(code_lines) <= 15
+    pred = predictor(store, run_id)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LANDMARKS_HOME")}
+    for photo in photos[:1] + photos[-4:]:
+        p = subprocess.run([sys.executable, "-I", str(EXAMPLE), out["onnx"]["path"], photo], capture_output=True,
+                           text=True, cwd=tmp_path, env=env, timeout=60)
+        assert p.returncode == 0, p.stderr[-2000:]
+        lines = p.stdout.strip().splitlines()
+        assert len(lines) == 4                                        # top 5 of 4 classes
+        prob, label, name = lines[0].split("  ", 2)
+        top = pred.top(pred.tensor(photo), 1)[0]
+        assert (label, name) == (top["label"], top["name"]), photo
+        assert abs(float(prob) - top["prob"]) < 2e-3
+
+
+def test_cache_reuse_and_staleness(use_trained_home):
+    store, run_id = RunStore(), use_trained_home[1][1]
+    assert cached_export(store, run_id, "torchscript") is None
+    first = export_run(store, run_id, "torchscript")
+    path = Path(first["path"])
+    stamp = path.stat().st_mtime_ns, path.stat().st_ino
+    again = export_run(store, run_id, "TorchScript")
+    assert again["cached"] and again["max_abs_diff"] == first["max_abs_diff"] and again["path"] == first["path"]
+    assert (path.stat().st_mtime_ns, path.stat().st_ino) == stamp            # not rewritten
+    assert cached_export(store, run_id, "torchscript")["cached"]
+    ckpt = store.require(run_id).checkpoint
+    t = path.stat().st_mtime + 5
+    os.utime(ckpt, (t, t))                                                  # a newer checkpoint
+    assert cached_export(store, run_id, "torchscript") is None
+    fresh = export_run(store, run_id, "torchscript")
+    assert not fresh["cached"] and path.stat().st_ino != stamp[1]
+    custom = export_run(store, run_id, "torchscript", out=use_trained_home[0] / "elsewhere" / "m.pt")
+    assert Path(custom["path"]).is_file() and Path(custom["path"] + ".json").is_file() and not custom["cached"]
+
+
+def test_cli_json(use_trained_home):
+    home, ids = use_trained_home
+    out = home / "out" / "model.pt"
+    env = dict(os.environ, LANDMARKS_HOME=str(home), OMP_NUM_THREADS="2")
+    p = subprocess.run([sys.executable, "-m", "core", "export", ids[1], "--format", "torchscript", "--out", str(out),
+                        "--json"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["path"] == str(out) and out.is_file() and r["format"] == "torchscript" and r["classes"] == 3
+    assert r["max_abs_diff"] <= TOLERANCE and r["top1_agree"] == 1.0 and r["bytes"] == out.stat().st_size
+    assert "checking it against PyTorch" in p.stderr
+
+
+def test_cli_errors_are_one_sentence(use_trained_home, capsys):
+    from core.cli import main
+    home, ids = use_trained_home
+    store = RunStore()
+    store.require(ids[1]).checkpoint.unlink()
+    cases = [(["export", "nope"], "There is no run 'nope'"),
+             (["export", ids[0], "--format", "tflite"], "Unknown export format 'tflite'; choose onnx or torchscript."),
+             (["export", ids[1]], f"Run {ids[1]} has no checkpoint yet"),
+             (["export", ids[0], "--out", str(home / "m.pt")], "The file name m.pt is for another format than onnx")]
+    for argv, says in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error: ") and says in err and err.endswith(".") and err.count(". ") == 0, err
+    with pytest.raises(UserError):
+        export_run(store, ids[1], "onnx")
+    assert not store.require(ids[1]).exports_dir.exists()
+
+
+def test_mismatch_refuses_the_export(use_trained_home, monkeypatch):
+    import core.export as ex
+    store, run_id = RunStore(), use_trained_home[1][1]
+    real = ex._run_torchscript
+
+    def off_by_1e3(path, batch):
+        got, got1, meta = real(path, batch)
+        return got + 1e-3, got1, meta
+    monkeypatch.setattr(ex, "_run_torchscript", off_by_1e3)
+    with pytest.raises(UserError, match=r"differs from PyTorch by up to 1\.0+e-03 \(more than 1e-04\)"):
+        export_run(store, run_id, "torchscript")
+    d = store.require(run_id).exports_dir
+    assert not d.exists() or not list(d.iterdir())                          # nothing kept, no temporary files
+
+
+def test_export_panel(use_trained_home):
+    from streamlit.testing.v1 import AppTest
+    run_id = use_trained_home[1][1]
+
+    def script(run_id):
+        from dashboard.export_panel import export_buttons
+        export_buttons(run_id, key="exp")
+    at = AppTest.from_function(script, args=(run_id,), default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert not at.get("download_button")
+    at.radio(key="exp_fmt").set_value("TorchScript").run()
+    at.button(key="exp_prepare_torchscript").click().run()
+    assert not at.exception and not at.error, (at.exception, at.error)
+    assert at.get("download_button")
+    assert "largest logit difference" in " ".join(c.value for c in at.caption)
+    at = AppTest.from_function(script, args=(run_id,), default_timeout=60).run()
+    at.radio(key="exp_fmt").set_value("TorchScript").run()
+    assert at.get("download_button") and not at.button                    # fresh: offered at once
