@@ -1,4 +1,4 @@
-"""Command line: python -m core {demo-data,stats,train,runs,eval,predict,class-model}.
+"""Command line: python -m core {demo-data,stats,train,runs,eval,predict,class-model,export,download,sweep,reproduce}.
 
 With --json the last line on stdout is one JSON object; progress goes to stderr.
 Bad input prints one sentence to stderr and exits with status 2.
@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 from core.train.config import add_arguments, from_arguments
@@ -135,8 +136,10 @@ def cmd_eval(a) -> dict:
     per_class = [{"label": l, "name": n, "acc": acc, "support": s}
                  for l, n, acc, s in zip(m["labels"], m["names"], m["per_class"], m["support"])]
     out = {"run_id": a.run_id, "status": run["status"], "split": a.split, "epochs_completed": int(len(hist))}
-    out.update({f"{s}_{k}": evals.get(s, {}).get(k) for s in ("train", "val", "holdout") for k in ("acc", "top5", "gap")})
-    out.update(acc=m["acc"], top5=m["top5"], gap=m["gap"], n=m["n"], images_per_s=run["summary"].get("images_per_s"),
+    out.update({f"{s}_{k}": evals.get(s, {}).get(k) for s in ("train", "val", "holdout")
+                for k in ("acc", "top5", "gap", "balanced_acc", "macro_f1")})     # the last two: None for older runs
+    out.update(acc=m["acc"], top5=m["top5"], gap=m["gap"], balanced_acc=m.get("balanced_acc"),
+               macro_f1=m.get("macro_f1"), n=m["n"], images_per_s=run["summary"].get("images_per_s"),
                seconds=run["summary"].get("seconds"), history=hist.to_dict("records"), per_class=per_class,
                confusion=m["confusion"])
     return out
@@ -177,6 +180,151 @@ def cmd_class_model(a) -> dict:
     from core.runs.store import RunStore
     pred = load_predictor(a.run, RunStore(a.runs))
     return class_model_png(pred, a.cls, Path(a.out), steps=a.steps, size=a.size)
+
+
+def cmd_export(a) -> dict:
+    from core.export import export_run, normalise_format
+    from core.runs.store import RunStore
+    fmt = normalise_format(a.format)
+    print(f"exporting run {a.run_id} as {fmt} and checking it against PyTorch…", file=sys.stderr)
+    out = export_run(RunStore(a.runs), a.run_id, fmt, a.out)
+    if not a.json:
+        print(f"{'reused' if out['cached'] else 'wrote'} {out['path']} ({out['bytes'] / 1e6:.1f} MB, "
+              f"{out['classes']} classes, input {out['input']['size']} px RGB in [0, 1]); largest difference from "
+              f"PyTorch {out['max_abs_diff']:.1e} on {out['checked_on']}, top-1 agrees on {out['top1_agree']:.0%}")
+        print(f"class names and preprocessing: inside the file and in {out['sidecar']}")
+        return {}
+    return out
+
+
+def cmd_download(a) -> dict:
+    import time
+    from core.data.download import LABELS, describe, download, parse_shard
+    shard = parse_shard(a.shard)
+    last = [0.0]
+
+    def progress(done, total, c):
+        now = time.monotonic()
+        if done < total and now - last[0] < 0.5:
+            return
+        last[0] = now
+        eta = c.get("eta_s")
+        eta = f"  ETA {eta // 60:.0f}m{eta % 60:02.0f}s" if eta else ""
+        print(f"\r{done:,}/{total:,}  {describe(c)}  {c.get('rate') or 0:.1f} img/s{eta}\033[K", end="",
+              file=sys.stderr)
+    try:
+        out = download(a.csv, a.out, a.top, clean=a.clean, max_side=a.max_side, workers=a.workers, shard=shard,
+                       tars=a.tars, progress=progress)
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume (nothing on disk is fetched twice)",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+    print(file=sys.stderr)
+    if out["on_disk"]:
+        from core.data.registry import remember
+        try:
+            remember(out["out"], source="download")
+        except UserError as e:
+            print(f"warning: the data set was not added to the app's list: {e}", file=sys.stderr)
+    if not a.json:
+        print(f"{out['on_disk']:,} of {out['listed']:,} images of the top {out['classes']} classes are in "
+              f"{out['out']} ({describe(out)}); report: {out['out']}/download_report.json")
+        short = [r for r in out["per_class"] if r["short"]]
+        for r in short[:20]:
+            why = ", ".join(f"{r[k]} {LABELS[k]}" for k in ("dead", "not_image", "failed", "no_url", "missing")
+                            if r[k])
+            print(f"  class {r['landmark_id']}: {r['on_disk']}/{r['listed']} on disk ({why or 'not tried yet'})")
+        if len(short) > 20:
+            print(f"  … and {len(short) - 20} more classes short of images (see the report)")
+        return {}
+    return out
+
+
+def _sweep_printer(name: str):
+    last = [None]
+
+    def progress(done, total, counts):
+        line = (f"sweep {name}: {done}/{total} ended ({counts['complete']} complete, {counts['pruned']} pruned, "
+                f"{counts['failed']} failed), {counts['running']} running")
+        if line != last[0]:
+            print(line, file=sys.stderr)
+            last[0] = line
+    return progress
+
+
+def _sweep_rows(info: dict) -> dict:
+    keys = ("number", "params", "run_id", "val_acc", "state", "pruned_at", "error", "host")
+    return {"name": info["name"], "storage": info["storage"], "sampler": info["sampler"], "counts": info["counts"],
+            "finished": info["finished"], "configs": [{k: c[k] for k in keys} for c in info["configs"]],
+            "best": info["best"] and {k: info["best"][k] for k in keys}}
+
+
+def _print_sweep(info: dict) -> None:
+    print(f"sweep {info['name']} ({info['sampler']}, {info['storage']}): " + ", ".join(
+        f"{v} {k}" for k, v in info["counts"].items() if v and k != "ended"))
+    for c in sorted(info["configs"], key=lambda c: -(c["val_acc"] or -1)):
+        acc = "  —  " if c["val_acc"] is None else f"{c['val_acc']:.3f}"
+        params = " ".join(f"{k}={v}" for k, v in c["params"].items())
+        note = f" at epoch {c['pruned_at']}" if c["pruned_at"] else f" ({c['error']})" if c["error"] else ""
+        best = " ← best" if info["best"] and c["number"] == info["best"]["number"] else ""
+        print(f"  #{c['number']:<3} {acc}  {c['state']}{note:<12} {params}  {c['run_id'] or ''}{best}")
+
+
+def _drive(a, name: str, store) -> dict:
+    from core.runs.sweeps import drive
+    a.interrupted = (f"the sweep driver stopped; running trials go on. Continue with: python -m core sweep --join "
+                     f"{name}   (or stop them: python -m core sweep --cancel {name})")
+    return drive(name, store, storage=a.storage, progress=_sweep_printer(name))
+
+
+def cmd_sweep(a) -> dict:
+    from core.runs import sweeps
+    from core.runs.store import RunStore
+    store = RunStore(a.runs)
+    if a.status or a.cancel:
+        info = sweeps.info(a.status, a.storage) if a.status else sweeps.cancel_sweep(a.cancel, store, a.storage)
+    else:
+        name = a.join
+        if not name:
+            if not a.data or not a.grid:
+                raise UserError("sweep needs --data DIR and --grid NAME=V1,V2 … (or --join/--status/--cancel NAME).")
+            space = sweeps.parse_space(a.grid)
+            cfg = from_arguments(a, data=str(Path(a.data).expanduser().resolve()),
+                                 model=a.model or "resnet18").validate()
+            if "classes" not in space:
+                from core.data.readers import load_index
+                from core.data.splits import top_classes
+                top_classes(load_index(cfg.data, clean=cfg.clean).counts(), cfg.classes)
+            name = a.name or time.strftime("sweep-%Y%m%d-%H%M%S")
+            sweeps.create(name, cfg, space, a.sampler, a.trials, a.prune, a.storage)
+        print(f"sweep {name}: trials queue as ordinary runs (see the Runs and Sweeps pages)", file=sys.stderr)
+        info = _drive(a, name, store)
+    if not a.json:
+        _print_sweep(info)
+        return {}
+    return _sweep_rows(info)
+
+
+def cmd_reproduce(a) -> dict:
+    from core.runs import reproduce, sweeps
+    from core.runs.store import RunStore
+    store = RunStore(a.runs)
+    ints = [int(c) for c in a.classes.split(",") if c.strip()] if a.classes else None
+    models = [m.strip() for m in a.models.split(",") if m.strip()] if a.models else None
+    data = str(Path(a.data).expanduser().resolve())
+    name, cfg, configs, meta = reproduce.plan(data, ints, models, a.epochs, a.quick)
+    from core.data.readers import load_index
+    from core.data.splits import top_classes
+    top_classes(load_index(data).counts(), max(c["classes"] for c in configs))
+    for m, s in meta["stand_in"].items():
+        print(f"{m}'s ImageNet weights cannot be had here: {s} stands in for it (the table says so)", file=sys.stderr)
+    sweeps.create(name, cfg, configs=configs, storage=a.storage, kind="reproduce", meta=meta)
+    info = _drive(a, name, store)
+    rows = reproduce.table(info, store, [tuple(r) for r in meta["rows"]], meta["stand_in"])
+    if not a.json:
+        print(reproduce.markdown(rows, a.quick))
+        return {}
+    return {"name": name, "quick": a.quick, "rows": rows}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,6 +390,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_class_model)
+
+    p = sub.add_parser("download", help="get the images of the top-N Google Landmarks classes (URLs or tar shards)")
+    p.add_argument("--csv", required=True, help="GLDv2 train.csv or the 2018 Kaggle CSV (id,url,landmark_id)")
+    p.add_argument("--top", type=int, required=True, help="how many of the most frequent classes to get")
+    p.add_argument("--clean", action="store_true", help="GLDv2: only the images in train_clean.csv beside the CSV")
+    p.add_argument("--out", required=True, help="folder to write train.csv and train/<a>/<b>/<c>/<id>.jpg into")
+    p.add_argument("--max-side", type=int, default=512, help="shrink so the longer side is at most this (0: keep)")
+    p.add_argument("--workers", type=int, default=32, help="concurrent requests")
+    p.add_argument("--shard", default="1/1", metavar="K/N", help="take the K-th of N disjoint shares (machines)")
+    p.add_argument("--tars", nargs="+", default=None, metavar="DIR_OR_FILE",
+                   help="extract from GLDv2's images_000.tar … instead of fetching URLs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_download)
+
+    p = sub.add_parser("export", help="write a run's model as ONNX or TorchScript, checked against PyTorch")
+    p.add_argument("run_id")
+    p.add_argument("--format", default="onnx", metavar="onnx|torchscript",
+                   help="onnx (onnxruntime, any language) or torchscript (LibTorch); default onnx")
+    p.add_argument("--out", default=None, metavar="FILE", help="default: the run's exports folder")
+    p.add_argument("--runs", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_export)
+    p = sub.add_parser("sweep", help="a hyperparameter search on Optuna; every trial is an ordinary run")
+    p.add_argument("--data")
+    p.add_argument("--model")
+    p.add_argument("--grid", nargs="+", metavar="NAME=V1,V2", help="values to search, e.g. lr=0.01,0.001 "
+                   "optimizer=adam,sgd (tpe/random also take ranges: lr=1e-4:1e-2)")
+    p.add_argument("--sampler", choices=["grid", "tpe", "random"], default="grid")
+    p.add_argument("--trials", type=int, default=None, help="how many configurations (tpe, random)")
+    p.add_argument("--prune", action="store_true", help="stop trials that cannot catch up (median of earlier trials)")
+    p.add_argument("--name", default=None, help="the sweep's name (default: sweep-DATE-TIME)")
+    p.add_argument("--storage", default=None, metavar="URL", help="Optuna storage shared by several machines, e.g. "
+                   "postgresql://user@host/db (default: sqlite in LANDMARKS_HOME)")
+    p.add_argument("--join", metavar="NAME", help="work on an existing sweep (another machine, or after a crash)")
+    p.add_argument("--status", metavar="NAME", help="show a sweep's trials")
+    p.add_argument("--cancel", metavar="NAME", help="stop a sweep and its queued and running trials")
+    add_arguments(p)
+    p.add_argument("--runs", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("reproduce", help="the poster's holdout table: queue its runs and fill it in")
+    p.add_argument("--data", required=True)
+    p.add_argument("--classes", default=None, help="comma list (default: the poster's 10,20,30,50)")
+    p.add_argument("--models", default=None, help="comma list (default: the poster's resnet18,vgg16)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--quick", action="store_true", help="64 px and 2 epochs: fits a CPU in minutes")
+    p.add_argument("--storage", default=None, metavar="URL")
+    p.add_argument("--runs", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_reproduce)
     return ap
 
 
@@ -259,7 +458,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is kept (resume with --resume RUN_ID)", file=sys.stderr)
+        print(getattr(a, "interrupted", "interrupted; the last checkpoint is kept (resume with --resume RUN_ID)"),
+              file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)

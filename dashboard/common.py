@@ -124,7 +124,7 @@ def dataset_path_in_use() -> str | None:
     return None if name == DEMO and not (demo_path() / "train.csv").exists() else datasets()[name]
 
 
-def _use(name: str) -> None:
+def use_dataset(name: str) -> None:
     st.session_state["data_in_use"] = name
     st.query_params[DATA_PARAM] = name
 
@@ -169,7 +169,7 @@ def dataset_picker(key: str = "dataset") -> str | None:
     current = dataset_in_use(opts)
     if st.session_state.pop(f"{key}_remembered", False) or st.session_state.get(key) != OTHER:
         st.session_state[key] = current
-    _use(current)
+    use_dataset(current)
     labels = {DEMO: "Demo (synthetic landmarks)"}
     choice = st.selectbox("Data set", [*opts, OTHER], key=key, on_change=lambda: _picked(key),
                           format_func=lambda n: labels.get(n, n),
@@ -187,7 +187,7 @@ def dataset_picker(key: str = "dataset") -> str | None:
         except UserError as e:
             user_error(e)
             return None
-        _use(entry["name"])
+        use_dataset(entry["name"])
         st.session_state[f"{key}_remembered"] = True   # the widget shows it by name from the next run
         st.rerun()
     if choice == DEMO:
@@ -197,10 +197,41 @@ def dataset_picker(key: str = "dataset") -> str | None:
 
 def _picked(key: str) -> None:
     if st.session_state[key] != OTHER:
-        _use(st.session_state[key])
+        use_dataset(st.session_state[key])
 
 
 # ------------------------------------------------------------------ runs
+
+# the Train form: widget key -> TrainConfig field (defaults and bounds come from core.train.config)
+TRAIN_FIELDS = dict(train_classes="classes", train_lr="lr", train_epochs="epochs", train_optimizer="optimizer",
+                    train_batch="batch_size", train_size="image_size", train_freeze="freeze",
+                    train_holdout="holdout", train_val="val", train_seed="seed", train_device="device",
+                    train_pipeline="pipeline", train_max_images="max_images", train_precision="precision",
+                    train_channels_last="channels_last", train_fused="fused", train_compile="compile",
+                    train_balance="balance")
+
+
+def train_again(config: dict) -> None:
+    """Copy a run's whole configuration into the Train form (data set included) and open it."""
+    from core.data import registry
+    from core.train.config import AUGMENTATIONS, DEFAULTS
+    ss = st.session_state
+    for key, field in TRAIN_FIELDS.items():
+        ss[key] = config.get(field, DEFAULTS[field])
+    weights = str(config.get("weights") or "imagenet")
+    ss["train_weights"] = weights if weights in ("imagenet", "none") else "path"
+    ss["train_weights_path"] = "" if weights in ("imagenet", "none") else weights
+    ss["train_model"] = config.get("model")
+    ss["train_clean"] = bool(config.get("clean"))
+    for a in AUGMENTATIONS:
+        ss[f"train_aug_{a}"] = a in (config.get("augment") or ())
+    data = config.get("data")
+    if data and Path(data).is_dir():
+        name = DEMO if Path(data).resolve() == demo_path().resolve() else registry.remember(data, source="run")["name"]
+        ss["data_in_use"] = name
+    ss["train_again_note"] = True
+    st.switch_page(str(ROOT / "pages" / "train.py"))
+
 
 def runs_frame(statuses: tuple[str, ...] | None = None) -> pd.DataFrame:
     from core.data.registry import listed
@@ -212,7 +243,7 @@ def runs_frame(statuses: tuple[str, ...] | None = None) -> pd.DataFrame:
             continue
         c, s = r["config"], r["summary"] or {}
         data = r["data"] or ""
-        rows.append({"run_id": r["run_id"], "status": r["status"], "model": r["model"],
+        rows.append({"run_id": r["run_id"], "name": r.get("name") or "", "status": r["status"], "model": r["model"],
                      "classes": r["classes"], "epochs": c.get("epochs"), "lr": c.get("lr"),
                      "batch": c.get("batch_size"), "optimizer": c.get("optimizer"),
                      "image_size": c.get("image_size"), "augment": ",".join(c.get("augment") or []) or "—",
@@ -234,7 +265,8 @@ def run_label(run: dict | pd.Series) -> str:
     data = run.get("dataset") or (Path(run["data"]).name if run.get("data") else "—")
     if run.get("data") and is_synthetic(run["data"]):
         data = "🧪 synthetic demo" if data == DEMO else f"{data} 🧪 synthetic"
-    return f"{icon} {run['model']} · {run['classes']} classes · {data} · {run['run_id']}"
+    name = f"{run['name']} · " if run.get("name") else ""
+    return f"{icon} {name}{run['model']} · {run['classes']} classes · {data} · {run['run_id']}"
 
 
 def _url_pick(key: str, param: str, valid: list, multi: bool) -> None:

@@ -20,6 +20,7 @@ from core.data.readers import (detect_layout, signature, imbalance, load_index, 
                        resize_square)
 from core.errors import UserError  # noqa: E402
 from core.runs.tasks import SCAN_SIZE  # noqa: E402
+from dashboard.download_panel import download_panel  # noqa: E402
 
 N_CHOICES = (10, 20, 30, 50, 100, 200, 500, 1000)
 BAR_LIMIT = 1000          # bars drawn at most; the long-tail plot shows every class
@@ -256,6 +257,7 @@ st.caption("How imbalanced is the data? The seed poster (Fig. 1) shows the 50 mo
 
 path = dataset_picker("dataset")
 manage_datasets(path)
+download_panel()
 if not path:
     st.info("Type the folder of a data set: a Google Landmarks download (train.csv + train/) "
             "or one folder of images per class.", icon="ℹ️")

@@ -1,7 +1,8 @@
 """Runs: every run in one table; the selected run's live curves and progress, its final
 metrics, and the controls to cancel, resume or delete it. Reads the run store only; the
 workers write it. Live parts poll inside st.fragment(run_every=...) only while a run is active."""
-from dashboard.common import ROOT, STATUS_ICON, home_key, runs_frame, run_label, store
+from dashboard.common import ROOT, STATUS_ICON, home_key, runs_frame, run_label, store, train_again
+from dashboard.export_panel import export_buttons
 
 import time
 
@@ -278,6 +279,25 @@ def controls(run: dict) -> None:
               help="Removes the run's metrics, checkpoints and folder. Tick the box to confirm.")
 
 
+def on_rename(run_id: str) -> None:
+    name = st.session_state[f"runs_name_{run_id}"].strip()[:120]
+    notes = st.session_state[f"runs_notes_{run_id}"].strip()[:5000]
+    store().set(run_id, name=name or None, notes=notes or None)
+    st.session_state["runs_flash"] = ("success", "Saved the run's name and notes.")
+
+
+def name_and_notes(run: dict) -> None:
+    """A name and free notes, kept in the run store and in run.json (they survive a rebuild)."""
+    run_id = run["run_id"]
+    with st.form(f"runs_meta_{run_id}", border=False):
+        c1, c2 = st.columns([1, 2])
+        c1.text_input("Name", value=run.get("name") or "", key=f"runs_name_{run_id}", max_chars=120,
+                      placeholder="e.g. baseline, lr sweep winner")
+        c2.text_area("Notes", value=run.get("notes") or "", key=f"runs_notes_{run_id}", height=68,
+                     placeholder="What was tried, what was seen")
+        st.form_submit_button("Save name and notes", on_click=on_rename, args=(run_id,))
+
+
 def details(run: dict) -> None:
     status = run["status"]
     if status == "interrupted":
@@ -290,6 +310,14 @@ def details(run: dict) -> None:
     elif status == "failed":
         failure(run)
     controls(run)
+    if st.button("🔁 Train again like this", key="runs_again",
+                 help="Opens the Train page with this run's whole configuration filled in (data set included)."):
+        train_again(run["config"])
+    with st.expander("Name and notes", expanded=bool(run.get("notes"))):
+        name_and_notes(run)
+    if has_checkpoint(run["run_id"]):
+        with st.expander("Download the model (ONNX or TorchScript)"):
+            export_buttons(run["run_id"], key="runs_export")
     with st.expander("Configuration"):
         st.json(run["config"])
     with st.expander("Events"):

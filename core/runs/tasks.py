@@ -4,6 +4,8 @@
   class_models  draw the class model image of each chosen class of a finished run
   scan          decode the top classes' images once (cached) and list the unreadable files
   demo          generate the synthetic demo data set
+  download      get the top-N Google Landmarks classes' images (URLs or tar shards), then remember the set
+  sweep         drive a hyperparameter sweep (core.runs.sweeps): its trials are ordinary train runs
 """
 from __future__ import annotations
 
@@ -137,3 +139,53 @@ def demo(ctx: Context) -> dict:
         ctx.progress(done=done, total=total)
     info = generate(out, progress=progress, **a)
     return {"out": str(out), "images": info.get("images"), "classes": info.get("classes")}
+
+
+DOWNLOAD_ARGS = ("csv", "out", "top", "clean", "max_side", "workers", "shard", "tars")
+
+
+def _check_download(store, args: dict, run_id: str | None) -> None:
+    from core.data.download import check
+    from core.runs.jobs import latest
+    unknown = set(args) - set(DOWNLOAD_ARGS)
+    if unknown:
+        raise UserError(f"Unknown download argument(s): {', '.join(sorted(unknown))}.")
+    check(args.get("csv"), args.get("out"), args.get("top"), clean=bool(args.get("clean")),
+          max_side=args.get("max_side", 512), workers=args.get("workers", 32), shard=args.get("shard") or "1/1",
+          tars=args.get("tars") or None)
+    job = latest(store, "download", out=args.get("out"))
+    if job and job["active"]:
+        raise UserError(f"A download into {args.get('out')} is already running; wait for it or stop it.")
+
+
+@kind("download", check=_check_download)
+def download(ctx: Context) -> dict:
+    from core.data.download import download as get
+    from core.data.registry import remember
+    from core.errors import Cancelled
+    a = ctx.args
+
+    def progress(done, total, counts):
+        ctx.progress(done=done, total=total, **counts)
+    summary = get(a["csv"], a["out"], int(a["top"]), clean=bool(a.get("clean")), max_side=int(a.get("max_side", 512)),
+                  workers=int(a.get("workers", 32)), shard=a.get("shard") or "1/1", tars=a.get("tars") or None,
+                  progress=progress, should_stop=ctx.should_stop)
+    if summary["on_disk"]:
+        remember(summary["out"], source="download")   # offered by every data set picker from now on
+    if summary["stopped"]:
+        raise Cancelled()
+    ctx.progress(force=True, done=summary["total"], total=summary["total"],
+                 **{k: summary[k] for k in ("fetched", "already", "dead", "not_image", "failed", "no_url", "missing")})
+    return summary
+
+
+@kind("sweep")
+def sweep(ctx: Context) -> dict:
+    """Drive a sweep (core.runs.sweeps): its trials are ordinary runs in the queue."""
+    from core.runs.sweeps import drive
+    a = ctx.args
+
+    def progress(**fields):
+        ctx.progress(**fields)
+    out = drive(a["name"], ctx.store, storage=a.get("storage"), should_stop=ctx.should_stop, progress=progress)
+    return {"name": out["name"], "counts": out["counts"], "best": out["best"]}

@@ -1,0 +1,546 @@
+"""The Google Landmarks downloader (core.data.download) against a local HTTP server on 127.0.0.1
+that serves generated images, slow responses, 5xx, 404/410, truncated bodies, redirects and HTML
+saved as .jpg, counting every hit per path; plus tar import, the CLI and the job kind."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from core.data import download as dl
+from core.data.readers import load_index
+from core.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = dict(timeout=0.5, retries=2, backoff=0.01, workers=8)
+
+
+# ------------------------------------------------------------------ the server
+
+def jpeg(w: int = 40, h: int = 30, seed: int = 0) -> bytes:
+    im = Image.new("RGB", (w, h), ((seed * 37) % 256, (seed * 91) % 256, 120))
+    im.paste((255, 255, 255), (0, 0, w // 2, h // 3))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def png(w: int = 30, h: int = 30) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGBA", (w, h), (10, 200, 30, 128)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class Server:
+    """Routes by the first path segment; every request is counted in `hits` (path -> n)."""
+
+    def __init__(self, delay: float = 0.0):
+        self.hits: Counter = Counter()
+        self.lock = threading.Lock()
+        self.delay = delay
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def send(self, code: int, body: bytes = b"", ctype: str = "image/jpeg", length: int | None = None,
+                     headers: dict | None = None):
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body) if length is None else length))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except OSError:
+                    pass
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                with server.lock:
+                    server.hits[path] += 1
+                    n = server.hits[path]
+                if server.delay:
+                    time.sleep(server.delay)
+                kind, name = (path.strip("/").split("/", 1) + [""])[:2]
+                seed = int(hashlib.md5(name.encode()).hexdigest()[:4], 16)
+                if kind == "img":
+                    self.send(200, jpeg(seed=seed))
+                elif kind == "big":
+                    self.send(200, jpeg(200, 150, seed))
+                elif kind == "png":
+                    self.send(200, png(), "image/png")
+                elif kind == "slow":                       # first hit: slower than the client's timeout
+                    if n == 1:
+                        time.sleep(1.2)
+                    self.send(200, jpeg(seed=seed))
+                elif kind == "flaky":                      # 503 once, then fine
+                    self.send(503, b"busy", "text/plain") if n == 1 else self.send(200, jpeg(seed=seed))
+                elif kind == "e500":
+                    self.send(500, b"oops", "text/plain")
+                elif kind in ("404", "410", "403"):
+                    self.send(int(kind), b"no", "text/html")
+                elif kind == "trunc":                      # a complete response holding half a JPEG
+                    self.send(200, jpeg(200, 150, seed)[:600])
+                elif kind == "cut":                        # promises more bytes than it sends, then hangs up
+                    self.send(200, jpeg(seed=seed)[:300], length=5000)
+                    self.close_connection = True
+                elif kind == "redir":
+                    self.send(302, b"", "text/plain", headers={"Location": f"/img/{name}"})
+                elif kind == "html":
+                    self.send(200, b"<!doctype html><html><body>Photo not found</body></html>", "text/html")
+                else:
+                    self.send(404, b"", "text/plain")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+def iid(name: str) -> str:
+    return hashlib.md5(name.encode()).hexdigest()[:16]
+
+
+def write_csv(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["id", "url", "landmark_id"]).to_csv(path, index=False)
+    return path
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def mixed_rows(server: Server) -> list[tuple[str, str, str]]:
+    """Class 100 (6, all fine), 200 (6: 2 fine, 404, 410, HTML, truncated JPEG), 300 (5: slow then
+    fine, 503 then fine, always 500, cut-off body, "None"), 400 (5: 4 fine, connection refused),
+    50 (5, a tie that loses to 300 and 400 on the label), 7 (2)."""
+    refused = f"http://127.0.0.1:{closed_port()}/img/x.jpg"
+    spec = {"100": ["img/a1", "img/a2", "img/a3", "big/a4", "redir/a5", "png/a6"],
+            "200": ["img/b1", "img/b2", "404/b3", "410/b4", "html/b5.jpg", "trunc/b6"],
+            "300": ["slow/c1", "flaky/c2", "e500/c3", "cut/c4", None],
+            "400": ["img/d1", "img/d2", "img/d3", "img/d4", refused],
+            "50": [f"img/e{i}" for i in range(5)],
+            "7": ["img/f1", "img/f2"]}
+    rows = []
+    for label, paths in spec.items():
+        for j, p in enumerate(paths):
+            url = "None" if p is None else p if p.startswith("http") else server.url("/" + p)
+            rows.append((iid(f"{label}-{j}"), url, label))
+    # interleave the classes as a real CSV does
+    return sorted(rows, key=lambda r: r[0])
+
+
+# ------------------------------------------------------------------ picking
+
+def test_pick_top_counts_first_breaks_ties_by_label_and_keeps_csv_order(tmp_path, server):
+    rows = mixed_rows(server)
+    f = write_csv(tmp_path / "gld" / "train.csv", rows)
+    df = dl.pick_top(f, 4)
+    assert list(df.attrs["classes"]) == ["100", "200", "300", "400"]      # 6, 6, 5, 5: "50" loses the tie
+    assert set(df["landmark_id"]) == {"100", "200", "300", "400"} and len(df) == 22
+    assert df["id"].tolist() == [r[0] for r in rows if r[2] in {"100", "200", "300", "400"}]
+    assert list(dl.pick_top(f, 100).attrs["classes"]) == ["100", "200", "300", "400", "50", "7"]
+
+    # the 2018 Kaggle file: quoted fields, "None" URLs, other columns order
+    k = tmp_path / "k2018.csv"
+    k.write_text('"id","landmark_id","url"\n"aaaa1111bbbb2222","9","None"\n"aaaa1111bbbb3333","9","http://x/y.jpg"\n'
+                 '"aaaa1111bbbb4444","8","http://x/z.jpg"\n')
+    df = dl.pick_top(k, 1)
+    assert df.to_dict("list") == {"id": ["aaaa1111bbbb2222", "aaaa1111bbbb3333"],
+                                  "url": ["None", "http://x/y.jpg"], "landmark_id": ["9", "9"]}
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,url,landmark_id\n../../etc/passwd,http://x,1\n")
+    with pytest.raises(UserError, match="unsafe image id"):
+        dl.pick_top(bad, 1)
+    nocol = tmp_path / "nocol.csv"
+    nocol.write_text("id,landmark_id\nabc,1\n")
+    with pytest.raises(UserError, match="missing column.*url"):
+        dl.pick_top(nocol, 1)
+
+
+def test_pick_top_reads_only_what_it_needs_on_a_larger_csv(tmp_path):
+    """200 k rows, 5 k classes in a long tail: top 10 by count, ties by label; well under a second."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    labels = (rng.zipf(1.3, 200_000) % 5000).astype(str)
+    ids = [f"{i:016x}" for i in range(200_000)]
+    f = tmp_path / "train.csv"
+    pd.DataFrame({"id": ids, "url": "http://example.org/" + pd.Series(ids), "landmark_id": labels}).to_csv(f, index=False)
+    t0 = time.perf_counter()
+    df = dl.pick_top(f, 10, block_size=1 << 20)          # small blocks: many batches streamed
+    took = time.perf_counter() - t0
+    counts = pd.Series(labels).value_counts()
+    expect = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+    assert list(df.attrs["classes"].items()) == [(k, int(v)) for k, v in expect]
+    assert len(df) == sum(v for _, v in expect)
+    assert took < 5, took
+
+
+# ------------------------------------------------------------------ downloading
+
+def test_download_counts_files_layout_and_report(tmp_path, server):
+    gld = tmp_path / "gld"
+    f = write_csv(gld / "train.csv", mixed_rows(server))
+    (gld / "train_label_to_category.csv").write_text(
+        "landmark_id,category\n100,http://commons.wikimedia.org/wiki/Category:Eiffel_Tower\n200,Category:Big_Ben\n"
+        "999,Category:Elsewhere\n")
+    out = tmp_path / "out"
+    seen = []
+    r = dl.download(f, out, 4, max_side=64, progress=lambda d, t, c: seen.append((d, t, dict(c))), **FAST)
+    assert {k: r[k] for k in dl.STATUSES} == {"fetched": 14, "already": 0, "dead": 3, "not_image": 2,
+                                               "failed": 2, "no_url": 1, "missing": 0}
+    assert r["on_disk"] == 14 and r["total"] == 22 and r["classes"] == 4 and not r["stopped"]
+    assert seen[-1][0] == seen[-1][1] == 22 and seen[-1][2]["fetched"] == 14
+    # retries: the slow one timed out once, 503 once, 500 every time, 404 and HTML never retried
+    h = server.hits
+    assert h["/slow/c1"] == 2 and h["/flaky/c2"] == 2 and h["/e500/c3"] == 3 and h["/cut/c4"] == 3
+    assert h["/404/b3"] == h["/410/b4"] == h["/html/b5.jpg"] == h["/trunc/b6"] == 1
+    assert h["/redir/a5"] == 1 and h["/img/a5"] == 1
+    assert not any(p.startswith("/img/e") or p.startswith("/img/f") for p in h), "only the top classes are fetched"
+
+    # files: nested GLDv2 layout, resized on the fly, PNG stored as JPEG, small JPEG byte-identical
+    big = out / "train" / iid("100-3")[0] / iid("100-3")[1] / iid("100-3")[2] / f"{iid('100-3')}.jpg"
+    with Image.open(big) as im:
+        assert im.format == "JPEG" and im.size == (64, 48)
+    with Image.open(dl.target(out, iid("100-5"))) as im:
+        assert im.format == "JPEG" and im.size == (30, 30)
+    assert dl.target(out, iid("100-0")).read_bytes() == jpeg(seed=int(hashlib.md5(b"a1").hexdigest()[:4], 16))
+    assert not dl.target(out, iid("200-4")).exists() and not dl.target(out, iid("200-5")).exists()
+    assert not list(out.rglob("*.tmp"))
+
+    index = load_index(out)
+    assert index.layout == "gldv2" and len(index.samples) == 14
+    assert index.counts().to_dict() == {"100": 6, "400": 4, "200": 2, "300": 2}
+    assert index.name("100") == "Eiffel Tower"
+    assert set(pd.read_csv(out / "train_label_to_category.csv", dtype=str)["landmark_id"]) == {"100", "200"}
+
+    rep = json.loads((out / "download_report.json").read_text())
+    per = {c["landmark_id"]: c for c in rep["per_class"]}
+    assert (per["200"]["short"], per["200"]["dead"], per["200"]["not_image"]) == (4, 2, 2)
+    assert (per["300"]["failed"], per["300"]["no_url"], per["400"]["dead"], per["100"]["short"]) == (2, 1, 1, 0)
+    assert rep["short_classes"] == 3 and rep["examples"]["dead"][0]["why"].startswith(("HTTP", "connection"))
+
+    # a rerun fetches nothing on disk and never a dead link or a non-image again: only the two
+    # transient failures (always 500, cut-off body) are tried again
+    before = Counter(server.hits)
+    r2 = dl.download(f, out, 4, max_side=64, **FAST)
+    assert server.hits - before == Counter({"/e500/c3": 3, "/cut/c4": 3})
+    assert (r2["already"], r2["fetched"], r2["dead"], r2["not_image"], r2["failed"], r2["on_disk"]) == (14, 0, 3, 2, 2, 14)
+
+
+def test_stopped_download_reruns_without_fetching_anything_twice(tmp_path):
+    server = Server(delay=0.02)
+    try:
+        rows = [(iid(f"s{i}"), server.url(f"/img/s{i}" if i % 9 else f"/404/s{i}"), str(i % 3)) for i in range(60)]
+        f = write_csv(tmp_path / "train.csv", rows)
+        out = tmp_path / "out"
+        stop_at = 15
+        r1 = dl.download(f, out, 3, shard_size=16, should_stop=lambda: sum(server.hits.values()) >= stop_at, **FAST)
+        assert r1["stopped"] and 0 < r1["on_disk"] < 60
+        assert len(pd.read_csv(out / "train.csv")) == r1["on_disk"]          # usable already
+        assert load_index(out).samples.shape[0] == r1["on_disk"]
+        assert sum(server.hits.values()) < 40
+        r2 = dl.download(f, out, 3, shard_size=16, **FAST)
+        assert not r2["stopped"] and r2["on_disk"] == 60 - 7 and r2["dead"] == 7
+        assert r2["already"] == r1["on_disk"] and r2["fetched"] == 53 - r1["on_disk"]
+        assert max(server.hits.values()) == 1, [p for p, n in server.hits.items() if n > 1]
+        assert len(server.hits) == 60
+        assert sorted(p.name for p in (out / ".download").glob("*.success")) == [
+            f"shard_{i:05d}.success" for i in range(4)]
+    finally:
+        server.close()
+
+
+def test_a_killed_cli_download_resumes_where_it_stopped(tmp_path):
+    """SIGTERM in the middle of a CLI download: train.csv is written on the way out; the rerun does
+    not fetch again any image that was on disk."""
+    server = Server(delay=0.05)
+    try:
+        rows = [(iid(f"k{i}"), server.url(f"/img/k{i}"), str(i % 2)) for i in range(80)]
+        f = write_csv(tmp_path / "train.csv", rows)
+        out = tmp_path / "out"
+        cmd = [sys.executable, "-m", "core", "download", "--csv", str(f), "--top", "2", "--out", str(out),
+               "--workers", "2", "--json"]
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.time()
+        while sum(server.hits.values()) < 10 and time.time() - t0 < 60:
+            time.sleep(0.02)
+        p.terminate()
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 130, err
+        assert "run the same command again" in err
+        kept = {r[0] for r in rows if dl.target(out, r[0]).exists()}
+        assert 0 < len(kept) < 80 and len(pd.read_csv(out / "train.csv")) == len(kept)
+        hits = Counter(server.hits)
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        assert summary["on_disk"] == 80 and summary["already"] == len(kept)
+        for image_id, url, _ in rows:
+            path = url.split(str(server.port))[1]
+            if image_id in kept:
+                assert server.hits[path] == hits[path] == 1
+            else:
+                assert server.hits[path] <= 2
+    finally:
+        server.close()
+
+
+def test_two_machines_take_disjoint_shards_that_cover_everything_once(tmp_path, server):
+    rows = [(iid(f"m{i}"), server.url(f"/img/m{i}"), str(i % 4)) for i in range(30)]
+    f = write_csv(tmp_path / "train.csv", rows)
+    out = tmp_path / "shared"
+    a = dl.download(f, out, 4, shard=(1, 2), shard_size=7, **FAST)            # shards 0, 2, 4 -> 7 + 7 + 2
+    assert a["total"] == a["fetched"] == 16 and len(pd.read_csv(out / "train.csv")) == 16
+    b = dl.download(f, out, 4, shard="2/2", shard_size=7, **FAST)             # shards 1, 3 -> 14
+    assert b["total"] == b["fetched"] == 14
+    assert len(server.hits) == 30 and set(server.hits.values()) == {1}
+    assert len(load_index(out).samples) == 30                              # the last one lists both shares
+    with pytest.raises(UserError, match="--shard must be K/N"):
+        dl.download(f, out, 4, shard="3/2")
+
+
+def test_clean_subset_picks_and_fetches_only_its_images(tmp_path, server):
+    rows = [(iid(f"c{i}"), server.url(f"/img/c{i}"), "1" if i < 10 else "2" if i < 16 else "3") for i in range(20)]
+    f = write_csv(tmp_path / "gld" / "train.csv", rows)
+    with pytest.raises(UserError, match="train_clean.csv"):
+        dl.download(f, tmp_path / "o", 1, clean=True)
+    # cleaned: class 1 keeps 3 images, class 2 keeps 5, class 3 keeps 4 (+ one id with no row in train.csv)
+    clean = {"1": [iid(f"c{i}") for i in (0, 1, 2)], "2": [iid(f"c{i}") for i in (10, 11, 12, 13, 14)],
+             "3": [iid(f"c{i}") for i in (16, 17, 18, 19)] + ["ffff0000ffff0000"]}
+    pd.DataFrame({"landmark_id": list(clean), "images": [" ".join(v) for v in clean.values()]}).to_csv(
+        tmp_path / "gld" / "train_clean.csv", index=False)
+    df = dl.pick_top(f, 2, clean=True)
+    assert list(df.attrs["classes"]) == ["2", "3"] and len(df) == 10
+    r = dl.download(f, tmp_path / "out", 2, clean=True, **FAST)
+    assert (r["fetched"], r["no_url"], r["on_disk"]) == (9, 1, 9)
+    assert sorted(server.hits) == sorted(f"/img/c{i}" for i in (10, 11, 12, 13, 14, 16, 17, 18, 19))
+
+
+def test_tar_shards_extract_only_the_chosen_classes(tmp_path, server):
+    rows = [(iid(f"t{i}"), server.url(f"/img/t{i}"), "1" if i < 8 else "2" if i < 14 else "3") for i in range(18)]
+    f = write_csv(tmp_path / "train.csv", rows)
+    tars = tmp_path / "tars"
+    tars.mkdir()
+
+    def add(tar, image_id, body):
+        info = tarfile.TarInfo(f"{image_id[0]}/{image_id[1]}/{image_id[2]}/{image_id}.jpg")
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    with tarfile.open(tars / "images_000.tar", "w") as t:
+        for i in range(0, 9):                            # class 1 (8) and one of class 2
+            add(t, iid(f"t{i}"), jpeg(120, 90, i) if i != 3 else b"<html>not a photo</html>")
+    with tarfile.open(tars / "images_001.tar.gz", "w:gz") as t:
+        for i in range(9, 18):                           # class 2 but t13, and class 3 (not chosen)
+            if i != 13:
+                add(t, iid(f"t{i}"), jpeg(40, 30, i))
+    r = dl.download(f, tmp_path / "out", 2, tars=[tars], max_side=64)
+    assert {k: r[k] for k in ("fetched", "not_image", "missing", "on_disk")} == {
+        "fetched": 12, "not_image": 1, "missing": 1, "on_disk": 12}
+    assert not server.hits, "tars: no URL is fetched"
+    assert not dl.target(tmp_path / "out", iid("t15")).exists()           # class 3 was not chosen
+    with Image.open(dl.target(tmp_path / "out", iid("t0"))) as im:
+        assert im.size == (64, 48)
+    per = {c["landmark_id"]: c for c in r["per_class"]}
+    assert (per["1"]["not_image"], per["2"]["missing"]) == (1, 1)
+    assert len(load_index(tmp_path / "out").samples) == 12
+    r2 = dl.download(f, tmp_path / "out", 2, tars=[tars], max_side=64)
+    assert (r2["already"], r2["fetched"], r2["not_image"]) == (12, 0, 1)
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(b"this is not a tar file at all" * 50)
+    with pytest.raises(UserError, match="could not be read as a tar file"):
+        dl.download(f, tmp_path / "out2", 2, tars=[broken])
+
+
+def test_encode_rejects_html_and_truncated_and_keeps_small_jpegs():
+    small = jpeg(40, 30)
+    assert dl.encode(small, 512) == small and dl.encode(small, 0) == small
+    with pytest.raises(Exception):
+        dl.encode(b"<html></html>", 512)
+    with pytest.raises(Exception):
+        dl.encode(jpeg(300, 200)[:800], 512)
+    out = Image.open(io.BytesIO(dl.encode(jpeg(300, 200), 100)))
+    assert out.format == "JPEG" and out.size == (100, 67)
+
+
+# ------------------------------------------------------------------ CLI and job
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    from core.cli import main
+    code = main(args)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_cli_json_and_one_sentence_errors(tmp_path, server, capsys):
+    rows = [(iid(f"j{i}"), server.url(f"/img/j{i}" if i != 2 else f"/404/j{i}"), str(i % 2)) for i in range(8)]
+    f = write_csv(tmp_path / "gld" / "train.csv", rows)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(["download", "--csv", str(f), "--top", "1", "--out", str(out), "--workers", "4",
+                                 "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert (summary["fetched"], summary["dead"], summary["on_disk"], summary["classes"]) == (3, 1, 3, 1)
+    assert "fetched" in err                                       # progress went to stderr
+    from core.data.registry import by_path
+    assert by_path(out)["source"] == "download"
+
+    code, stdout, err = run_cli(["download", "--csv", str(f), "--top", "1", "--out", str(out)], capsys)
+    assert code == 0 and "3 already there" in stdout and "1 dead links" in stdout
+
+    (tmp_path / "afile").write_text("x")
+    nocols = tmp_path / "nocols.csv"
+    nocols.write_text("id,landmark\na,1\n")
+    cases = [(["--csv", str(tmp_path / "nope.csv"), "--top", "1", "--out", str(out)], "does not exist"),
+             (["--csv", str(nocols), "--top", "1", "--out", str(out)], "missing column"),
+             (["--csv", str(f), "--top", "0", "--out", str(out)], "--top must be at least 1"),
+             (["--csv", str(f), "--top", "1", "--out", str(out), "--shard", "3/2"], "--shard must be K/N"),
+             (["--csv", str(f), "--top", "1", "--out", str(out), "--shard", "two"], "--shard must be K/N"),
+             (["--csv", str(f), "--top", "1", "--out", str(tmp_path / "afile")], "Cannot write"),
+             (["--csv", str(f), "--top", "1", "--out", str(tmp_path / "afile" / "sub")], "Cannot write"),
+             (["--csv", str(f), "--top", "1", "--out", str(out), "--clean"], "train_clean.csv"),
+             (["--csv", str(f), "--top", "1", "--out", str(out), "--max-side", "3"], "--max-side"),
+             (["--csv", str(f), "--top", "1", "--out", str(out), "--tars", str(tmp_path / "none")], "does not exist")]
+    for args, expect in cases:
+        code, stdout, err = run_cli(["download", *args], capsys)
+        assert code == 2, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], (args, err)
+
+
+def test_download_job_runs_end_to_end_and_registers_the_data_set(tmp_path, server):
+    from core.data.registry import by_path
+    from core.runs import jobs
+    from core.runs.store import RunStore
+    rows = [(iid(f"q{i}"), server.url(f"/img/q{i}" if i != 1 else "/html/q.jpg"), str(i % 3)) for i in range(12)]
+    f = write_csv(tmp_path / "train.csv", rows)
+    out = tmp_path / "home" / "datasets" / "gldv2-top2"
+    store = RunStore()
+    with pytest.raises(UserError, match="does not exist"):
+        jobs.submit(store, "download", {"csv": str(tmp_path / "missing.csv"), "out": str(out), "top": 2})
+    assert store.jobs(kind="download") == []
+    args = {"csv": str(f), "out": str(out), "top": 2, "clean": False, "max_side": 64, "workers": 4}
+    job_id = jobs.submit(store, "download", args, start=False)
+    with pytest.raises(UserError, match="already running"):
+        jobs.submit(store, "download", args, start=False)
+    result = jobs.run_job(store, job_id)
+    assert result["status"] == "done", result
+    job = jobs.status(store, job_id)
+    assert job["result"]["fetched"] == 7 and job["result"]["not_image"] == 1
+    assert job["progress"]["done"] == job["progress"]["total"] == 8 and job["progress"]["fetched"] == 7
+    assert by_path(out)["source"] == "download"
+    assert len(load_index(out).samples) == 7
+
+
+def test_a_cancelled_download_job_is_cancelled_and_keeps_its_files(tmp_path):
+    from core.runs import jobs
+    from core.runs.store import RunStore
+    server = Server(delay=0.05)
+    try:
+        rows = [(iid(f"x{i}"), server.url(f"/img/x{i}"), "1") for i in range(60)]
+        f = write_csv(tmp_path / "train.csv", rows)
+        out = tmp_path / "out"
+        store = RunStore()
+        job_id = jobs.submit(store, "download", {"csv": str(f), "out": str(out), "top": 1, "workers": 2}, start=False)
+        threading.Timer(0.5, lambda: jobs.cancel(store, job_id)).start()
+        store.set_job(job_id, status="running")
+        t0 = time.time()
+        result = jobs.run_job(store, job_id)
+        assert result["status"] == "cancelled" and time.time() - t0 < 8
+        on_disk = [r for r in rows if dl.target(out, r[0]).exists()]
+        assert 0 < len(on_disk) < 60 and len(pd.read_csv(out / "train.csv")) == len(on_disk)
+    finally:
+        server.close()
+
+
+def test_download_panel_renders_and_submits(tmp_path, server, home, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+    from core.runs.store import RunStore
+    monkeypatch.setenv("LANDMARKS_DATA_ROOTS", str(tmp_path))
+    rows = [(iid(f"p{i}"), server.url(f"/img/p{i}"), str(i % 2)) for i in range(6)]
+    f = write_csv(tmp_path / "gld" / "train.csv", rows)
+
+    def script():
+        from dashboard.download_panel import download_panel
+        download_panel()
+    at = AppTest.from_function(script, default_timeout=60).run()
+    assert not at.exception, at.exception
+    at.text_input(key="download_csv").set_value(str(f)).run()
+    at.number_input(key="download_top").set_value(1).run()
+    assert at.text_input(key="download_out").placeholder.endswith("gldv2-top1")
+    at.text_input(key="download_out").set_value("/etc/elsewhere").run()
+    at.button(key="download_start").click().run()
+    assert any("must be under" in e.value for e in at.error)
+    at.text_input(key="download_out").set_value(str(home / "datasets" / "panel-set")).run()
+    at.button(key="download_start").click().run()
+    assert not at.exception, at.exception
+    store = RunStore()
+    job = store.jobs(kind="download")[0]
+    assert job["args"]["top"] == 1 and job["args"]["out"] == str((home / "datasets" / "panel-set").resolve())
+    from core.runs.store import FINAL
+    t0 = time.time()
+    while store.job(job["job_id"])["status"] not in FINAL and time.time() - t0 < 60:
+        time.sleep(0.2)
+    assert store.job(job["job_id"])["status"] == "done", store.job(job["job_id"])
+    at.run()
+    assert not at.exception, at.exception
+    assert any("3 of 3" in s.value for s in at.success), [s.value for s in at.success]
+
+
+def test_download_panel_shows_progress_counts_and_stops(home):
+    from streamlit.testing.v1 import AppTest
+    from core.runs.store import RunStore
+    store = RunStore()
+    job_id = store.add_job("download", {"csv": "/data/train.csv", "out": str(home / "datasets" / "g"), "top": 5})
+    store.set_job(job_id, status="running", pid=os.getpid(), heartbeat=time.time(),
+                  progress={"done": 50, "total": 200, "fetched": 30, "already": 15, "dead": 3, "not_image": 2,
+                            "failed": 0, "no_url": 0, "missing": 0, "rate": 12.5, "eta_s": 12.0, "seconds": 4})
+
+    def script():
+        from dashboard.download_panel import download_panel
+        download_panel()
+    at = AppTest.from_function(script, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert {m.label: m.value for m in at.metric} == {"Fetched": "30", "Already there": "15", "Dead links": "3",
+                                                      "Not images": "2", "Other failures": "0"}
+    assert "ETA 12s" in at.get("progress")[0].proto.text
+    at.button(key="download_cancel").click().run()
+    assert store.job(job_id)["cancel"] == 1
