@@ -131,13 +131,17 @@ def cmd_eval(a) -> dict:
     if a.split not in evals:
         raise UserError(f"Run {a.run_id} has no {a.split} evaluation (status {run['status']}); "
                         f"evaluations are written when a run finishes.")
+    from core.train import metrics
+    for e in evals.values():      # runs evaluated before balanced_acc/macro_f1 were stored: from the confusion
+        if e.get("n") and e.get("confusion") and e.get("balanced_acc") is None:
+            e.update(balanced_acc=metrics.balanced_accuracy(e["confusion"]), macro_f1=metrics.macro_f1(e["confusion"]))
     m = evals[a.split]
     hist = store.epochs(a.run_id)[["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]]
     per_class = [{"label": l, "name": n, "acc": acc, "support": s}
                  for l, n, acc, s in zip(m["labels"], m["names"], m["per_class"], m["support"])]
     out = {"run_id": a.run_id, "status": run["status"], "split": a.split, "epochs_completed": int(len(hist))}
     out.update({f"{s}_{k}": evals.get(s, {}).get(k) for s in ("train", "val", "holdout")
-                for k in ("acc", "top5", "gap", "balanced_acc", "macro_f1")})     # the last two: None for older runs
+                for k in ("acc", "top5", "gap", "balanced_acc", "macro_f1")})
     out.update(acc=m["acc"], top5=m["top5"], gap=m["gap"], balanced_acc=m.get("balanced_acc"),
                macro_f1=m.get("macro_f1"), n=m["n"], images_per_s=run["summary"].get("images_per_s"),
                seconds=run["summary"].get("seconds"), history=hist.to_dict("records"), per_class=per_class,

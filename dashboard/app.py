@@ -34,6 +34,7 @@ nav = st.navigation({
         st.Page(PAGES / "dataset.py", title="Dataset", icon="📊", default=True),
         st.Page(PAGES / "train.py", title="Train", icon="🚀"),
         st.Page(PAGES / "runs.py", title="Runs", icon="📈"),
+        st.Page(PAGES / "sweeps.py", title="Sweeps", icon="🔬"),
     ],
     "Understand": [
         st.Page(PAGES / "evaluate.py", title="Evaluate", icon="🎯"),

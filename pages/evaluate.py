@@ -1,6 +1,7 @@
 """Evaluate: the seed's holdout table across runs, then for one run and split the per-class
 accuracy (Fig. 4), the confusion matrix (Fig. 3) and the most confident mistakes."""
 from dashboard.common import run_picker, runs_frame, store, home_key  # noqa: I001
+from dashboard.export_panel import export_buttons  # noqa: I001
 
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import streamlit as st
 
 from core.data.readers import open_image
 from dashboard import charts
+from core.train import metrics
 
 SPLITS = {"holdout": "Holdout (1%)", "val": "Validation", "train": "Train"}
 st.session_state.setdefault("eval_split", "holdout")
@@ -38,17 +40,35 @@ def thumbnail(path: str, mtime: float, size: int = 160) -> np.ndarray:
     return np.asarray(im)
 
 
+def imbalance_metric(ev: dict, key: str):
+    """balanced_acc / macro_f1 of a split; computed from the confusion matrix for runs evaluated
+    before they were stored; None where the split has no images."""
+    if ev.get(key) is not None or not ev.get("confusion") or not ev.get("n"):
+        return ev.get(key)
+    fn = metrics.balanced_accuracy if key == "balanced_acc" else metrics.macro_f1
+    return fn(np.asarray(ev["confusion"]))
+
+
 def holdout_table(runs: pd.DataFrame) -> None:
     """The seed's results table: one row per finished run, sortable by any column."""
     df = runs.copy()
-    df["holdout_n"] = [load_evals(home_key(), r.run_id, r.finished).get("holdout", {}).get("n") for r in df.itertuples()]
+    holdouts = [load_evals(home_key(), r.run_id, r.finished).get("holdout", {}) for r in df.itertuples()]
+    df["holdout_n"] = [h.get("n") for h in holdouts]
+    df["holdout_balanced_acc"] = [imbalance_metric(h, "balanced_acc") for h in holdouts]
+    df["holdout_macro_f1"] = [imbalance_metric(h, "macro_f1") for h in holdouts]
     df = df.sort_values(["holdout_acc", "val_acc"], ascending=False, na_position="last")
-    cols = ["model", "classes", "train_acc", "val_acc", "holdout_acc", "holdout_n", "holdout_top5", "holdout_gap", "run_id"]
+    cols = ["model", "classes", "train_acc", "val_acc", "holdout_acc", "holdout_balanced_acc", "holdout_macro_f1",
+            "holdout_n", "holdout_top5", "holdout_gap", "run_id"]
     st.dataframe(df[cols], hide_index=True, column_config={
         "model": "Model", "classes": st.column_config.NumberColumn("No. classes", format="%d"),
         "train_acc": st.column_config.NumberColumn("Train", format=PCT),
         "val_acc": st.column_config.NumberColumn("Validation", format=PCT),
         "holdout_acc": st.column_config.NumberColumn("Holdout", format=PCT),
+        "holdout_balanced_acc": st.column_config.NumberColumn("Holdout balanced", format=PCT,
+                                                              help="Balanced accuracy: the mean of the per-class "
+                                                                   "accuracies (recall), every class counting the same."),
+        "holdout_macro_f1": st.column_config.NumberColumn("Holdout macro-F1", format=PCT,
+                                                          help="The unweighted mean of the per-class F1 scores."),
         "holdout_n": st.column_config.NumberColumn("Holdout n", format="%d",
                                                    help="Holdout images: the set is 1% of the data, so one image moves "
                                                         "the holdout numbers by 1/n."),
@@ -60,9 +80,10 @@ def holdout_table(runs: pd.DataFrame) -> None:
 
 def split_metrics(ev: dict, split: str) -> None:
     n = ev.get("n") or 0
-    cols = st.columns(4)
-    for col, (key, label) in zip(cols, (("acc", "Accuracy"), ("top5", "Top-5"), ("gap", "GAP"), ("loss", "Loss"))):
-        v = ev.get(key)
+    shown = (("acc", "Accuracy"), ("balanced_acc", "Balanced accuracy"), ("macro_f1", "Macro-F1"),
+             ("top5", "Top-5"), ("gap", "GAP"), ("loss", "Loss"))
+    for col, (key, label) in zip(st.columns(len(shown)), shown):
+        v = imbalance_metric(ev, key) if key in ("balanced_acc", "macro_f1") else ev.get(key)
         col.metric(f"{label} (n={n})", "—" if v is None else f"{v:.3f}")
     if split == "holdout":
         st.caption(f"The holdout set has only {n} images: each one moves accuracy by {1 / max(n, 1):.1%}.")
@@ -155,3 +176,5 @@ split_metrics(ev, split)
 per_class_section(ev, split)
 confusion_section(ev, run_id, split)
 mistakes_section(ev, run_id, split)
+with st.expander("Download this model (ONNX or TorchScript)"):
+    export_buttons(run_id, key="eval_export")

@@ -4,7 +4,7 @@ The page never trains: core.runs.jobs.launch writes a queued run to the store an
 `python -m core.runs.worker` in its own session when the device is free. The form is validated
 first (TrainConfig.validate and the data set's class count), so bad input creates no run.
 """
-from dashboard.common import (STATUS_ICON, clean_toggle, counts_of, dataset_picker, runs_frame,  # noqa: I001
+from dashboard.common import (STATUS_ICON, TRAIN_FIELDS, clean_toggle, counts_of, dataset_picker, runs_frame,  # noqa: I001
                               store, synthetic_note, user_error)
 
 from pathlib import Path  # noqa: E402
@@ -13,8 +13,8 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 from streamlit.errors import StreamlitAPIException  # noqa: E402
 
-from core.train.config import (AUGMENTATIONS, DEVICES, OPTIMIZERS, PIPELINES, PRECISIONS, SWITCHES,  # noqa: E402
-                               TrainConfig, spec)
+from core.train.config import (AUGMENTATIONS, BALANCES, DEVICES, OPTIMIZERS, PIPELINES, PRECISIONS,  # noqa: E402
+                               SWITCHES, TrainConfig, spec)
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS  # noqa: E402
 from core.data.readers import detect_layout, has_clean  # noqa: E402
 from core.errors import UserError  # noqa: E402
@@ -26,12 +26,8 @@ AUG_LABELS = {"crop": "Random resized crop", "hflip": "Random horizontal flip",
               "vflip": "Random vertical flip", "rot90": "Random 90° rotations"}
 WEIGHT_LABELS = {"imagenet": "ImageNet", "none": "None (from scratch)", "path": "Weight file…"}
 OPT_LABELS = {"adam": "Adam", "sgd": "SGD (momentum 0.9)"}
-# form widget key -> TrainConfig field; the defaults and bounds come from the dataclass (core.train.config)
-FIELDS = dict(train_classes="classes", train_lr="lr", train_epochs="epochs", train_optimizer="optimizer",
-              train_batch="batch_size", train_size="image_size", train_freeze="freeze", train_holdout="holdout",
-              train_val="val", train_seed="seed", train_device="device", train_pipeline="pipeline",
-              train_max_images="max_images", train_precision="precision", train_channels_last="channels_last",
-              train_fused="fused", train_compile="compile")
+BALANCE_LABELS = {"none": "None", "weighted": "Weighted loss (1/frequency)", "sampler": "Class-balanced sampler"}
+FIELDS = TRAIN_FIELDS  # form widget key -> TrainConfig field (shared with the Runs page's “train again”)
 DEFAULTS = {"train_weights_path": "", **{k: CONFIG_DEFAULTS[f] for k, f in FIELDS.items()},
             **{f"train_aug_{a}": a in CONFIG_DEFAULTS["augment"] for a in AUGMENTATIONS}}
 
@@ -86,6 +82,8 @@ def form(n_classes: int) -> bool:
                      placeholder="/path/to/state_dict.pt or a run's checkpoints/last.pt")
         number(a, f"N most frequent classes (0 = all {n_classes:,})", "train_classes", step=1,
                help="The seed trains on the 10, 20, 30 and 50 most frequent classes.")
+        a.selectbox("Class imbalance", BALANCES, format_func=BALANCE_LABELS.get, key="train_balance",
+                    persist_state="session", help=spec("balance")["help"])
         number(b, "Learning rate", "train_lr", step=1e-4, format="%.5f")
         number(b, "Epochs", "train_epochs", step=1)
         b.selectbox("Optimizer", OPTIMIZERS, format_func=OPT_LABELS.get, key="train_optimizer",
@@ -220,6 +218,9 @@ if counts is not None:
     st.caption(REGISTRY[st.session_state["train_model"]].about)
     st.button("⚡ Quick demo run preset", on_click=apply_preset, args=(len(counts),), key="train_preset",
               help="Fills small values (64 px, 3 epochs, up to 10 classes) so a run finishes in minutes on a CPU.")
+    if st.session_state.pop("train_again_note", False):
+        st.info("The form holds the configuration of the run you chose: change what you like, then "
+                "press **Launch training run**.", icon="🔁")
     if st.session_state.pop("train_preset_note", False):
         st.info("Preset filled in: small images, 3 epochs. Press **Launch training run**.", icon="⚡")
     if form(len(counts)):

@@ -179,3 +179,32 @@ def test_evaluate_button_opens_evaluate_on_the_selected_run(use_trained_home):
     assert not at.exception, at.exception
     assert at.selectbox(key="eval_run").value == other
     assert any(m.label.startswith("Accuracy") for m in at.metric)
+
+
+def test_name_notes_and_train_again_like_this(use_trained_home):
+    _, (a, b) = use_trained_home
+    at = open_runs()
+    pick(at, b)
+    at.text_input(key=f"runs_name_{b}").input("three classes")       # form fields: sent with the submit
+    at.text_area(key=f"runs_notes_{b}").input("smaller head, 2 epochs")
+    at.button[[x.label for x in at.button].index("Save name and notes")].click().run()
+    assert not at.exception, at.exception
+    run = RunStore().get(b)
+    assert run["name"] == "three classes" and run["notes"] == "smaller head, 2 epochs"
+    assert "three classes ·" in at.selectbox(key="runs_pick").format_func(b)
+    cfg = run["config"]
+    at.button(key="runs_again").click().run()                      # the Train form holds b's whole config
+    assert not at.exception, at.exception
+    ss = at.session_state
+    assert ss["train_model"] == cfg["model"] and ss["train_classes"] == cfg["classes"] == 3
+    assert ss["train_epochs"] == cfg["epochs"] and ss["train_size"] == cfg["image_size"]
+    assert ss["train_weights"] == "none" and ss["train_lr"] == cfg["lr"]
+    assert any("configuration of the run you chose" in str(i.value) for i in at.info)
+    assert at.number_input(key="train_classes").value == 3
+
+
+def test_runs_page_offers_the_model_download(use_trained_home):
+    _, (a, b) = use_trained_home
+    at = open_runs()
+    pick(at, a)
+    assert any(e.label.startswith("Download the model") for e in at.expander)

@@ -44,9 +44,9 @@ def plan(data: str, classes: list[int] | None = None, models: list[str] | None =
         raise UserError("Those models and classes match no row of the poster's table; give both --models and --classes.")
     stand = {m: STAND_IN for m in dict.fromkeys(m for m, _ in rows) if not _imagenet_ok(m)}
     base = dict(data=data, weights="imagenet", epochs=epochs, optimizer="adam", lr=1e-3, batch_size=32,
-                holdout=0.01, val=0.2, seed=0, **(QUICK if quick else {}), **(extra or {}))
+                holdout=0.01, val=0.2, seed=0, **(extra or {}))
     if quick:
-        base["epochs"] = min(base["epochs"], QUICK["epochs"])
+        base.update(image_size=QUICK["image_size"], epochs=min(epochs, QUICK["epochs"]))
     cfg = TrainConfig.from_dict({**base, "model": rows[0][0], "classes": rows[0][1]})
     configs = [{"model": stand.get(m, m), "classes": c} for m, c in rows]
     tag = "quick" if quick else f"{cfg.epochs}ep"

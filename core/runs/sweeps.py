@@ -53,10 +53,20 @@ def _storage(url: str | None):
     optuna = _optuna()
     url = storage_url(url)
     kw = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    if url.startswith("sqlite:///"):
+        _wal(Path(url[len("sqlite:///"):]))
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kw)
     except Exception as e:  # noqa: BLE001 - a bad URL, a server that cannot be reached, a missing driver
         raise UserError(f"Cannot open the sweep storage {url} ({str(e).splitlines()[0][:160]}).") from None
+
+
+def _wal(db: Path) -> None:
+    """Write-ahead logging (kept in the file): the Sweeps page reads while drivers write, unblocked."""
+    import sqlite3
+    if db.parent.is_dir():
+        with sqlite3.connect(db, timeout=60) as c:
+            c.execute("PRAGMA journal_mode=WAL")
 
 
 def check_name(name: str) -> str:
@@ -284,7 +294,8 @@ def drive(name: str, store, storage: str | None = None, poll_s: float = 0.5, sho
         study.set_user_attr("cancelled", False)        # continuing a cancelled sweep
     dists = _distributions(a["space"]) if sampler != "grid" else _distributions(
         {k: sorted({c[k] for c in _enqueued(study)}, key=str) for k in _param_names(study)})
-    width = slots or len(_slots(device_key(base.get("device", "auto"))))
+    # one trial per device slot, plus one waiting in the queue: the worker that ends starts it at once
+    width = (slots or len(_slots(device_key(base.get("device", "auto"))))) + 1
     mine: dict[int, dict] = {}                         # trial number -> {trial, run_id, reported, pruned_at, resumes}
 
     for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,)):   # adopt what a dead driver left

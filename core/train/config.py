@@ -25,6 +25,7 @@ PIPELINES = ("prepared", "plain")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "bf16", "fp32")
 SWITCHES = ("auto", "on", "off")
+BALANCES = ("none", "weighted", "sampler")
 
 
 def _f(default, help: str, lo=None, hi=None, choices=None, flag: bool = True, **kw):
@@ -47,6 +48,9 @@ class TrainConfig:
     optimizer: str = _f("adam", "adam | sgd (momentum 0.9)", choices=OPTIMIZERS)
     momentum: float = _f(0.9, "SGD momentum", lo=0.0, hi=0.999)
     weight_decay: float = _f(0.0, "L2 weight decay", lo=0.0, hi=1.0)
+    balance: str = _f("none", "class imbalance: none | weighted (cross-entropy weighted by inverse class "
+                              "frequency in the training split) | sampler (each epoch draws the training "
+                              "images with replacement, every class about equally often)", choices=BALANCES)
     image_size: int = _f(224, "pixels, square", lo=16, hi=1024)
     augment: tuple = _f((), "comma list of crop,hflip,vflip,rot90", choices=AUGMENTATIONS, noun="augmentation")
     freeze: bool = _f(False, "freeze the feature extractor (train only the classifier head)")

@@ -21,7 +21,7 @@ from core.train.config import TrainConfig
 from core.data.readers import load_index
 from core.errors import UserError
 from core.train.models import build_model
-from core.train.pipeline import PreparedBatches, augment_batch, plain_loader, to_float
+from core.train.pipeline import PreparedBatches, augment_batch, class_counts, class_weights, plain_loader, to_float
 from core.data.prepared import SCAN_SIZE, prepare  # SCAN_SIZE: the plain pipeline checks every file once at it
 from core.train.sinks import Cancelled, NullSink
 from core.data.splits import load_manifest, make_manifest, save_manifest, top_classes
@@ -97,11 +97,13 @@ def _loader(cfg, data: Data, split: str, train: bool, device):
     m = data.manifest
     sel = (m["split"] == split).to_numpy()
     pin = device.type == "cuda"
+    balanced = train and cfg.balance == "sampler"
     if cfg.pipeline == "prepared":
         return PreparedBatches(_LazyRows(data.store, data.rows[sel]), m["target"].to_numpy()[sel],
-                               cfg.batch_size, shuffle=train, seed=cfg.seed, pin=pin)
+                               cfg.batch_size, shuffle=train, seed=cfg.seed, pin=pin, balanced=balanced)
     return plain_loader(m["path"][sel].tolist(), m["target"][sel].tolist(), cfg.image_size,
-                        cfg.augment if train else (), cfg.batch_size, train, cfg.workers, pin, cfg.seed)
+                        cfg.augment if train else (), cfg.batch_size, train, cfg.workers, pin, cfg.seed,
+                        balanced=balanced)
 
 
 class _LazyRows:
@@ -118,6 +120,8 @@ def _batches(loader, epoch: int):
     if isinstance(loader, PreparedBatches):
         yield from loader.epoch(epoch)
     else:
+        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+            loader.sampler.set_epoch(epoch)          # the class-balanced sampler draws per (seed, epoch)
         for x, y in loader:
             yield x, y
 
@@ -159,7 +163,9 @@ def _autocast(cfg, device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16(cfg, device) else nullcontext()
 
 
-def train_one_epoch(model, loader, optimizer, cfg, device, epoch: int, step0: int, sink) -> dict:
+def train_one_epoch(model, loader, optimizer, cfg, device, epoch: int, step0: int, sink,
+                    class_weight: torch.Tensor | None = None) -> dict:
+    """One pass over `loader`. `class_weight`: per-class cross-entropy weights (--balance weighted)."""
     model.train()
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
     tally = _Tally(cfg, epoch, step0, len(loader), optimizer)
@@ -169,7 +175,7 @@ def train_one_epoch(model, loader, optimizer, cfg, device, epoch: int, step0: in
         x, y = _inputs(cfg, x, device, True, gen), y.to(device, non_blocking=True)
         with _autocast(cfg, device):
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y, weight=class_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -236,7 +242,8 @@ def predict_batches(model, loader, cfg, device) -> tuple[np.ndarray, np.ndarray]
 def evaluate(model, loader, cfg, device, n_classes: int) -> tuple[dict, np.ndarray, np.ndarray]:
     y, p = predict_batches(model, loader, cfg, device)
     if len(y) == 0:
-        return {"n": 0, "acc": None, "top5": None, "gap": None, "loss": None}, y, p
+        return {"n": 0, "acc": None, "top5": None, "gap": None, "balanced_acc": None, "macro_f1": None,
+                "loss": None}, y, p
     out = metrics.summarize(y, p, n_classes)
     out["loss"] = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
     return out, y, p
@@ -332,11 +339,13 @@ def fit(cfg: TrainConfig, folder, sink=NullSink(), resume: bool = False) -> dict
     if len(train) == 0:
         raise UserError("The training split is empty; use more images or smaller --holdout/--val fractions.")
     sink.emit("speed", {"message": speed_settings(cfg, device)})
+    weight = balance(cfg, data, device, sink)
     sink.emit("info", {"message": f"device {device}, {len(data.labels)} classes, "
                                   f"{(data.manifest['split'] == 'train').sum()} training images, starting at epoch {start + 1}"})
     rates = []
     for epoch in range(start + 1, cfg.epochs + 1):
-        row = train_one_epoch(net, train, optimizer, cfg, device, epoch, (epoch - 1) * len(train), sink)
+        row = train_one_epoch(net, train, optimizer, cfg, device, epoch, (epoch - 1) * len(train), sink,
+                              class_weight=weight)
         scheduler.step()
         v, _, _ = evaluate(net, val, cfg, device, len(data.labels))
         rates.append(row["images_per_s"])
@@ -349,6 +358,30 @@ def fit(cfg: TrainConfig, folder, sink=NullSink(), resume: bool = False) -> dict
     return summary
 
 
+def balance(cfg, data: Data, device, sink) -> torch.Tensor | None:
+    """What --balance does, said in the run's events; returns the loss's class weights for
+    'weighted' (the sampler itself lives in the training loader, see _loader)."""
+    if cfg.balance == "none":
+        return None
+    m = data.manifest
+    targets = m.loc[m["split"] == "train", "target"].to_numpy()
+    counts = class_counts(targets, len(data.labels))
+    present = counts > 0
+    lo, hi = int(counts[present].min()), int(counts[present].max())
+    if cfg.balance == "weighted":
+        w = class_weights(targets, len(data.labels))
+        sink.emit("balance", {"message": f"balance weighted: cross-entropy with class weights ∝ 1/frequency over "
+                                         f"{len(targets)} training images ({int(present.sum())} classes, {lo}–{hi} "
+                                         f"images each), weights {w[present].min():.3g}–{w[present].max():.3g} "
+                                         f"(mean 1 over the images)"})
+        return torch.as_tensor(w, dtype=torch.float32, device=device)
+    sink.emit("balance", {"message": f"balance sampler: each epoch draws {len(targets)} training images with "
+                                     f"replacement, probability ∝ 1/class frequency ({int(present.sum())} classes, "
+                                     f"{lo}–{hi} images each: about {len(targets) / max(int(present.sum()), 1):.0f} "
+                                     f"draws per class), seeded by the run's seed and the epoch"})
+    return None
+
+
 def final_evaluation(model, cfg, data: Data, device, folder, sink) -> dict:
     """The seed's table (train/val/holdout accuracy) plus top-5, GAP, per-class and confusion."""
     summary = {}
@@ -356,7 +389,7 @@ def final_evaluation(model, cfg, data: Data, device, folder, sink) -> dict:
         m, y, p = evaluate(model, _loader(cfg, data, split, False, device), cfg, device, len(data.labels))
         m["labels"], m["names"] = list(data.labels), list(data.names)
         sink.emit("eval", {"split": split, "metrics": m})
-        for k in ("acc", "top5", "gap"):
+        for k in ("acc", "top5", "gap", "balanced_acc", "macro_f1"):
             summary[f"{split}_{k}"] = m.get(k)
         if split != "train" and len(y):
             save_predictions(folder.predictions_file(split), data.manifest, split, y, p)

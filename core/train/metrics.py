@@ -1,4 +1,10 @@
-"""Classification metrics: accuracy, top-k, per-class accuracy, confusion matrix and GAP.
+"""Classification metrics: accuracy, top-k, per-class accuracy, confusion matrix, balanced
+accuracy, macro-F1 and GAP.
+
+Balanced accuracy is the mean recall over the classes present in the true labels (sklearn's
+balanced_accuracy_score); macro-F1 the unweighted mean of F1 = 2 TP / (2 TP + FP + FN) over the
+classes that occur as a true label or as a prediction (sklearn's f1_score(average="macro"): a
+class predicted but absent scores 0, one neither true nor predicted is left out).
 
 GAP is the Google Landmark Recognition challenge metric (Kaggle 2018): one prediction and one
 confidence per query, ranked by confidence over all queries,
@@ -42,6 +48,32 @@ def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
         return np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
 
 
+def balanced_accuracy(cm: np.ndarray) -> float:
+    """Mean recall over the classes that have at least one true sample; NaN when none has."""
+    cm = np.asarray(cm)
+    support = cm.sum(axis=1)
+    present = support > 0
+    if not present.any():
+        return float("nan")
+    return float((np.diag(cm)[present] / support[present]).mean())
+
+
+def f1_per_class(cm: np.ndarray) -> np.ndarray:
+    """F1 = 2 TP / (2 TP + FP + FN) per class (0 where a class has no TP); NaN where it has neither
+    true samples nor predictions."""
+    cm = np.asarray(cm)
+    tp = np.diag(cm).astype(np.float64)
+    denom = 2 * tp + (cm.sum(axis=0) - tp) + (cm.sum(axis=1) - tp)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
+
+
+def macro_f1(cm: np.ndarray) -> float:
+    """Mean F1 over the classes that are a true label or a prediction at least once; NaN when none is."""
+    f1 = f1_per_class(cm)
+    return float(np.nanmean(f1)) if (~np.isnan(f1)).any() else float("nan")
+
+
 def gap(y_true, y_pred, confidence) -> float:
     """Global Average Precision (see module docstring). y_true < 0 means 'no landmark'."""
     y_true = np.asarray(y_true)
@@ -68,6 +100,8 @@ def summarize(y_true, scores, n_classes: int) -> dict:
         "acc": accuracy(y_true, pred),
         "top5": topk_accuracy(y_true, scores, 5),
         "gap": gap(y_true, pred, conf),
+        "balanced_acc": balanced_accuracy(cm),
+        "macro_f1": macro_f1(cm),
         "per_class": [None if np.isnan(v) else float(v) for v in per_class_accuracy(cm)],
         "support": cm.sum(axis=1).tolist(),
         "confusion": cm.tolist(),

@@ -68,14 +68,62 @@ def augment_batch(x: torch.Tensor, augment, gen: torch.Generator) -> torch.Tenso
     return x
 
 
+# ------------------------------------------------------------------ class balance
+
+def class_counts(targets, n_classes: int | None = None) -> np.ndarray:
+    targets = np.asarray(targets, dtype=np.int64)
+    return np.bincount(targets, minlength=n_classes or 0)
+
+
+def class_weights(targets, n_classes: int) -> np.ndarray:
+    """Per-class loss weights proportional to 1 / (the class's frequency in `targets`), scaled so
+    that their mean over the samples is 1 (n / (classes present * count), sklearn's "balanced");
+    0 for a class with no sample (it never appears in a target, so its weight is never used)."""
+    counts = class_counts(targets, n_classes).astype(np.float64)
+    present = counts > 0
+    if not present.any():
+        return np.ones(n_classes)
+    w = np.zeros(len(counts))
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return w
+
+
+def balanced_order(targets, seed: int, epoch: int) -> np.ndarray:
+    """One epoch of a class-balanced sampler: len(targets) indices drawn with replacement, each
+    with probability proportional to 1 / (its class's count), so every class present is drawn
+    about equally often. A function of (seed, epoch) only: a resumed run draws the same epochs."""
+    targets = np.asarray(targets, dtype=np.int64)
+    n = len(targets)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    p = 1.0 / class_counts(targets)[targets]
+    return np.random.default_rng([seed, epoch]).choice(n, size=n, replace=True, p=p / p.sum())
+
+
+class BalancedSampler(torch.utils.data.Sampler):
+    """balanced_order for a DataLoader (the plain pipeline); the engine calls set_epoch."""
+
+    def __init__(self, targets, seed: int = 0):
+        self.targets, self.seed, self.epoch = np.asarray(targets, dtype=np.int64), seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __iter__(self):
+        return iter(balanced_order(self.targets, self.seed, self.epoch).tolist())
+
+
 # ------------------------------------------------------------------ prepared pipeline
 
 class PreparedBatches:
     """Iterates (uint8 NHWC batch, targets) from a memmap, gathered by a prefetch thread."""
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, batch_size: int, shuffle: bool,
-                 seed: int = 0, pin: bool = False, prefetch: int = 4, threads: int = 0):
-        self.images, self.targets = images, np.asarray(targets, dtype=np.int64)
+                 seed: int = 0, pin: bool = False, prefetch: int = 4, threads: int = 0, balanced: bool = False):
+        self.images, self.targets, self.balanced = images, np.asarray(targets, dtype=np.int64), balanced
         self.batch_size, self.shuffle, self.seed, self.pin, self.prefetch = batch_size, shuffle, seed, pin, prefetch
         self.threads = threads or min(4, os.cpu_count() or 1)
 
@@ -83,6 +131,8 @@ class PreparedBatches:
         return math.ceil(len(self.targets) / self.batch_size)
 
     def _order(self, epoch: int) -> np.ndarray:
+        if self.balanced:
+            return balanced_order(self.targets, self.seed, epoch)
         if not self.shuffle:
             return np.arange(len(self.targets))
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.targets))
@@ -134,8 +184,12 @@ class PlainDataset(Dataset):
             return self.tf(im.convert("RGB")), self.targets[i]
 
 
-def plain_loader(paths, targets, size, augment, batch_size, shuffle, workers, pin, seed=0) -> DataLoader:
+def plain_loader(paths, targets, size, augment, batch_size, shuffle, workers, pin, seed=0,
+                 balanced: bool = False) -> DataLoader:
+    """`balanced`: a BalancedSampler draws each epoch's images (set_epoch before iterating)."""
     workers = (os.cpu_count() or 1) if workers < 0 else workers
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(PlainDataset(paths, targets, size, augment), batch_size=batch_size, shuffle=shuffle,
+    sampler = BalancedSampler(targets, seed) if balanced else None
+    return DataLoader(PlainDataset(paths, targets, size, augment), batch_size=batch_size,
+                      shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=workers, pin_memory=pin, persistent_workers=workers > 0, generator=g)
