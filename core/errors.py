@@ -7,3 +7,11 @@ class UserError(Exception):
 
 class Cancelled(Exception):
     """Raised inside a job when its cancel flag is set; a training run keeps its last checkpoint."""
+
+
+class Pruned(Cancelled):
+    """Raised inside a sweep's trial run that its sweep's pruner stopped after `epoch`."""
+
+    def __init__(self, epoch: int, message: str):
+        super().__init__(message)
+        self.epoch = epoch

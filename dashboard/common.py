@@ -19,7 +19,7 @@ from core.runs.store import RunStore  # noqa: E402
 
 DEMO_ARGS = dict(classes=12, images=3000, size=160, seed=0)
 STATUS_ICON = {"queued": "⏳", "starting": "🚀", "running": "🏃", "done": "✅", "failed": "❌",
-               "cancelled": "⏹️", "interrupted": "⚠️"}
+               "cancelled": "⏹️", "interrupted": "⚠️", "pruned": "✂️"}
 
 
 def home_key() -> str:

@@ -24,7 +24,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
-from core.errors import Cancelled, UserError
+from core.errors import Cancelled, Pruned, UserError
 from core.paths import DISK_FULL, REPO
 from core.runs.store import ACTIVE, START_GRACE_S, RunStore, alive
 
@@ -261,6 +261,9 @@ def run_job(store: RunStore, job_id: str, sink=None) -> dict:
     ctx = Context(store, job, sink)
     try:
         result = k.fn(ctx) or {}
+    except Pruned as e:                  # a sweep's trial that cannot catch up
+        _finish(store, job, "pruned", str(e), result={"pruned_at": e.epoch}, cancel=0)
+        return {"job_id": job_id, "status": "pruned", "pruned_at": e.epoch}
     except Cancelled:
         _finish(store, job, "cancelled", "stopped at a step; the last checkpoint is kept")
         return {"job_id": job_id, "status": "cancelled"}

@@ -7,9 +7,10 @@ configuration, the search space and the sampler in its user attributes; each tri
 run that trained it (`run_id`, `host`) in its own.
 
 The driver (`drive`) asks Optuna for configurations, queues each as a run through the one job
-queue (as many at once as the device has slots: one per GPU, one on the CPU), watches their
-per-epoch validation accuracy, prunes hopeless ones (Optuna's median pruner: the run is
-cancelled and shown as "pruned" with the epoch it stopped at), and tells Optuna how each ended.
+queue (as many at once as the device has slots: one per GPU, one on the CPU, plus one waiting), and
+tells Optuna how each ended. A trial's own worker reports each epoch's validation accuracy to the
+study as the epoch ends and, in a pruning sweep, asks Optuna's median pruner whether to go on: a
+hopeless trial stops at once and its run shows as "pruned" with the epoch it stopped at.
 It holds no state of its own: a driver started again (after a crash, a kill, an app restart)
 adopts the running trials of its host whose driver is gone, and goes on. Grid sweeps enqueue
 every configuration once when the study is created; a driver takes one with Optuna's atomic
@@ -244,16 +245,34 @@ def _driver_gone(attrs: dict) -> bool:
     return d.get("host") == socket.gethostname() and not alive(d.get("pid"), d.get("proc"))
 
 
-def _launch(store, study, trial, base: dict, name: str) -> str:
+def _launch(store, study, trial, base: dict, name: str, storage: str | None) -> str:
     from core.runs.jobs import device_key, schedule
     cfg = trial_config(base, trial.params)
     run_id = store.create(cfg, status="queued", device=device_key(cfg.device),
-                          args={"sweep": name, "trial": trial.number})
+                          args={"sweep": name, "trial": trial.number, "trial_id": trial._trial_id,
+                                "storage": storage, "prune": bool(study.user_attrs.get("prune"))})
     store.set(run_id, name=f"{name} #{trial.number}")
     trial.set_user_attr("run_id", run_id)
     trial.set_user_attr("host", socket.gethostname())
     schedule(store)
     return run_id
+
+
+def epoch_reporter(args: dict):
+    """For a trial's worker: report each epoch's validation accuracy to the study (curves on every
+    machine) and, in a pruning sweep, say whether the pruner stops it. Reported synchronously at
+    the epoch's end, so no epoch is missed however fast the trial runs."""
+    optuna = _optuna()
+    study = load(args["sweep"], args.get("storage"))
+    trial = optuna.trial.Trial(study, int(args["trial_id"]))
+
+    def on_epoch(row: dict) -> bool:
+        try:
+            trial.report(float(row["val_acc"]), int(row["epoch"]))
+        except (RuntimeError, ValueError, optuna.exceptions.OptunaError):
+            return False                 # the trial was told already (a cancelled sweep): train on quietly
+        return bool(args.get("prune")) and trial.should_prune()
+    return on_epoch
 
 
 def _take(study, dists: dict, planned: int, sampler: str):
@@ -289,14 +308,14 @@ def drive(name: str, store, storage: str | None = None, poll_s: float = 0.5, sho
     TS = optuna.trial.TrialState
     study = load(name, storage)
     a = study.user_attrs
-    base, planned, sampler, prune = a["base"], int(a["trials"]), a["sampler"], bool(a.get("prune"))
+    base, planned, sampler = a["base"], int(a["trials"]), a["sampler"]
     if a.get("cancelled"):
         study.set_user_attr("cancelled", False)        # continuing a cancelled sweep
     dists = _distributions(a["space"]) if sampler != "grid" else _distributions(
         {k: sorted({c[k] for c in _enqueued(study)}, key=str) for k in _param_names(study)})
     # one trial per device slot, plus one waiting in the queue: the worker that ends starts it at once
     width = (slots or len(_slots(device_key(base.get("device", "auto"))))) + 1
-    mine: dict[int, dict] = {}                         # trial number -> {trial, run_id, reported, pruned_at, resumes}
+    mine: dict[int, dict] = {}                         # trial number -> {trial, run_id, resumes}
 
     for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,)):   # adopt what a dead driver left
         if _driver_gone(t.user_attrs):
@@ -307,18 +326,18 @@ def drive(name: str, store, storage: str | None = None, poll_s: float = 0.5, sho
                 run_id = None
             if run_id is None:
                 try:
-                    run_id = _launch(store, study, trial, base, name)
+                    run_id = _launch(store, study, trial, base, name, storage)
                 except UserError as e:
                     trial.set_user_attr("error", str(e))
                     study.tell(trial, state=TS.FAIL)
                     continue
-            mine[t.number] = {"trial": trial, "run_id": run_id, "reported": 0, "pruned_at": None, "resumes": 0}
+            mine[t.number] = {"trial": trial, "run_id": run_id, "resumes": 0}
 
     while True:
         stopping = bool(should_stop and should_stop()) or bool(study.user_attrs.get("cancelled"))
         schedule(store)
         for n, m in list(mine.items()):
-            if _watch(store, study, m, prune, stopping, cancel, resume):
+            if _watch(store, study, m, stopping, cancel, resume):
                 del mine[n]
         if not stopping:
             while len(mine) < width:
@@ -326,13 +345,12 @@ def drive(name: str, store, storage: str | None = None, poll_s: float = 0.5, sho
                 if trial is None:
                     break
                 try:
-                    run_id = _launch(store, study, trial, base, name)
+                    run_id = _launch(store, study, trial, base, name, storage)
                 except UserError as e:
                     trial.set_user_attr("error", str(e))
                     study.tell(trial, state=TS.FAIL)
                     continue
-                mine[trial.number] = {"trial": trial, "run_id": run_id, "reported": 0, "pruned_at": None,
-                                      "resumes": 0}
+                mine[trial.number] = {"trial": trial, "run_id": run_id, "resumes": 0}
         if progress:
             s = info(name, storage, study=study)
             progress(done=s["counts"]["ended"], total=s["planned"], counts=s["counts"])
@@ -353,7 +371,7 @@ def _param_names(study) -> list[str]:
     return list(dict.fromkeys(k for p in _enqueued(study) for k in p))
 
 
-def _watch(store, study, m: dict, prune: bool, stopping: bool, cancel, resume) -> bool:
+def _watch(store, study, m: dict, stopping: bool, cancel, resume) -> bool:
     """One look at a trial's run; tells Optuna and returns True once the run has ended."""
     TS = _optuna().trial.TrialState
     trial, run_id = m["trial"], m["run_id"]
@@ -363,17 +381,6 @@ def _watch(store, study, m: dict, prune: bool, stopping: bool, cancel, resume) -
         study.tell(trial, state=TS.FAIL)
         return True
     status = run["status"]
-    if status in ("starting", "running") and prune and m["pruned_at"] is None:
-        ep = store.epochs(run_id)
-        for row in ep[ep["epoch"] > m["reported"]].itertuples():
-            trial.report(float(row.val_acc), int(row.epoch))
-            m["reported"] = int(row.epoch)
-            if trial.should_prune():
-                m["pruned_at"] = int(row.epoch)
-                cancel(store, run_id)
-                store.event(run_id, "prune", f"the sweep prunes it after epoch {row.epoch}: its validation "
-                                             f"accuracy {row.val_acc:.3f} is below the median of earlier trials")
-                break
     if stopping and status in ("queued", "starting", "running") and not run.get("cancel"):
         cancel(store, run_id)
         m["cancelled"] = True
@@ -387,18 +394,16 @@ def _watch(store, study, m: dict, prune: bool, stopping: bool, cancel, resume) -
         else:
             study.tell(trial, float(val))
         return True
-    if status == "cancelled" and m["pruned_at"] is not None:
-        store.set(run_id, status="pruned")
-        store.event(run_id, "pruned", f"pruned by its sweep after epoch {m['pruned_at']}")
-        trial.set_user_attr("pruned_at", m["pruned_at"])
+    if status == "pruned":
+        trial.set_user_attr("pruned_at", ((store.job(run_id) or {}).get("result") or {}).get("pruned_at"))
         study.tell(trial, state=TS.PRUNED)
         return True
     if status == "interrupted" and not stopping and m["resumes"] < MAX_RESUMES:
         m["resumes"] += 1                              # its worker died (a reboot, a kill): continue it
         resume(store, run_id)
         return False
-    trial.set_user_attr("error", "the sweep was cancelled" if m.get("cancelled") else
-                        run.get("error") or f"its run was {status}")
+    trial.set_user_attr("error", "the sweep was cancelled" if m.get("cancelled") or (stopping and status == "cancelled")
+                        else run.get("error") or f"its run was {status}")
     study.tell(trial, state=TS.FAIL)
     return True
 

@@ -23,10 +23,12 @@ class StoreSink:
     """The engine's rows into the run store: step rows batched (one transaction a second),
     epochs, evaluations and events at once; progress and heartbeat into the run's job."""
 
-    def __init__(self, ctx: Context, flush_s: float = 1.0):
+    def __init__(self, ctx: Context, flush_s: float = 1.0, on_epoch=None):
         self.ctx, self.run, self.flush_s = ctx, ctx.run, flush_s
         self._steps: list[tuple] = []
         self._last = 0.0
+        self.on_epoch = on_epoch         # a sweep trial: report to the study; True = prune
+        self.pruned_at: int | None = None
 
     def emit(self, kind_: str, row: dict) -> None:
         store, run_id = self.run.store, self.run.id
@@ -37,6 +39,8 @@ class StoreSink:
         elif kind_ == "epoch":
             self.flush()
             store.log_epoch(run_id, row)
+            if self.on_epoch is not None and self.pruned_at is None and self.on_epoch(row):
+                self.pruned_at = int(row["epoch"])
         elif kind_ == "eval":
             store.log_eval(run_id, row["split"], row["metrics"])
         elif kind_ == "progress":
@@ -58,17 +62,29 @@ class StoreSink:
         self._last = time.time()
 
     def should_stop(self) -> bool:
-        return self.ctx.should_stop()
+        return self.pruned_at is not None or self.ctx.should_stop()
 
 
 @kind("train", queue=lambda args: None)  # the queue of a run is set at creation (its device)
 def train(ctx: Context) -> dict:
+    from core.errors import Cancelled, Pruned
     from core.train.engine import fit
-    sink = StoreSink(ctx)
+    on_epoch = None
+    if ctx.args.get("sweep"):            # a sweep's trial: every epoch's val accuracy goes to its study
+        from core.runs.sweeps import epoch_reporter
+        on_epoch = epoch_reporter(ctx.args)
+    store_sink = sink = StoreSink(ctx, on_epoch=on_epoch)
     if ctx.sink is not None:             # the CLI's progress bar, forwarding to the store
         ctx.sink.inner = sink
         sink = ctx.sink
-    summary = fit(ctx.run.config(), ctx.run, sink, resume=bool(ctx.args.get("resume")))
+    try:
+        summary = fit(ctx.run.config(), ctx.run, sink, resume=bool(ctx.args.get("resume")))
+    except Cancelled:
+        if store_sink.pruned_at is None:
+            raise
+        e = store_sink.pruned_at
+        raise Pruned(e, f"pruned by sweep {ctx.args['sweep']} after epoch {e}: its validation accuracy is "
+                        f"below the median of earlier trials at that epoch") from None
     ctx.run.set(summary=summary, args={**ctx.args, "resume": False})
     return summary
 
