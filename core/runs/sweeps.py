@@ -18,6 +18,7 @@ WAITING→RUNNING transition, so two drivers never train the same configuration.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -291,6 +292,29 @@ def _take(study, dists: dict, planned: int, sampler: str):
     return trial
 
 
+def _tell(study, trial, value=None, state=None) -> None:
+    """Tell Optuna how a trial ended; one that is already finished (told by another driver) is left."""
+    optuna = _optuna()
+    try:
+        if state is None:
+            study.tell(trial, value)
+        else:
+            study.tell(trial, state=state)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        pass
+
+
+@contextlib.contextmanager
+def _adoption_lock(root: Path):
+    import fcntl
+    with open(Path(root) / ".sweeps.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _suggest(trial, name: str, d):
     optuna = _optuna()
     if isinstance(d, optuna.distributions.CategoricalDistribution):
@@ -317,11 +341,14 @@ def drive(name: str, store, storage: str | None = None, poll_s: float = 0.5, sho
     width = (slots or len(_slots(device_key(base.get("device", "auto"))))) + 1
     mine: dict[int, dict] = {}                         # trial number -> {trial, run_id, resumes}
 
-    for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,)):   # adopt what a dead driver left
-        if _driver_gone(t.user_attrs):
+    with _adoption_lock(store.root):    # two drivers on one host never adopt the same trial
+        for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,)):   # what a dead driver left
+            fresh = study._storage.get_trial(t._trial_id)
+            if fresh.state != TS.RUNNING or not _driver_gone(fresh.user_attrs):
+                continue
             trial = optuna.trial.Trial(study, t._trial_id)
             trial.set_user_attr("driver", _me())
-            run_id = t.user_attrs.get("run_id")
+            run_id = fresh.user_attrs.get("run_id")
             if run_id and store.get(run_id) is None:
                 run_id = None
             if run_id is None:
@@ -329,7 +356,7 @@ def drive(name: str, store, storage: str | None = None, poll_s: float = 0.5, sho
                     run_id = _launch(store, study, trial, base, name, storage)
                 except UserError as e:
                     trial.set_user_attr("error", str(e))
-                    study.tell(trial, state=TS.FAIL)
+                    _tell(study, trial, state=TS.FAIL)
                     continue
             mine[t.number] = {"trial": trial, "run_id": run_id, "resumes": 0}
 
@@ -348,7 +375,7 @@ def drive(name: str, store, storage: str | None = None, poll_s: float = 0.5, sho
                     run_id = _launch(store, study, trial, base, name, storage)
                 except UserError as e:
                     trial.set_user_attr("error", str(e))
-                    study.tell(trial, state=TS.FAIL)
+                    _tell(study, trial, state=TS.FAIL)
                     continue
                 mine[trial.number] = {"trial": trial, "run_id": run_id, "resumes": 0}
         if progress:
@@ -378,7 +405,7 @@ def _watch(store, study, m: dict, stopping: bool, cancel, resume) -> bool:
     run = store.get(run_id)
     if run is None:                                    # its run was deleted
         trial.set_user_attr("error", "its run was deleted")
-        study.tell(trial, state=TS.FAIL)
+        _tell(study, trial, state=TS.FAIL)
         return True
     status = run["status"]
     if stopping and status in ("queued", "starting", "running") and not run.get("cancel"):
@@ -390,13 +417,13 @@ def _watch(store, study, m: dict, stopping: bool, cancel, resume) -> bool:
         val = (run.get("summary") or {}).get("val_acc")
         if val is None:
             trial.set_user_attr("error", "the run finished without a validation accuracy")
-            study.tell(trial, state=TS.FAIL)
+            _tell(study, trial, state=TS.FAIL)
         else:
-            study.tell(trial, float(val))
+            _tell(study, trial, float(val))
         return True
     if status == "pruned":
         trial.set_user_attr("pruned_at", ((store.job(run_id) or {}).get("result") or {}).get("pruned_at"))
-        study.tell(trial, state=TS.PRUNED)
+        _tell(study, trial, state=TS.PRUNED)
         return True
     if status == "interrupted" and not stopping and m["resumes"] < MAX_RESUMES:
         m["resumes"] += 1                              # its worker died (a reboot, a kill): continue it
@@ -404,7 +431,7 @@ def _watch(store, study, m: dict, stopping: bool, cancel, resume) -> bool:
         return False
     trial.set_user_attr("error", "the sweep was cancelled" if m.get("cancelled") or (stopping and status == "cancelled")
                         else run.get("error") or f"its run was {status}")
-    study.tell(trial, state=TS.FAIL)
+    _tell(study, trial, state=TS.FAIL)
     return True
 
 
