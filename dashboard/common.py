@@ -103,7 +103,8 @@ def datasets() -> dict[str, str]:
             registry.remember(path, source=source, touch=False)
             known.add(path)
     out = {DEMO: demo}
-    out.update({d["name"]: d["path"] for d in registry.listed() if d["path"] != demo})
+    out.update({(d["name"] if d["name"] != DEMO else f"{DEMO} ({d['path']})"): d["path"]   # named before "demo" was reserved
+                for d in registry.listed() if d["path"] != demo})
     return out
 
 

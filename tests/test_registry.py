@@ -123,3 +123,11 @@ def test_rename_and_forget_on_the_dataset_page():
     assert not at.exception
     assert "Paris landmarks" not in at.selectbox(key="dataset").options
     assert (paths_datasets() / "paris").is_dir()
+
+
+def test_demo_is_a_reserved_name(tmp_path):
+    d = tmp_path / "demo"
+    d.mkdir()
+    assert registry.remember(d)["name"] == "demo (2)"          # another folder called demo is not the app's demo
+    with pytest.raises(UserError, match="synthetic demo"):
+        registry.rename("demo (2)", "Demo")

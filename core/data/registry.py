@@ -19,6 +19,7 @@ from core.errors import UserError
 
 FILE = "datasets.json"
 SOURCES = ("typed", "download", "demo", "run")
+RESERVED = {"demo"}      # the app's own synthetic demo is offered under this name
 _NAME = re.compile(r"^[\w][\w .\-()]{0,63}$")
 
 
@@ -95,6 +96,8 @@ def _unique(name: str, taken: set[str]) -> str:
 
 def check_name(name: str) -> str:
     name = (name or "").strip()
+    if name.lower() in RESERVED:
+        raise UserError(f"{name!r} is the name of the app's synthetic demo; choose another name.")
     if not _NAME.match(name):
         raise UserError(f"{name!r} is not a usable data set name: use 1-64 letters, digits, spaces, "
                         f"'.', '-', '_' or brackets, starting with a letter or digit.")
@@ -118,7 +121,7 @@ def remember(path, name: str | None = None, source: str = "typed", home: Path | 
                 break
         else:
             base = check_name(name) if name else (Path(k).name or "data set")
-            d = {"name": _unique(base, {e["name"] for e in entries}), "path": k, "source": source,
+            d = {"name": _unique(base, {e["name"] for e in entries} | RESERVED), "path": k, "source": source,
                  "added": now, "used": now}
             entries.append(d)
         _write(f, entries)
