@@ -249,7 +249,7 @@ def _sweep_printer(name: str):
 
     def progress(done, total, counts):
         line = (f"sweep {name}: {done}/{total} ended ({counts['complete']} complete, {counts['pruned']} pruned, "
-                f"{counts['failed']} failed), {counts['running']} running")
+                f"{counts['failed']} failed), {counts['running']} in flight")
         if line != last[0]:
             print(line, file=sys.stderr)
             last[0] = line
