@@ -245,7 +245,8 @@ def runs_frame(statuses: tuple[str, ...] | None = None) -> pd.DataFrame:
         c, s = r["config"], r["summary"] or {}
         data = r["data"] or ""
         rows.append({"run_id": r["run_id"], "name": r.get("name") or "", "status": r["status"], "model": r["model"],
-                     "classes": r["classes"], "epochs": c.get("epochs"), "lr": c.get("lr"),
+                     "classes": r["classes"], "classes_all": r.get("classes_all"),
+                     "classes_text": classes_text(r), "epochs": c.get("epochs"), "lr": c.get("lr"),
                      "batch": c.get("batch_size"), "optimizer": c.get("optimizer"),
                      "image_size": c.get("image_size"), "augment": ",".join(c.get("augment") or []) or "—",
                      "freeze": c.get("freeze"),
@@ -261,13 +262,21 @@ def runs_frame(statuses: tuple[str, ...] | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def classes_text(run: dict | pd.Series) -> str:
+    """'10' or, for a run on every class, 'all 44' ('all' before it has started)."""
+    if run.get("classes"):
+        return str(int(run["classes"]))
+    n = run.get("classes_all")
+    return f"all {int(n)}" if n is not None and not pd.isna(n) else "all"
+
+
 def run_label(run: dict | pd.Series) -> str:
     icon = STATUS_ICON.get(run["status"], "")
     data = run.get("dataset") or (Path(run["data"]).name if run.get("data") else "—")
     if run.get("data") and is_synthetic(run["data"]):
         data = "🧪 synthetic demo" if data == DEMO else f"{data} 🧪 synthetic"
     name = f"{run['name']} · " if run.get("name") else ""
-    return f"{icon} {name}{run['model']} · {run['classes']} classes · {data} · {run['run_id']}"
+    return f"{icon} {name}{run['model']} · {classes_text(run)} classes · {data} · {run['run_id']}"
 
 
 def _url_pick(key: str, param: str, valid: list, multi: bool) -> None:

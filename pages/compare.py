@@ -1,7 +1,7 @@
 """Compare: two or more finished runs side by side — metrics and config differences, curves,
 per-class accuracy on the classes they share, confusion matrices, and the same image explained
 by each model with the same method (the seed's Figs. 5–6)."""
-from dashboard.common import home_key, predictor, run_picker, store, user_error  # noqa: I001
+from dashboard.common import classes_text, home_key, predictor, run_picker, store, user_error  # noqa: I001
 
 import hashlib
 from pathlib import Path
@@ -61,7 +61,7 @@ def upscale(img: np.ndarray, size: int = 256) -> np.ndarray:
 
 
 def short_names(runs: list[dict]) -> dict:
-    names = {r["run_id"]: f"{r['model']} · {r['classes']} cls · {r['run_id'][-4:]}" for r in runs}
+    names = {r["run_id"]: f"{r['model']} · {classes_text(r)} cls · {r['run_id'][-4:]}" for r in runs}
     return names if len(set(names.values())) == len(names) else {k: k for k in names}
 
 

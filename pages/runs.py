@@ -1,7 +1,7 @@
 """Runs: every run in one table; the selected run's live curves and progress, its final
 metrics, and the controls to cancel, resume or delete it. Reads the run store only; the
 workers write it. Live parts poll inside st.fragment(run_every=...) only while a run is active."""
-from dashboard.common import ROOT, STATUS_ICON, home_key, runs_frame, run_label, store, train_again
+from dashboard.common import ROOT, STATUS_ICON, classes_text, home_key, runs_frame, run_label, store, train_again
 from dashboard.export_panel import export_buttons
 
 import time
@@ -80,20 +80,30 @@ def curve_stamp(run_id: str) -> tuple:
 # ------------------------------------------------------------------ table and picker
 
 def runs_table(any_active: bool) -> None:
+    """What matters first (status, name, data set, model, accuracy, duration); every setting in
+    the expander below; blanks as "—"."""
     df = table()
     if df.empty or any_active and not df["status"].isin(ACTIVE).any():
         st.rerun()  # the last active run just ended: refresh everything once, then stop polling
-    cols = ["status_label", "run_id", "dataset", "model", "classes", "epochs", "lr", "batch", "optimizer", "image_size",
-            "augment", "freeze", "best_val_acc", "holdout_acc", "duration"]
-    acc = "%.3f"
-    st.dataframe(df[cols], hide_index=True, width="stretch", column_config={
-        "status_label": "Status", "run_id": "Run", "dataset": "Data set", "model": "Model", "classes": "Classes",
-        "epochs": "Epochs", "lr": st.column_config.NumberColumn("LR", format="%g"), "batch": "Batch",
-        "optimizer": "Optimizer", "image_size": "Image size", "augment": "Augment",
-        "freeze": st.column_config.CheckboxColumn("Frozen"),
-        "best_val_acc": st.column_config.NumberColumn("Best val acc", format=acc),
-        "holdout_acc": st.column_config.NumberColumn("Holdout acc", format=acc),
-        "duration": "Duration"})
+    main = df.assign(name=df["name"].replace("", "—"), best_val_acc=df["best_val_acc"].map(fmt_acc),
+                     holdout_acc=df["holdout_acc"].map(fmt_acc), classes=df["classes_text"])
+    cols = ["status_label", "name", "dataset", "model", "classes", "best_val_acc", "holdout_acc", "duration", "run_id"]
+    st.dataframe(main[cols], hide_index=True, width="stretch", column_config={
+        "status_label": "Status", "name": "Name", "dataset": "Data set", "model": "Model", "classes": "Classes",
+        "best_val_acc": st.column_config.TextColumn("Best val acc", help="The best epoch's validation accuracy."),
+        "holdout_acc": st.column_config.TextColumn("Holdout acc", help="The final model on the holdout split."),
+        "duration": "Duration", "run_id": "Run"})
+    with st.expander("Every setting of every run"):
+        detail = df.assign(augment=df["augment"], lr=df["lr"].map(lambda v: "—" if v is None or pd.isna(v) else f"{v:g}"))
+        cols = ["run_id", "name", "epochs", "lr", "batch", "optimizer", "image_size", "augment", "freeze",
+                "train_acc", "val_acc", "holdout_top5", "holdout_gap", "data"]
+        for c in ("train_acc", "val_acc", "holdout_top5", "holdout_gap"):
+            detail[c] = detail[c].map(fmt_acc)
+        st.dataframe(detail[cols].fillna("—"), hide_index=True, width="stretch", column_config={
+            "run_id": "Run", "name": "Name", "epochs": "Epochs", "lr": "LR", "batch": "Batch",
+            "optimizer": "Optimizer", "image_size": "Image size", "augment": "Augment",
+            "freeze": st.column_config.CheckboxColumn("Frozen"), "train_acc": "Train acc", "val_acc": "Val acc",
+            "holdout_top5": "Holdout top-5", "holdout_gap": "Holdout GAP", "data": "Data folder"})
 
 
 def pick_run(df: pd.DataFrame) -> str:
@@ -134,7 +144,7 @@ def live_view(run_id: str, was_active: bool) -> None:
 def status_line(run: dict) -> None:
     icon = STATUS_ICON.get(run["status"], "")
     c = run["config"]
-    st.markdown(f"**Status:** {icon} {run['status']} · **{run['model']}** · {run['classes']} classes · "
+    st.markdown(f"**Status:** {icon} {run['status']} · **{run['model']}** · {classes_text(run)} classes · "
                 f"{c.get('epochs')} epochs · lr {c.get('lr')} · batch {c.get('batch_size')} · "
                 f"{c.get('optimizer')} · {c.get('image_size')} px · device {run.get('device') or '—'}")
 
@@ -309,6 +319,9 @@ def details(run: dict) -> None:
         final_metrics(run)
     elif status == "failed":
         failure(run)
+    elif status == "pruned":
+        why = [e["message"] for e in store().events(run["run_id"]) if e["kind"] == "pruned"]
+        st.info((why[-1] if why else "Pruned by its sweep.") + " Its curves above are what it trained.", icon="✂️")
     controls(run)
     if st.button("🔁 Train again like this", key="runs_again",
                  help="Opens the Train page with this run's whole configuration filled in (data set included)."):

@@ -70,7 +70,7 @@ def test_table_lists_runs_and_selected_run_shows_curves_and_final_metrics(use_tr
     store = RunStore()
     at = open_runs()
     assert set(table_ids(at)) == {a, b}
-    assert at.dataframe[0].value.set_index("run_id").loc[a, "best_val_acc"] == store.epochs(a)["val_acc"].max()
+    assert at.dataframe[0].value.set_index("run_id").loc[a, "best_val_acc"] == f"{store.epochs(a)['val_acc'].max():.3f}"
     assert at.selectbox(key="runs_pick").value == b  # newest run, none active
     assert len(at.get("plotly_chart")) == 3  # accuracy and loss per epoch, loss per step
     pick(at, a)
@@ -208,3 +208,18 @@ def test_runs_page_offers_the_model_download(use_trained_home):
     at = open_runs()
     pick(at, a)
     assert any(e.label.startswith("Download the model") for e in at.expander)
+
+
+def test_a_run_on_every_class_shows_how_many(demo_root):
+    from core.runs.jobs import run_job
+    from dashboard.common import classes_text
+    store = RunStore()
+    run_id = store.create(tiny_config(demo_root, classes=0, epochs=1), status="running")
+    assert classes_text(store.get(run_id)) == "all"                 # not started: the count is not known yet
+    assert run_job(store, run_id)["status"] == "done"
+    run = store.get(run_id)
+    assert run["classes"] == 0 and run["classes_all"] == 4 and classes_text(run) == "all 4"
+    at = open_runs()
+    assert at.dataframe[0].value.set_index("run_id").loc[run_id, "classes"] == "all 4"
+    assert "all 4 classes" in at.selectbox(key="runs_pick").format_func(run_id)
+    assert "0 classes" not in texts(at, "markdown")

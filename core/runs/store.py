@@ -130,6 +130,13 @@ class Run(RunFolder):
         df = pd.read_json(self.classes_file)
         return dict(zip(df["label"].astype(str), df["name"].astype(str)))
 
+    def class_count(self) -> int | None:
+        """How many classes the run trains on (known once it has started), from classes.json."""
+        try:
+            return len(json.loads(self.classes_file.read_text())["label"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def predictions(self, split: str) -> pd.DataFrame | None:
         f = self.predictions_file(split)
         return pd.read_parquet(f) if f.exists() else None
@@ -311,12 +318,17 @@ class RunStore:
 
     def get(self, run_id: str) -> dict | None:
         rows = self._query(_RUN_SELECT + " WHERE r.run_id=?", (run_id,))
-        return _decode(rows[0]) if rows else None
+        return self._all_classes(_decode(rows[0])) if rows else None
+
+    def _all_classes(self, r: dict) -> dict:
+        """`classes` 0 means every class of the data set: `classes_all` says how many that was."""
+        r["classes_all"] = self.run(r["run_id"]).class_count() if not r.get("classes") else None
+        return r
 
     def list(self) -> list[dict]:
         from core.runs.jobs import reap
         reap(self)
-        return [_decode(r) for r in self._query(_RUN_SELECT + " ORDER BY r.created DESC")]
+        return [self._all_classes(_decode(r)) for r in self._query(_RUN_SELECT + " ORDER BY r.created DESC")]
 
     def set(self, run_id: str, **fields) -> None:
         """Update a run and its training job; run.json follows whenever its content changes."""
