@@ -8,7 +8,10 @@ confusion rows are true classes and columns predicted classes, in the order of `
 from __future__ import annotations
 
 import io
+import math
 import os
+from collections import Counter
+from itertools import count
 
 import numpy as np
 import pandas as pd
@@ -18,6 +21,11 @@ from plotly.subplots import make_subplots
 OTHER = "(other)"
 FULL_MATRIX_MAX = 50       # classes shown in full in a heatmap; above it the top-K most confused
 TICK_CHARS = 18            # class names are cut to this many characters on axes
+TRAIN_COLOR = "#1f77b4"    # training curves: solid blue
+VAL_COLOR = "#ff7f0e"      # validation curves: dashed orange (tells apart from blue in colour-blind eyes too)
+RAW_COLOR = "#a0a7b4"      # raw per-step loss: faint grey under its bold smoothed line
+SMOOTHING = 0.9            # default EMA weight of the per-step loss (TensorBoard's slider, 0 = raw)
+STEP_POINTS = 4000         # raw step points drawn per run (the smoothed line uses every step)
 
 
 def truncate(name, n: int = TICK_CHARS) -> str:
@@ -25,14 +33,50 @@ def truncate(name, n: int = TICK_CHARS) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
+def short_labels(names, width: int = TICK_CHARS) -> list[str]:
+    """Axis labels of at most `width` characters that stay unique when the names are (44 GLDv2
+    classes starting "chhatrapati_shiva…" must not read the same twice). Names that fit are kept
+    as they are; longer ones are cut with "…"; where two cuts collide they keep their head and
+    tail instead ("chhatrapa…terminus"), and a cut that still collides gets a numbered suffix
+    ("chhatrapati_sh…#2"). Equal names are numbered too. Labels exceed `width` only when the number cannot fit (width < 2 + digits
+    of len(names)). Hover texts should carry the full names."""
+    names = [str(s) for s in names]
+    width = max(int(width), 1)
+    out = [truncate(s, width) for s in names]
+
+    def clashing() -> list[int]:
+        seen = Counter(out)
+        return [i for i, label in enumerate(out) if seen[label] > 1]
+
+    tail = (width - 1) // 2
+    for i in clashing():                 # a cut that collides: keep the distinguishing end too
+        s = names[i]
+        if len(s) > width:
+            out[i] = s[: width - 1 - tail] + "…" + s[len(s) - tail:]
+    once = Counter(names)
+    clash = [i for i in clashing() if len(names[i]) > width or once[names[i]] > 1]   # whole names stay
+    used = set(out) - {out[i] for i in clash}
+    for i in clash:                      # still equal: number them, never reusing a label
+        s = names[i]
+        for k in count(1):
+            suffix = f"#{k}"
+            body = s if len(s) + len(suffix) <= width else s[: max(width - len(suffix) - 1, 0)] + "…"
+            if body + suffix not in used:
+                break
+        out[i] = body + suffix
+        used.add(out[i])
+    return out
+
+
 def tick_labels(names) -> list[str]:
     """Short axis labels: the words every name starts with (e.g. "Synthetic: ") dropped, then
-    cut to TICK_CHARS; hover texts keep the full names."""
+    cut to TICK_CHARS by short_labels (unique whenever the names are); hover texts keep the
+    full names."""
     names = [str(s) for s in names]
     real = [s for s in names if s != OTHER]
     prefix = os.path.commonprefix(real) if len(real) > 1 else ""
     cut = prefix.rfind(" ") + 1
-    return [truncate(s if s == OTHER else s[cut:]) for s in names]
+    return short_labels([s if s == OTHER else s[cut:] for s in names])
 
 
 # ------------------------------------------------------------------ confusion matrices
@@ -222,19 +266,145 @@ def per_class_grouped_figure(evs: dict, labels: list) -> go.Figure:
     return fig
 
 
-def curves_figure(epochs: dict) -> go.Figure:
-    """Validation accuracy and training loss per epoch, one line per run (name -> epochs frame)."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("validation accuracy", "training loss"))
+def curves_figure(epochs: dict, log: bool = False) -> go.Figure:
+    """Validation accuracy beside the loss per epoch (validation dashed, training solid), one
+    colour per run (name -> epochs frame); `log`: the loss on a log axis."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("validation accuracy",
+                                                        "loss: validation (dashed), training (solid)"))
+    panels = (("val_acc", 1, ".1%", "solid", "val acc"), ("val_loss", 2, ".4f", "dash", "val loss"),
+              ("train_loss", 2, ".4f", "solid", "train loss"))
     for i, (name, df) in enumerate(epochs.items()):
         color = _palette(i)
-        for col, (metric, fmt) in enumerate((("val_acc", ".1%"), ("train_loss", ".3f")), start=1):
+        for metric, col, fmt, dash, what in panels:
+            if metric not in df:
+                continue
             fig.add_trace(go.Scatter(x=df["epoch"], y=df[metric], mode="lines+markers", name=name,
-                                     legendgroup=name, showlegend=col == 1, line=dict(color=color),
-                                     hovertemplate=f"{name}<br>epoch %{{x}}: %{{y:{fmt}}}<extra></extra>"),
+                                     legendgroup=name, showlegend=metric == "val_acc",
+                                     line=dict(color=color, dash=dash),
+                                     hovertemplate=f"{name}<br>{what}, epoch %{{x}}: %{{y:{fmt}}}<extra></extra>"),
                           row=1, col=col)
     fig.update_xaxes(title="epoch", dtick=1)
     fig.update_yaxes(tickformat=".0%", row=1, col=1)
+    fig.update_yaxes(title="loss", type="log" if log else "linear", row=1, col=2)
     fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def smooth(values, weight: float) -> pd.Series:
+    """TensorBoard's smoothing: an exponential moving average with weight `weight` (0 = none,
+    0.99 = very smooth), debiased so the first points are not pulled towards 0."""
+    v = pd.Series(np.asarray(values, dtype=np.float64))
+    w = float(np.clip(weight, 0.0, 0.999))
+    return v.ewm(alpha=1.0 - w, adjust=True).mean()
+
+
+def step_curves_figure(steps: dict, weight: float = SMOOTHING, log: bool = False,
+                       title: str | None = "Training loss per step") -> go.Figure:
+    """Per-step training loss of one or more runs (name -> steps frame with step, loss): the raw
+    loss faint and thin, the smoothed loss bold. One run: raw grey, smoothed blue; several runs:
+    one colour each (raw in the run's colour, faint)."""
+    fig = go.Figure()
+    single = len(steps) == 1
+    for i, (name, df) in enumerate(steps.items()):
+        if df.empty:
+            continue
+        color = TRAIN_COLOR if single else _palette(i)
+        raw = df.iloc[::max(len(df) // STEP_POINTS, 1)]
+        if weight > 0:
+            fig.add_trace(go.Scatter(x=raw["step"], y=raw["loss"], mode="lines", legendgroup=name,
+                                     name="raw loss per step" if single else f"{name} (raw)", showlegend=single,
+                                     line=dict(color=RAW_COLOR if single else color, width=1.2), opacity=0.7 if single else 0.3,
+                                     hovertemplate=f"{'' if single else name + '<br>'}step %{{x}}: raw loss "
+                                                   "%{y:.4f}<extra></extra>"))
+        fig.add_trace(go.Scatter(x=df["step"], y=smooth(df["loss"], weight) if weight > 0 else df["loss"],
+                                 mode="lines", legendgroup=name,
+                                 name=(f"smoothed (EMA weight {weight:.2f})" if weight > 0 else "loss per step")
+                                 if single else name,
+                                 line=dict(color=color, width=2.5),
+                                 hovertemplate=f"{'' if single else name + '<br>'}step %{{x}}: "
+                                               f"{'smoothed ' if weight > 0 else ''}loss %{{y:.4f}}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title="loss", height=340,
+                      yaxis_type="log" if log else "linear",
+                      margin=dict(l=10, r=10, t=40 if title else 10, b=10), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """Tick values and texts for a log axis spanning [lo, hi]: 1, 10, 100, 1k … over many decades,
+    1, 2, 5, 10, 20, 50 … over a few, every 1–9 × 10^k within about a decade, plus lo and hi
+    where no tick is near them; texts are whole numbers ("50", "68", never plotly's bare "5",
+    "7" between powers of ten). An empty or non-positive range gives no ticks."""
+    lo, hi = float(lo), float(hi)
+    if not (lo > 0 and hi >= lo and math.isfinite(hi)):
+        return [], []
+    decades = math.log10(hi / lo)
+    mults = (1,) if decades > 4 else (1, 2, 5) if decades > 1.2 else range(1, 10)
+    grid = (float(f"{m}e{k}") for k in range(math.floor(math.log10(lo)), math.floor(math.log10(hi)) + 1)
+            for m in mults)
+    vals = [v for v in grid if lo <= v <= hi]
+    # the ends themselves (the largest class, the last rank) where no tick is near them
+    if len(vals) < 2 or hi >= 1.3 * vals[-1]:
+        vals.append(hi)
+    if len(vals) < 2 or lo <= vals[0] / 1.3:
+        vals.insert(0, lo)
+    vals = sorted(set(vals))
+    return vals, [compact(v) for v in vals]
+
+
+def log_axis(lo: float, hi: float) -> dict:
+    """A log axis over [lo, hi] with log_ticks and a little room at both ends (plotly layout dict)."""
+    vals, texts = log_ticks(lo, hi)
+    if not vals:
+        return dict(type="log")
+    a, b = math.log10(lo), math.log10(hi)
+    pad = 0.04 * max(b - a, 0.5)
+    return dict(type="log", tickmode="array", tickvals=vals, ticktext=texts, range=[a - pad, b + pad])
+
+
+def compact(v: float) -> str:
+    """1 -> "1", 68 -> "68", 2000 -> "2k", 1500 -> "1.5k", 3e6 -> "3M"."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:.3g}" if v != int(v) else str(int(v))
+
+
+def align_confusions(cm_a, names_a, cm_b, names_b, normalize: bool = False):
+    """Two confusion matrices over the same classes (as restrict_confusion gives them) made the
+    same shape: a run without an "(other)" row and column gets a zero one when the other run has
+    it. `normalize`: row shares instead of counts. Returns (a, b, names); A − B is a − b."""
+    a, b = np.asarray(cm_a, dtype=np.float64), np.asarray(cm_b, dtype=np.float64)
+    if normalize:
+        a, b = row_normalize(a), row_normalize(b)
+    names = [str(s) for s in (names_a if len(names_a) >= len(names_b) else names_b)]
+    n = len(names)
+    a, b = (np.pad(m, ((0, n - len(m)), (0, n - len(m)))) for m in (a, b))
+    return a, b, names
+
+
+def confusion_difference_figure(a, b, names, normalize: bool = False, title: str | None = None) -> go.Figure:
+    """A − B of two aligned confusion matrices on a diverging scale centred on 0 (blue: A has
+    more in the cell, red: B has); hover shows the full class names, A, B and the difference."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    diff = a - b
+    n = len(names)
+    ix = list(range(n))
+    true_names = np.repeat(np.asarray([str(s) for s in names], dtype=object)[:, None], n, axis=1)
+    custom = np.dstack([true_names, true_names.T, a.astype(object), b.astype(object)])
+    top = float(np.abs(diff).max(initial=0)) or 1.0
+    fmt = ".1%" if normalize else ",.0f"
+    fig = go.Figure(go.Heatmap(
+        z=diff, x=ix, y=ix, customdata=custom, colorscale="RdBu", zmid=0, zmin=-top, zmax=top,
+        colorbar=dict(title="A − B share" if normalize else "A − B images"),
+        hovertemplate="true: %{customdata[0]}<br>predicted: %{customdata[1]}<br>"
+                      f"A %{{customdata[2]:{fmt}}} − B %{{customdata[3]:{fmt}}} = %{{z:+{fmt}}}<extra></extra>"))
+    ticks = dict(tickmode="array", tickvals=ix, ticktext=tick_labels(names),
+                 tickfont=dict(size=10 if n > 20 else 12), showticklabels=n <= 120)
+    fig.update_xaxes(title="predicted class", tickangle=-60 if n > 8 else 0, **ticks)
+    fig.update_yaxes(title="true class", autorange="reversed", **ticks)
+    fig.update_layout(title=title, height=heatmap_height(n), margin=dict(l=10, r=10, t=40 if title else 10, b=10))
+    if n <= 20:
+        fig.update_traces(text=np.round(diff, 2) if normalize else diff.astype(np.int64), texttemplate="%{text}")
     return fig
 
 

@@ -1,7 +1,8 @@
 """Compare: two or more finished runs side by side — metrics and config differences, curves,
 per-class accuracy on the classes they share, confusion matrices, and the same image explained
 by each model with the same method (the seed's Figs. 5–6)."""
-from dashboard.common import classes_text, home_key, predictor, run_picker, store, user_error  # noqa: I001
+from dashboard.common import (ROOT, classes_text, home_key, predictor, run_picker, runs_frame, store,  # noqa: I001
+                              user_error)
 
 import hashlib
 from pathlib import Path
@@ -35,6 +36,11 @@ def load_evals(home: str, run_id: str, finished) -> dict:
 @st.cache_data(show_spinner=False, max_entries=64)
 def load_epochs(home: str, run_id: str, finished) -> pd.DataFrame:
     return store().epochs(run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_steps(home: str, run_id: str, finished) -> pd.DataFrame:
+    return store().steps(run_id)[["step", "loss"]]
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -136,6 +142,8 @@ def per_class_section(evs: dict, shared: list, names: dict) -> None:
 
 
 def confusion_section(evs: dict, shared: list, names: dict) -> None:
+    """One run's matrix at a time (a selector: three side by side are unreadable at 30 classes),
+    and on request the difference A − B of two runs on a diverging scale."""
     normalize = st.toggle("Row-normalised", key="cmp_normalize")
     labels = shared
     if len(shared) > charts.FULL_MATRIX_MAX:
@@ -145,9 +153,31 @@ def confusion_section(evs: dict, shared: list, names: dict) -> None:
         st.caption(f"{k} of {len(shared)} shared classes with the most mistakes over the runs; **(other)** sums the rest.")
     if any(len(ev["labels"]) > len(labels) for ev in evs.values()):
         st.caption("**(other)** collects each run's classes that are not shown here.")
-    for col, (r, ev) in zip(st.columns(len(evs)), evs.items()):
-        cm, cm_names = charts.restrict_confusion(ev, labels)
-        col.plotly_chart(charts.confusion_figure(cm, cm_names, normalize=normalize, title=names[r]), key=f"cmp_cm_{r}")
+    ids = list(evs)
+    for key in ("cmp_cm_run", "cmp_cm_a", "cmp_cm_b"):      # runs removed from the comparison
+        if st.session_state.get(key) not in (None, *ids):
+            del st.session_state[key]
+    shown = st.segmented_control("Run shown", ids, format_func=names.get, key="cmp_cm_run", default=ids[0],
+                                 required=True)
+    cm, cm_names = charts.restrict_confusion(evs[shown], labels)
+    st.plotly_chart(charts.confusion_figure(cm, cm_names, normalize=normalize, title=names[shown]), key="cmp_cm")
+    if not st.toggle("Difference of two runs (A − B)", key="cmp_cm_diff",
+                     help="Blue cells: run A has more images there (on the diagonal: A is right more often); "
+                          "red cells: run B has."):
+        return
+    c1, c2 = st.columns(2)
+    a = c1.selectbox("A", ids, format_func=names.get, key="cmp_cm_a", index=0)
+    b = c2.selectbox("B", ids, format_func=names.get, key="cmp_cm_b", index=1)
+    if a == b:
+        st.info("Pick two different runs for A and B.", icon="ℹ️")
+        return
+    ma, mb, diff_names = charts.align_confusions(*charts.restrict_confusion(evs[a], labels),
+                                                 *charts.restrict_confusion(evs[b], labels), normalize=normalize)
+    st.plotly_chart(charts.confusion_difference_figure(ma, mb, diff_names, normalize=normalize,
+                                                       title=f"confusion A − B  (A = {names[a]}, B = {names[b]})"),
+                    key="cmp_cm_difference")
+    st.caption("Blue: A has more " + ("of the row's share" if normalize else "images") + " in the cell than B; "
+               "red: B has. On the diagonal blue means A is right more often; off it, that A makes that mistake more.")
 
 
 def pick_image(first: str):
@@ -210,10 +240,14 @@ def explain_section(runs: list[dict], names: dict) -> None:
 
 st.title("Compare runs")
 run_ids = run_picker("Runs to compare", key="cmp_runs", multi=True)
-if not run_ids:
-    st.stop()
 if len(run_ids) < 2:
-    st.info("Pick at least two finished runs to compare.", icon="ℹ️")
+    finished_runs = len(runs_frame(("done",)))
+    if finished_runs == 1:
+        st.info("Only one run has finished: comparing needs two. Train another on the **Train** page.", icon="ℹ️")
+    elif finished_runs > 1:
+        st.info("Pick at least two finished runs to compare.", icon="ℹ️")
+    if finished_runs < 2:
+        st.page_link(str(ROOT / "pages" / "train.py"), label="Go to the Train page", icon="🚀")
     st.stop()
 runs = [store().get(r) for r in run_ids]
 names = short_names(runs)
@@ -225,8 +259,18 @@ with st.expander("Configuration differences", expanded=True):
     config_table(runs, names)
 
 st.subheader("Curves")
+c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
+log_loss = c1.toggle("Log-scale loss", key="cmp_log_loss", persist_state="session",
+                     help="Plot the loss curves on a logarithmic axis.")
+smoothing = c2.slider("Smoothing of the per-step loss", 0.0, 0.99, value=charts.SMOOTHING, step=0.01,
+                      key="cmp_smoothing", persist_state="session",
+                      help="The weight of an exponential moving average, as in TensorBoard: 0 draws the raw loss, "
+                           "0.99 a very smooth line. The raw loss stays behind it, faint.")
 st.plotly_chart(charts.curves_figure({names[r["run_id"]]: load_epochs(home_key(), r["run_id"], r["finished"])
-                                      for r in runs}), key="cmp_curves")
+                                      for r in runs}, log=log_loss), key="cmp_curves")
+st.plotly_chart(charts.step_curves_figure({names[r["run_id"]]: load_steps(home_key(), r["run_id"], r["finished"])
+                                           for r in runs}, weight=smoothing, log=log_loss,
+                                          title="Training loss per step"), key="cmp_steps")
 
 st.subheader("Per-class accuracy")
 split = st.radio("Split", list(SPLITS), format_func=SPLITS.get, horizontal=True, key="cmp_split")

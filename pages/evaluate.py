@@ -1,6 +1,6 @@
 """Evaluate: the seed's holdout table across runs, then for one run and split the per-class
 accuracy (Fig. 4), the confusion matrix (Fig. 3) and the most confident mistakes."""
-from dashboard.common import run_picker, runs_frame, store, home_key  # noqa: I001
+from dashboard.common import ROOT, run_picker, runs_frame, store, home_key  # noqa: I001
 from dashboard.export_panel import export_buttons  # noqa: I001
 
 from pathlib import Path
@@ -157,6 +157,7 @@ runs = runs_frame(("done",))
 if runs.empty:
     st.info("No finished runs yet. Launch one on the **Train** page, then come back to see its holdout, "
             "per-class and confusion results.", icon="ℹ️")
+    st.page_link(str(ROOT / "pages" / "train.py"), label="Go to the Train page", icon="🚀")
     st.stop()
 runs["finished"] = [(store().get(r) or {}).get("finished") for r in runs["run_id"]]
 

@@ -2,6 +2,7 @@
 metrics, and the controls to cancel, resume or delete it. Reads the run store only; the
 workers write it. Live parts poll inside st.fragment(run_every=...) only while a run is active."""
 from dashboard.common import ROOT, STATUS_ICON, classes_text, home_key, runs_frame, run_label, store, train_again
+from dashboard import charts
 from dashboard.export_panel import export_buttons
 
 import time
@@ -20,8 +21,6 @@ st.session_state.setdefault("runs_flash", None)       # (kind, message) left by 
 
 POLL_S = 2            # live refresh interval of the selected run, seconds
 LOG_LINES = 40        # log tail shown for a failed run
-EMA_ALPHA = 0.1       # smoothing of the per-step training loss
-MAX_STEP_POINTS = 4000  # raw step points drawn (the smoothed line uses every step)
 PAGES = ROOT / "pages"
 
 
@@ -169,27 +168,36 @@ def line(fig, x, y, name, **kw) -> None:
     fig.add_trace(go.Scatter(x=x, y=y, name=name, mode=kw.pop("mode", "lines+markers"), **kw))
 
 
-def epoch_figure(ep: pd.DataFrame, what: str) -> go.Figure:
+def epoch_figure(ep: pd.DataFrame, what: str, log: bool = False) -> go.Figure:
+    """Train (solid blue) and val (dashed orange) per epoch; `log`: a log y axis (loss only)."""
     fig = go.Figure()
-    line(fig, ep["epoch"], ep[f"train_{what}"], f"train {what}")
-    line(fig, ep["epoch"], ep[f"val_{what}"], f"val {what}")
+    line(fig, ep["epoch"], ep[f"train_{what}"], f"train {what}", line=dict(color=charts.TRAIN_COLOR, width=2.5))
+    line(fig, ep["epoch"], ep[f"val_{what}"], f"val {what}", line=dict(color=charts.VAL_COLOR, width=2.5, dash="dash"),
+         marker=dict(symbol="diamond"))
     title = "Accuracy per epoch" if what == "acc" else "Loss per epoch"
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=what, height=320,
+                      yaxis_type="log" if log and what == "loss" else "linear",
                       margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
     fig.update_xaxes(dtick=1)
     return fig
 
 
-def step_figure(steps: pd.DataFrame) -> go.Figure:
-    """Raw per-step training loss (faint) and its exponential moving average."""
-    ema = steps["loss"].ewm(alpha=EMA_ALPHA).mean()
-    raw = steps.iloc[::max(len(steps) // MAX_STEP_POINTS, 1)]
-    fig = go.Figure()
-    line(fig, raw["step"], raw["loss"], "loss per step", mode="lines", opacity=0.3)
-    line(fig, steps["step"], ema, f"smoothed (EMA α={EMA_ALPHA})", mode="lines")
-    fig.update_layout(title="Training loss per step", xaxis_title="step", yaxis_title="loss", height=320,
-                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
-    return fig
+def step_figure(steps: pd.DataFrame, weight: float = charts.SMOOTHING, log: bool = False) -> go.Figure:
+    """Raw per-step training loss (faint grey) and its smoothed line (bold blue), as TensorBoard
+    draws them: `weight` is the EMA weight (0 = no smoothing)."""
+    return charts.step_curves_figure({"train": steps}, weight=weight, log=log)
+
+
+def loss_controls() -> tuple[bool, float]:
+    """The log-scale toggle and the smoothing slider of the loss curves (kept for the session)."""
+    c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
+    log = c1.toggle("Log-scale loss", key="runs_log_loss", persist_state="session",
+                    help="Plot the loss curves on a logarithmic axis: late, small improvements stay visible.")
+    weight = c2.slider("Smoothing of the per-step loss", 0.0, 0.99, value=charts.SMOOTHING, step=0.01,
+                       key="runs_smoothing", persist_state="session",
+                       help="The weight of an exponential moving average, as in TensorBoard: 0 draws the raw "
+                            "loss, 0.99 a very smooth line. The raw loss stays behind it, faint.")
+    return log, weight
 
 
 def plot_curves(run_id: str) -> None:
@@ -197,14 +205,15 @@ def plot_curves(run_id: str) -> None:
     if ep.empty and steps.empty:
         st.caption("No metrics yet: curves appear after the first training steps.")
         return
+    log, weight = loss_controls()
     left, right = st.columns(2)
     if not ep.empty:
         left.plotly_chart(epoch_figure(ep, "acc"), key=f"runs_acc_{run_id}")
-        right.plotly_chart(epoch_figure(ep, "loss"), key=f"runs_loss_{run_id}")
+        right.plotly_chart(epoch_figure(ep, "loss", log=log), key=f"runs_loss_{run_id}")
     else:
         left.caption("Epoch curves appear when the first epoch ends.")
     if not steps.empty:
-        st.plotly_chart(step_figure(steps), key=f"runs_steps_{run_id}")
+        st.plotly_chart(step_figure(steps, weight, log), key=f"runs_steps_{run_id}")
 
 
 # ------------------------------------------------------------------ final state and controls

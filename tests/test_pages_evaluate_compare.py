@@ -100,13 +100,60 @@ def test_tick_labels_drop_shared_leading_words_and_truncate():
     assert charts.tick_labels(["Big Ben", "Bigger"]) == ["Big Ben", "Bigger"]   # no shared word
 
 
+GLDV2_LIKE = ["chhatrapati_shivaji_terminus", "chhatrapati_shivaji_maharaj_vastu_sangrahalaya",
+              "chhatrapati_shivaji_maharaj_international_airport", "golden_gate_bridge"]
+
+
+def test_short_labels_keep_colliding_cuts_apart():
+    labels = charts.short_labels(GLDV2_LIKE, 18)
+    assert [charts.truncate(n) for n in GLDV2_LIKE[:3]] == ["chhatrapati_shiva…"] * 3   # what collided before
+    assert len(set(labels)) == 4 and all(len(l) <= 18 for l in labels)
+    assert labels[3] == "golden_gate_bridge"                     # names that fit stay whole
+    assert labels[0].startswith("chhatrap") and labels[0].endswith("terminus")
+    assert charts.short_labels(["same", "same"], 18) == ["same#1", "same#2"]   # equal names are numbered
+    assert charts.short_labels(["abcdefgh", "abcdefgz", "abc…"], 4) == ["ab…h", "ab…z", "abc…"]
+    assert charts.short_labels(["abcdefgh", "abcdefgz", "ab…h"], 4) == ["a…#1", "ab…z", "ab…h"]
+
+
+def test_short_labels_unique_and_bounded_for_any_names():
+    from hypothesis import given, settings, strategies as hs
+
+    @settings(max_examples=300, deadline=None)
+    @given(names=hs.lists(hs.text(alphabet="ab_ …#1", max_size=30) | hs.text(max_size=30), unique=True, max_size=60),
+           width=hs.integers(1, 30))
+    def check(names, width):
+        labels = charts.short_labels(names, width)
+        assert len(labels) == len(names)
+        assert len(set(labels)) == len(labels)                    # unique whenever the names are
+        room = max(width, len(str(len(names))) + 2)               # a tiny width still fits "…#k"
+        assert all(len(label) <= room for label in labels)
+        assert all(label == n for label, n in zip(labels, names) if len(n) <= width)   # names that fit stay
+
+    check()
+
+
+def test_confusion_and_per_class_axes_stay_unique_with_colliding_names():
+    names = GLDV2_LIKE + [f"landmark_{i}_{'x' * 20}" for i in range(40)]
+    ev = _ev([str(i) for i in range(44)], np.eye(44, dtype=int) * 3 + 1, names=names)
+    for fig in (charts.confusion_figure(np.asarray(ev["confusion"]), names),
+                charts.per_class_figure(charts.per_class_frame(ev))):
+        ticks = fig.layout.xaxis.ticktext
+        assert len(set(ticks)) == 44 and all(len(t) <= charts.TICK_CHARS for t in ticks)
+    hover = {row[0] for row in charts.per_class_figure(charts.per_class_frame(ev)).data[0].customdata}
+    assert hover == set(names)                                    # the full names on hover
+
+
 def test_grouped_and_curve_figures_have_one_trace_per_run():
     import pandas as pd
     evs = {k: _ev(["1", "2", "3"], np.eye(3, dtype=int) * (i + 1) + 1) for i, k in enumerate("abc")}
     fig = charts.per_class_grouped_figure(evs, ["3", "1"])
     assert len(fig.data) == 3 and all(len(t.y) == 2 for t in fig.data)
-    ep = pd.DataFrame({"epoch": [1, 2], "val_acc": [0.5, 0.7], "train_loss": [1.2, 0.9]})
-    assert len(charts.curves_figure({"a": ep, "b": ep}).data) == 4
+    ep = pd.DataFrame({"epoch": [1, 2], "val_acc": [0.5, 0.7], "train_loss": [1.2, 0.9], "val_loss": [1.3, 1.1]})
+    fig = charts.curves_figure({"a": ep, "b": ep}, log=True)
+    assert len(fig.data) == 6                                     # val acc; val loss beside it, and train loss
+    val_loss = [t for t in fig.data if list(t.y) == [1.3, 1.1]]
+    assert len(val_loss) == 2 and all(t.xaxis == "x2" and t.line.dash == "dash" for t in val_loss)
+    assert fig.layout.yaxis2.type == "log" and fig.layout.yaxis.type != "log"
 
 
 # ------------------------------------------------------------------ pages (AppTest)
@@ -143,6 +190,8 @@ def test_pages_without_runs_say_so(page):
     at = _page(page)
     assert not at.exception
     assert any("No finished runs" in i.value for i in at.info)
+    (link,) = at.page_link                                 # like the other pages: a way to the Train page
+    assert link.proto.label == "Go to the Train page" and link.proto.page == "train"
 
 
 def test_evaluate_with_two_runs(use_trained_home):
@@ -176,7 +225,7 @@ def test_compare_two_runs_with_different_class_sets(use_trained_home):
     assert any("shared classes" in i.value for i in at.info)   # 4 vs 3 classes
     shared = [d.value for d in at.dataframe if "acc" in d.value.columns]
     assert len(shared) == 1 and len(shared[0]) == 2 and shared[0]["n"].nunique() == 1   # same images
-    assert len(_charts(at)) == 4                           # curves, difference, two confusion matrices
+    assert len(_charts(at)) == 4                           # epoch curves, step curves, difference, one confusion matrix
     assert at.selectbox(key="cmp_image").options           # holdout images of the first run
     at.selectbox(key="cmp_method").set_value("saliency")
     at.button(key="cmp_explain").click().run()
@@ -222,3 +271,136 @@ def test_evaluate_many_classes_shows_top_k_with_other_bucket(tmp_path):
     assert ticks[0].isdigit()                             # the shared "Landmark number " is dropped on axes
     at.slider(key="eval_top_k").set_value(10).run()
     assert _heatmap(at, 1)[0].shape == (11, 11)
+
+
+# ------------------------------------------------------------------ Compare: curves, confusion one at a time, A − B
+
+def _spec(at, title_part: str, end: bool = False) -> dict:
+    """The figure spec of the plotly chart whose title contains (or, `end`, ends with) `title_part`."""
+    import json
+    specs = [json.loads(c.proto.spec) for c in _charts(at)]
+    titles = [str((s["layout"].get("title") or {}).get("text", "")) for s in specs]
+    found = [s for s, t in zip(specs, titles) if (t.endswith(title_part) if end else title_part in t)]
+    assert len(found) == 1, [(s["layout"].get("title") or {}).get("text") for s in specs]
+    return found[0]
+
+
+def _z(spec) -> np.ndarray:
+    import base64
+    z = spec["data"][0]["z"]
+    if isinstance(z, dict):
+        shape = [int(v) for v in str(z["shape"]).split(",")]
+        z = np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(shape)
+    return np.asarray(z, dtype=float)
+
+
+def _y(trace) -> np.ndarray:
+    import base64
+    y = trace["y"]
+    return np.frombuffer(base64.b64decode(y["bdata"]), dtype=y["dtype"]) if isinstance(y, dict) else np.asarray(y, float)
+
+
+def test_compare_confusion_one_run_at_a_time_and_the_difference_is_a_minus_b(use_trained_home):
+    from core.runs.store import RunStore
+    store = RunStore()
+    at = _page(COMPARE)
+    assert not at.exception, at.exception
+    a, b = at.multiselect(key="cmp_runs").value
+    evs = {r: store.evals(r)["val"] for r in (a, b)}              # the default split
+    shared = charts.shared_labels([ev["labels"] for ev in evs.values()])
+    cm = {r: charts.restrict_confusion(evs[r], shared)[0] for r in (a, b)}
+    assert len(cm[a]) != len(cm[b])                               # 4 vs 3 classes: one has an "(other)" row
+
+    shown = at.button_group(key="cmp_cm_run")
+    assert shown.value == a
+    np.testing.assert_array_equal(_z(_spec(at, a[-4:], end=True)), cm[a])   # one matrix, titled with its run
+    shown.set_value(b).run()
+    assert not at.exception, at.exception
+    np.testing.assert_array_equal(_z(_spec(at, b[-4:], end=True)), cm[b])
+    assert len(_charts(at)) == 4
+
+    at.toggle(key="cmp_cm_diff").set_value(True).run()
+    assert not at.exception, at.exception
+    assert (at.selectbox(key="cmp_cm_a").value, at.selectbox(key="cmp_cm_b").value) == (a, b)
+    spec = _spec(at, "confusion A − B")
+    n = max(len(cm[a]), len(cm[b]))
+    want = np.zeros((n, n))
+    want[:len(cm[a]), :len(cm[a])] += cm[a]
+    want[:len(cm[b]), :len(cm[b])] -= cm[b]
+    np.testing.assert_array_equal(_z(spec), want)
+    heat = spec["data"][0]
+    assert heat["zmid"] == 0 and heat["zmax"] > 0 and heat["zmin"] == -heat["zmax"]   # diverging, centred on 0
+    assert len(set(spec["layout"]["yaxis"]["ticktext"])) == n
+    at.selectbox(key="cmp_cm_a").set_value(b)
+    at.selectbox(key="cmp_cm_b").set_value(a).run()
+    np.testing.assert_array_equal(_z(_spec(at, "confusion A − B")), -want)   # swapped: B − A
+    at.selectbox(key="cmp_cm_b").set_value(b).run()
+    assert any("two different runs" in i.value for i in at.info)
+
+
+def test_compare_step_curves_overlay_runs_with_smoothing_and_log_scale(use_trained_home):
+    from core.runs.store import RunStore
+    store = RunStore()
+    at = _page(COMPARE)
+    runs = at.multiselect(key="cmp_runs").value
+    steps = _spec(at, "per step")
+    smoothed = [t for t in steps["data"] if t.get("showlegend") is not False]
+    assert len(smoothed) == 2 and len(steps["data"]) == 4        # one bold line per run, its raw loss faint
+    assert len({t["line"]["color"] for t in smoothed}) == 2
+    w = at.slider(key="cmp_smoothing").value
+    for run_id, t in zip(runs, smoothed):
+        loss = store.steps(run_id)["loss"]
+        np.testing.assert_allclose(_y(t), loss.ewm(alpha=1 - w).mean(), rtol=1e-9)
+    at.slider(key="cmp_smoothing").set_value(0.3)
+    at.toggle(key="cmp_log_loss").set_value(True).run()
+    assert not at.exception, at.exception
+    steps = _spec(at, "per step")
+    smoothed = [t for t in steps["data"] if t.get("showlegend") is not False]
+    np.testing.assert_allclose(_y(smoothed[0]), store.steps(runs[0])["loss"].ewm(alpha=0.7).mean(), rtol=1e-9)
+    assert steps["layout"]["yaxis"]["type"] == "log"
+    import json
+    epochs = json.loads(_charts(at)[0].proto.spec)                # val accuracy beside the val and train loss
+    assert epochs["layout"]["yaxis2"]["type"] == "log"
+    val_loss = [t for t in epochs["data"] if t.get("xaxis") == "x2" and t["line"].get("dash") == "dash"]
+    assert len(val_loss) == 2
+    np.testing.assert_allclose(_y(val_loss[0]), store.epochs(runs[0])["val_loss"], rtol=1e-9)
+
+
+def test_compare_with_one_finished_run_links_to_train(use_trained_home):
+    from core.runs.store import RunStore
+    _, (a, b) = use_trained_home
+    RunStore().delete(b)
+    at = _page(COMPARE)
+    assert not at.exception, at.exception
+    assert any("Only one run has finished" in i.value for i in at.info)
+    assert [link.proto.label for link in at.page_link] == ["Go to the Train page"]
+
+
+def test_evaluate_and_compare_axes_with_colliding_class_names(tmp_path):
+    """44 GLDv2-like names, three starting "chhatrapati_shiva…": every class axis stays unique and
+    short, hover keeps the full names (runs written straight to the store, no training)."""
+    from core.runs.store import RunStore
+    from tests.conftest import tiny_config
+    store = RunStore()
+    names = GLDV2_LIKE + [f"landmark_{i}_{'x' * 20}" for i in range(40)]
+    for seed in (3, 4):
+        run_id = store.create(tiny_config(tmp_path, classes=44), status="done")
+        cm = np.random.default_rng(seed).integers(0, 3, size=(44, 44)) + np.eye(44, dtype=int) * 10
+        ev = _ev([str(i) for i in range(44)], cm, names=names)
+        for split in ("train", "val", "holdout"):
+            store.log_eval(run_id, split, ev)
+        store.set(run_id, summary={"holdout_acc": ev["acc"]}, finished=1.0)
+    import json
+    for page, n_charts in ((EVALUATE, 2), (COMPARE, 4)):
+        at = _page(page)
+        assert not at.exception, at.exception
+        specs = [json.loads(c.proto.spec) for c in _charts(at)]
+        assert len(specs) == n_charts
+        class_axes = [s for s in specs if (s["layout"].get("xaxis") or {}).get("ticktext")]
+        assert len(class_axes) == 2                               # per-class bars and the confusion matrix
+        for s in class_axes:
+            ticks = s["layout"]["xaxis"]["ticktext"]
+            assert len(ticks) == 44 and len(set(ticks)) == 44
+            assert all(len(t) <= charts.TICK_CHARS for t in ticks)
+        hover = json.dumps([s["data"] for s in class_axes])
+        assert all(n in hover for n in GLDV2_LIKE)               # full names on hover

@@ -223,3 +223,63 @@ def test_a_run_on_every_class_shows_how_many(demo_root):
     assert at.dataframe[0].value.set_index("run_id").loc[run_id, "classes"] == "all 4"
     assert "all 4 classes" in at.selectbox(key="runs_pick").format_func(run_id)
     assert "0 classes" not in texts(at, "markdown")
+
+
+# ------------------------------------------------------------------ loss curves: log scale, smoothing, colours
+
+def _spec(at, i: int) -> dict:
+    import json
+    return json.loads(at.get("plotly_chart")[i].proto.spec)
+
+
+def _arr(v):
+    """A plotly array from a figure spec (plotly sends numeric arrays base64-packed)."""
+    import base64
+
+    import numpy as np
+    if isinstance(v, dict):
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+    return np.asarray(v, dtype=float)
+
+
+def _tensorboard_ema(values, weight):
+    """TensorBoard's smoothing written out: a debiased exponential moving average."""
+    out, last, num = [], 0.0, 0
+    for v in values:
+        last, num = last * weight + (1 - weight) * v, num + 1
+        out.append(last / (1 - weight ** num))
+    return out
+
+
+def test_loss_curves_log_toggle_smoothing_and_distinct_colours(use_trained_home):
+    _, (a, b) = use_trained_home
+    loss = RunStore().steps(b)["loss"].tolist()
+    at = open_runs()
+    acc, ep_loss, steps = (_spec(at, i) for i in range(3))
+    assert ep_loss["layout"]["yaxis"]["type"] == "linear" and steps["layout"]["yaxis"]["type"] == "linear"
+    for fig in (acc, ep_loss):                                # train solid, val dashed, in other hues
+        train, val = fig["data"]
+        assert train["line"]["color"] != val["line"]["color"]
+        assert val["line"]["dash"] == "dash" and train["line"].get("dash") in (None, "solid")
+    raw, smoothed = steps["data"]                             # raw faint and thin, smoothed bold, other colour
+    assert raw["line"]["color"] != smoothed["line"]["color"] and raw["opacity"] < 1
+    assert raw["line"]["width"] < smoothed["line"]["width"]
+    assert at.slider(key="runs_smoothing").value == pytest.approx(0.9)
+    assert _arr(smoothed["y"]) == pytest.approx(_tensorboard_ema(loss, 0.9))
+    assert _arr(raw["y"]) == pytest.approx(loss)
+
+    at.toggle(key="runs_log_loss").set_value(True).run()
+    assert not at.exception, at.exception
+    assert _spec(at, 1)["layout"]["yaxis"]["type"] == "log" and _spec(at, 2)["layout"]["yaxis"]["type"] == "log"
+    assert _spec(at, 0)["layout"]["yaxis"]["type"] == "linear"          # accuracy stays linear
+
+    at.slider(key="runs_smoothing").set_value(0.5).run()
+    assert not at.exception, at.exception
+    y = _arr(_spec(at, 2)["data"][1]["y"])
+    assert y == pytest.approx(_tensorboard_ema(loss, 0.5)) and y != pytest.approx(_tensorboard_ema(loss, 0.9))
+    at.slider(key="runs_smoothing").set_value(0.0).run()
+    (only,) = _spec(at, 2)["data"]                            # no smoothing: the raw loss alone, bold
+    assert _arr(only["y"]) == pytest.approx(loss)
+    pick(at, a)                                               # the choices hold for another run
+    assert at.toggle(key="runs_log_loss").value and at.slider(key="runs_smoothing").value == 0.0
+    assert _spec(at, 1)["layout"]["yaxis"]["type"] == "log"
