@@ -58,10 +58,10 @@ def holdout_table(runs: pd.DataFrame) -> None:
     df["holdout_macro_f1"] = [imbalance_metric(h, "macro_f1") for h in holdouts]
     df = df.sort_values(["holdout_acc", "val_acc"], ascending=False, na_position="last")
     df["classes"] = df["classes_text"]
-    cols = ["model", "classes", "train_acc", "val_acc", "holdout_acc", "holdout_balanced_acc", "holdout_macro_f1",
+    cols = ["model", "dataset", "classes", "train_acc", "val_acc", "holdout_acc", "holdout_balanced_acc", "holdout_macro_f1",
             "holdout_n", "holdout_top5", "holdout_gap", "run_id"]
     st.dataframe(df[cols], hide_index=True, column_config={
-        "model": "Model", "classes": st.column_config.TextColumn("No. classes"),
+        "model": "Model", "dataset": "Data set", "classes": st.column_config.TextColumn("No. classes"),
         "train_acc": st.column_config.NumberColumn("Train", format=PCT),
         "val_acc": st.column_config.NumberColumn("Validation", format=PCT),
         "holdout_acc": st.column_config.NumberColumn("Holdout", format=PCT),
