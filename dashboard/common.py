@@ -16,6 +16,7 @@ import streamlit as st  # noqa: E402
 from core import paths  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from core.runs.store import RunStore  # noqa: E402
+from dashboard.charts import short_labels  # noqa: E402,F401 - one helper for every per-class axis
 
 DEMO_ARGS = dict(classes=12, images=3000, size=160, seed=0)
 STATUS_ICON = {"queued": "⏳", "starting": "🚀", "running": "🏃", "done": "✅", "failed": "❌",
@@ -331,6 +332,9 @@ def _predictor(run_id: str, ckpt_mtime: float, home: str):
     return load_predictor(run_id, store())
 
 
+MANY_CLASS_MODELS = 50   # the Class model page asks for a confirmation before drawing more at once (time)
+
+
 def predictor(run_id: str):
     """The run's model, loaded once per checkpoint (cache key: the checkpoint's mtime)."""
     return _predictor(run_id, store().run(run_id).checkpoint_mtime(), home_key())
@@ -352,3 +356,51 @@ def run_and_predictor(key: str):
 def user_error(e: Exception) -> None:
     """One clear sentence in the page instead of a traceback."""
     st.error(str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}", icon="🚫")
+
+
+# ------------------------------------------------------------------ the internet, for ImageNet weights
+
+@st.cache_data(show_spinner=False, ttl=60)
+def internet_reachable(host: str = "download.pytorch.org", port: int = 443, timeout: float = 2.0) -> bool:
+    """Can this machine reach where torchvision's ImageNet weights download from? Probed in a
+    thread, so a hanging name lookup costs at most `timeout` seconds; asked again after a minute."""
+    import socket
+    import threading
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(ok)
+
+
+# ------------------------------------------------------------------ first visit
+
+START_STEPS = (  # (page, label, icon as in app.py's navigation, what the step is for)
+    ("dataset.py", "1 · Look at the data", "📊", "How many photos each landmark has, and samples of them."),
+    ("train.py", "2 · Train a model", "🚀", "The quick demo preset trains one in minutes on a CPU."),
+    ("evaluate.py", "3 · Evaluate it", "🎯", "Accuracy per class, and which landmarks it mixes up."),
+    ("classify.py", "4 · Classify a photo", "🔍", "Upload a photo: the model names it and shows why."),
+)
+
+
+def start_here() -> None:
+    """The four steps from data to a model that names landmarks, each a link; shown until the
+    first run exists."""
+    from streamlit.errors import StreamlitAPIException
+    if store().list():
+        return
+    with st.container(border=True):
+        st.markdown("**Start here**: four steps from a data set to a model that recognises landmarks.")
+        for col, (page, label, icon, text) in zip(st.columns(len(START_STEPS)), START_STEPS):
+            try:
+                col.page_link(str(ROOT / "pages" / page), label=label, icon=icon)
+            except StreamlitAPIException:  # the page runs on its own (e.g. in a test): nothing to link into
+                col.markdown(f"{icon} **{label}**")
+            col.caption(text)

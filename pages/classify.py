@@ -13,7 +13,8 @@ import streamlit as st
 from core.data.readers import open_image
 from core.errors import UserError
 from core.explain import render, to_png_bytes
-from core.explain.files import explain_one, image_uint8
+from core.explain.files import explain_one
+from core.explain.render import SCALE_NOTE, colorbar, legend
 from core.data.uploads import (MAX_FILES_PER_UPLOAD, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, UPLOAD_TYPES,
                                check_file_count, limits_text, load_upload)
 
@@ -31,17 +32,25 @@ FAITH_COLUMNS = {  # Petsiuk et al. 2018 (RISE) §4, with a blurred copy of the 
     "insertion AUC": st.column_config.NumberColumn(format="%.3f", help=(
         "Class probability while the most salient pixels are put back into a blurred copy first; "
         "higher is better.")),
-    "score": st.column_config.NumberColumn(format="%.3f", help="insertion AUC − deletion AUC"),
+    "score": st.column_config.NumberColumn(format="%.3f", help=(
+        "insertion AUC − deletion AUC, from −1 to 1. About 0: no better than a random order of pixels; "
+        "below 0: worse than random.")),
     "ms": st.column_config.NumberColumn("map ms", format="%.0f", help="Server-side time to compute the map."),
 }
 TOP_CLASS = -1  # sentinel in the class select box: explain whatever the model predicts
+DISPLAY_PX = 448  # side of the explained photo as shown: the map is resized smoothly to it
+FAITH_LINE = ("**Faithfulness on this image**: do the pixels a map marks matter to the model? Blurring them "
+              "first should make the class probability fall fast, and restoring them first should make it rise "
+              "fast. Score = insertion AUC − deletion AUC, from −1 to 1, higher is more faithful; about 0 is no "
+              "better than a random order of pixels, and below 0 is worse than random (the model relies on "
+              "pixels the map ranks low).")
 
 st.session_state.setdefault("clf_methods", ["saliency", "gradcam"])
 st.session_state.setdefault("clf_alpha", 0.5)
 st.session_state.setdefault("clf_target", TOP_CLASS)
 st.session_state.setdefault("clf_samples", {})  # run_id -> (holdout image path, true class)
 
-st.title("Classify")
+st.title("🔍 Classify")
 st.caption("Upload landmark photos and see what a trained model thinks they are, and which pixels "
            "it looked at (Simonyan, Vedaldi & Zisserman 2014, and later attribution methods).")
 
@@ -156,14 +165,28 @@ def explain_controls() -> tuple[int, list[str], float, int]:
     methods = st.multiselect("Methods (shown side by side)", list(METHOD_NAMES), key="clf_methods",
                              format_func=METHOD_NAMES.get)
     alpha = st.slider("Heat-map opacity", 0.0, 1.0, step=0.05, key="clf_alpha",
-                      help="Overlay strength for saliency, Grad-CAM, integrated gradients and SmoothGrad; "
-                           "vanilla and guided backpropagation show the signed gradient itself.")
+                      help="How strongly the map covers the photo (0: the photo only). Red and blue maps "
+                           "cover it in proportion to their strength, so where they are 0 the photo shows.")
     return target, methods, alpha, chosen
 
 
-def show_explanations(name: str, x, target: int, methods: list[str], alpha: float) -> None:
+def display_photo(image) -> np.ndarray:
+    """The part of the photo the model sees (its centre square) at the size it is shown."""
+    from PIL import Image
+    w, h = image.size
+    s = min(w, h)
+    box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+    return np.asarray(image.convert("RGB").resize((DISPLAY_PX, DISPLAY_PX), Image.LANCZOS, box=box))
+
+
+def show_legend(col, method: str) -> None:
+    col.image(colorbar(method), width="stretch")
+    col.caption(legend(method)[1])
+
+
+def show_explanations(name: str, x, target: int, methods: list[str], alpha: float, photo) -> None:
     key_img = hashlib.sha1(x.numpy().tobytes()).hexdigest()
-    base = image_uint8(x)
+    base = display_photo(photo)
     if target == TOP_CLASS:
         target = int(pred.probs(x)[0].argmax())
     results, cols = [], st.columns(min(3, len(methods)))
@@ -177,9 +200,14 @@ def show_explanations(name: str, x, target: int, methods: list[str], alpha: floa
         stem = name.rsplit(".", 1)[0].replace(" ", "_").replace(":", "")
         col.download_button("Download PNG", to_png_bytes(img), file_name=f"{stem}_{m}.png", mime="image/png",
                             key=f"clf_dl_{m}", on_click="ignore")
+        show_legend(col, m)
         results.append({"method": METHOD_NAMES[m], "deletion AUC": r["deletion_auc"],
                         "insertion AUC": r["insertion_auc"], "score": r["faithfulness"], "ms": r["ms"]})
-    st.markdown("**Faithfulness on this image** — insertion AUC − deletion AUC; higher is more faithful.")
+    st.caption(SCALE_NOTE)
+    st.markdown(FAITH_LINE)
+    if {"saliency", "vanilla"} <= set(methods):
+        st.caption("Saliency and vanilla backpropagation rank the pixels by the same size of gradient (the sign is "
+                   "ignored for the ranking), so their scores are equal.")
     st.dataframe(pd.DataFrame(results).sort_values("score", ascending=False), hide_index=True,
                  width="stretch", column_config=FAITH_COLUMNS)
 
@@ -195,6 +223,6 @@ if not methods:
     st.info("Choose at least one explanation method.")
 else:
     try:
-        show_explanations(name, x, target, methods, alpha)
+        show_explanations(name, x, target, methods, alpha, images[chosen][1])
     except UserError as e:
         user_error(e)

@@ -238,7 +238,7 @@ def explain_section(runs: list[dict], names: dict) -> None:
                 "name": "Top-3 prediction", "prob": st.column_config.ProgressColumn("p", format="percent", min_value=0, max_value=1)})
 
 
-st.title("Compare runs")
+st.title("⚖️ Compare runs")
 run_ids = run_picker("Runs to compare", key="cmp_runs", multi=True)
 if len(run_ids) < 2:
     finished_runs = len(runs_frame(("done",)))

@@ -20,7 +20,9 @@ from core.data.readers import (detect_layout, signature, imbalance, load_index, 
                        resize_square)
 from core.errors import UserError  # noqa: E402
 from core.runs.tasks import SCAN_SIZE  # noqa: E402
+from dashboard import charts  # noqa: E402
 from dashboard.download_panel import download_panel  # noqa: E402
+from dashboard.common import start_here  # noqa: E402
 
 N_CHOICES = (10, 20, 30, 50, 100, 200, 500, 1000)
 BAR_LIMIT = 1000          # bars drawn at most; the long-tail plot shows every class
@@ -122,9 +124,13 @@ def tail_figure(counts: pd.Series, n: int) -> go.Figure:
                                hovertemplate="rank %{x:,}<br>%{y:,} images<extra></extra>"))
     cut = min(n, len(y))
     fig.add_trace(go.Scatter(x=[cut], y=[y[cut - 1]], mode="markers", name=f"top-{cut} cut-off",
-                             marker=dict(size=11, color="#d73a49", symbol="diamond")))
+                             marker=dict(size=11, color="#d73a49", symbol="diamond"),
+                             hovertemplate=f"top-{cut} cut-off<br>rank %{{x:,}}<br>%{{y:,}} images<extra></extra>"))
+    # whole numbers at 1, 10, 100, 1k … (and 2, 5 or every digit over few decades): plotly's own
+    # log ticks read "2 … 8" between powers of ten, so a 68-image class looked like "7"
     fig.update_layout(title="The whole long tail (log–log)", xaxis_title="class rank",
-                      yaxis_title="images", xaxis_type="log", yaxis_type="log", height=480,
+                      yaxis_title="images", height=480, xaxis=charts.log_axis(1, len(y)),
+                      yaxis=charts.log_axis(max(int(y.min()), 1), max(int(y.max()), 1)),
                       margin=dict(t=50, b=10), legend=dict(orientation="h", y=-0.2))
     return fig
 
@@ -136,7 +142,7 @@ def pick_n(total: int) -> int:
     return st.select_slider("N most frequent classes", options, value=min(50, total), key=f"dataset_n_{total}",
                             persist_state="session",
                             format_func=lambda v: f"all ({v:,})" if v == total else str(v),
-                            help="The seed poster shows the 50 most frequent classes; its models use 10 to 50.")
+                            help="The poster this app follows shows the 50 most frequent classes and trains on 10 to 50.")
 
 
 def metric_tiles(counts: pd.Series, n: int) -> None:
@@ -252,8 +258,9 @@ def manage_datasets(path: str | None) -> None:
 # ------------------------------------------------------------------ page
 
 st.title("📊 Dataset")
-st.caption("How imbalanced is the data? The seed poster (Fig. 1) shows the 50 most frequent Google "
-           "Landmarks classes; here is the same view for any data set, plus the whole long tail.")
+st.caption("How many photos does each landmark have? The bars show the most frequent classes (Fig. 1 of the "
+           "poster this app follows shows Google Landmarks' top 50 this way), the curve the whole long tail.")
+start_here()
 
 path = dataset_picker("dataset")
 manage_datasets(path)

@@ -152,7 +152,7 @@ def mistakes_section(ev: dict, run_id: str, split: str) -> None:
             col.image(img, caption=caption, width="stretch")
 
 
-st.title("Evaluate")
+st.title("🎯 Evaluate")
 runs = runs_frame(("done",))
 if runs.empty:
     st.info("No finished runs yet. Launch one on the **Train** page, then come back to see its holdout, "

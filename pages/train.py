@@ -1,4 +1,4 @@
-"""Train: the seed's knobs in one form; launch queues a run and starts a worker process.
+"""Train: the training settings in one form; launch queues a run and starts a worker process.
 
 The page never trains: core.runs.jobs.launch writes a queued run to the store and starts
 `python -m core.runs.worker` in its own session when the device is free. The form is validated
@@ -7,6 +7,7 @@ first (TrainConfig.validate and the data set's class count), so bad input create
 from dashboard.common import (STATUS_ICON, TRAIN_FIELDS, clean_toggle, counts_of, dataset_picker, runs_frame,  # noqa: I001
                               store, synthetic_note, user_error)
 
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
@@ -20,8 +21,10 @@ from core.data.readers import detect_layout, has_clean  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from core.train.models import REGISTRY, imagenet_available  # noqa: E402
 from core.runs.store import ACTIVE  # noqa: E402
+from dashboard import common as ui  # noqa: E402  (as a module: tests replace ui.internet_reachable)
 
 RUNS_PAGE = Path(__file__).resolve().parent / "runs.py"
+FLASH_S = 20  # seconds a Cancel's message stays above the queue
 AUG_LABELS = {"crop": "Random resized crop", "hflip": "Random horizontal flip",
               "vflip": "Random vertical flip", "rot90": "Random 90° rotations"}
 WEIGHT_LABELS = {"imagenet": "ImageNet", "none": "None (from scratch)", "path": "Weight file…"}
@@ -45,6 +48,50 @@ def number(col, label: str, key: str, **kw):
 def weights_status(model: str) -> tuple[bool, str]:
     ok, note = imagenet_available(model)
     return ok, note if ok else note + " Choose **None** to train from scratch offline."
+
+
+OFFLINE_MODEL = "efficientnet_lite0"   # its ImageNet weights ship with pip: the offline choice
+
+
+def model_title(model: str) -> str:
+    """'ResNet-18' for resnet18: the model's name as its description in the form spells it."""
+    return REGISTRY[model].about.split(" (")[0].split(",")[0]
+
+
+def imagenet_refusal(model: str) -> str | None:
+    """Why ImageNet weights cannot be had for `model` here (in the form's words), or None when they
+    can: shipped, cached, or downloadable because the internet is reachable."""
+    if weights_status(model)[0]:
+        return None
+    alt = OFFLINE_MODEL if OFFLINE_MODEL in REGISTRY and OFFLINE_MODEL != model and weights_status(OFFLINE_MODEL)[0] \
+        else None
+    other = f", or the model {model_title(alt)}, whose ImageNet weights come with the app" if alt else ""
+    if REGISTRY[model].imagenet is None:
+        return (f"{model_title(model)} has no ImageNet weights. Choose Weights: None (from scratch), "
+                f"a weight file{other}.")
+    if ui.internet_reachable():
+        return None
+    return (f"{model_title(model)}'s ImageNet weights are not on this machine and cannot be downloaded without "
+            f"internet. Choose Weights: None (from scratch), a weight file{other}.")
+
+
+def use_scratch() -> None:
+    st.session_state["train_weights"] = "none"
+    st.session_state["train_fix_note"] = "Weights set to **None (from scratch)**."
+
+
+def use_offline_model() -> None:
+    st.session_state.update(train_model=OFFLINE_MODEL, train_weights="imagenet")
+    st.session_state["train_fix_note"] = f"Model set to **{model_title(OFFLINE_MODEL)}** with its ImageNet weights."
+
+
+def offer_fixes(model: str) -> None:
+    """The working choices, one click each, under the refusal."""
+    a, b, _ = st.columns(3)
+    a.button("Use Weights: None (from scratch)", key="train_fix_scratch", on_click=use_scratch)
+    if OFFLINE_MODEL in REGISTRY and OFFLINE_MODEL != model and weights_status(OFFLINE_MODEL)[0]:
+        b.button(f"Use {model_title(OFFLINE_MODEL)} with ImageNet weights", key="train_fix_offline",
+                 on_click=use_offline_model)
 
 
 def default_weights(model: str) -> str:
@@ -73,6 +120,8 @@ def apply_preset(n_classes: int) -> None:
 def form(n_classes: int) -> bool:
     ss = st.session_state
     ok, note = weights_status(ss["train_model"])
+    if not ok and REGISTRY[ss["train_model"]].imagenet is not None:
+        note = imagenet_refusal(ss["train_model"]) or note   # offline: say so before anyone presses Launch
     with st.form("train_form", border=True):
         a, b, c = st.columns(3)
         a.radio("Weights", list(WEIGHT_LABELS), format_func=WEIGHT_LABELS.get, key="train_weights",
@@ -81,7 +130,7 @@ def form(n_classes: int) -> bool:
         a.text_input("Weight file (for “Weight file…”)", key="train_weights_path", persist_state="session",
                      placeholder="/path/to/state_dict.pt or a run's checkpoints/last.pt")
         number(a, f"N most frequent classes (0 = all {n_classes:,})", "train_classes", step=1,
-               help="The seed trains on the 10, 20, 30 and 50 most frequent classes.")
+               help="The poster this app follows trains on the 10, 20, 30 and 50 most frequent classes.")
         a.selectbox("Class imbalance", BALANCES, format_func=BALANCE_LABELS.get, key="train_balance",
                     persist_state="session", help=spec("balance")["help"])
         number(b, "Learning rate", "train_lr", step=1e-4, format="%.5f")
@@ -90,7 +139,7 @@ def form(n_classes: int) -> bool:
                     persist_state="session")
         number(b, "Batch size", "train_batch", step=8)
         number(c, "Image size (px, square)", "train_size", step=16,
-               help="224 is the seed's size (for a GPU); 64 is plenty for the demo on a CPU.")
+               help="224 px is the poster's size (for a GPU); 64 px is plenty for the demo on a CPU.")
         c.markdown("**Augmentation**")
         for aug in AUGMENTATIONS:
             c.checkbox(AUG_LABELS[aug], key=f"train_aug_{aug}", persist_state="session")
@@ -114,9 +163,15 @@ def form(n_classes: int) -> bool:
         return st.form_submit_button("🚀 Launch training run", type="primary", key="train_launch")
 
 
+class ImageNetRefused(UserError):
+    """ImageNet weights chosen where they cannot be had: refused before anything is queued."""
+
+
 def build_config(root: Path) -> TrainConfig:
     ss = st.session_state
     weights = ss["train_weights"]
+    if weights == "imagenet" and (refusal := imagenet_refusal(ss["train_model"])):
+        raise ImageNetRefused(refusal)
     if weights == "path":
         weights = ss["train_weights_path"].strip()
         if not weights:
@@ -141,6 +196,9 @@ def submit(root: Path, counts: pd.Series) -> None:
         cfg = build_config(root)
         top_classes(counts, cfg.classes)
         st.session_state["train_last_run"] = launch(cfg, store())
+    except ImageNetRefused as e:
+        user_error(e)
+        offer_fixes(st.session_state["train_model"])
     except UserError as e:
         user_error(e)
     except Exception as e:  # noqa: BLE001 - e.g. the store is not writable: say so, keep the page
@@ -152,6 +210,21 @@ def runs_link() -> None:
         st.page_link(str(RUNS_PAGE), label="Follow it on the Runs page", icon="📈")
     except StreamlitAPIException:  # page not registered (the page runs on its own, e.g. in a test)
         st.caption("Follow it on the **Runs** page.")
+
+
+def on_cancel(run_id: str) -> None:
+    """As the Runs page's Cancel: a queued run at once, a running one at its next step."""
+    from core.runs import jobs
+    what = jobs.cancel(store(), run_id)
+    if what == "cancelled":
+        text = f"Cancelled {run_id} before it started."
+    elif what == "requested":
+        text = f"Cancel requested: {run_id} stops at its next step" + (
+            " and keeps its last checkpoint." if store().run(run_id).has_checkpoint()
+            else "; it has no checkpoint yet, so it cannot be resumed.")
+    else:
+        text = f"{run_id} had already stopped."
+    st.session_state["train_flash"] = (text, time.time())
 
 
 def active_runs() -> pd.DataFrame:
@@ -174,15 +247,24 @@ def live(active: bool) -> None:
             runs_link()
         st.subheader("Queue")
         df = active_runs()
+        if df.empty and active:
+            st.rerun(scope="app")  # stop refreshing
+        flash = st.session_state.get("train_flash")
+        if flash and time.time() - flash[1] < FLASH_S:    # kept a while: the queue may refresh meanwhile
+            st.info(flash[0], icon="⏹️")
         if df.empty:
             st.caption("Nothing is queued or running. One run trains at a time per device; the rest wait here.")
-            if active:
-                st.rerun(scope="app")  # stop refreshing
             return
+        ids = df["run_id"].tolist()
         df["status"] = [f"{STATUS_ICON.get(s, '')} {s}" for s in df["status"]]
         st.dataframe(df[["run_id", "status", "model", "classes", "epochs", "image_size", "batch", "lr", "created"]],
                      hide_index=True, column_config={"created": st.column_config.DatetimeColumn(format="HH:mm:ss"),
                                                      "lr": st.column_config.NumberColumn(format="%.5f")})
+        cols = st.columns(min(len(ids), 4))
+        for i, run_id in enumerate(ids):
+            cols[i % len(cols)].button(f"⏹️ Cancel {run_id}", key=f"train_cancel_{run_id}", on_click=on_cancel,
+                                       args=(run_id,), help="A queued run is dropped at once; a running one stops "
+                                                            "at its next step and keeps its last checkpoint.")
     view()
 
 
@@ -195,8 +277,9 @@ for k, v in DEFAULTS.items():
     st.session_state.setdefault(k, v)
 
 st.title("🚀 Train")
-st.caption("The seed's knobs: model, N classes, learning rate, epochs, optimizer, batch size, augmentation "
-           "and frozen features. Runs train in their own process; closing the tab does not stop them.")
+st.caption("Choose a model and its training settings (number of classes, learning rate, epochs, optimizer, "
+           "batch size, augmentation), then launch. Runs train in their own process; closing the tab does not "
+           "stop them.")
 
 path = dataset_picker("train_dataset")
 counts = None
@@ -221,6 +304,8 @@ if counts is not None:
     if st.session_state.pop("train_again_note", False):
         st.info("The form holds the configuration of the run you chose: change what you like, then "
                 "press **Launch training run**.", icon="🔁")
+    if fixed := st.session_state.pop("train_fix_note", None):
+        st.info(f"{fixed} Press **Launch training run**.", icon="✅")
     if st.session_state.pop("train_preset_note", False):
         st.info("Preset filled in: small images, 3 epochs. Press **Launch training run**.", icon="⚡")
     if form(len(counts)):

@@ -442,3 +442,78 @@ def test_saliency_of_a_trained_run_lands_on_the_landmark_not_the_sky(use_trained
     r = landmark_focus(load_predictor(run_ids[0]), images=24, methods=("saliency",))["saliency"]
     assert r["images"] >= 20
     assert r["mass_on_landmark_vs_area"] > 1.15 and r["images_denser_on_landmark"] > 0.75   # measured 1.28, 1.0
+
+
+# ---------------------------------------------------------------- display size, legend, signed maps (issue 10)
+def test_render_resizes_the_map_smoothly_to_the_photo():
+    from core.explain.render import upsample
+    photo = np.full((96, 96, 3), 100, np.uint8)
+    attr = torch.zeros(3, 32, 32)
+    attr[:, 16, 16] = 1.0
+    for method in ALL:
+        out = render(method, photo, attr if method != "gradcam" else attr[:1].abs(), alpha=1.0)
+        assert out.shape == (96, 96, 3), method                  # the photo's (display) size, not the model's
+    m = upsample(to_map(attr), (96, 96))
+    assert m.shape == (96, 96) and m.max() <= 1 and m.min() >= 0
+    # bicubic on the values: the 3x3 block of the bright cell is not flat (no nearest/blocky upscale) ...
+    block = m[48:51, 48:51]
+    assert block.max() - block.min() > 0.05
+    # ... and it fades over neighbouring cells instead of stopping at the cell's edge
+    assert 0 < m[49, 47] < m[49, 48] < m[49, 49] and 0 < m[49, 51] < m[49, 49]
+
+
+def test_signed_methods_use_a_diverging_map_centred_on_zero():
+    from core.explain.render import SIGNED_METHODS, colorbar, legend, signed_map
+    assert set(SIGNED_METHODS) == {"vanilla", "guided", "integrated_gradients"}
+    photo = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    a = torch.zeros(3, 40, 40)
+    a[:, :20] = 1.0                                              # top half: raises the score
+    a[:, 20:] = 0.0
+    a[:, 30:, :10] = -1.0                                        # a corner: lowers it
+    for method in SIGNED_METHODS:
+        out = render(method, photo, a, alpha=1.0).astype(int)
+        assert (out[:20, :, 0] > out[:20, :, 2] + 100).all()    # red
+        assert (out[31:, :9, 2] > out[31:, :9, 0] + 100).all()  # blue
+        assert np.array_equal(out[22:28], photo[22:28])          # zero: the photo, untouched
+    m = signed_map(a)
+    assert m.max() == 1 and m.min() == -1 and (m[22:28] == 0).all()
+    bar = colorbar("integrated_gradients", width=101).astype(int)
+    left, mid, right = bar[0, 0], bar[0, 50], bar[0, 100]
+    assert left[2] > left[0] and right[0] > right[2] and (mid > 240).all()   # blue · white · red
+    heat = colorbar("saliency", width=101)
+    assert heat[0, 0].sum() < 20 and heat[0, 100].sum() > 600                # dark to bright
+    for method in ALL:
+        ends, sentence = legend(method)
+        assert sentence and ends[0] and ends[-1]
+    assert "Red" in legend("vanilla")[1] and "Bright" in legend("saliency")[1]
+
+
+class Relu6Net(nn.Module):
+    """conv -> ReLU6 -> conv -> ReLU6 -> pool -> linear, small enough that no activation reaches 6."""
+
+    def __init__(self, act=nn.ReLU6):
+        super().__init__()
+        self.c1, self.a1 = nn.Conv2d(3, 6, 3, padding=1), act(inplace=True)
+        self.c2, self.a2 = nn.Conv2d(6, 6, 3, padding=1), act(inplace=True)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(self.a2(self.c2(self.a1(self.c1(x)))).mean((2, 3)))
+
+
+def test_guided_backprop_guides_through_relu6():
+    """EfficientNet-Lite0 uses ReLU6, which captum's GuidedBackprop does not hook: "guided" was the plain
+    gradient there, so saliency, vanilla and guided had identical faithfulness scores."""
+    torch.manual_seed(0)
+    model = Relu6Net()
+    ref = Relu6Net(act=nn.ReLU)
+    ref.load_state_dict(model.state_dict())
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert model.c1(x).max() < 6
+    guided = explain(model, x, 1, "guided")
+    assert not torch.allclose(guided, explain(model, x, 1, "vanilla"))
+    with pytest.warns(UserWarning, match="backward hooks on ReLU"):    # captum's own note, on the reference
+        expected = GuidedBackprop(ref).attribute(x.clone().requires_grad_(True), target=1)
+    torch.testing.assert_close(guided, expected)
+    assert model.a1.inplace and model.a2.inplace and hook_count(model) == 0   # all given back

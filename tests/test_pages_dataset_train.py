@@ -113,6 +113,38 @@ def test_dataset_page_folder_layout_counts_by_hand(demo_home, tmp_path):
     assert not any("synthetic" in i.value for i in at.info)
 
 
+def test_log_ticks_are_whole_numbers_at_clean_steps():
+    from dashboard.charts import log_ticks
+    assert log_ticks(1, 68)[1] == ["1", "2", "5", "10", "20", "50", "68"]      # the largest class itself
+    assert log_ticks(1, 4)[1] == ["1", "2", "3", "4"]                            # within a decade: every digit
+    assert log_ticks(1, 203_094)[1] == ["1", "10", "100", "1k", "10k", "100k", "203k"]
+    assert log_ticks(3, 9000)[1] == ["3", "5", "10", "20", "50", "100", "200", "500", "1k", "2k", "5k", "9k"]
+    assert log_ticks(60, 60) == ([60.0], ["60"])
+    assert log_ticks(0, 5) == ([], [])
+
+
+def test_dataset_long_tail_axes_read_clean_log_ticks(demo_home, tmp_path):
+    """A 68-image class: ticks 1, 2, 5, 10, 20, 50 and 68 on the image axis (plotly's own log ticks
+    read "2 … 8", so 68 looked like "7"), every rank on the three-class rank axis."""
+    import json
+    data = tmp_path / "tail"
+    for name, n in (("arch", 68), ("tower", 9), ("dome", 1)):
+        (data / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (3 * i, 90, 160)).save(data / name / f"{i}.png")
+    at = page("dataset.py").run()
+    at.selectbox(key="dataset").select("Other path…").run()
+    at.text_input(key="dataset_path").input(str(data)).run()
+    assert not at.exception
+    (tail,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")
+               if "long tail" in json.loads(c.proto.spec)["layout"]["title"]["text"]]
+    x, y = tail["layout"]["xaxis"], tail["layout"]["yaxis"]
+    assert x["type"] == y["type"] == "log"
+    assert y["ticktext"] == ["1", "2", "5", "10", "20", "50", "68"] and y["tickvals"][-1] == 68
+    assert x["ticktext"] == ["1", "2", "3"]
+    assert "%{y:,} images" in tail["data"][0]["hovertemplate"]          # the exact count on hover
+
+
 def test_dataset_page_missing_path_says_one_sentence(demo_home):
     at = page("dataset.py").run()
     at.selectbox(key="dataset").select("Other path…").run()

@@ -14,12 +14,36 @@ _CMAPS: dict[str, list[str]] = {
     "viridis": ["440154", "482878", "3e4a89", "31688e", "26828e",
                 "1f9e89", "35b779", "6dcd59", "b4de2c", "fde725"],
     "gray": ["000000", "ffffff"],
+    # diverging, zero at the white middle: ColorBrewer RdBu reversed (blue < 0 < red), without
+    # its two darkest ends, which would read as black over a photo
+    "diverging": ["2166ac", "4393c3", "92c5de", "d1e5f0", "f7f7f7",
+                  "fddbc7", "f4a582", "d6604d", "b2182b"],
 }
 
-# Methods whose attribution is a signed per-channel gradient, shown as an image of its own
-# (Springenberg et al. 2015, Fig. 1 style); the others are heat maps laid over the photo.
-SIGNED_METHODS = ("vanilla", "guided")
-HEAT_METHODS = ("saliency", "gradcam", "integrated_gradients", "smoothgrad")
+# Methods whose attribution has a sign (more or less of the class score): a diverging map centred
+# on zero, blue for negative, red for positive, laid over the photo in proportion to its size.
+# The others are magnitudes (|gradient|, Grad-CAM's ReLU): a heat map from dark to bright.
+SIGNED_METHODS = ("vanilla", "guided", "integrated_gradients")
+HEAT_METHODS = ("saliency", "gradcam", "smoothgrad")
+HEAT_CMAP = "inferno"
+
+# What the colours mean, per method (the Classify page's legend under each map).
+LEGENDS: dict[str, str] = {
+    "saliency": "Bright: a small change of the pixel moves the class score most (the size of the gradient, "
+                "largest over the colour channels); dark: it hardly matters.",
+    "smoothgrad": "Bright: as the saliency map (size of the gradient), averaged over 16 noisy copies of the "
+                  "image, so less speckled; dark: it hardly matters.",
+    "gradcam": "Bright: regions whose features raise the class score; dark: no positive evidence. Coarse: "
+               "one value per cell of the last feature map, smoothed to the image.",
+    "vanilla": "Red: brightening the pixel raises the class score; blue: it lowers it; no colour: no effect "
+               "(the gradient, summed over the colour channels).",
+    "guided": "Red: the pixel's pattern raises the class score; blue: it lowers it; no colour: no effect. "
+              "Like vanilla backpropagation, but only signals the network passes on positively, so edges are sharper.",
+    "integrated_gradients": "Red: the pixel adds to the class score compared with a black image; blue: it takes "
+                            "away; no colour: no part (summed over the colour channels; the total is the score "
+                            "difference).",
+}
+SCALE_NOTE = "Scaled per image: the strongest 1 % of pixels get the end colours."
 
 
 def _np(a) -> np.ndarray:
@@ -47,6 +71,33 @@ def to_map(attr, percentile: float = 99.0) -> np.ndarray:
     if scale <= 0:
         scale = a.max()
     return np.clip(a / scale, 0.0, 1.0) if scale > 0 else np.zeros_like(a)
+
+
+def signed_map(attr, percentile: float = 99.0) -> np.ndarray:
+    """(C,H,W) / (H,W) signed attribution -> H x W map in [-1, 1], 0 staying 0.
+
+    Summed over colour channels (for integrated gradients the sum is the pixel's attribution,
+    Sundararajan et al. 2017 §3), divided by the 99th percentile of |.| (one scale for both signs).
+    """
+    a = _np(attr)
+    if a.ndim == 3:
+        a = a.sum(axis=0)
+    if a.ndim != 2:
+        raise ValueError(f"Expected an attribution shaped (C, H, W) or (H, W); got {a.shape}.")
+    scale = np.percentile(np.abs(a), percentile)
+    if scale <= 0:
+        scale = np.abs(a).max()
+    return np.clip(a / scale, -1.0, 1.0) if scale > 0 else np.zeros_like(a)
+
+
+def upsample(m, size: tuple[int, int]) -> np.ndarray:
+    """H x W float map -> size (width, height), bicubic on the values (smooth, no blocky cells),
+    clipped back to the map's own range (bicubic overshoots a little at edges)."""
+    m = _np(m).astype(np.float32)
+    if (m.shape[1], m.shape[0]) == tuple(size):
+        return m.astype(np.float64)
+    out = np.asarray(Image.fromarray(m).resize(tuple(size), Image.BICUBIC), dtype=np.float64)
+    return np.clip(out, float(m.min()), float(m.max()))
 
 
 def colorize(m, cmap: str = "inferno") -> np.ndarray:
@@ -116,16 +167,49 @@ def to_png_bytes(array) -> bytes:
     return buf.getvalue()
 
 
-def render(method_name: str, image_uint8, attr, alpha: float = 0.5,
-           cmap: str = "inferno") -> np.ndarray:
-    """The picture the dashboard shows for one image's attribution.
+def signed_overlay(image_uint8, m, alpha: float = 0.5, cmap: str = "diverging") -> np.ndarray:
+    """A map in [-1, 1] over the photo: each pixel's colour covers the photo in proportion to
+    alpha * |value|, so zero shows the photo and strong evidence its full colour."""
+    img = _rgb_uint8(image_uint8).astype(np.float64)
+    m = np.clip(_np(m), -1.0, 1.0)
+    colour = colorize((m + 1) / 2, cmap).astype(np.float64)
+    w = float(np.clip(alpha, 0.0, 1.0)) * np.abs(m)[..., None]
+    return np.round((1 - w) * img + w * colour).astype(np.uint8)
 
-    vanilla / guided: the signed gradient as a colour image (alpha unused);
-    saliency, smoothgrad, integrated gradients, Grad-CAM: colour heat map over the image.
+
+def _check_method(method_name: str) -> None:
+    if method_name not in SIGNED_METHODS + HEAT_METHODS:
+        names = ("saliency", "vanilla", "guided", "gradcam", "integrated_gradients", "smoothgrad")
+        raise ValueError(f"Unknown explanation method {method_name!r}; choose one of: {', '.join(names)}")
+
+
+def render(method_name: str, image_uint8, attr, alpha: float = 0.5,
+           cmap: str = HEAT_CMAP) -> np.ndarray:
+    """The picture the dashboard shows for one image's attribution, at the size of `image_uint8`.
+
+    The attribution (at the model's input size) is reduced to one value per pixel, then resized
+    smoothly (bicubic on the values, before colouring) to the image: pass the photo at the size
+    it is displayed. Signed methods (vanilla, guided, integrated gradients): a diverging map centred
+    on zero; saliency, SmoothGrad, Grad-CAM: a heat map from dark (0) to bright, blended by alpha.
     """
+    _check_method(method_name)
+    img = _rgb_uint8(image_uint8)
+    size = (img.shape[1], img.shape[0])
     if method_name in SIGNED_METHODS:
-        return signed_to_rgb(attr)
-    if method_name in HEAT_METHODS:
-        return overlay(image_uint8, colorize(to_map(attr), cmap), alpha)
-    names = ("saliency", "vanilla", "guided", "gradcam", "integrated_gradients", "smoothgrad")
-    raise ValueError(f"Unknown explanation method {method_name!r}; choose one of: {', '.join(names)}")
+        return signed_overlay(img, upsample(signed_map(attr), size), alpha)
+    return overlay(img, colorize(upsample(to_map(attr), size), cmap), alpha)
+
+
+def colorbar(method_name: str, width: int = 256, height: int = 12) -> np.ndarray:
+    """The colour scale of `method_name`'s maps, low to high, as an image (the page's legend)."""
+    _check_method(method_name)
+    ramp = np.tile(np.linspace(0.0, 1.0, width), (height, 1))
+    return colorize(ramp, "diverging" if method_name in SIGNED_METHODS else HEAT_CMAP)
+
+
+def legend(method_name: str) -> tuple[tuple[str, str, str], str]:
+    """((left end, middle, right end) labels of the colour bar, the sentence of what the colours mean)."""
+    _check_method(method_name)
+    ends = ("blue: lowers the class score", "0: no colour", "red: raises it") if method_name in SIGNED_METHODS \
+        else ("dark: no effect", "", "bright: strongest")
+    return ends, LEGENDS[method_name]
