@@ -29,11 +29,13 @@ class LandmarkNet(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.frozen = False         # frozen feature extractor: only the head trains
+        self.freeze_bn = False      # backbone BN statistics kept (the finetune recipe with small batches)
 
     def train(self, mode: bool = True):
-        """A frozen feature extractor keeps its batch-norm statistics too (BN layers stay in eval)."""
+        """A frozen feature extractor keeps its batch-norm statistics too (BN layers stay in eval);
+        so does a backbone with `freeze_bn` (its BN scale and shift still train)."""
         super().train(mode)
-        if mode and self.frozen:
+        if mode and (self.frozen or self.freeze_bn):
             for name, m in self.net.named_modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and not name.startswith(self.head + "."):
                     m.eval()
@@ -134,7 +136,7 @@ def _effnet(n):
 
 REGISTRY: dict[str, ModelSpec] = {
     "resnet18": ModelSpec(_resnet("resnet18"), _tv_state("ResNet18_Weights"), IMAGENET_MEAN, IMAGENET_STD,
-                          "fc", "layer4", "ResNet-18 (torchvision), 11.7 M parameters — the seed's best", "ResNet18_Weights"),
+                          "fc", "layer4", "ResNet-18 (torchvision), 11.7 M parameters — the poster's best model", "ResNet18_Weights"),
     "vgg16": ModelSpec(_vgg16, _tv_state("VGG16_Weights"), IMAGENET_MEAN, IMAGENET_STD,
                        "classifier.6", "features.29", "VGG-16 (torchvision), 138 M parameters — the seed's other model", "VGG16_Weights"),
     "efficientnet_lite0": ModelSpec(_effnet, _effnet_lite0_state, (0.5,) * 3, (0.5,) * 3,
