@@ -72,10 +72,10 @@ def test_imagenet_without_internet_is_refused_in_the_form(app, home):  # noqa: F
     with sync_playwright() as pw:
         browser, page = _browser(pw)
         page.goto(app + "/train")
-        model = page.get_by_test_id("stSelectbox").filter(has_text="Model").first
+        model = page.get_by_role("combobox", name="Model")
         model.click()
         page.get_by_role("option", name="resnet18", exact=True).click()
-        expect(model).to_contain_text("resnet18")
+        expect(model).to_have_value("resnet18")
         page.get_by_text("ImageNet", exact=True).first.click()
         page.get_by_role("button", name="Launch training run").click()
         expect(page.get_by_text("without internet", exact=False).first).to_be_visible()
