@@ -280,7 +280,7 @@ def run_label(run: dict | pd.Series) -> str:
     return f"{icon} {name}{run['model']} · {classes_text(run)} classes · {data} · {run['run_id']}"
 
 
-def _url_pick(key: str, param: str, valid: list, multi: bool) -> None:
+def url_pick(key: str, param: str, valid: list, multi: bool) -> None:
     """Seed a picker's state from the URL (a bookmark, a reload) and drop a stale choice."""
     raw = st.query_params.get(param)
     if raw and raw != st.session_state.get(f"_{key}_url"):   # not merely what this page wrote last
@@ -293,7 +293,7 @@ def _url_pick(key: str, param: str, valid: list, multi: bool) -> None:
         del st.session_state[key]
 
 
-def _to_url(key: str, param: str, value) -> None:
+def to_url(key: str, param: str, value) -> None:
     text = ",".join(value) if isinstance(value, list) else (value or "")
     st.session_state[f"_{key}_url"] = text
     if text:
@@ -315,14 +315,14 @@ def run_picker(label: str, statuses=("done",), key: str = "run", multi: bool = F
     ids = df["run_id"].tolist()
     fmt = {r["run_id"]: run_label(r) for _, r in df.iterrows()}
     param = "runs" if multi else "run"
-    _url_pick(key, param, ids, multi)
+    url_pick(key, param, ids, multi)
     if multi:
         if key not in st.session_state:
             st.session_state[key] = ids[:2]
         picked = st.multiselect(label, ids, format_func=fmt.get, key=key, persist_state="session")
     else:
         picked = st.selectbox(label, ids, format_func=fmt.get, key=key, persist_state="session")
-    _to_url(key, param, picked)
+    to_url(key, param, picked)
     return picked
 
 

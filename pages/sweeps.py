@@ -2,7 +2,7 @@
 holdout table, each launched from one form. Every trial is an ordinary run (Runs, Evaluate,
 Compare show it); a background `sweep` job drives the study. The page only reads the study
 (plain SELECTs, cached per change of the study) and never trains."""
-from dashboard.common import (ROOT, _to_url, _url_pick, counts_of, dataset_picker, store, synthetic_note,  # noqa: I001
+from dashboard.common import (ROOT, to_url, url_pick, counts_of, dataset_picker, store, synthetic_note,  # noqa: I001
                               user_error)
 
 import time
@@ -39,7 +39,7 @@ SS_DEFAULTS = {**{k: CONFIG_DEFAULTS[f] for k, f in FIELDS.items()}, "sw_grid": 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _rdb(url: str):
     """One Optuna storage (engine, connection pool) per URL: opening one costs ~0.1 s."""
-    return sweeps._storage(url)
+    return sweeps.open_storage(url)
 
 
 def storage_key() -> str:
@@ -166,7 +166,7 @@ def params_text(params: dict) -> str:
 def pick_sweep(names: list[dict]) -> str:
     ids = [n["name"] for n in names]
     by = {n["name"]: n for n in names}
-    _url_pick("sweeps_pick", "sweep", ids, False)
+    url_pick("sweeps_pick", "sweep", ids, False)
     kind = {"reproduce": "poster's table"}
 
     def label(n):
@@ -174,7 +174,7 @@ def pick_sweep(names: list[dict]) -> str:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(d["created"])) if d.get("created") else "?"
         return f"{n} · {kind.get(d['kind'], d['sampler'] or 'sweep')} · {d['planned'] or '?'} configurations · {when}"
     picked = st.selectbox("Sweep (newest first)", ids, format_func=label, key="sweeps_pick", persist_state="session")
-    _to_url("sweeps_pick", "sweep", picked)
+    to_url("sweeps_pick", "sweep", picked)
     return picked
 
 

@@ -51,7 +51,7 @@ def storage_url(url: str | None = None) -> str:
     return url or f"sqlite:///{paths.home() / DB_FILE}"
 
 
-def _storage(url: str | None):
+def open_storage(url: str | None):
     optuna = _optuna()
     url = storage_url(url)
     kw = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
@@ -178,7 +178,7 @@ def create(name: str, base: TrainConfig, space: dict | None = None, sampler: str
         raise UserError("A tpe or random sweep needs --trials N (how many configurations to train).")
     settings = {"base": json.loads(base.to_json()), "space": space, "sampler": sampler, "trials": int(trials),
                 "prune": bool(prune), "kind": kind}
-    st = _storage(storage)
+    st = open_storage(storage)
     existing = _find(st, name)
     if existing is not None:
         old = {k: existing.user_attrs.get(k) for k in settings}
@@ -206,7 +206,7 @@ def _find(st, name: str):
 
 def load(name: str, storage: str | None = None):
     optuna = _optuna()
-    st = _storage(storage)
+    st = open_storage(storage)
     study = _find(st, name)
     if study is None:
         raise UserError(f"There is no sweep named {name!r} in {storage_url(storage)}.")
@@ -226,7 +226,7 @@ def names(storage: str | None = None) -> list[dict]:
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
         return []
     out = []
-    for s in optuna.get_all_study_summaries(_storage(storage), include_best_trial=False):
+    for s in optuna.get_all_study_summaries(open_storage(storage), include_best_trial=False):
         a = s.user_attrs
         out.append({"name": s.study_name, "kind": a.get("kind", "sweep"), "created": a.get("created"),
                     "planned": a.get("trials"), "trials": s.n_trials, "sampler": a.get("sampler")})
