@@ -4,6 +4,7 @@ workers write it. Live parts poll inside st.fragment(run_every=...) only while a
 from dashboard.common import ROOT, STATUS_ICON, classes_text, home_key, runs_frame, run_label, store, train_again
 from dashboard import charts
 from dashboard.export_panel import export_buttons
+from dashboard.progress import phase_and_eta
 
 import time
 
@@ -160,8 +161,10 @@ def progress_bar(run: dict) -> None:
         return
     done = (p["epoch"] - 1) * p["steps_per_epoch"] + p["step_in_epoch"]
     frac = min(done / max(p["epochs"] * p["steps_per_epoch"], 1), 1.0)
-    st.progress(frac, text=f"Epoch {p['epoch']}/{p['epochs']} · step {p['step_in_epoch']}/{p['steps_per_epoch']}"
-                           f" · {p.get('images_per_s', 0):.0f} images/s · ETA {fmt_secs(p.get('eta_s'))}")
+    _, steps = curves(run["run_id"], curve_stamp(run["run_id"]), home_key())
+    phase, eta = phase_and_eta(p, steps, run["config"])
+    st.progress(frac, text=f"{phase[:1].upper()}{phase[1:]} · {p.get('images_per_s', 0):.0f} images/s · "
+                           f"ETA {fmt_secs(eta) if eta is not None else 'measuring…'}")
 
 
 def line(fig, x, y, name, **kw) -> None:
