@@ -32,8 +32,9 @@ def cli(home, *args):
     return p.returncode, out, err
 
 
-def start_cli_run(home, demo_root, epochs=40):
-    """A CLI training run, returned once its first epoch is stored."""
+def start_cli_run(home, demo_root, epochs=2000):
+    """A CLI training run (long enough never to finish before the test stops it), returned once its
+    first epoch is stored."""
     p = cli_proc(home, "train", "--data", str(demo_root), "--model", "small_cnn", "--weights", "none",
                  "--classes", "3", "--epochs", str(epochs), "--image-size", "24", "--holdout", "0.05")
     store, t0 = RunStore(), time.time()
