@@ -22,8 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def cli_proc(home, *args):
     env = dict(os.environ, LANDMARKS_HOME=str(home), PYTHONPATH=str(ROOT))
+    # a shell's background job ignores SIGINT, and a child would inherit that: give it the default back
     return subprocess.Popen([sys.executable, "-m", "core", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def cli(home, *args):
