@@ -259,6 +259,16 @@ def _launch(store, study, trial, base: dict, name: str, storage: str | None) -> 
     return run_id
 
 
+def _launch_or_fail(store, study, trial, base: dict, name: str, storage: str | None) -> str | None:
+    """The trial's run id, or None when its configuration is refused (the trial is then failed)."""
+    try:
+        return _launch(store, study, trial, base, name, storage)
+    except UserError as e:
+        trial.set_user_attr("error", str(e))
+        _tell(study, trial, state=_optuna().trial.TrialState.FAIL)
+        return None
+
+
 def epoch_reporter(args: dict):
     """For a trial's worker: report each epoch's validation accuracy to the study (curves on every
     machine) and, in a pruning sweep, say whether the pruner stops it. Reported synchronously at
@@ -351,14 +361,9 @@ def drive(name: str, store, storage: str | None = None, poll_s: float = 0.5, sho
             run_id = fresh.user_attrs.get("run_id")
             if run_id and store.get(run_id) is None:
                 run_id = None
-            if run_id is None:
-                try:
-                    run_id = _launch(store, study, trial, base, name, storage)
-                except UserError as e:
-                    trial.set_user_attr("error", str(e))
-                    _tell(study, trial, state=TS.FAIL)
-                    continue
-            mine[t.number] = {"trial": trial, "run_id": run_id, "resumes": 0}
+            run_id = run_id or _launch_or_fail(store, study, trial, base, name, storage)
+            if run_id:
+                mine[t.number] = {"trial": trial, "run_id": run_id, "resumes": 0}
 
     while True:
         stopping = bool(should_stop and should_stop()) or bool(study.user_attrs.get("cancelled"))
@@ -371,13 +376,9 @@ def drive(name: str, store, storage: str | None = None, poll_s: float = 0.5, sho
                 trial = _take(study, dists, planned, sampler)
                 if trial is None:
                     break
-                try:
-                    run_id = _launch(store, study, trial, base, name, storage)
-                except UserError as e:
-                    trial.set_user_attr("error", str(e))
-                    _tell(study, trial, state=TS.FAIL)
-                    continue
-                mine[trial.number] = {"trial": trial, "run_id": run_id, "resumes": 0}
+                run_id = _launch_or_fail(store, study, trial, base, name, storage)
+                if run_id:
+                    mine[trial.number] = {"trial": trial, "run_id": run_id, "resumes": 0}
         if progress:
             s = info(name, storage, study=study)
             progress(done=s["counts"]["ended"], total=s["planned"], counts=s["counts"])
