@@ -210,16 +210,16 @@ TRAIN_FIELDS = dict(train_classes="classes", train_lr="lr", train_epochs="epochs
                     train_holdout="holdout", train_val="val", train_seed="seed", train_device="device",
                     train_pipeline="pipeline", train_max_images="max_images", train_precision="precision",
                     train_channels_last="channels_last", train_fused="fused", train_compile="compile",
-                    train_balance="balance")
+                    train_balance="balance", train_recipe="recipe", train_tta="tta")
 
 
 def train_again(config: dict) -> None:
     """Copy a run's whole configuration into the Train form (data set included) and open it."""
     from core.data import registry
-    from core.train.config import AUGMENTATIONS, DEFAULTS
+    from core.train.config import AUGMENTATIONS, DEFAULTS, LEGACY
     ss = st.session_state
-    for key, field in TRAIN_FIELDS.items():
-        ss[key] = config.get(field, DEFAULTS[field])
+    for key, field in TRAIN_FIELDS.items():   # a key the stored config lacks: what it meant then (LEGACY)
+        ss[key] = config.get(field, LEGACY.get(field, DEFAULTS[field]))
     weights = str(config.get("weights") or "imagenet")
     ss["train_weights"] = weights if weights in ("imagenet", "none") else "path"
     ss["train_weights_path"] = "" if weights in ("imagenet", "none") else weights

@@ -113,10 +113,15 @@ if not images:
 
 # ------------------------------------------------------------------ top-5
 
+tta = st.toggle("Average with the mirror image", value=bool(pred.cfg.tta), key=f"clf_tta_{run_id}",
+                help="Test-time flip averaging: the mean of the photo's and its mirror image's probabilities "
+                     "(on by default where the run evaluated that way). Two forward passes instead of one.")
+
+
 def top5(image) -> tuple[object, list[dict], float]:
     t0 = time.perf_counter()
     x = pred.tensor(image)
-    rows = pred.top(x, 5)
+    rows = pred.top(x, 5, tta=tta)
     return x, rows, (time.perf_counter() - t0) * 1000
 
 
@@ -188,7 +193,7 @@ def show_explanations(name: str, x, target: int, methods: list[str], alpha: floa
     key_img = hashlib.sha1(x.numpy().tobytes()).hexdigest()
     base = display_photo(photo)
     if target == TOP_CLASS:
-        target = int(pred.probs(x)[0].argmax())
+        target = int(pred.probs(x, tta)[0].argmax())
     results, cols = [], st.columns(min(3, len(methods)))
     for i, m in enumerate(methods):
         with st.spinner(f"{METHOD_NAMES[m]}…"):

@@ -15,7 +15,7 @@ import streamlit as st  # noqa: E402
 from streamlit.errors import StreamlitAPIException  # noqa: E402
 
 from core.train.config import (AUGMENTATIONS, BALANCES, DEVICES, OPTIMIZERS, PIPELINES, PRECISIONS,  # noqa: E402
-                               SWITCHES, TrainConfig, spec)
+                               RECIPES, SWITCHES, TrainConfig, spec)
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS  # noqa: E402
 from core.data.readers import detect_layout, has_clean  # noqa: E402
 from core.errors import UserError  # noqa: E402
@@ -30,6 +30,14 @@ AUG_LABELS = {"crop": "Random resized crop", "hflip": "Random horizontal flip",
 WEIGHT_LABELS = {"imagenet": "ImageNet", "none": "None (from scratch)", "path": "Weight file…"}
 OPT_LABELS = {"adam": "Adam", "sgd": "SGD (momentum 0.9)"}
 BALANCE_LABELS = {"none": "None", "weighted": "Weighted loss (1/frequency)", "sampler": "Class-balanced sampler"}
+RECIPE_LABELS = {"finetune": "Fine-tune", "poster": "Poster"}
+RECIPE_LINES = {  # one line each, what core.train.recipes does
+    "finetune": "AdamW, warm-up then cosine decay, label smoothing 0.1, horizontal flips; on pretrained weights the "
+                "new head starts at zero and trains at the learning rate, pretrained layers at 0.3× with their "
+                "batch-norm statistics frozen (frozen features: the head at 5×).",
+    "poster": "Adam at a constant learning rate, plain cross-entropy, only the augmentations ticked: "
+              "exactly the poster's recipe.",
+}
 FIELDS = TRAIN_FIELDS  # form widget key -> TrainConfig field (shared with the Runs page's “train again”)
 DEFAULTS = {"train_weights_path": "", **{k: CONFIG_DEFAULTS[f] for k, f in FIELDS.items()},
             **{f"train_aug_{a}": a in CONFIG_DEFAULTS["augment"] for a in AUGMENTATIONS}}
@@ -133,7 +141,11 @@ def form(n_classes: int) -> bool:
                help="The poster this app follows trains on the 10, 20, 30 and 50 most frequent classes.")
         a.selectbox("Class imbalance", BALANCES, format_func=BALANCE_LABELS.get, key="train_balance",
                     persist_state="session", help=spec("balance")["help"])
-        number(b, "Learning rate", "train_lr", step=1e-4, format="%.5f")
+        b.selectbox("Recipe", RECIPES, format_func=RECIPE_LABELS.get, key="train_recipe", persist_state="session",
+                    help=spec("recipe")["help"])
+        b.caption("  \n".join(f"**{RECIPE_LABELS[r]}**: {RECIPE_LINES[r]}" for r in RECIPES))
+        number(b, "Learning rate", "train_lr", step=1e-4, format="%.5f",
+               help="Fine-tune: the new head's (pretrained layers 0.3×); poster: every layer's.")
         number(b, "Epochs", "train_epochs", step=1)
         b.selectbox("Optimizer", OPTIMIZERS, format_func=OPT_LABELS.get, key="train_optimizer",
                     persist_state="session")
@@ -144,6 +156,8 @@ def form(n_classes: int) -> bool:
         for aug in AUGMENTATIONS:
             c.checkbox(AUG_LABELS[aug], key=f"train_aug_{aug}", persist_state="session")
         c.checkbox("Frozen feature extractor (train only the head)", key="train_freeze", persist_state="session")
+        c.checkbox("Test-time flip averaging (evaluation)", key="train_tta", persist_state="session",
+                   help=spec("tta")["help"])
         with st.expander("Splits, device, pipeline and speed"):
             d, e, f, g = st.columns(4)
             number(d, "Holdout fraction (split off first)", "train_holdout", step=0.01, format="%.3f")

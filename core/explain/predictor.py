@@ -45,11 +45,16 @@ class Predictor:
         return self._cam_grid
 
     @torch.no_grad()
-    def probs(self, x: torch.Tensor) -> np.ndarray:
-        return torch.softmax(self.model(x), 1).numpy()
+    def probs(self, x: torch.Tensor, tta: bool | None = None) -> np.ndarray:
+        """Class probabilities of a batch. `tta` (default: the run's config): the mean of each
+        image's and its mirror image's probabilities, as the run's evaluation did."""
+        p = torch.softmax(self.model(x), 1)
+        if self.cfg.tta if tta is None else tta:
+            p = (p + torch.softmax(self.model(x.flip(3)), 1)) / 2
+        return p.numpy()
 
-    def top(self, x: torch.Tensor, k: int = 5) -> list[dict]:
-        p = self.probs(x)[0]
+    def top(self, x: torch.Tensor, k: int = 5, tta: bool | None = None) -> list[dict]:
+        p = self.probs(x, tta)[0]
         order = np.argsort(-p)[:k]
         return [{"class": int(i), "label": self.labels[i], "name": self.names[i], "prob": float(p[i])} for i in order]
 

@@ -1,6 +1,6 @@
 """The poster's holdout table as one action: its configurations as a sweep of explicit runs
-(Adam, lr 0.001, 10 epochs, 1% holdout then 80/20), and the table with the poster's numbers
-beside this run's."""
+(the poster's recipe: Adam, constant lr 0.001, 10 epochs, 1% holdout then 80/20), and the
+table with the poster's numbers beside this run's."""
 from __future__ import annotations
 
 from core.errors import UserError
@@ -43,8 +43,8 @@ def plan(data: str, classes: list[int] | None = None, models: list[str] | None =
     if not rows:
         raise UserError("Those models and classes match no row of the poster's table; give both --models and --classes.")
     stand = {m: STAND_IN for m in dict.fromkeys(m for m, _ in rows) if not _imagenet_ok(m)}
-    base = dict(data=data, weights="imagenet", epochs=epochs, optimizer="adam", lr=1e-3, batch_size=32,
-                holdout=0.01, val=0.2, seed=0, **(extra or {}))
+    base = dict(data=data, weights="imagenet", epochs=epochs, recipe="poster", optimizer="adam", lr=1e-3,
+                batch_size=32, holdout=0.01, val=0.2, seed=0, **(extra or {}))
     if quick:
         base.update(image_size=QUICK["image_size"], epochs=min(epochs, QUICK["epochs"]))
     cfg = TrainConfig.from_dict({**base, "model": rows[0][0], "classes": rows[0][1]})

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from core import paths
 from core.errors import UserError
-from core.train.config import TrainConfig
+from core.train.config import LEGACY, TrainConfig
 
 SAMPLERS = ("grid", "tpe", "random")
 FIXED = ("data", "device", "pipeline", "workers", "extra")   # not searchable
@@ -153,7 +153,7 @@ def trial_config(base: dict, params: dict) -> TrainConfig:
     p = dict(params)
     if "augment" in p:
         p["augment"] = tuple(x for x in str(p["augment"]).split("+") if x)
-    return TrainConfig.from_dict({**base, **p}).validate()
+    return TrainConfig.from_dict({**LEGACY, **base, **p}).validate()   # a sweep stored before recipes: poster
 
 
 # ------------------------------------------------------------------ creating and loading

@@ -3,8 +3,9 @@ copy: resume, the predictor and the index all read it from there).
 
 Defaults are declared here once, with their units, bounds and choices in each field's
 metadata; the CLI's `train` flags (`add_arguments`), the Train form (`DEFAULTS`, `spec`) and
-`validate()` are derived from them. Defaults are the seed poster's final settings: Adam,
-lr 0.001, 10 epochs, batch 32, cross-entropy, no augmentation, no frozen features.
+`validate()` are derived from them. The numeric defaults are the seed poster's final settings
+(lr 0.001, 10 epochs, batch 32, no frozen features); how they train is the `recipe` field's
+(core.train.recipes): `finetune` by default, `poster` for the poster's Adam at a constant rate.
 
 Speed settings (mixed precision, channels_last, the fused optimizer, compile) are fields of
 their own, "auto" by default (on where the device gains from them), and never implied by the
@@ -26,6 +27,7 @@ DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "bf16", "fp32")
 SWITCHES = ("auto", "on", "off")
 BALANCES = ("none", "weighted", "sampler")
+RECIPES = ("finetune", "poster")     # what each does: core.train.recipes
 
 
 def _f(default, help: str, lo=None, hi=None, choices=None, flag: bool = True, **kw):
@@ -44,16 +46,25 @@ class TrainConfig:
     classes: int = _f(10, "the N most frequent classes; 0 = all", lo=0)
     epochs: int = _f(10, "passes over the training split", lo=1, hi=10000)
     batch_size: int = _f(32, "images per step", lo=1, hi=65536)
-    lr: float = _f(1e-3, "learning rate", lo=1e-8, hi=10.0)
-    optimizer: str = _f("adam", "adam | sgd (momentum 0.9)", choices=OPTIMIZERS)
+    recipe: str = _f("finetune", "finetune (AdamW, weight decay 0.05, warm-up then cosine decay, label smoothing "
+                                 "0.1, horizontal flips; with pretrained weights: the new head at --lr and starting at "
+                                 "zero, pretrained layers at --lr x 0.3 with their batch-norm statistics frozen, "
+                                 "--freeze: the head at --lr x 5) | poster (the poster's own: Adam at a constant --lr, "
+                                 "plain cross-entropy, only the --augment list)", choices=RECIPES)
+    lr: float = _f(1e-3, "learning rate (finetune: the new head's; see --recipe)", lo=1e-8, hi=10.0)
+    optimizer: str = _f("adam", "adam (AdamW under the finetune recipe) | sgd (momentum 0.9)", choices=OPTIMIZERS)
     momentum: float = _f(0.9, "SGD momentum", lo=0.0, hi=0.999)
-    weight_decay: float = _f(0.0, "L2 weight decay", lo=0.0, hi=1.0)
+    weight_decay: float = _f(0.0, "weight decay (poster: L2 in Adam; finetune: AdamW's decoupled decay, "
+                                  "0 = the recipe's 0.05)", lo=0.0, hi=1.0)
     balance: str = _f("none", "class imbalance: none | weighted (cross-entropy weighted by inverse class "
                               "frequency in the training split) | sampler (each epoch draws the training "
                               "images with replacement, every class about equally often)", choices=BALANCES)
     image_size: int = _f(224, "pixels, square", lo=16, hi=1024)
-    augment: tuple = _f((), "comma list of crop,hflip,vflip,rot90", choices=AUGMENTATIONS, noun="augmentation")
+    augment: tuple = _f((), "comma list of crop,hflip,vflip,rot90 (finetune: replaces its horizontal flip)",
+                        choices=AUGMENTATIONS, noun="augmentation")
     freeze: bool = _f(False, "freeze the feature extractor (train only the classifier head)")
+    tta: bool = _f(False, "test-time augmentation: evaluate (and classify) with the mean of each image's and "
+                          "its mirror image's predictions")
     holdout: float = _f(0.01, "fraction split off first (stratified)", lo=0.0, hi=0.49)
     val: float = _f(0.2, "fraction of the rest used for validation", lo=0.01, hi=0.89)
     seed: int = _f(0, "random seed of the split, the initialisation and the batches", lo=0)
@@ -92,7 +103,8 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """A stored config.json; keys it lacks (written before they existed) take LEGACY values."""
+        return cls.from_dict({**LEGACY, **json.loads(Path(path).read_text())})
 
 
 def _check(f, value) -> None:
@@ -109,6 +121,10 @@ def _check(f, value) -> None:
     if lo is not None and hi is None and value < lo:
         raise UserError(f"{flag} must be at least {lo:g}; got {value:g}.")
 
+
+# what a stored configuration without the key meant: runs saved before recipes existed trained
+# with the poster's recipe, and resume or "train again" keep it
+LEGACY = {"recipe": "poster"}
 
 DEFAULTS = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
             for f in dataclasses.fields(TrainConfig)}

@@ -22,6 +22,7 @@ from core.data.readers import load_index
 from core.errors import UserError
 from core.train.models import build_model
 from core.train.pipeline import PreparedBatches, augment_batch, class_counts, class_weights, plain_loader, to_float
+from core.train import recipes
 from core.data.prepared import SCAN_SIZE, prepare  # SCAN_SIZE: the plain pipeline checks every file once at it
 from core.train.sinks import Cancelled, NullSink
 from core.data.splits import load_manifest, make_manifest, save_manifest, top_classes
@@ -93,7 +94,8 @@ def _resumed_manifest(folder, readable: set, sink) -> tuple[pd.DataFrame, list]:
     return manifest, labels
 
 
-def _loader(cfg, data: Data, split: str, train: bool, device):
+def _loader(cfg, data: Data, split: str, train: bool, device, augment=None):
+    """`augment`: the training loader's augmentations (the recipe's); default cfg.augment."""
     m = data.manifest
     sel = (m["split"] == split).to_numpy()
     pin = device.type == "cuda"
@@ -102,8 +104,8 @@ def _loader(cfg, data: Data, split: str, train: bool, device):
         return PreparedBatches(_LazyRows(data.store, data.rows[sel]), m["target"].to_numpy()[sel],
                                cfg.batch_size, shuffle=train, seed=cfg.seed, pin=pin, balanced=balanced)
     return plain_loader(m["path"][sel].tolist(), m["target"][sel].tolist(), cfg.image_size,
-                        cfg.augment if train else (), cfg.batch_size, train, cfg.workers, pin, cfg.seed,
-                        balanced=balanced)
+                        (cfg.augment if augment is None else augment) if train else (), cfg.batch_size, train,
+                        cfg.workers, pin, cfg.seed, balanced=balanced)
 
 
 class _LazyRows:
@@ -150,11 +152,13 @@ def speed_settings(cfg, device) -> str:
             f"{'on' if cfg.compile and device.type == 'cuda' else 'off'}")
 
 
-def _inputs(cfg, x, device, train: bool, gen):
+def _inputs(cfg, x, device, train: bool, gen, augment=None):
+    """A batch on the device as the model takes it; a prepared training batch is augmented here
+    (`augment`: the recipe's list, default cfg.augment; the plain loader augmented it already)."""
     cl = channels_last(cfg, device)
     if cfg.pipeline == "prepared":
         x = to_float(x, device, cl)
-        return augment_batch(x, cfg.augment, gen) if train else x
+        return augment_batch(x, cfg.augment if augment is None else augment, gen) if train else x
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if cl else x
 
@@ -164,21 +168,27 @@ def _autocast(cfg, device):
 
 
 def train_one_epoch(model, loader, optimizer, cfg, device, epoch: int, step0: int, sink,
-                    class_weight: torch.Tensor | None = None) -> dict:
-    """One pass over `loader`. `class_weight`: per-class cross-entropy weights (--balance weighted)."""
+                    class_weight: torch.Tensor | None = None, recipe: recipes.Recipe | None = None,
+                    scheduler=None) -> dict:
+    """One pass over `loader`. `class_weight`: per-class cross-entropy weights (--balance weighted).
+    `recipe` (default: the config's): augmentation and label smoothing; `scheduler` is stepped
+    after every optimizer step when the recipe's schedule is per step."""
+    recipe = recipe or recipes.recipe_for(cfg)
     model.train()
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
     tally = _Tally(cfg, epoch, step0, len(loader), optimizer)
     for i, (x, y) in enumerate(_batches(loader, epoch), start=1):
         if sink.should_stop():
             raise Cancelled()
-        x, y = _inputs(cfg, x, device, True, gen), y.to(device, non_blocking=True)
+        x, y = _inputs(cfg, x, device, True, gen, recipe.augment), y.to(device, non_blocking=True)
         with _autocast(cfg, device):
             logits = model(x)
-            loss = F.cross_entropy(logits, y, weight=class_weight)
+            loss = F.cross_entropy(logits, y, weight=class_weight, label_smoothing=recipe.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None and recipe.per_step:
+            scheduler.step()
         tally.add(i, loss.detach(), (logits.argmax(1) == y).sum(), len(y))
         if tally.due():
             tally.flush(sink)
@@ -226,21 +236,28 @@ class _Tally:
 
 
 @torch.no_grad()
-def predict_batches(model, loader, cfg, device) -> tuple[np.ndarray, np.ndarray]:
+def predict_batches(model, loader, cfg, device, tta: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, class probabilities). `tta` (default cfg.tta): the mean of the probabilities of
+    each image and its horizontal mirror."""
+    tta = cfg.tta if tta is None else tta
     model.eval()
     ys, ps = [], []
     for x, y in _batches(loader, 0):
+        x = _inputs(cfg, x, device, False, None)
         with _autocast(cfg, device):
-            logits = model(_inputs(cfg, x, device, False, None))
-        ps.append(torch.softmax(logits.float(), 1).cpu().numpy())
+            p = torch.softmax(model(x).float(), 1)
+            if tta:
+                p = (p + torch.softmax(model(x.flip(3)).float(), 1)) / 2
+        ps.append(p.cpu().numpy())
         ys.append(y.numpy())
     if not ys:
         return np.zeros(0, np.int64), np.zeros((0, 0))
     return np.concatenate(ys), np.concatenate(ps)
 
 
-def evaluate(model, loader, cfg, device, n_classes: int) -> tuple[dict, np.ndarray, np.ndarray]:
-    y, p = predict_batches(model, loader, cfg, device)
+def evaluate(model, loader, cfg, device, n_classes: int,
+             tta: bool | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    y, p = predict_batches(model, loader, cfg, device, tta)
     if len(y) == 0:
         return {"n": 0, "acc": None, "top5": None, "gap": None, "balanced_acc": None, "macro_f1": None,
                 "loss": None}, y, p
@@ -300,17 +317,15 @@ def load_checkpoint(path: Path, model, optimizer=None, scheduler=None) -> tuple[
     return int(state["epoch"]), float(state.get("elapsed", 0.0))
 
 
-def make_optimizer(cfg: TrainConfig, model):
+def make_optimizer(cfg: TrainConfig, model, steps_per_epoch: int = 1):
+    """(optimizer, scheduler) as the run's recipe says (core.train.recipes); the scheduler steps
+    per epoch under poster (a constant rate) and per step under finetune."""
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel updates every parameter (CPU and CUDA); same update as the default
     # for-each loop, measured 1.1x faster per ResNet-18 training step on 2 CPU cores
-    kw = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") and _switch(cfg.fused, params[0].device) else {}
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kw)
-    else:
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
-    # constant learning rate, as in the seed; kept as a scheduler so checkpoints carry its state
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+    fused = bool(params) and params[0].device.type in ("cpu", "cuda") and _switch(cfg.fused, params[0].device)
+    opt, sched, _ = recipes.make_optimizer(cfg, model, steps_per_epoch, fused)
+    return opt, sched
 
 
 # ------------------------------------------------------------------ fit
@@ -326,7 +341,13 @@ def fit(cfg: TrainConfig, folder, sink=NullSink(), resume: bool = False) -> dict
     model = build_model(cfg.model, len(data.labels), cfg.weights, cfg.freeze).to(device)
     if channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
-    optimizer, scheduler = make_optimizer(cfg, model)
+    recipe = recipes.recipe_for(cfg)
+    recipes.prepare_model(model, recipe)       # a resumed run's checkpoint then overwrites the weights
+    train = _loader(cfg, data, "train", True, device, recipe.augment)
+    val = _loader(cfg, data, "val", False, device)
+    if len(train) == 0:
+        raise UserError("The training split is empty; use more images or smaller --holdout/--val fractions.")
+    optimizer, scheduler = make_optimizer(cfg, model, len(train))
     ckpt = folder.checkpoint
     ckpt.parent.mkdir(exist_ok=True)
     start, before = load_checkpoint(ckpt, model, optimizer, scheduler) if resume and ckpt.exists() else (0, 0.0)
@@ -334,19 +355,18 @@ def fit(cfg: TrainConfig, folder, sink=NullSink(), resume: bool = False) -> dict
     if resume:
         sink.emit("resume", {"epoch": start})
     net = torch.compile(model) if cfg.compile and device.type == "cuda" else model
-    train = _loader(cfg, data, "train", True, device)
-    val = _loader(cfg, data, "val", False, device)
-    if len(train) == 0:
-        raise UserError("The training split is empty; use more images or smaller --holdout/--val fractions.")
     sink.emit("speed", {"message": speed_settings(cfg, device)})
+    sink.emit("recipe", {"message": recipe.describe() + ("; evaluation averages each image with its mirror image"
+                                                          if cfg.tta else "")})
     weight = balance(cfg, data, device, sink)
     sink.emit("info", {"message": f"device {device}, {len(data.labels)} classes, "
                                   f"{(data.manifest['split'] == 'train').sum()} training images, starting at epoch {start + 1}"})
     rates = []
     for epoch in range(start + 1, cfg.epochs + 1):
         row = train_one_epoch(net, train, optimizer, cfg, device, epoch, (epoch - 1) * len(train), sink,
-                              class_weight=weight)
-        scheduler.step()
+                              class_weight=weight, recipe=recipe, scheduler=scheduler)
+        if not recipe.per_step:
+            scheduler.step()
         v, _, _ = evaluate(net, val, cfg, device, len(data.labels))
         rates.append(row["images_per_s"])
         sink.emit("epoch", {"epoch": epoch, **row, "val_loss": v["loss"], "val_acc": v["acc"],

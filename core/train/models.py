@@ -29,7 +29,8 @@ class LandmarkNet(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.frozen = False         # frozen feature extractor: only the head trains
-        self.freeze_bn = False      # backbone BN statistics kept (the finetune recipe with small batches)
+        self.freeze_bn = False      # backbone BN statistics kept (the finetune recipe on pretrained weights)
+        self.new_head = True        # the head was not loaded from the weights (build_model sets it)
 
     def train(self, mode: bool = True):
         """A frozen feature extractor keeps its batch-norm statistics too (BN layers stay in eval);
@@ -138,7 +139,7 @@ REGISTRY: dict[str, ModelSpec] = {
     "resnet18": ModelSpec(_resnet("resnet18"), _tv_state("ResNet18_Weights"), IMAGENET_MEAN, IMAGENET_STD,
                           "fc", "layer4", "ResNet-18 (torchvision), 11.7 M parameters — the poster's best model", "ResNet18_Weights"),
     "vgg16": ModelSpec(_vgg16, _tv_state("VGG16_Weights"), IMAGENET_MEAN, IMAGENET_STD,
-                       "classifier.6", "features.29", "VGG-16 (torchvision), 138 M parameters — the seed's other model", "VGG16_Weights"),
+                       "classifier.6", "features.29", "VGG-16 (torchvision), 138 M parameters — the poster's other model", "VGG16_Weights"),
     "efficientnet_lite0": ModelSpec(_effnet, _effnet_lite0_state, (0.5,) * 3, (0.5,) * 3,
                                     "classifier", "conv_head",
                                     "EfficientNet-Lite0 (timm), 4.7 M parameters, ImageNet weights available offline"),
@@ -168,9 +169,9 @@ def imagenet_available(name: str) -> tuple[bool, str]:
                    f"the internet (or put {cached.name} in {cached.parent}).")
 
 
-def _load_matching(net: nn.Module, state: dict, source: str, head: str) -> int:
-    """Copy every tensor whose name and shape match. Everything but the classifier head must
-    match: a partly loaded backbone would train silently from (partly) random init."""
+def _load_matching(net: nn.Module, state: dict, source: str, head: str) -> set:
+    """Copy every tensor whose name and shape match; returns their names. Everything but the
+    classifier head must match: a partly loaded backbone would train silently from (partly) random init."""
     if "model" in state and isinstance(state["model"], dict):   # one of our checkpoints
         state = state["model"]
     if all(k.startswith("net.") for k in state):                 # a LandmarkNet state dict
@@ -183,7 +184,7 @@ def _load_matching(net: nn.Module, state: dict, source: str, head: str) -> int:
         raise UserError(f"The weights in {source} do not fit this model: {len(missing)} of {len(body)} backbone "
                         f"tensors are missing or of another shape (first: {missing[0]}).")
     net.load_state_dict(matched, strict=False)
-    return len(matched)
+    return set(matched)
 
 
 def build_model(name: str, num_classes: int, weights: str = "imagenet", freeze: bool = False) -> LandmarkNet:
@@ -191,11 +192,12 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet", freeze: 
         raise UserError(f"Unknown model {name!r}; choose one of: {', '.join(REGISTRY)}.")
     spec = REGISTRY[name]
     net = spec.build(num_classes)
+    loaded: set = set()
     if weights == "imagenet" and spec.imagenet is None:
         raise UserError(f"{name} has no ImageNet weights; train it with --weights none.")
     if weights == "imagenet":
         try:
-            _load_matching(net, spec.imagenet(), "the ImageNet weights", spec.head)
+            loaded = _load_matching(net, spec.imagenet(), "the ImageNet weights", spec.head)
         except WeightsUnavailable as e:
             raise UserError(
                 f"ImageNet weights for {name} are not available offline and could not be downloaded "
@@ -209,8 +211,9 @@ def build_model(name: str, num_classes: int, weights: str = "imagenet", freeze: 
             state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
             raise UserError(f"{p} is not a PyTorch weight file ({e.__class__.__name__}).") from None
-        _load_matching(net, state, str(p), spec.head)
+        loaded = _load_matching(net, state, str(p), spec.head)
     model = LandmarkNet(net, spec.mean, spec.std, spec.head, spec.cam_layer)
+    model.new_head = not any(k.startswith(spec.head + ".") for k in loaded)   # not from the weights
     if freeze:
         model.frozen = True
         for pname, prm in net.named_parameters():

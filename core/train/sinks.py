@@ -40,7 +40,7 @@ class TqdmSink:
             print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
                   f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | {row['images_per_s']:.0f} img/s",
                   file=self.file, flush=True)
-        elif kind in ("info", "prepare", "balance"):
+        elif kind in ("info", "prepare", "balance", "recipe"):
             print(row.get("message", ""), file=self.file, flush=True)
 
     def should_stop(self) -> bool:
