@@ -41,7 +41,7 @@ def test_all_classes_count_reload_keeps_run_and_table_fits(app, home):  # noqa: 
         browser, page = _browser(pw)
         page.goto(app + "/runs")
         expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
-        expect(page.get_by_text(three).first).to_be_visible()           # the newest run is selected
+        expect(page.get_by_role("heading").filter(has_text=three).first).to_be_visible()  # the newest run is selected
         # the run on every class says how many, nowhere "0 classes"
         page.goto(app + f"/runs?run={every}")
         expect(page.get_by_role("heading", name=f"all 4 classes").first).to_be_visible()

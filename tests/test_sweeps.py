@@ -106,10 +106,21 @@ def _base(data, **kw):
                                  batch_size=32, image_size=32, holdout=0.05, seed=0), **kw})
 
 
+def test_a_sweep_stored_before_newer_fields_is_the_same_sweep_again(demo_root):
+    import optuna
+    sweeps.create("old", _base(demo_root, recipe="poster"), {"lr": [0.01]})
+    study = optuna.load_study(study_name="old", storage=sweeps.open_storage(None))
+    base = {k: v for k, v in study.user_attrs["base"].items() if k not in ("recipe", "tta")}
+    study.set_user_attr("base", base)                     # as written before recipes and TTA existed
+    sweeps.create("old", _base(demo_root, recipe="poster"), {"lr": [0.01]})      # the same sweep: no complaint
+    with pytest.raises(UserError, match="recipe: 'poster' there, 'finetune' here"):
+        sweeps.create("old", _base(demo_root, recipe="finetune"), {"lr": [0.01]})
+
+
 def test_create_refuses_other_settings_under_the_same_name_and_bad_combinations(demo_root):
     sweeps.create("s", _base(demo_root), {"lr": [0.01, 0.001]})
     sweeps.create("s", _base(demo_root), {"lr": [0.01, 0.001]})            # the same again: fine (continue)
-    with pytest.raises(UserError, match="already exists with other settings"):
+    with pytest.raises(UserError, match=r"already exists with other settings \(space: "):
         sweeps.create("s", _base(demo_root), {"lr": [0.1]})
     with pytest.raises(UserError, match="needs --trials"):
         sweeps.create("t", _base(demo_root), {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}, sampler="tpe")

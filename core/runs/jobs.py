@@ -88,19 +88,20 @@ class Context:
 
 # ------------------------------------------------------------------ devices
 
-def device_key(device_pref: str) -> str:
-    """The queue a training job waits in: "cuda" (any GPU), "mps" or "cpu". A started GPU job
-    holds one GPU's slot, "cuda:<i>"."""
+def device_key(device_pref: str, gpus: int = 1) -> str:
+    """The queue a training job waits in: "cuda" (any GPU), "cuda*N" (N GPUs at once: a run on N
+    processes), "mps" or "cpu". A started GPU job holds its GPUs' slots, "cuda:<i>[,cuda:<j>...]".
+    A several-process run on the CPU (gloo) holds the one CPU slot."""
     import torch
     if device_pref in ("auto", "cuda") and torch.cuda.is_available():
-        return "cuda"
+        return "cuda" if gpus <= 1 else f"cuda*{gpus}"
     return "mps" if device_pref == "mps" else "cpu"
 
 
-def foreground_device(device_pref: str) -> str:
-    """The slot a CLI run (in this very process, on its default GPU) holds."""
-    key = device_key(device_pref)
-    return "cuda:0" if key == "cuda" else key
+def foreground_device(device_pref: str, gpus: int = 1) -> str:
+    """The slot(s) a CLI run (in this very process, on its first GPUs) holds."""
+    key = device_key(device_pref, gpus)
+    return ",".join(f"cuda:{i}" for i in range(_need(key))) if key.startswith("cuda") else key
 
 
 def gpu_count() -> int:
@@ -108,19 +109,33 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def _need(key: str | None) -> int:
+    """How many slots a job of queue `key` holds at once: N for "cuda*N", else 1."""
+    return int(key.split("*")[1]) if key and "*" in key else 1
+
+
 def _slots(key: str | None) -> list[str | None]:
     if key is None:
         return [None]
-    return [f"cuda:{i}" for i in range(gpu_count())] if key == "cuda" else [key]
+    return [f"cuda:{i}" for i in range(gpu_count())] if key.split("*")[0] == "cuda" else [key]
+
+
+def check_gpus(device_pref: str, gpus: int) -> None:
+    """An N-GPU run on a machine with fewer GPUs would wait for ever: one sentence instead."""
+    key = device_key(device_pref, gpus)
+    if key.startswith("cuda") and _need(key) > gpu_count():
+        raise UserError(f"This run asks for {gpus} GPUs; this machine has {gpu_count()}. "
+                        f"Use --nproc {gpu_count()} or fewer.")
 
 
 def _visible_device(slot: str | None) -> str | None:
-    """CUDA_VISIBLE_DEVICES for a worker on `slot`, relative to what this process may see."""
+    """CUDA_VISIBLE_DEVICES for a worker on `slot` (one GPU or several, comma-separated),
+    relative to what this process may see."""
     if not slot or not slot.startswith("cuda:"):
         return None
-    i = int(slot.split(":")[1])
     mine = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    return mine[i] if i < len(mine) else str(i)
+    ids = [int(part.split(":")[1]) for part in slot.split(",")]
+    return ",".join(mine[i] if i < len(mine) else str(i) for i in ids)
 
 
 # ------------------------------------------------------------------ launcher
@@ -136,10 +151,16 @@ def submit(store: RunStore, kind_name: str, args: dict, run_id: str | None = Non
     return job_id
 
 
+def nproc(cfg) -> int:
+    """The processes (GPUs) one run trains on."""
+    return max(int(getattr(cfg, "nproc", 1) or 1), 1)
+
+
 def launch(cfg, store: RunStore, start: bool = True) -> str:
     """Queue a training run and start it if its device is free. Returns the run id."""
     cfg.validate()
-    run_id = store.create(cfg, status="queued", device=device_key(cfg.device))
+    check_gpus(cfg.device, nproc(cfg))
+    run_id = store.create(cfg, status="queued", device=device_key(cfg.device, nproc(cfg)))
     if start:
         schedule(store)
     return run_id
@@ -149,7 +170,7 @@ def schedule(store: RunStore, max_per_device: int = 1) -> list[str]:
     """Start every queued job that may start: the oldest of each device with a free slot, and
     every job that needs no device."""
     reap(store)
-    started = store.claim_queued(_slots, max_per_device)
+    started = store.claim_queued(_slots, max_per_device, _need)
     for job_id, slot in started:
         _spawn(store, job_id, _visible_device(slot))
     return [job_id for job_id, _ in started]
@@ -219,7 +240,9 @@ def resume(store: RunStore, run_id: str, here: str | None = None) -> None:
     if run["status"] in ("starting", "running") or (run["status"] == "queued" and here is None):
         pid = f" (pid {run['pid']})" if run.get("pid") else ""
         raise UserError(f"Run {run_id} is {run['status']}{pid}; only a stopped run can be resumed.")
-    device = here or ("cuda" if str(run.get("device") or "").startswith("cuda") else run.get("device") or "cpu")
+    gpus = nproc(store.require(run_id).config())
+    device = here or (device_key("cuda", gpus) if str(run.get("device") or "").startswith("cuda")
+                      else run.get("device") or "cpu")
     store.set(run_id, status="running" if here else "queued", device=device, cancel=0, error=None,
               args={**(run.get("args") or {}), "resume": True}, queued_at=time.time(), progress={}, finished=None)
     store.event(run_id, "resume", "resumed from the command line" if here else "queued to resume")

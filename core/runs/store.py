@@ -397,20 +397,31 @@ class RunStore:
             if job and job["kind"] == "train" and job["run_id"]:
                 self.run(job["run_id"]).write_record()
 
-    def claim_queued(self, slots, max_per_device: int) -> list[tuple[str, str | None]]:
+    def claim_queued(self, slots, max_per_device: int, need=lambda device: 1) -> list[tuple[str, str | None]]:
         """Mark startable queued jobs 'starting' in one transaction; returns (job id, slot).
-        `slots(device)` lists the slots of a device queue ([None] for a job that needs none)."""
+        `slots(device)` lists the slots of a device queue ([None] for a job that needs none);
+        `need(device)` how many of them a job holds at once (an N-GPU run: N, stored "cuda:0,cuda:1")."""
         started = []
         with self.transaction() as c:      # one scheduler at a time claims queued jobs
-            busy = {r["device"]: r["n"] for r in c.execute(
-                "SELECT device, COUNT(*) AS n FROM jobs WHERE status IN ('starting','running') GROUP BY device")}
+            busy: dict = {}
+            for r in c.execute("SELECT device FROM jobs WHERE status IN ('starting','running')"):
+                for part in str(r["device"]).split(","):
+                    busy[part] = busy.get(part, 0) + 1
+            waiting = set()                  # device families whose first queued job must wait: the rest wait too
             for r in c.execute("SELECT job_id, device FROM jobs WHERE status='queued' ORDER BY queued_at").fetchall():
+                family = str(r["device"]).split("*")[0]
                 free = [k for k in slots(r["device"]) if k is None or busy.get(k, 0) < max_per_device]
-                if free:                     # one job per GPU: a queued "cuda" job takes the first free one
-                    busy[free[0]] = busy.get(free[0], 0) + 1
+                n = need(r["device"])
+                if family in waiting or len(free) < n:
+                    waiting.add(family)      # first come, first served: a 2-GPU run is not starved by 1-GPU runs
+                else:                        # one job per GPU: a queued "cuda" job takes the first free one(s)
+                    held = free[:n]
+                    for k in held:
+                        busy[k] = busy.get(k, 0) + 1
+                    slot = None if held == [None] else ",".join(held)
                     c.execute("UPDATE jobs SET status='starting', device=?, heartbeat=?, pid=NULL, proc=NULL "
-                              "WHERE job_id=?", (free[0], time.time(), r["job_id"]))
-                    started.append((r["job_id"], free[0]))
+                              "WHERE job_id=?", (slot, time.time(), r["job_id"]))
+                    started.append((r["job_id"], slot))
         for job_id, _ in started:
             job = self.job(job_id)
             if job["kind"] == "train" and job["run_id"]:
@@ -418,10 +429,15 @@ class RunStore:
         return started
 
     def jobs_ahead(self, job_id: str) -> int:
-        return int(self._scalar(
-            "SELECT COUNT(*) FROM jobs a, jobs me WHERE me.job_id=? AND a.job_id<>me.job_id AND "
-            "a.status IN ('queued','starting','running') AND (a.device=me.device OR a.device LIKE me.device || ':%')"
-            " AND (a.status<>'queued' OR a.queued_at<me.queued_at)", (job_id,)) or 0)
+        """Active jobs of the same device family ("cuda", "cuda*2", "cuda:0,cuda:1" are one family)
+        started or queued before this one."""
+        me = self.job(job_id)
+        if me is None or me["device"] is None:
+            return 0
+        family = lambda d: str(d).split(":")[0].split("*")[0]  # noqa: E731
+        return sum(1 for a in self.jobs(statuses=("queued", "starting", "running"))
+                   if a["job_id"] != job_id and family(a["device"]) == family(me["device"])
+                   and (a["status"] != "queued" or (a["queued_at"] or 0) < (me["queued_at"] or 0)))
 
     # ---------------------------------------------------------------- metrics
     def log_step(self, run_id: str, rows: list[tuple]) -> None:

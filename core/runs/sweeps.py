@@ -182,9 +182,12 @@ def create(name: str, base: TrainConfig, space: dict | None = None, sampler: str
     existing = _find(st, name)
     if existing is not None:
         old = {k: existing.user_attrs.get(k) for k in settings}
-        if old != json.loads(json.dumps(settings)):
-            raise UserError(f"A sweep named {name!r} already exists with other settings; choose another --name, "
-                            f"or continue it with --join {name}.")
+        if isinstance(old["base"], dict):    # a base stored before newer fields existed reads as it trained
+            old["base"] = json.loads(TrainConfig.from_dict({**LEGACY, **old["base"]}).to_json())
+        now = json.loads(json.dumps(settings))
+        if old != now:
+            raise UserError(f"A sweep named {name!r} already exists with other settings ({_differences(old, now)}); "
+                            f"choose another --name, or continue it with --join {name}.")
         return info(name, storage)
     study = optuna.create_study(study_name=name, storage=st, direction="maximize", load_if_exists=True)
     for k, v in settings.items():
@@ -194,6 +197,15 @@ def create(name: str, base: TrainConfig, space: dict | None = None, sampler: str
     for params in todo or []:
         study.enqueue_trial(params, skip_if_exists=True)
     return info(name, storage)
+
+
+def _differences(old: dict, now: dict, most: int = 3) -> str:
+    """'recipe: poster there, finetune here; ...' for the first few settings that differ."""
+    flat = lambda d: {**{k: v for k, v in d.items() if k != "base"}, **(d.get("base") or {})}  # noqa: E731
+    a, b = flat(old), flat(now)
+    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    said = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in keys[:most])
+    return said + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
 
 def _find(st, name: str):
