@@ -66,8 +66,9 @@ def _cfg(data, model, size, batch, pipeline, workers, epochs):
                        image_size=size, holdout=0.0, val=0.05, pipeline=pipeline, workers=workers, seed=0, **speed)
 
 
-def train_side(data, model, size, batch, pipeline, workers, epochs, run_dir) -> dict:
-    """Time `epochs` training epochs from JPEG files; preparation (decode once) timed apart."""
+def train_side(data, model, size, batch, pipeline, workers, epochs, run_dir, keep: dict | None = None) -> dict:
+    """Time `epochs` training epochs from JPEG files; preparation (decode once) timed apart.
+    `keep`: filled with the model, loader, optimizer, config, device and data (bench/gpu_bench.py)."""
     import torch
     from core.train import engine
     from core.train.models import build_model
@@ -98,6 +99,8 @@ def train_side(data, model, size, batch, pipeline, workers, epochs, run_dir) -> 
            "img_s_training": n * epochs / train_s}
     if pipeline == "prepared":
         out["img_s_from_memory"] = from_memory(net, loader, opt, cfg, dev)
+    if keep is not None:
+        keep.update(net=net, loader=loader, opt=opt, cfg=cfg, dev=dev, data=d)
     return out
 
 
