@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -77,31 +78,81 @@ def cmd_stats(a) -> dict:
 
 
 def cmd_train(a) -> dict:
-    from core.runs.jobs import foreground_device, resume, run_job
-    from core.runs.store import RunStore
+    from core.runs.jobs import run_job
+    from core.train import distributed
     from core.train.sinks import TqdmSink
-    store = RunStore(a.runs)
-    if a.resume:
-        run_id = a.resume
-        here = foreground_device(store.require(run_id).config().device)
-        resume(store, run_id, here=here)       # holds its device's slot, like a new CLI run
-    else:
-        if not a.data or not a.model:
-            raise UserError("train needs --data DIR and --model NAME (or --resume RUN_ID).")
-        cfg = from_arguments(a, data=str(Path(a.data).expanduser().resolve()), model=a.model).validate()
-        from core.data.readers import load_index
-        from core.data.splits import top_classes
-        top_classes(load_index(cfg.data, clean=cfg.clean).counts(), cfg.classes)  # fail fast, before a run folder exists
-        run_id = store.create(cfg, status="running", device=foreground_device(cfg.device))  # holds its device's slot
+    ddp = distributed.setup()     # under torchrun every process runs this command: rank 0 the run, the others follow
+    if not ddp.is_main:
+        return _follow(ddp)
+    try:
+        store, run_id = _open_run(a, ddp)
+    except BaseException:
+        ddp.broadcast(None)       # the others stop too (rank 0 says why)
+        raise
+    ddp.broadcast(run_id)
     print(f"run {run_id} in {store.run(run_id).dir}", file=sys.stderr)
     result = run_job(store, run_id, sink=TqdmSink())
     if result["status"] == "failed":
         if not a.resume and store.epochs(run_id).empty:
             store.delete(run_id)  # nothing was trained: do not leave an empty failed run behind
         raise UserError(result["error"])
+    ddp.close()
     keys = ("run_id", "status", "epochs_completed", "train_acc", "val_acc", "holdout_acc", "holdout_top5",
             "holdout_gap", "images_per_s", "seconds")
     return {**{k: result.get(k) for k in keys}, "run_id": run_id}
+
+
+def _open_run(a, ddp):
+    """(store, run id) of the run this command trains: a new one, or --resume's, claimed to run here.
+    --nproc N: the run's job starts torchrun with N processes. Under torchrun (every process runs
+    this command) the run takes torchrun's process count."""
+    from core.runs.jobs import check_gpus, foreground_device, resume
+    from core.runs.store import RunStore
+    from core.train import distributed
+    store = RunStore(a.runs)
+    torchrun = distributed.under_torchrun()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", ddp.world_size)) if torchrun else None  # this machine's GPUs
+    if a.resume:
+        run_id = a.resume
+        cfg = store.require(run_id).config()
+        if torchrun and cfg.nproc != ddp.world_size:
+            raise UserError(f"Run {run_id} trains on {cfg.nproc} process(es), not {ddp.world_size}; resume it with "
+                            f"torchrun --nproc_per_node {cfg.nproc} (over all machines), or without torchrun: "
+                            f"python -m core train --resume {run_id}.")
+        if not torchrun:
+            check_gpus(cfg.device, cfg.nproc)
+        resume(store, run_id, here=foreground_device(cfg.device, local or cfg.nproc))  # holds its device's slots
+        return store, run_id
+    if not a.data or not a.model:
+        raise UserError("train needs --data DIR and --model NAME (or --resume RUN_ID).")
+    fixed = {}
+    if torchrun:
+        if a.nproc not in (None, ddp.world_size):
+            raise UserError(f"--nproc {a.nproc} disagrees with torchrun's {ddp.world_size} process(es); leave "
+                            "--nproc out under torchrun.")
+        fixed["nproc"] = ddp.world_size
+    cfg = from_arguments(a, data=str(Path(a.data).expanduser().resolve()), model=a.model, **fixed).validate()
+    if not torchrun:
+        check_gpus(cfg.device, cfg.nproc)
+    from core.data.readers import load_index
+    from core.data.splits import top_classes
+    top_classes(load_index(cfg.data, clean=cfg.clean).counts(), cfg.classes)  # fail fast, before a run folder exists
+    run_id = store.create(cfg, status="running", device=foreground_device(cfg.device, local or cfg.nproc))
+    return store, run_id
+
+
+def _follow(ddp) -> dict:
+    """A process of a torchrun launch other than rank 0: train the run rank 0 opened, print nothing."""
+    from core.errors import Cancelled
+    from core.train.engine import fit
+    if ddp.broadcast(None) is None:
+        raise SystemExit(2)       # rank 0 could not open the run and says why
+    try:
+        fit(None, None, ddp=ddp)
+    except Cancelled:
+        pass
+    ddp.close()
+    return {}
 
 
 def cmd_runs(a) -> dict:

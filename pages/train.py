@@ -102,6 +102,11 @@ def offer_fixes(model: str) -> None:
                  on_click=use_offline_model)
 
 
+def gpu_count() -> int:
+    from core.runs import jobs
+    return jobs.gpu_count()
+
+
 def default_weights(model: str) -> str:
     return "imagenet" if weights_status(model)[0] else "none"
 
@@ -164,6 +169,10 @@ def form(n_classes: int) -> bool:
             number(d, "Validation fraction (of the rest)", "train_val", step=0.05, format="%.3f")
             number(e, "Seed", "train_seed", step=1)
             e.selectbox("Device", DEVICES, key="train_device", persist_state="session")
+            if (gpus := gpu_count()) > 1:      # one run on several GPUs (torch.distributed); else one process
+                number(e, f"GPUs (this machine has {gpus})", "train_nproc", step=1,
+                       help="Train this run on N GPUs at once (DistributedDataParallel): each takes the batch "
+                            "size per step. It waits until N GPUs are free and holds them all.")
             f.selectbox("Pipeline", PIPELINES, key="train_pipeline", persist_state="session",
                         help=spec("pipeline")["help"])
             number(f, "Max images (0 = all)", "train_max_images", step=100)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import UserError
 from core.runs import jobs
 from core.runs.store import RunStore
 from tests.conftest import tiny_config
@@ -116,7 +117,7 @@ def test_queue_runs_one_per_gpu_and_pins_each_worker(demo_root, monkeypatch):
     each pinned to its own GPU; the third waits until one of them ends; resume re-queues on any GPU."""
     spawned = []
     monkeypatch.setattr(jobs, "gpu_count", lambda: 2)
-    monkeypatch.setattr(jobs, "device_key", lambda pref: "cuda")
+    monkeypatch.setattr(jobs, "device_key", lambda pref, gpus=1: "cuda" if gpus == 1 else f"cuda*{gpus}")
     monkeypatch.setattr(jobs, "_spawn", lambda store, run_id, cuda=None: spawned.append((run_id, cuda)))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
     store = RunStore()
@@ -129,6 +130,35 @@ def test_queue_runs_one_per_gpu_and_pins_each_worker(demo_root, monkeypatch):
     store.set(b, status="interrupted")
     jobs.resume(store, b)
     assert spawned[-1] == (b, "6") and store.get(b)["device"] == "cuda:1"
+
+
+def test_a_two_gpu_run_holds_both_gpus_and_waits_for_both(demo_root, monkeypatch):
+    """On a (pretend) 2-GPU machine: a one-GPU run takes GPU 0; a two-GPU run waits until both are
+    free, then holds both (the worker sees both, in order); a one-GPU run queued behind it waits;
+    a run asking for more GPUs than the machine has is refused in one sentence."""
+    spawned = []
+    monkeypatch.setattr(jobs, "gpu_count", lambda: 2)
+    monkeypatch.setattr(jobs, "device_key", lambda pref, gpus=1: "cuda" if gpus == 1 else f"cuda*{gpus}")
+    monkeypatch.setattr(jobs, "_spawn", lambda store, run_id, cuda=None: spawned.append((run_id, cuda)))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    store = RunStore()
+    one = jobs.launch(tiny_config(demo_root, seed=0), store)
+    two = jobs.launch(tiny_config(demo_root, seed=1, nproc=2), store)
+    after = jobs.launch(tiny_config(demo_root, seed=2), store)
+    assert spawned == [(one, "4")]                       # GPU 1 is free, but the 2-GPU run is first in line
+    assert store.get(two)["status"] == "queued" and store.get(two)["device"] == "cuda*2"
+    assert store.get(after)["status"] == "queued"
+    assert store.jobs_ahead(after) == 2
+    store.set(one, status="done", pid=None)
+    assert jobs.schedule(store) == [two]
+    assert spawned[-1] == (two, "4,6") and store.get(two)["device"] == "cuda:0,cuda:1"
+    assert store.get(after)["status"] == "queued"
+    store.set(two, status="interrupted")
+    assert jobs.schedule(store) == [after]
+    jobs.resume(store, two)                              # back in the 2-GPU queue, behind the running one
+    assert store.get(two)["device"] == "cuda*2" and store.get(two)["status"] == "queued"
+    with pytest.raises(UserError, match="asks for 4 GPUs; this machine has 2"):
+        jobs.launch(tiny_config(demo_root, seed=3, nproc=4), store)
 
 
 def test_a_killed_worker_resumes_without_losing_or_repeating_an_epoch(demo_root):

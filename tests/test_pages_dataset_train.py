@@ -196,6 +196,30 @@ def test_train_page_preset_then_launch_queues_a_worker(demo_home):
     assert any("Nothing is queued" in c.value for c in at.caption)
 
 
+def test_train_page_offers_gpus_only_on_a_machine_with_several(demo_home, monkeypatch):
+    """One GPU or none: no GPUs field, runs use one process. Two GPUs: "GPUs (this machine has 2)";
+    asking for 3 is refused in one sentence and creates nothing; 2 queues a run that waits for both."""
+    from core.runs import jobs
+    at = page("train.py").run()
+    assert not [n for n in at.number_input if n.key == "train_nproc"]
+    monkeypatch.setattr(jobs, "gpu_count", lambda: 2)
+    monkeypatch.setattr(jobs, "device_key", lambda pref, gpus=1: "cuda" if gpus == 1 else f"cuda*{gpus}")
+    monkeypatch.setattr(jobs, "_spawn", lambda *a, **k: None)        # nothing really starts on a pretend GPU
+    at = page("train.py").run()
+    field = at.number_input(key="train_nproc")
+    assert field.label == "GPUs (this machine has 2)" and field.value == 1
+    at.number_input(key="train_classes").set_value(3)
+    field.set_value(3)
+    at.button(key="train_launch").click().run()
+    assert [e.value for e in at.error] == ["This run asks for 3 GPUs; this machine has 2. Choose 2 or fewer (--nproc)."]
+    assert RunStore().list() == []
+    at.number_input(key="train_nproc").set_value(2)
+    at.button(key="train_launch").click().run()
+    assert not at.exception and not at.error
+    (run,) = RunStore().list()
+    assert run["config"]["nproc"] == 2 and run["device"] == "cuda:0,cuda:1"
+
+
 def test_train_page_bad_dataset_path_shows_error(demo_home):
     at = page("train.py").run()
     at.selectbox(key="train_dataset").select("Other path…").run()

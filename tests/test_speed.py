@@ -260,3 +260,26 @@ def test_a_cancelled_pool_leaves_a_store_that_finishes_right(tmp_path, monkeypat
 
 def test_usable_cores():
     assert 1 <= P.usable_cores() <= (os.cpu_count() or 1)
+
+
+def test_a_script_without_a_main_guard_still_finishes(tmp_path):
+    """A caller script without `if __name__ == "__main__":` is re-run by each decoding worker as it
+    starts: those workers stop at once (they used to wait for the caller's lock: a hang), and the
+    caller decodes the rest in its own process."""
+    import subprocess
+    import sys
+    data = tmp_path / "data"
+    for c in range(2):
+        (data / f"c{c}").mkdir(parents=True)
+        for i in range(P.POOL_MIN // 2 + 8):
+            Image.new("RGB", (24, 24), (c * 200, i % 255, 0)).save(data / f"c{c}" / f"{i}.jpg")
+    script = tmp_path / "noguard.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+                      "from core.data.readers import load_index\nfrom core.data.prepared import prepare\n"
+                      f"idx = load_index({str(data)!r})\n"
+                      "p = prepare(idx.samples['path'].tolist(), 16, key='noguard', workers=2)\n"
+                      "print('ok', int(sum(p.ok)))\n")
+    env = dict(os.environ, LANDMARKS_HOME=str(tmp_path / "home"))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["ok", str(2 * (P.POOL_MIN // 2 + 8))]

@@ -122,6 +122,8 @@ def test_create_refuses_other_settings_under_the_same_name_and_bad_combinations(
     sweeps.create("s", _base(demo_root), {"lr": [0.01, 0.001]})            # the same again: fine (continue)
     with pytest.raises(UserError, match=r"already exists with other settings \(space: "):
         sweeps.create("s", _base(demo_root), {"lr": [0.1]})
+    with pytest.raises(UserError, match="leave --nproc at 1"):
+        sweeps.create("n", _base(demo_root, nproc=2), {"lr": [0.1]})
     with pytest.raises(UserError, match="needs --trials"):
         sweeps.create("t", _base(demo_root), {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}, sampler="tpe")
     with pytest.raises(UserError, match="not a usable sweep name"):

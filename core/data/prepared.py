@@ -33,6 +33,8 @@ import hashlib
 import itertools
 import math
 import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 import os
 import struct
 import warnings
@@ -249,24 +251,43 @@ def _decode_rows(args):
     return out
 
 
-def _pool(workers: int):
-    """A process pool. forkserver: each worker is forked from a clean server process that imported
-    this module once (spawn made every worker import pandas and re-run the caller's __main__);
-    never fork the caller itself, which may hold CUDA/OpenMP state."""
+def _context():
+    """forkserver: each worker is forked from a clean server process that imported this module
+    once (spawn made every worker import pandas and re-run the caller's __main__); never fork the
+    caller itself, which may hold CUDA/OpenMP state."""
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
     if "forkserver" in methods:
         ctx.set_forkserver_preload(["core.data.prepared", "core.data.readers"])
-    return ctx.Pool(workers)
+    return ctx
+
+
+def _pool(workers: int):
+    """A multiprocessing pool (the GPU path shares whole batches with it)."""
+    return _context().Pool(workers)
+
+
+def _executor(workers: int):
+    """The CPU path's pool. An executor, not mp.Pool: a worker that dies (a caller script without
+    `if __name__ == "__main__":` kills each one at start) breaks it with an error, where mp.Pool
+    would replace it for ever and hang."""
+    return ProcessPoolExecutor(workers, mp_context=_context())
 
 
 def _pool_rows(data: Path, todo: list[str], first: int, size: int, workers: int):
-    """(ok, reason, crc) per path in order, each yielded once its row is in the file."""
+    """(ok, reason, crc) per path in order, each yielded once its row is in the file. If the pool
+    breaks, this process decodes what is left."""
     items = [(first + i, os.path.abspath(p)) for i, p in enumerate(todo)]
     tasks = [(str(data), size, items[i:i + TASK]) for i in range(0, len(items), TASK)]
-    with _pool(min(workers, len(tasks))) as pool:
-        for res in pool.imap(_decode_rows, tasks):
-            yield from res
+    done = 0
+    try:
+        with _executor(min(workers, len(tasks))) as pool:
+            for res in pool.map(_decode_rows, tasks):
+                done += 1
+                yield from res
+    except BrokenProcessPool:
+        for task in tasks[done:]:
+            yield from _decode_rows(task)
 
 
 def _serial_rows(f, todo: list[str], size: int, row_bytes: int):
@@ -302,6 +323,12 @@ def prepare(paths: list[str], size: int, key: str, workers: int = 0, progress=No
     "cuda"/"cuda:N") decodes JPEGs there with nvJPEG; None, the CPU or a machine without CUDA
     decodes on the CPU (today's behaviour). Pass it only from a process that holds CUDA anyway
     (training): creating a CUDA context costs seconds and GPU memory for the process's life."""
+    if getattr(mp.current_process(), "_inheriting", False):
+        # a decoding worker is importing the caller's script (no `if __name__ == "__main__":`):
+        # waiting for the store's lock, which the caller holds, would hang both; the worker dies
+        # instead, and the caller decodes in its own process
+        raise RuntimeError("prepare() called while a worker process starts; guard the script's top level "
+                           "with `if __name__ == \"__main__\":`.")
     d = store_dir(key, size)
     workers = workers or usable_cores()
     if isinstance(device, str) and device == "auto":

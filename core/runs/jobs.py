@@ -125,7 +125,7 @@ def check_gpus(device_pref: str, gpus: int) -> None:
     key = device_key(device_pref, gpus)
     if key.startswith("cuda") and _need(key) > gpu_count():
         raise UserError(f"This run asks for {gpus} GPUs; this machine has {gpu_count()}. "
-                        f"Use --nproc {gpu_count()} or fewer.")
+                        f"Choose {gpu_count()} or fewer (--nproc).")
 
 
 def _visible_device(slot: str | None) -> str | None:

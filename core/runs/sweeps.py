@@ -168,6 +168,9 @@ def create(name: str, base: TrainConfig, space: dict | None = None, sampler: str
     if sampler not in SAMPLERS:
         raise UserError(f"Unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}.")
     base.validate()
+    if int(getattr(base, "nproc", 1) or 1) > 1 or "nproc" in (space or {}):
+        raise UserError("A sweep trains each trial in one process on one GPU (its trials run side by side on "
+                        "the GPUs); leave --nproc at 1.")
     space = space or {}
     todo = configs if configs is not None else grid(space) if sampler == "grid" else None
     if todo is not None:

@@ -1,6 +1,7 @@
 """The job kinds: each is one function and one registration line (see core.runs.jobs).
 
-  train         fit a run's model (one GPU or the CPU slot), then evaluate train/val/holdout
+  train         fit a run's model (one GPU or the CPU slot; --nproc N: N processes under torchrun), then
+                evaluate train/val/holdout
   class_models  draw the class model image of each chosen class of a finished run
   scan          decode the top classes' images once (cached) and list the unreadable files
   demo          generate the synthetic demo data set
@@ -67,6 +68,22 @@ class StoreSink:
 
 @kind("train", queue=lambda args: None)  # the queue of a run is set at creation (its device)
 def train(ctx: Context) -> dict:
+    """Fit the run here, or, for a run on several processes (--nproc N), start torchrun and wait:
+    its rank 0 fits into this very job (core.train.ddp_entry)."""
+    from core.train import distributed
+    cfg = ctx.run.config()
+    if cfg.nproc > 1 and not distributed.launched():
+        from core.train.ddp_entry import launch
+        summary = launch(ctx, cfg)
+    else:
+        summary = fit_job(ctx, cfg)
+    ctx.run.set(summary=summary, args={**ctx.args, "resume": False})
+    return summary
+
+
+def fit_job(ctx: Context, cfg=None) -> dict:
+    """fit() into the job's run: its rows into the store (and the CLI's progress bar); a sweep's
+    trial is pruned when its study says so. On several processes only rank 0 runs this."""
     from core.errors import Cancelled, Pruned
     from core.train.engine import fit
     on_epoch = None
@@ -78,15 +95,13 @@ def train(ctx: Context) -> dict:
         ctx.sink.inner = sink
         sink = ctx.sink
     try:
-        summary = fit(ctx.run.config(), ctx.run, sink, resume=bool(ctx.args.get("resume")))
+        return fit(cfg or ctx.run.config(), ctx.run, sink, resume=bool(ctx.args.get("resume")))
     except Cancelled:
         if store_sink.pruned_at is None:
             raise
         e = store_sink.pruned_at
         raise Pruned(e, f"pruned by sweep {ctx.args['sweep']} after epoch {e}: its validation accuracy is "
                         f"below the median of earlier trials at that epoch") from None
-    ctx.run.set(summary=summary, args={**ctx.args, "resume": False})
-    return summary
 
 
 def _check_class_models(store, args: dict, run_id: str | None) -> None:

@@ -76,6 +76,9 @@ class TrainConfig:
     channels_last: str = _f("auto", "NHWC memory format: auto (on for CUDA and CPU) | on | off", choices=SWITCHES)
     fused: str = _f("auto", "fused optimizer kernel: auto (on for CUDA and CPU) | on | off", choices=SWITCHES)
     compile: bool = _f(False, "torch.compile the model (pays off on CUDA for long runs)")
+    nproc: int = _f(1, "processes for one run (torch.distributed, one GPU each on CUDA); each takes --batch-size "
+                       "images per step, so a step averages nproc x --batch-size images; --lr is not scaled",
+                    lo=1, hi=1024)
     max_images: int = _f(0, "cap on images used (0 = all), for quick looks", lo=0)
     clean: bool = _f(False, "GLDv2: only the images listed in train_clean.csv")
     extra: dict = _f({}, "free-form notes kept with the run", flag=False)
@@ -123,8 +126,9 @@ def _check(f, value) -> None:
 
 
 # what a stored configuration without the key meant: runs saved before recipes existed trained
-# with the poster's recipe, and resume or "train again" keep it
-LEGACY = {"recipe": "poster"}
+# with the poster's recipe (and every run before nproc trained in one process); resume and
+# "train again" keep it
+LEGACY = {"recipe": "poster", "nproc": 1}
 
 DEFAULTS = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
             for f in dataclasses.fields(TrainConfig)}

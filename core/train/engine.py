@@ -1,6 +1,11 @@
 """Training and evaluation: a few plain functions with explicit arguments
 (torchvision references/classification/train.py is the model): `train_one_epoch`, `evaluate`,
 `fit`. Progress leaves through a sink; the engine never prints.
+
+On several processes (torchrun, core.train.distributed) every process runs `fit`: each trains
+the DistributedDataParallel-wrapped model on its shard of every epoch, evaluates its shard of
+each split, and rank 0 gathers the predictions in the split's order, writes the run (sink, split,
+checkpoints, predictions) and decides when to stop.
 """
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from core.train import metrics
+from torch.nn.parallel import DistributedDataParallel
+
+from core.train import distributed, metrics
 from core.train.config import TrainConfig
 from core.data.readers import load_index
 from core.errors import UserError
@@ -49,9 +56,13 @@ class Data:
     synthetic: bool
 
 
-def load_data(cfg: TrainConfig, folder, sink=NullSink()) -> Data:
+def load_data(cfg: TrainConfig, folder, sink=NullSink(), ddp=None) -> Data:
     """Top-N classes, scan (decode once), drop unreadable files, split; reuse the manifest on resume.
-    `folder`: the run's files (core.runs.store.RunFolder: split_file, classes_file...)."""
+    `folder`: the run's files (core.runs.store.RunFolder: split_file, classes_file...). On several
+    processes (`ddp`) every one scans (the cache's lock makes them take turns on a machine: the
+    first decodes, the others find it done) and rank 0 alone makes or reads the split and sends it
+    to the others: a resumed run's split lives in the run folder, which only rank 0 may see."""
+    ddp = ddp or distributed.Distributed()
     index = load_index(cfg.data, clean=cfg.clean)
     labels = top_classes(index.counts(), cfg.classes)
     chosen = index.samples[index.samples["label"].isin(set(labels))].sort_values("path", kind="stable")
@@ -63,12 +74,20 @@ def load_data(cfg: TrainConfig, folder, sink=NullSink()) -> Data:
                    progress=lambda d, t: sink.emit("prepare", {"message": f"prepared {d}/{t}"}) if d % 2000 == 0 else None)
     rows = pd.Series(prep.rows, index=chosen["path"].to_numpy())
     good = chosen[prep.ok].reset_index(drop=True)
-    if folder.split_file.exists():
-        manifest, labels = _resumed_manifest(folder, set(good["path"]), sink)
-    else:
-        manifest, labels = make_manifest(good, 0, cfg.holdout, cfg.val, cfg.seed)
-        save_manifest(manifest, folder.split_file)
-        pd.DataFrame({"label": labels, "name": [index.name(l) for l in labels]}).to_json(folder.classes_file)
+    split = None
+    if ddp.is_main and folder.split_file.exists():
+        split = _resumed_manifest(folder, set(good["path"]), sink)
+    elif ddp.is_main:
+        split = make_manifest(good, 0, cfg.holdout, cfg.val, cfg.seed)
+        save_manifest(split[0], folder.split_file)
+        pd.DataFrame({"label": split[1], "name": [index.name(l) for l in split[1]]}).to_json(folder.classes_file)
+    manifest, labels = ddp.broadcast(split)
+    if not ddp.is_main:
+        lost = ~manifest["path"].isin(set(good["path"]))
+        if lost.any():
+            raise UserError(f"Process {ddp.rank} cannot read {int(lost.sum())} image(s) of the split that process 0 "
+                            f"reads (e.g. {manifest['path'][lost].iloc[0]}); every machine needs the same data at "
+                            "the same path.")
     if len(labels) < 2:
         raise UserError("Training needs at least two classes with readable images.")
     store_rows = rows.loc[manifest["path"]].to_numpy() if cfg.pipeline == "prepared" else None
@@ -94,18 +113,21 @@ def _resumed_manifest(folder, readable: set, sink) -> tuple[pd.DataFrame, list]:
     return manifest, labels
 
 
-def _loader(cfg, data: Data, split: str, train: bool, device, augment=None):
-    """`augment`: the training loader's augmentations (the recipe's); default cfg.augment."""
+def _loader(cfg, data: Data, split: str, train: bool, device, augment=None, ddp=None):
+    """`augment`: the training loader's augmentations (the recipe's); default cfg.augment.
+    `ddp`: this process's shard of the split (core.train.distributed.shard)."""
+    rank, world = (ddp.rank, ddp.world_size) if ddp is not None else (0, 1)
     m = data.manifest
     sel = (m["split"] == split).to_numpy()
     pin = device.type == "cuda"
     balanced = train and cfg.balance == "sampler"
     if cfg.pipeline == "prepared":
         return PreparedBatches(_LazyRows(data.store, data.rows[sel]), m["target"].to_numpy()[sel],
-                               cfg.batch_size, shuffle=train, seed=cfg.seed, pin=pin, balanced=balanced)
+                               cfg.batch_size, shuffle=train, seed=cfg.seed, pin=pin, balanced=balanced,
+                               rank=rank, world=world)
     return plain_loader(m["path"][sel].tolist(), m["target"][sel].tolist(), cfg.image_size,
                         (cfg.augment if augment is None else augment) if train else (), cfg.batch_size, train,
-                        cfg.workers, pin, cfg.seed, balanced=balanced)
+                        cfg.workers, pin, cfg.seed, balanced=balanced, rank=rank, world=world)
 
 
 class _LazyRows:
@@ -169,16 +191,23 @@ def _autocast(cfg, device):
 
 def train_one_epoch(model, loader, optimizer, cfg, device, epoch: int, step0: int, sink,
                     class_weight: torch.Tensor | None = None, recipe: recipes.Recipe | None = None,
-                    scheduler=None) -> dict:
+                    scheduler=None, ddp=None) -> dict:
     """One pass over `loader`. `class_weight`: per-class cross-entropy weights (--balance weighted).
     `recipe` (default: the config's): augmentation and label smoothing; `scheduler` is stepped
-    after every optimizer step when the recipe's schedule is per step."""
+    after every optimizer step when the recipe's schedule is per step. On several processes
+    (`ddp`) rank 0's sink decides to stop, every STOP_EVERY steps, for all of them at the same
+    step; the epoch's loss and accuracy are over every process's images."""
     recipe = recipe or recipes.recipe_for(cfg)
+    ddp = ddp or distributed.Distributed()
     model.train()
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-    tally = _Tally(cfg, epoch, step0, len(loader), optimizer)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 7919 * ddp.rank)   # per process: own crops
+    tally = _Tally(cfg, epoch, step0, len(loader), optimizer, ddp.world_size)
     for i, (x, y) in enumerate(_batches(loader, epoch), start=1):
-        if sink.should_stop():
+        if ddp.enabled:
+            stop = (i - 1) % distributed.STOP_EVERY == 0 and ddp.agree_stop(sink.should_stop())
+        else:
+            stop = sink.should_stop()
+        if stop:
             raise Cancelled()
         x, y = _inputs(cfg, x, device, True, gen, recipe.augment), y.to(device, non_blocking=True)
         with _autocast(cfg, device):
@@ -193,15 +222,17 @@ def train_one_epoch(model, loader, optimizer, cfg, device, epoch: int, step0: in
         if tally.due():
             tally.flush(sink)
     tally.flush(sink)
-    return tally.result()
+    return tally.result(ddp)
 
 
 class _Tally:
     """Per-step loss/accuracy kept on the device and read back in bulk about 4 times a
-    second: a `.item()` per step would stall the GPU queue at every step."""
+    second: a `.item()` per step would stall the GPU queue at every step. Step rows are this
+    process's batches; images/s counts every process's (`world` of them)."""
 
-    def __init__(self, cfg, epoch, step0, steps, optimizer):
+    def __init__(self, cfg, epoch, step0, steps, optimizer, world: int = 1):
         self.cfg, self.epoch, self.step0, self.steps, self.opt = cfg, epoch, step0, steps, optimizer
+        self.world = world
         self.pending: list = []
         self.n = self.correct = 0
         self.loss_sum = 0.0
@@ -223,16 +254,18 @@ class _Tally:
             rate = self.n / max(time.time() - self.t0, 1e-9)
             left = (self.steps - i) + (self.cfg.epochs - self.epoch) * self.steps
             progress = {"epoch": self.epoch, "epochs": self.cfg.epochs, "step_in_epoch": i,
-                        "steps_per_epoch": self.steps, "images_per_s": rate, "eta_s": left * b / rate}
+                        "steps_per_epoch": self.steps, "images_per_s": rate * self.world, "eta_s": left * b / rate}
             sink.emit("step", {"step": self.step0 + i, "epoch": self.epoch, "loss": loss, "acc": c / b,
                                "lr": self.opt.param_groups[0]["lr"], "progress": progress})
         self.pending, self.last = [], time.time()
 
-    def result(self) -> dict:
+    def result(self, ddp=None) -> dict:
         secs = time.time() - self.t0
-        n = max(self.n, 1)
-        return {"train_loss": self.loss_sum / n, "train_acc": self.correct / n, "seconds": secs,
-                "images_per_s": self.n / max(secs, 1e-9), "steps": self.steps}
+        loss_sum, correct, n = self.loss_sum, self.correct, self.n
+        if ddp is not None and ddp.enabled:           # every process's images (padding repeats a few)
+            loss_sum, correct, n = ddp.sum([loss_sum, correct, n])
+        return {"train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1), "seconds": secs,
+                "images_per_s": n / max(secs, 1e-9), "steps": self.steps}
 
 
 @torch.no_grad()
@@ -256,8 +289,14 @@ def predict_batches(model, loader, cfg, device, tta: bool | None = None) -> tupl
 
 
 def evaluate(model, loader, cfg, device, n_classes: int,
-             tta: bool | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+             tta: bool | None = None, ddp=None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Metrics, targets, probabilities. On several processes (`ddp`, `loader` a shard) rank 0 gets
+    every process's rows in the split's order, as one process would; the others get ({}, None, None)."""
     y, p = predict_batches(model, loader, cfg, device, tta)
+    if ddp is not None and ddp.enabled:
+        y, p = ddp.gather_rows(y), ddp.gather_rows(p)
+        if y is None:
+            return {}, None, None
     if len(y) == 0:
         return {"n": 0, "acc": None, "top5": None, "gap": None, "balanced_acc": None, "macro_f1": None,
                 "loss": None}, y, p
@@ -300,7 +339,11 @@ def read_checkpoint(path: Path) -> dict:
 
 def load_checkpoint(path: Path, model, optimizer=None, scheduler=None) -> tuple[int, float]:
     """Restore model, optimizer, scheduler and RNG; returns (epoch, elapsed seconds so far)."""
-    state = read_checkpoint(path)
+    return apply_checkpoint(read_checkpoint(path), model, optimizer, scheduler)
+
+
+def apply_checkpoint(state: dict, model, optimizer=None, scheduler=None) -> tuple[int, float]:
+    """load_checkpoint from a checkpoint's content (read by rank 0, sent to every process)."""
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -330,32 +373,47 @@ def make_optimizer(cfg: TrainConfig, model, steps_per_epoch: int = 1):
 
 # ------------------------------------------------------------------ fit
 
-def fit(cfg: TrainConfig, folder, sink=NullSink(), resume: bool = False) -> dict:
+def fit(cfg: TrainConfig, folder, sink=NullSink(), resume: bool = False, ddp=None) -> dict:
     """Train (or continue) one run whose files are `folder` (a RunFolder), then evaluate
-    train/val/holdout."""
+    train/val/holdout. Under torchrun every process calls it (`ddp`, default: found from
+    torchrun's variables, core.train.distributed.setup); rank 0's `cfg`, `folder`, `sink` and
+    `resume` count, the others may pass None and NullSink()."""
+    ddp = ddp or distributed.setup()
+    if ddp.enabled:
+        cfg, resume = ddp.broadcast((cfg, resume))
+        if not ddp.is_main:
+            folder, sink = None, NullSink()
     cfg.validate()
     torch.manual_seed(cfg.seed)
     t_start = time.time()
-    device = select_device(cfg.device)
-    data = load_data(cfg, folder, sink)
+    device = ddp.place(select_device(cfg.device))
+    data = load_data(cfg, folder, sink, ddp)
     model = build_model(cfg.model, len(data.labels), cfg.weights, cfg.freeze).to(device)
     if channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     recipe = recipes.recipe_for(cfg)
     recipes.prepare_model(model, recipe)       # a resumed run's checkpoint then overwrites the weights
-    train = _loader(cfg, data, "train", True, device, recipe.augment)
-    val = _loader(cfg, data, "val", False, device)
+    train = _loader(cfg, data, "train", True, device, recipe.augment, ddp)
+    val = _loader(cfg, data, "val", False, device, ddp=ddp)
     if len(train) == 0:
         raise UserError("The training split is empty; use more images or smaller --holdout/--val fractions.")
     optimizer, scheduler = make_optimizer(cfg, model, len(train))
-    ckpt = folder.checkpoint
-    ckpt.parent.mkdir(exist_ok=True)
-    start, before = load_checkpoint(ckpt, model, optimizer, scheduler) if resume and ckpt.exists() else (0, 0.0)
+    start, before = _restore(folder, resume, model, optimizer, scheduler, ddp)
+    if ddp.enabled and not ddp.is_main:
+        torch.manual_seed(cfg.seed + 1000 * ddp.rank + start)   # same weights everywhere, own dropout masks
     t_start -= before                      # duration counts the earlier segments of a resumed run too
     if resume:
         sink.emit("resume", {"epoch": start})
     net = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    trained = net                          # `model` (unwrapped) is what checkpoints and evaluations use
+    if ddp.enabled:
+        trained = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     sink.emit("speed", {"message": speed_settings(cfg, device)})
+    if ddp.enabled:
+        sink.emit("info", {"message": f"{ddp.describe(device)}: each process takes --batch-size "
+                                             f"{cfg.batch_size} images per step, so one optimizer step averages the "
+                                             f"gradients of {ddp.world_size * cfg.batch_size} images; the learning "
+                                             f"rate is --lr as given (not scaled)"})
     sink.emit("recipe", {"message": recipe.describe() + ("; evaluation averages each image with its mirror image"
                                                           if cfg.tta else "")})
     weight = balance(cfg, data, device, sink)
@@ -363,19 +421,37 @@ def fit(cfg: TrainConfig, folder, sink=NullSink(), resume: bool = False) -> dict
                                   f"{(data.manifest['split'] == 'train').sum()} training images, starting at epoch {start + 1}"})
     rates = []
     for epoch in range(start + 1, cfg.epochs + 1):
-        row = train_one_epoch(net, train, optimizer, cfg, device, epoch, (epoch - 1) * len(train), sink,
-                              class_weight=weight, recipe=recipe, scheduler=scheduler)
+        row = train_one_epoch(trained, train, optimizer, cfg, device, epoch, (epoch - 1) * len(train), sink,
+                              class_weight=weight, recipe=recipe, scheduler=scheduler, ddp=ddp)
         if not recipe.per_step:
             scheduler.step()
-        v, _, _ = evaluate(net, val, cfg, device, len(data.labels))
+        ddp.sync_buffers(model)
+        v, _, _ = evaluate(net, val, cfg, device, len(data.labels), ddp=ddp)
         rates.append(row["images_per_s"])
-        sink.emit("epoch", {"epoch": epoch, **row, "val_loss": v["loss"], "val_acc": v["acc"],
+        sink.emit("epoch", {"epoch": epoch, **row, "val_loss": v.get("loss"), "val_acc": v.get("acc"),
                             "lr": optimizer.param_groups[0]["lr"]})
-        save_checkpoint(ckpt, model, optimizer, scheduler, epoch, cfg, data.labels, time.time() - t_start)
-    summary = final_evaluation(net, cfg, data, device, folder, sink)
+        if ddp.is_main:
+            save_checkpoint(folder.checkpoint, model, optimizer, scheduler, epoch, cfg, data.labels,
+                            time.time() - t_start)
+    summary = final_evaluation(net, cfg, data, device, folder, sink, ddp)
     summary.update(epochs_completed=cfg.epochs, images_per_s=float(np.mean(rates)) if rates else None,
                    seconds=time.time() - t_start, device=str(device), skipped=len(data.skipped))
+    if ddp.enabled:
+        summary["processes"] = ddp.world_size
     return summary
+
+
+def _restore(folder, resume: bool, model, optimizer, scheduler, ddp) -> tuple[int, float]:
+    """(epoch, seconds so far) of the run's checkpoint, loaded into model, optimizer and scheduler;
+    (0, 0.0) for a new run. Rank 0 reads it and sends it to the others (the runs folder may be on
+    its machine only), so every process starts from the same state."""
+    state = None
+    if ddp.is_main:
+        folder.checkpoint.parent.mkdir(exist_ok=True)
+        if resume and folder.checkpoint.exists():
+            state = read_checkpoint(folder.checkpoint)
+    state = ddp.broadcast(state)
+    return apply_checkpoint(state, model, optimizer, scheduler) if state is not None else (0, 0.0)
 
 
 def balance(cfg, data: Data, device, sink) -> torch.Tensor | None:
@@ -402,11 +478,17 @@ def balance(cfg, data: Data, device, sink) -> torch.Tensor | None:
     return None
 
 
-def final_evaluation(model, cfg, data: Data, device, folder, sink) -> dict:
-    """The seed's table (train/val/holdout accuracy) plus top-5, GAP, per-class and confusion."""
+def final_evaluation(model, cfg, data: Data, device, folder, sink, ddp=None) -> dict:
+    """The seed's table (train/val/holdout accuracy) plus top-5, GAP, per-class and confusion.
+    On several processes each evaluates its shard and rank 0 writes what one process would have."""
+    ddp = ddp or distributed.Distributed()
+    ddp.sync_buffers(model)
     summary = {}
     for split in ("train", "val", "holdout"):
-        m, y, p = evaluate(model, _loader(cfg, data, split, False, device), cfg, device, len(data.labels))
+        m, y, p = evaluate(model, _loader(cfg, data, split, False, device, ddp=ddp), cfg, device, len(data.labels),
+                           ddp=ddp)
+        if not ddp.is_main:
+            continue
         m["labels"], m["names"] = list(data.labels), list(data.names)
         sink.emit("eval", {"split": split, "metrics": m})
         for k in ("acc", "top5", "gap", "balanced_acc", "macro_f1"):

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from core.train.distributed import shard, shard_size
+
 
 # ------------------------------------------------------------------ batched augmentation
 
@@ -100,6 +102,35 @@ def balanced_order(targets, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).choice(n, size=n, replace=True, p=p / p.sum())
 
 
+def epoch_order(targets, seed: int, epoch: int, shuffle: bool, balanced: bool) -> np.ndarray:
+    """The indices one epoch visits, in order, before sharding over processes: the class-balanced
+    draw, a seeded permutation (a function of (seed, epoch)) or, unshuffled, 0..n-1."""
+    if balanced:
+        return balanced_order(targets, seed, epoch)
+    if not shuffle:
+        return np.arange(len(targets))
+    return np.random.default_rng([seed, epoch]).permutation(len(targets))
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """epoch_order then this process's shard, for a DataLoader (the plain pipeline on several
+    processes; the engine calls set_epoch). The same order on every process: the seed, not the rank."""
+
+    def __init__(self, targets, seed: int, shuffle: bool, balanced: bool, rank: int, world: int):
+        self.targets, self.seed, self.epoch = np.asarray(targets, dtype=np.int64), seed, 0
+        self.shuffle, self.balanced, self.rank, self.world = shuffle, balanced, rank, world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return shard_size(len(self.targets), self.rank, self.world, pad=self.shuffle or self.balanced)
+
+    def __iter__(self):
+        order = epoch_order(self.targets, self.seed, self.epoch, self.shuffle, self.balanced)
+        return iter(shard(order, self.rank, self.world, pad=self.shuffle or self.balanced).tolist())
+
+
 class BalancedSampler(torch.utils.data.Sampler):
     """balanced_order for a DataLoader (the plain pipeline); the engine calls set_epoch."""
 
@@ -119,23 +150,25 @@ class BalancedSampler(torch.utils.data.Sampler):
 # ------------------------------------------------------------------ prepared pipeline
 
 class PreparedBatches:
-    """Iterates (uint8 NHWC batch, targets) from a memmap, gathered by a prefetch thread."""
+    """Iterates (uint8 NHWC batch, targets) from a memmap, gathered by a prefetch thread.
+    `rank`/`world`: this process's shard of every epoch's order (core.train.distributed.shard),
+    padded for training (every process takes the same number of steps), not for evaluation."""
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, batch_size: int, shuffle: bool,
-                 seed: int = 0, pin: bool = False, prefetch: int = 4, threads: int = 0, balanced: bool = False):
+                 seed: int = 0, pin: bool = False, prefetch: int = 4, threads: int = 0, balanced: bool = False,
+                 rank: int = 0, world: int = 1):
         self.images, self.targets, self.balanced = images, np.asarray(targets, dtype=np.int64), balanced
         self.batch_size, self.shuffle, self.seed, self.pin, self.prefetch = batch_size, shuffle, seed, pin, prefetch
         self.threads = threads or min(4, os.cpu_count() or 1)
+        self.rank, self.world = rank, world
 
     def __len__(self):
-        return math.ceil(len(self.targets) / self.batch_size)
+        n = shard_size(len(self.targets), self.rank, self.world, pad=self.shuffle or self.balanced)
+        return math.ceil(n / self.batch_size)
 
     def _order(self, epoch: int) -> np.ndarray:
-        if self.balanced:
-            return balanced_order(self.targets, self.seed, epoch)
-        if not self.shuffle:
-            return np.arange(len(self.targets))
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.targets))
+        order = epoch_order(self.targets, self.seed, epoch, self.shuffle, self.balanced)
+        return shard(order, self.rank, self.world, pad=self.shuffle or self.balanced)
 
     def _gather(self, idx):
         idx = np.sort(idx)  # sorted reads are sequential in the memmap
@@ -185,11 +218,14 @@ class PlainDataset(Dataset):
 
 
 def plain_loader(paths, targets, size, augment, batch_size, shuffle, workers, pin, seed=0,
-                 balanced: bool = False) -> DataLoader:
-    """`balanced`: a BalancedSampler draws each epoch's images (set_epoch before iterating)."""
+                 balanced: bool = False, rank: int = 0, world: int = 1) -> DataLoader:
+    """`balanced`: a BalancedSampler draws each epoch's images (set_epoch before iterating).
+    `world` > 1: a ShardSampler gives this process (`rank`) its share of every epoch."""
     workers = (os.cpu_count() or 1) if workers < 0 else workers
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + rank)        # the workers' augmentations differ per process
     sampler = BalancedSampler(targets, seed) if balanced else None
+    if world > 1:
+        sampler = ShardSampler(targets, seed, shuffle, balanced, rank, world)
     return DataLoader(PlainDataset(paths, targets, size, augment), batch_size=batch_size,
                       shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=workers, pin_memory=pin, persistent_workers=workers > 0, generator=g)

@@ -1,0 +1,223 @@
+"""One run on several processes (torch.distributed, gloo on the CPU): launched by --nproc and by
+torchrun directly, killed and resumed; and the sharding and gathering it rests on, without processes."""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core.runs.jobs import run_job
+from core.runs.store import RunStore
+from core.train.distributed import shard, shard_size, unshard
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parent.parent
+GLOO = torch.distributed.is_available() and torch.distributed.is_gloo_available()
+needs_gloo = pytest.mark.skipif(not GLOO, reason="torch.distributed with gloo is not available")
+
+# the two-process run: 2 x 16 images per step; the one-process run it is compared with: 32
+RUN = dict(model="small_cnn", weights="none", classes=4, epochs=10, image_size=16, holdout=0.3, val=0.2,
+           recipe="poster", lr=3e-3, device="cpu", seed=0)
+
+
+def _flags(**kw) -> list[str]:
+    out = []
+    for k, v in kw.items():
+        out += [f"--{k.replace('_', '-')}", str(v)]
+    return out
+
+
+def _popen(home, args):
+    env = dict(os.environ, LANDMARKS_HOME=str(home), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _finish(p, timeout=240):
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        raise AssertionError("timed out: " + err[-3000:])
+    assert p.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+def _processes_of(arg: str) -> list[int]:
+    """Processes alive running `-m core ...` with `arg` (the test's data path) among their arguments."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if arg.encode() in cmd and b"core" in cmd:
+            pids.append(int(d.name))
+    return pids
+
+
+@needs_gloo
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the run's processes in /proc")
+def test_a_two_process_run_killed_resumed_and_finished_trains_like_one_process(home, demo_root):
+    """(1) torchrun starts a run directly (every process runs `python -m core train`, rank 0 makes
+    the run); (2) SIGKILL of torchrun's process group after the first checkpoint: its processes,
+    in sessions of their own, notice and leave; (3) `python -m core train --resume` finishes it on
+    2 processes (the run's nproc: its train job starts torchrun); (4) every epoch is stored once and
+    it learnt as well as the same run on one process, within the noise of 72 holdout images."""
+    p = _popen(home, ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "core", "train",
+                      "--data", str(demo_root), *_flags(**{**RUN, "epochs": 500}), "--batch-size", "16"])
+    store, t0, run_id, one = RunStore(), time.time(), None, {}
+    alone = threading.Thread(target=lambda: one.update(run_job(store, store.create(
+        tiny_config(demo_root, **{**RUN, "batch_size": 32}), status="running"))))
+    alone.start()                                  # meanwhile, the same run in one process (here)
+    while run_id is None and time.time() - t0 < 120 and p.poll() is None:
+        for r in store.list():
+            if r["config"]["nproc"] == 2 and store.run(r["run_id"]).has_checkpoint():
+                run_id = r["run_id"]
+        time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGKILL)               # torchrun, with no chance to stop its processes
+    err = p.communicate()[1]
+    assert run_id, "no checkpoint: " + err[-3000:]
+    run = store.run(run_id)
+    t0 = time.time()
+    while _processes_of(str(demo_root)) and time.time() - t0 < 30:
+        time.sleep(0.2)
+    assert not _processes_of(str(demo_root))       # none goes on training into the run
+    assert run.config().nproc == 2
+    done = int(store.epochs(run_id)["epoch"].max())
+    assert done < RUN["epochs"]
+    run.update_config(dataclasses.replace(run.config(), epochs=RUN["epochs"]))
+
+    q = _popen(home, ["-m", "core", "train", "--resume", run_id, "--json"])
+    two, err = _finish(q)
+    alone.join()
+    assert two["status"] == "done" and one["status"] == "done", (err[-3000:], one)
+    assert two["epochs_completed"] == RUN["epochs"] and store.get(run_id)["status"] == "done"
+    split = pd.read_csv(run.split_file)
+    n_train = int((split["split"] == "train").sum())
+    ep = store.epochs(run_id)["epoch"].tolist()
+    assert ep == list(range(1, RUN["epochs"] + 1))
+    assert [r["epoch"] for r in json.loads(run.epochs_file.read_text())] == ep
+    steps = store.steps(run_id)                    # rank 0's steps, one row each: 2 x 16 images a step
+    assert steps["step"].tolist() == list(range(1, RUN["epochs"] * -(-n_train // 32) + 1))
+    kinds = [(e["kind"], e["message"]) for e in store.events(run_id)]
+    assert sum(m.startswith("distributed: 2 processes (gloo; cpu, cpu)") and "32 images" in m
+               for _, m in kinds) == 2             # the first segment and the resumed one
+    assert ("resume", "resumed from the command line") in kinds
+    assert store.get(run_id)["summary"]["processes"] == 2
+    # evaluations gathered whole, in the split's order, as one process writes them
+    evals = store.evals(run_id)
+    assert {s: evals[s]["n"] for s in evals} == split["split"].value_counts().to_dict()
+    pred = run.predictions("holdout")
+    assert pred["path"].tolist() == split.loc[split["split"] == "holdout", "path"].tolist()
+    assert (pred["pred"] == pred["target"]).mean() == pytest.approx(two["holdout_acc"])
+    # both learnt (the majority class is 0.42 of the images). 72 holdout images: a standard error of
+    # about 0.06 each, and on ~115 training images the two runs' different batches alone move holdout
+    # accuracy by up to ~0.2 (seeds 0-3 of the one-process run: 0.55-0.80)
+    assert two["holdout_acc"] > 0.5 and one["holdout_acc"] > 0.5, (two, one)
+    assert abs(two["holdout_acc"] - one["holdout_acc"]) <= 0.25, (two, one)
+    assert "epoch 10" in err                       # rank 0's progress bar on the terminal
+
+
+def test_nproc_is_a_checked_config_field(tmp_path):
+    from core.errors import UserError
+    from core.train.config import TrainConfig
+    with pytest.raises(UserError, match="--nproc must be between 1 and 1024; got 0"):
+        tiny_config(".", nproc=0).validate()
+    (tmp_path / "config.json").write_text(json.dumps({"data": ".", "model": "small_cnn"}))
+    assert TrainConfig.load(tmp_path / "config.json").nproc == 1     # runs from before: one process
+
+
+# ------------------------------------------------------------------ without processes
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", [0, 1, 5, 12, 13])
+def test_training_shards_use_every_index_once_up_to_padding_with_equal_steps(n, world):
+    from core.train.pipeline import PreparedBatches, ShardSampler, epoch_order
+    targets = np.arange(n) % 3
+    for shuffle, balanced in ((True, False), (True, True)):
+        order = epoch_order(targets, 7, 2, shuffle, balanced)
+        parts = [shard(order, r, world, pad=True) for r in range(world)]
+        assert {len(p) for p in parts} == {shard_size(n, 0, world, pad=True)}
+        used = np.concatenate(parts) if parts else np.zeros(0)
+        assert set(used.tolist()) == set(order.tolist())             # every drawn index is used
+        assert len(used) - n < world                                 # padding repeats fewer than `world`
+        pos = np.concatenate([np.arange(r, len(used), world) for r in range(world)])
+        assert np.array_equal(used, np.resize(order, len(used))[pos]) if n else True
+        loaders = [PreparedBatches(np.zeros((n, 2, 2, 3), np.uint8), targets, 4, shuffle=shuffle, seed=7,
+                                   balanced=balanced, rank=r, world=world, threads=1) for r in range(world)]
+        assert len({len(b) for b in loaders}) == 1                   # the same number of steps everywhere
+        got = [np.concatenate([y.numpy() for _, y in b.epoch(2)]) if len(b) else np.zeros(0) for b in loaders]
+        assert sorted(np.concatenate(got).tolist()) == sorted(targets[used].tolist())
+        samplers = [ShardSampler(targets, 7, shuffle, balanced, r, world) for r in range(world)]
+        for s in samplers:
+            s.set_epoch(2)
+        assert [list(s) for s in samplers] == [p.tolist() for p in parts]
+
+
+def test_the_processes_batches_together_are_the_one_process_batches():
+    """Interleaved shards: step k's batches of the `world` processes hold exactly the images of one
+    process's batch k at `world` x the batch size (so N processes train like one, but for batch norm
+    seeing each process's share of a batch)."""
+    from core.train.pipeline import epoch_order
+    order = epoch_order(np.zeros(70), 3, 1, True, False)
+    for world, b in ((2, 8), (4, 4), (3, 5)):
+        parts = [shard(order, r, world, pad=True) for r in range(world)]
+        padded = np.resize(order, len(parts[0]) * world)
+        for k in range(-(-len(parts[0]) // b)):
+            together = np.concatenate([p[k * b:(k + 1) * b] for p in parts])
+            assert sorted(together.tolist()) == sorted(padded[k * b * world:(k + 1) * b * world].tolist())
+
+
+def test_one_process_is_left_as_it_was():
+    from core.train.pipeline import PreparedBatches
+    order = np.random.default_rng([3, 5]).permutation(10)
+    assert np.array_equal(shard(order, 0, 1, pad=True), order)
+    b = PreparedBatches(np.zeros((10, 2, 2, 3), np.uint8), np.arange(10), 4, shuffle=True, seed=3)
+    assert np.array_equal(b._order(5), order) and len(b) == 3
+
+
+@pytest.mark.parametrize("world", [2, 3, 5])
+@pytest.mark.parametrize("n", [0, 1, 4, 11])
+def test_evaluation_shards_gather_back_in_the_split_order(n, world):
+    order = np.arange(n)
+    parts = [shard(order, r, world, pad=False) for r in range(world)]
+    assert sum(map(len, parts)) == n and [len(p) for p in parts] == [shard_size(n, r, world, False)
+                                                                      for r in range(world)]
+    assert np.array_equal(unshard(parts), order)
+    probs = np.random.default_rng(0).random((n, 3))
+    assert np.array_equal(unshard([probs[p] for p in parts]), probs)
+
+
+def test_sharded_predictions_gathered_equal_one_process_predictions(demo_root):
+    """The engine's evaluation on 3 shards (what 3 processes compute), put back together: exactly
+    one process's targets and probabilities, row for row."""
+    from core.runs.store import RunFolder
+    from core.train.engine import _loader, load_data, predict_batches
+    from core.train.models import build_model
+
+    class Rank:
+        def __init__(self, rank, world):
+            self.rank, self.world_size = rank, world
+    cfg = tiny_config(demo_root, image_size=16)
+    folder = RunFolder(Path(os.environ["LANDMARKS_HOME"]) / "run")
+    folder.dir.mkdir(parents=True)
+    data = load_data(cfg, folder)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", len(data.labels), "none")
+    cpu = torch.device("cpu")
+    y1, p1 = predict_batches(model, _loader(cfg, data, "val", False, cpu), cfg, cpu)
+    parts = [predict_batches(model, _loader(cfg, data, "val", False, cpu, ddp=Rank(r, 3)), cfg, cpu)
+             for r in range(3)]
+    assert np.array_equal(unshard([y for y, _ in parts]), y1)
+    assert np.allclose(unshard([p for _, p in parts]), p1, atol=1e-6)
