@@ -220,6 +220,8 @@ def train_again(config: dict) -> None:
     ss = st.session_state
     for key, field in TRAIN_FIELDS.items():   # a key the stored config lacks: what it meant then (LEGACY)
         ss[key] = config.get(field, LEGACY.get(field, DEFAULTS[field]))
+    if isinstance(ss["train_compile"], bool):  # stored before compile had "auto"
+        ss["train_compile"] = "on" if ss["train_compile"] else "off"
     weights = str(config.get("weights") or "imagenet")
     ss["train_weights"] = weights if weights in ("imagenet", "none") else "path"
     ss["train_weights_path"] = "" if weights in ("imagenet", "none") else weights

@@ -182,7 +182,8 @@ def form(n_classes: int) -> bool:
                         help=spec("channels_last")["help"])
             g.selectbox("Fused optimizer", SWITCHES, key="train_fused", persist_state="session",
                         help=spec("fused")["help"])
-            g.checkbox("torch.compile", key="train_compile", persist_state="session", help=spec("compile")["help"])
+            g.selectbox("torch.compile", SWITCHES, key="train_compile", persist_state="session",
+                        help=spec("compile")["help"])
         return st.form_submit_button("🚀 Launch training run", type="primary", key="train_launch")
 
 

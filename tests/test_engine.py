@@ -34,6 +34,8 @@ def test_training_raises_accuracy_and_records_everything(demo_root):
     assert (d / "predictions_holdout.parquet").exists()
     n_train = (pd.read_csv(d / "split.csv")["split"] == "train").sum()
     assert len(store.steps(run_id)) == 8 * -(-n_train // 32)    # one row per step, none lost
+    speed = [e["message"] for e in store.events(run_id) if e["kind"] == "speed"]
+    assert speed and "compile off" in speed[0] and "compile auto but not used: the device is cpu" in speed[0]
 
 
 class StopAfter:

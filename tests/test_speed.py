@@ -283,3 +283,17 @@ def test_a_script_without_a_main_guard_still_finishes(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["ok", str(2 * (P.POOL_MIN // 2 + 8))]
+
+
+def test_compile_setting_reads_old_booleans_and_a_bare_flag():
+    """config.json files from before "auto" hold true/false; `--compile` alone still means on."""
+    import argparse
+    from core.train.config import TrainConfig, add_arguments, from_arguments
+    assert TrainConfig.from_dict({"compile": True}).compile == "on"
+    assert TrainConfig.from_dict({"compile": False}).compile == "off"
+    assert TrainConfig().compile == "auto"
+    ap = argparse.ArgumentParser()
+    add_arguments(ap)
+    assert from_arguments(ap.parse_args(["--compile"])).compile == "on"
+    assert from_arguments(ap.parse_args(["--compile", "off"])).compile == "off"
+    assert from_arguments(ap.parse_args([])).compile == "auto"

@@ -75,7 +75,8 @@ class TrainConfig:
     precision: str = _f("auto", "auto (bf16 on CUDA, fp32 elsewhere) | bf16 | fp32", choices=PRECISIONS)
     channels_last: str = _f("auto", "NHWC memory format: auto (on for CUDA and CPU) | on | off", choices=SWITCHES)
     fused: str = _f("auto", "fused optimizer kernel: auto (on for CUDA and CPU) | on | off", choices=SWITCHES)
-    compile: bool = _f(False, "torch.compile the model (pays off on CUDA for long runs)")
+    compile: str = _f("auto", "torch.compile: auto (on CUDA, when the run is long enough to pay back compiling; "
+                              "the run's events say which was chosen and why) | on | off", choices=SWITCHES)
     nproc: int = _f(1, "processes for one run (torch.distributed, one GPU each on CUDA); each takes --batch-size "
                        "images per step, so a step averages nproc x --batch-size images; --lr is not scaled",
                     lo=1, hi=1024)
@@ -100,6 +101,8 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
+        if isinstance(d.get("compile"), bool):      # a boolean before "auto" existed
+            d["compile"] = "on" if d["compile"] else "off"
         if "augment" in d:
             d["augment"] = parse_augment(d["augment"])
         return cls(**d)
@@ -149,6 +152,8 @@ def add_arguments(parser) -> None:
         help_ = f"{m['help']} (default: {default if default != () else 'none'})"
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", default=None, help=m["help"])
+        elif f.name == "compile":                   # a bare --compile (as before "auto" existed) is "on"
+            parser.add_argument(flag, nargs="?", const="on", default=None, help=help_, choices=m.get("choices"))
         elif f.name == "augment":
             parser.add_argument(flag, default=None, help=help_)
         else:

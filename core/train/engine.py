@@ -29,7 +29,7 @@ from core.data.readers import load_index
 from core.errors import UserError
 from core.train.models import build_model
 from core.train.pipeline import PreparedBatches, augment_batch, class_counts, class_weights, plain_loader, to_float
-from core.train import recipes
+from core.train import recipes, speed
 from core.data.prepared import SCAN_SIZE, prepare  # SCAN_SIZE: the plain pipeline checks every file once at it
 from core.train.sinks import Cancelled, NullSink
 from core.data.splits import load_manifest, make_manifest, save_manifest, top_classes
@@ -56,7 +56,7 @@ class Data:
     synthetic: bool
 
 
-def load_data(cfg: TrainConfig, folder, sink=NullSink(), ddp=None) -> Data:
+def load_data(cfg: TrainConfig, folder, sink=NullSink(), ddp=None, device=None) -> Data:
     """Top-N classes, scan (decode once), drop unreadable files, split; reuse the manifest on resume.
     `folder`: the run's files (core.runs.store.RunFolder: split_file, classes_file...). On several
     processes (`ddp`) every one scans (the cache's lock makes them take turns on a machine: the
@@ -71,6 +71,7 @@ def load_data(cfg: TrainConfig, folder, sink=NullSink(), ddp=None) -> Data:
     size = cfg.image_size if cfg.pipeline == "prepared" else SCAN_SIZE
     sink.emit("info", {"message": f"preparing {len(chosen)} images at {size}px (decoded once, cached)"})
     prep = prepare(chosen["path"].tolist(), size, key=str(index.root), workers=0,
+                   device=device if device is not None and device.type == "cuda" else None,   # nvJPEG
                    progress=lambda d, t: sink.emit("prepare", {"message": f"prepared {d}/{t}"}) if d % 2000 == 0 else None)
     rows = pd.Series(prep.rows, index=chosen["path"].to_numpy())
     good = chosen[prep.ok].reset_index(drop=True)
@@ -166,12 +167,16 @@ def bf16(cfg, device) -> bool:
     return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
 
 
-def speed_settings(cfg, device) -> str:
+def _compile_key(cfg) -> str:
+    return f"{cfg.image_size}/{cfg.batch_size}"
+
+
+def speed_settings(cfg, device, compiled: bool = False) -> str:
     """What the speed fields resolved to on this device, for the run's events."""
     return (f"precision {'bf16' if bf16(cfg, device) else 'fp32'}, channels_last "
             f"{'on' if channels_last(cfg, device) else 'off'}, fused optimizer "
             f"{'on' if _switch(cfg.fused, device) else 'off'}, compile "
-            f"{'on' if cfg.compile and device.type == 'cuda' else 'off'}")
+            f"{'on' if compiled else 'off'}")
 
 
 def _inputs(cfg, x, device, train: bool, gen, augment=None):
@@ -387,7 +392,7 @@ def fit(cfg: TrainConfig, folder, sink=NullSink(), resume: bool = False, ddp=Non
     torch.manual_seed(cfg.seed)
     t_start = time.time()
     device = ddp.place(select_device(cfg.device))
-    data = load_data(cfg, folder, sink, ddp)
+    data = load_data(cfg, folder, sink, ddp, device)
     model = build_model(cfg.model, len(data.labels), cfg.weights, cfg.freeze).to(device)
     if channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
@@ -404,11 +409,13 @@ def fit(cfg: TrainConfig, folder, sink=NullSink(), resume: bool = False, ddp=Non
     t_start -= before                      # duration counts the earlier segments of a resumed run too
     if resume:
         sink.emit("resume", {"epoch": start})
-    net = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    compiled, why = speed.compile_choice(cfg.compile, device, (cfg.epochs - start) * len(train), cfg.model,
+                                         warm=speed.warm_cache(cfg.model, _compile_key(cfg)))
+    net = torch.compile(model, **speed.COMPILE_KWARGS) if compiled else model
     trained = net                          # `model` (unwrapped) is what checkpoints and evaluations use
     if ddp.enabled:
         trained = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    sink.emit("speed", {"message": speed_settings(cfg, device)})
+    sink.emit("speed", {"message": f"{speed_settings(cfg, device, compiled)}; {why}"})
     if ddp.enabled:
         sink.emit("info", {"message": f"{ddp.describe(device)}: each process takes --batch-size "
                                              f"{cfg.batch_size} images per step, so one optimizer step averages the "
@@ -426,14 +433,16 @@ def fit(cfg: TrainConfig, folder, sink=NullSink(), resume: bool = False, ddp=Non
         if not recipe.per_step:
             scheduler.step()
         ddp.sync_buffers(model)
-        v, _, _ = evaluate(net, val, cfg, device, len(data.labels), ddp=ddp)
+        v, _, _ = evaluate(model, val, cfg, device, len(data.labels), ddp=ddp)   # eager: no eval-mode graphs
         rates.append(row["images_per_s"])
         sink.emit("epoch", {"epoch": epoch, **row, "val_loss": v.get("loss"), "val_acc": v.get("acc"),
                             "lr": optimizer.param_groups[0]["lr"]})
         if ddp.is_main:
             save_checkpoint(folder.checkpoint, model, optimizer, scheduler, epoch, cfg, data.labels,
                             time.time() - t_start)
-    summary = final_evaluation(net, cfg, data, device, folder, sink, ddp)
+    if compiled:
+        speed.note_compiled(cfg.model, _compile_key(cfg))   # Inductor's caches make the next compile quick
+    summary = final_evaluation(model, cfg, data, device, folder, sink, ddp)
     summary.update(epochs_completed=cfg.epochs, images_per_s=float(np.mean(rates)) if rates else None,
                    seconds=time.time() - t_start, device=str(device), skipped=len(data.skipped))
     if ddp.enabled:
