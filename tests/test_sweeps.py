@@ -74,6 +74,25 @@ def test_grid_sweep_runs_every_configuration_once_and_prunes_one_that_cannot_lea
     assert status["finished"] and status["best"]["run_id"] == out["best"]["run_id"]
 
 
+def test_a_driver_killed_between_creating_a_run_and_recording_it_leaves_no_second_run(demo_root):
+    """The dead driver created trial #0's run but died before writing its id on the trial: the
+    next driver adopts that run instead of creating another one for the same configuration."""
+    import socket
+    from core.runs.jobs import device_key
+    sweeps.create("race", _base(demo_root), {"lr": [0.003]})
+    study = sweeps.load("race")
+    trial = study.ask()                                               # the enqueued configuration
+    trial.set_user_attr("driver", {"host": socket.gethostname(), "pid": 2 ** 22 + 1, "proc": None})
+    store = RunStore()
+    cfg = sweeps.trial_config(study.user_attrs["base"], trial.params)
+    orphan = store.create(cfg, status="queued", device=device_key(cfg.device),
+                          args={"sweep": "race", "trial": trial.number, "trial_id": trial._trial_id})
+    info = sweeps.drive("race", store, poll_s=0.2)
+    assert info["finished"] and info["counts"]["complete"] == 1
+    assert [r["run_id"] for r in store.list()] == [orphan] == [info["configs"][0]["run_id"]]
+    assert store.get(orphan)["name"] == "race #0"
+
+
 def test_a_killed_driver_continues_and_two_drivers_share_one_study(demo_root):
     sweeps.create("shared", _base(demo_root), sweeps.parse_space(["lr=0.003,0.001", "seed=0,1"]))
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -274,6 +274,19 @@ def _launch(store, study, trial, base: dict, name: str, storage: str | None) -> 
     return run_id
 
 
+def _orphan(store, study, trial, name: str) -> str | None:
+    """The run a driver created for this trial but was killed before recording on it (between
+    `store.create` and `set_user_attr`): adopted, so the trial never gets a second run."""
+    for r in store.list():
+        a = r.get("args") or {}
+        if a.get("sweep") == name and a.get("trial_id") == trial._trial_id:
+            store.set(r["run_id"], name=f"{name} #{trial.number}")
+            trial.set_user_attr("run_id", r["run_id"])
+            trial.set_user_attr("host", socket.gethostname())
+            return r["run_id"]
+    return None
+
+
 def _launch_or_fail(store, study, trial, base: dict, name: str, storage: str | None) -> str | None:
     """The trial's run id, or None when its configuration is refused (the trial is then failed)."""
     try:
@@ -376,6 +389,7 @@ def drive(name: str, store, storage: str | None = None, poll_s: float = 0.5, sho
             run_id = fresh.user_attrs.get("run_id")
             if run_id and store.get(run_id) is None:
                 run_id = None
+            run_id = run_id or _orphan(store, study, trial, name)
             run_id = run_id or _launch_or_fail(store, study, trial, base, name, storage)
             if run_id:
                 mine[t.number] = {"trial": trial, "run_id": run_id, "resumes": 0}
