@@ -144,9 +144,12 @@ def live_view(run_id: str, was_active: bool) -> None:
 def status_line(run: dict) -> None:
     icon = STATUS_ICON.get(run["status"], "")
     c = run["config"]
+    nproc = int(c.get("nproc") or 1)
+    where = f"device {run.get('device') or '—'}" + (f" · {nproc} processes" if nproc > 1 else "")
     st.markdown(f"**Status:** {icon} {run['status']} · **{run['model']}** · {classes_text(run)} classes · "
-                f"{c.get('epochs')} epochs · lr {c.get('lr')} · batch {c.get('batch_size')} · "
-                f"{c.get('optimizer')} · {c.get('image_size')} px · device {run.get('device') or '—'}")
+                f"{c.get('epochs')} epochs · {c.get('recipe', 'poster')} recipe · lr {c.get('lr')} · "
+                f"batch {c.get('batch_size')}{' per process' if nproc > 1 else ''} · "
+                f"{c.get('optimizer')} · {c.get('image_size')} px · {where}")
 
 
 def progress_bar(run: dict) -> None:

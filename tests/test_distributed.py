@@ -127,6 +127,12 @@ def test_a_two_process_run_killed_resumed_and_finished_trains_like_one_process(h
     assert two["holdout_acc"] > 0.5 and one["holdout_acc"] > 0.5, (two, one)
     assert abs(two["holdout_acc"] - one["holdout_acc"]) <= 0.25, (two, one)
     assert "epoch 10" in err                       # rank 0's progress bar on the terminal
+    from streamlit.testing.v1 import AppTest         # the Runs page says how it trained
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "runs.py"), default_timeout=60)
+    at.query_params["run"] = run_id
+    at.run()
+    assert not at.exception
+    assert any("batch 16 per process" in m.value and "2 processes" in m.value for m in at.markdown)
 
 
 def test_nproc_is_a_checked_config_field(tmp_path):
