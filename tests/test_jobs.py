@@ -112,14 +112,21 @@ def test_a_reused_pid_does_not_keep_a_dead_run_running(demo_root, tmp_path):
         assert c.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
 
 
-def test_queue_runs_one_per_gpu_and_pins_each_worker(demo_root, monkeypatch):
-    """On a (pretend) 2-GPU machine visible as CUDA_VISIBLE_DEVICES=4,6: two runs start at once,
-    each pinned to its own GPU; the third waits until one of them ends; resume re-queues on any GPU."""
+def pretend_two_gpus(monkeypatch) -> list:
+    """A machine with 2 GPUs, visible as CUDA_VISIBLE_DEVICES=4,6; returns the list of the workers
+    the queue would start, (run id, CUDA_VISIBLE_DEVICES), none really started."""
     spawned = []
     monkeypatch.setattr(jobs, "gpu_count", lambda: 2)
     monkeypatch.setattr(jobs, "device_key", lambda pref, gpus=1: "cuda" if gpus == 1 else f"cuda*{gpus}")
     monkeypatch.setattr(jobs, "_spawn", lambda store, run_id, cuda=None: spawned.append((run_id, cuda)))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    return spawned
+
+
+def test_queue_runs_one_per_gpu_and_pins_each_worker(demo_root, monkeypatch):
+    """On a (pretend) 2-GPU machine visible as CUDA_VISIBLE_DEVICES=4,6: two runs start at once,
+    each pinned to its own GPU; the third waits until one of them ends; resume re-queues on any GPU."""
+    spawned = pretend_two_gpus(monkeypatch)
     store = RunStore()
     a, b, c = (jobs.launch(tiny_config(demo_root, seed=i), store) for i in range(3))
     assert spawned == [(a, "4"), (b, "6")]
@@ -136,11 +143,7 @@ def test_a_two_gpu_run_holds_both_gpus_and_waits_for_both(demo_root, monkeypatch
     """On a (pretend) 2-GPU machine: a one-GPU run takes GPU 0; a two-GPU run waits until both are
     free, then holds both (the worker sees both, in order); a one-GPU run queued behind it waits;
     a run asking for more GPUs than the machine has is refused in one sentence."""
-    spawned = []
-    monkeypatch.setattr(jobs, "gpu_count", lambda: 2)
-    monkeypatch.setattr(jobs, "device_key", lambda pref, gpus=1: "cuda" if gpus == 1 else f"cuda*{gpus}")
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run_id, cuda=None: spawned.append((run_id, cuda)))
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    spawned = pretend_two_gpus(monkeypatch)
     store = RunStore()
     one = jobs.launch(tiny_config(demo_root, seed=0), store)
     two = jobs.launch(tiny_config(demo_root, seed=1, nproc=2), store)

@@ -199,12 +199,10 @@ def test_train_page_preset_then_launch_queues_a_worker(demo_home):
 def test_train_page_offers_gpus_only_on_a_machine_with_several(demo_home, monkeypatch):
     """One GPU or none: no GPUs field, runs use one process. Two GPUs: "GPUs (this machine has 2)";
     asking for 3 is refused in one sentence and creates nothing; 2 queues a run that waits for both."""
-    from core.runs import jobs
+    from tests.test_jobs import pretend_two_gpus
     at = page("train.py").run()
     assert not [n for n in at.number_input if n.key == "train_nproc"]
-    monkeypatch.setattr(jobs, "gpu_count", lambda: 2)
-    monkeypatch.setattr(jobs, "device_key", lambda pref, gpus=1: "cuda" if gpus == 1 else f"cuda*{gpus}")
-    monkeypatch.setattr(jobs, "_spawn", lambda *a, **k: None)        # nothing really starts on a pretend GPU
+    pretend_two_gpus(monkeypatch)                        # nothing really starts on a pretend GPU
     at = page("train.py").run()
     field = at.number_input(key="train_nproc")
     assert field.label == "GPUs (this machine has 2)" and field.value == 1
