@@ -308,15 +308,18 @@ def stage_vgg(r: dict, files: list[str], tmp: Path, size: int, batch: int, worke
 
 # ------------------------------------------------------------------ table
 
+def _end_to_end_row(label: str, t: dict) -> str:
+    return (f"| {label} | {t['plain_img_s']:,.0f} img/s | {t['project_img_s']:,.0f} img/s (training only "
+            f"{t['project_img_s_training_only']:,.0f}; preparation {t['project_prepare_s']:.1f} s) | {t['ratio']:.2f}× |")
+
+
 def table(r: dict) -> str:
     L = [f"card: {r['card']}; torch {r['torch']}, torchvision {r['torchvision']}; {r['cores']} cores; {r['date']}",
          "", "| | plain recipe | this project | ratio |", "|---|---|---|---|"]
     t = r.get("resnet18")
     if t:
-        L.append(f"| ResNet-18 {r['size']} px b{t['batch']}, {t['images']:,} training images of {r['images']:,} JPEGs "
-                 f"640×480, end to end over {t['amortised_over_epochs']} epochs | {t['plain_img_s']:,.0f} img/s | "
-                 f"{t['project_img_s']:,.0f} img/s (training only {t['project_img_s_training_only']:,.0f}; preparation "
-                 f"{t['project_prepare_s']:.1f} s) | {t['ratio']:.2f}× |")
+        L.append(_end_to_end_row(f"ResNet-18 {r['size']} px b{t['batch']}, {t['images']:,} training images of "
+                                 f"{r['images']:,} JPEGs 640×480, end to end over {t['amortised_over_epochs']} epochs", t))
     c = r.get("compile")
     if t or c:
         eager = (c or {}).get("eager_img_s") or (t or {}).get("from_memory_img_s")
@@ -332,10 +335,7 @@ def table(r: dict) -> str:
         L.append(f"| the same model fed from memory (no input pipeline) | | {'; '.join(cells)} | |")
     v = r.get("vgg16")
     if v:
-        L.append(f"| VGG-16 {r['size']} px b{v['batch']}, {v['images']:,} images, end to end | "
-                 f"{v['plain_img_s']:,.0f} img/s | "
-                 f"{v['project_img_s']:,.0f} img/s (training only {v['project_img_s_training_only']:,.0f}; preparation "
-                 f"{v['project_prepare_s']:.1f} s) | {v['ratio']:.2f}× |")
+        L.append(_end_to_end_row(f"VGG-16 {r['size']} px b{v['batch']}, {v['images']:,} images, end to end", v))
     q = r.get("prepare_per_core_vs_plain")
     if q:
         L.append(f"| preparation, one core | {q['plain_img_s_per_core']:,.0f} img/s | "

@@ -406,3 +406,17 @@ def start_here() -> None:
             except StreamlitAPIException:  # the page runs on its own (e.g. in a test): nothing to link into
                 col.markdown(f"{icon} **{label}**")
             col.caption(text)
+
+
+def loss_controls(prefix: str) -> tuple[bool, float]:
+    """The log-scale toggle and the smoothing slider of the loss curves (kept for the session);
+    keys `<prefix>_log_loss` and `<prefix>_smoothing`. Returns (log axis, EMA weight)."""
+    from dashboard import charts
+    c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
+    log = c1.toggle("Log-scale loss", key=f"{prefix}_log_loss", persist_state="session",
+                    help="Plot the loss curves on a logarithmic axis: late, small improvements stay visible.")
+    weight = c2.slider("Smoothing of the per-step loss", 0.0, 0.99, value=charts.SMOOTHING, step=0.01,
+                       key=f"{prefix}_smoothing", persist_state="session",
+                       help="The weight of an exponential moving average, as in TensorBoard: 0 draws the raw "
+                            "loss, 0.99 a very smooth line. The raw loss stays behind it, faint.")
+    return log, weight

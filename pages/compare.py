@@ -1,8 +1,8 @@
 """Compare: two or more finished runs side by side — metrics and config differences, curves,
 per-class accuracy on the classes they share, confusion matrices, and the same image explained
 by each model with the same method (the seed's Figs. 5–6)."""
-from dashboard.common import (ROOT, classes_text, home_key, predictor, run_picker, runs_frame, store,  # noqa: I001
-                              user_error)
+from dashboard.common import (ROOT, classes_text, home_key, loss_controls, predictor, run_picker, runs_frame,  # noqa: I001
+                              store, user_error)
 
 import hashlib
 from pathlib import Path
@@ -259,13 +259,7 @@ with st.expander("Configuration differences", expanded=True):
     config_table(runs, names)
 
 st.subheader("Curves")
-c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
-log_loss = c1.toggle("Log-scale loss", key="cmp_log_loss", persist_state="session",
-                     help="Plot the loss curves on a logarithmic axis.")
-smoothing = c2.slider("Smoothing of the per-step loss", 0.0, 0.99, value=charts.SMOOTHING, step=0.01,
-                      key="cmp_smoothing", persist_state="session",
-                      help="The weight of an exponential moving average, as in TensorBoard: 0 draws the raw loss, "
-                           "0.99 a very smooth line. The raw loss stays behind it, faint.")
+log_loss, smoothing = loss_controls("cmp")
 st.plotly_chart(charts.curves_figure({names[r["run_id"]]: load_epochs(home_key(), r["run_id"], r["finished"])
                                       for r in runs}, log=log_loss), key="cmp_curves")
 st.plotly_chart(charts.step_curves_figure({names[r["run_id"]]: load_steps(home_key(), r["run_id"], r["finished"])

@@ -1,7 +1,8 @@
 """Runs: every run in one table; the selected run's live curves and progress, its final
 metrics, and the controls to cancel, resume or delete it. Reads the run store only; the
 workers write it. Live parts poll inside st.fragment(run_every=...) only while a run is active."""
-from dashboard.common import ROOT, STATUS_ICON, classes_text, home_key, runs_frame, run_label, store, train_again
+from dashboard.common import (ROOT, STATUS_ICON, classes_text, home_key, loss_controls, runs_frame, run_label,  # noqa: I001
+                              store, train_again)
 from dashboard import charts
 from dashboard.export_panel import export_buttons
 from dashboard.progress import phase_and_eta
@@ -194,24 +195,12 @@ def step_figure(steps: pd.DataFrame, weight: float = charts.SMOOTHING, log: bool
     return charts.step_curves_figure({"train": steps}, weight=weight, log=log)
 
 
-def loss_controls() -> tuple[bool, float]:
-    """The log-scale toggle and the smoothing slider of the loss curves (kept for the session)."""
-    c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
-    log = c1.toggle("Log-scale loss", key="runs_log_loss", persist_state="session",
-                    help="Plot the loss curves on a logarithmic axis: late, small improvements stay visible.")
-    weight = c2.slider("Smoothing of the per-step loss", 0.0, 0.99, value=charts.SMOOTHING, step=0.01,
-                       key="runs_smoothing", persist_state="session",
-                       help="The weight of an exponential moving average, as in TensorBoard: 0 draws the raw "
-                            "loss, 0.99 a very smooth line. The raw loss stays behind it, faint.")
-    return log, weight
-
-
 def plot_curves(run_id: str) -> None:
     ep, steps = curves(run_id, curve_stamp(run_id), home_key())
     if ep.empty and steps.empty:
         st.caption("No metrics yet: curves appear after the first training steps.")
         return
-    log, weight = loss_controls()
+    log, weight = loss_controls("runs")
     left, right = st.columns(2)
     if not ep.empty:
         left.plotly_chart(epoch_figure(ep, "acc"), key=f"runs_acc_{run_id}")

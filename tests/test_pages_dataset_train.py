@@ -94,15 +94,20 @@ def test_dataset_page_demo_numbers_figures_thumbnails_and_scan(demo_home):
     assert table["reason"].iloc[0]
 
 
-def test_dataset_page_folder_layout_counts_by_hand(demo_home, tmp_path):
-    data = tmp_path / "folders"
-    for name, n in (("arch", 5), ("tower", 3), ("dome", 1)):
+def open_folder(data: Path, counts: dict, size: tuple, step: int) -> AppTest:
+    """A class-per-folder data set of `counts` PNGs per class, opened on the Dataset page by path."""
+    for name, n in counts.items():
         (data / name).mkdir(parents=True)
         for i in range(n):
-            Image.new("RGB", (40, 30), (40 * i, 90, 160)).save(data / name / f"{i}.png")
+            Image.new("RGB", size, (step * i, 90, 160)).save(data / name / f"{i}.png")
     at = page("dataset.py").run()
     at.selectbox(key="dataset").select("Other path…").run()
     at.text_input(key="dataset_path").input(str(data)).run()
+    return at
+
+
+def test_dataset_page_folder_layout_counts_by_hand(demo_home, tmp_path):
+    at = open_folder(tmp_path / "folders", {"arch": 5, "tower": 3, "dome": 1}, (40, 30), step=40)
     assert not at.exception
     m = metrics(at)
     assert (m["Classes"], m["Images"], m["Largest class"], m["Smallest class"]) == ("3", "9", "5", "1")
@@ -127,14 +132,7 @@ def test_dataset_long_tail_axes_read_clean_log_ticks(demo_home, tmp_path):
     """A 68-image class: ticks 1, 2, 5, 10, 20, 50 and 68 on the image axis (plotly's own log ticks
     read "2 … 8", so 68 looked like "7"), every rank on the three-class rank axis."""
     import json
-    data = tmp_path / "tail"
-    for name, n in (("arch", 68), ("tower", 9), ("dome", 1)):
-        (data / name).mkdir(parents=True)
-        for i in range(n):
-            Image.new("RGB", (8, 8), (3 * i, 90, 160)).save(data / name / f"{i}.png")
-    at = page("dataset.py").run()
-    at.selectbox(key="dataset").select("Other path…").run()
-    at.text_input(key="dataset_path").input(str(data)).run()
+    at = open_folder(tmp_path / "tail", {"arch": 68, "tower": 9, "dome": 1}, (8, 8), step=3)
     assert not at.exception
     (tail,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")
                if "long tail" in json.loads(c.proto.spec)["layout"]["title"]["text"]]
