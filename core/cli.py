@@ -15,7 +15,6 @@ from pathlib import Path
 
 from core.train.config import add_arguments, from_arguments
 from core.errors import UserError
-from core.data.prepared import AUTO_SCAN_IMAGES
 
 
 def _out(obj: dict, as_json: bool) -> None:
@@ -37,17 +36,33 @@ def _clean(o):
     return o
 
 
+def _run_here(a, kind_name: str, args: dict, run_id: str | None = None, on_progress=None) -> dict:
+    """A long task through its job kind (core.runs.tasks), in this process: the dashboard runs the
+    same function as a background job. Its failure is the job's one sentence."""
+    import core.runs.tasks  # noqa: F401 - the job kinds register themselves
+    from core.runs.jobs import run_here
+    from core.runs.store import RunStore
+    out = run_here(RunStore(getattr(a, "runs", None)), kind_name, args, run_id, on_progress)
+    if out["status"] == "failed":
+        raise UserError(out["error"])
+    if out["status"] != "done":
+        raise KeyboardInterrupt()
+    return out
+
+
 def cmd_demo_data(a) -> dict:
-    from core.data.demo import generate
-    def progress(done, total):
-        if done == total or done % 500 == 0:
-            print(f"\rgenerated {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
-    info = generate(a.out, classes=a.classes, images=a.images, size=a.size, seed=a.seed, progress=progress)
+    def progress(p):
+        done, total = p.get("done", 0), p.get("total", 0)
+        print(f"\rgenerated {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
+    out = _run_here(a, "demo", {"out": str(Path(a.out).expanduser().resolve()), "classes": a.classes,
+                                "images": a.images, "size": a.size, "seed": a.seed}, on_progress=progress)
+    info = out["info"]
     info["counts"] = {str(k): v for k, v in info["counts"].items()}
     return info
 
 
 def cmd_stats(a) -> dict:
+    from core.data.prepared import AUTO_SCAN_IMAGES
     from core.data.readers import class_counts, imbalance, load_index
     from core.data.prepared import prepare
     counts = class_counts(a.data, clean=a.clean)
@@ -78,6 +93,7 @@ def cmd_stats(a) -> dict:
 
 
 def cmd_train(a) -> dict:
+    import core.runs.tasks  # noqa: F401 - the job kinds register themselves
     from core.runs.jobs import run_job
     from core.train import distributed
     from core.train.sinks import TqdmSink
@@ -258,7 +274,8 @@ def cmd_download(a) -> dict:
     shard = parse_shard(a.shard)
     last = [0.0]
 
-    def progress(done, total, c):
+    def progress(c):
+        done, total = c.get("done", 0), c.get("total", 0)
         now = time.monotonic()
         if done < total and now - last[0] < 0.5:
             return
@@ -267,20 +284,17 @@ def cmd_download(a) -> dict:
         eta = f"  ETA {eta // 60:.0f}m{eta % 60:02.0f}s" if eta else ""
         print(f"\r{done:,}/{total:,}  {describe(c)}  {c.get('rate') or 0:.1f} img/s{eta}\033[K", end="",
               file=sys.stderr)
+    args = {"csv": str(Path(a.csv).expanduser().resolve()), "out": str(Path(a.out).expanduser().resolve()),
+            "top": a.top, "clean": a.clean, "max_side": a.max_side, "workers": a.workers,
+            "shard": f"{shard[0]}/{shard[1]}" if isinstance(shard, tuple) else a.shard,
+            "tars": [str(Path(t).expanduser().resolve()) for t in a.tars] if a.tars else None}
     try:
-        out = download(a.csv, a.out, a.top, clean=a.clean, max_side=a.max_side, workers=a.workers, shard=shard,
-                       tars=a.tars, progress=progress)
+        out = _run_here(a, "download", args, on_progress=progress)   # remembers the data set (the app's list)
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume (nothing on disk is fetched twice)",
               file=sys.stderr)
         raise SystemExit(130) from None
     print(file=sys.stderr)
-    if out["on_disk"]:
-        from core.data.registry import remember
-        try:
-            remember(out["out"], source="download")
-        except UserError as e:
-            print(f"warning: the data set was not added to the app's list: {e}", file=sys.stderr)
     if not a.json:
         print(f"{out['on_disk']:,} of {out['listed']:,} images of the top {out['classes']} classes are in "
               f"{out['out']} ({describe(out)}); report: {out['out']}/download_report.json")
@@ -398,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.add_argument("--top", type=int, default=50)
     p.add_argument("--scan", action="store_true", help="decode the top classes' files and report unreadable ones "
-                   f"(automatic up to {AUTO_SCAN_IMAGES:,} images)")
+                   "(automatic for a few thousand images)")
     p.add_argument("--no-scan", action="store_true")
     p.add_argument("--clean", action="store_true", help="GLDv2: count only the images in train_clean.csv")
     p.add_argument("--json", action="store_true")

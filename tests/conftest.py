@@ -12,6 +12,8 @@ os.environ.setdefault("STREAMLIT_CLIENT_SHOW_ERROR_DETAILS", "full")  # tests se
 
 import torch  # noqa: E402
 
+import core.runs.tasks  # noqa: E402,F401 - the job kinds register themselves (as the app, CLI and worker do)
+
 torch.set_num_threads(2)
 
 

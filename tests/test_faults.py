@@ -207,7 +207,7 @@ def test_a_failed_run_creation_leaves_no_orphan_folder(monkeypatch):
 
     def full(path, text):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(store_mod, "_atomic_write", full)
+    monkeypatch.setattr(store_mod, "atomic_write", full)
     with pytest.raises(UserError, match="Cannot create a run in .*No space left on device"):
         store.create(tiny_config("."))
     assert store.run_folders() == [] and not [d for d in store.root.iterdir() if d.is_dir()]
@@ -216,7 +216,7 @@ def test_a_failed_run_creation_leaves_no_orphan_folder(monkeypatch):
 
 def test_a_new_job_kind_is_one_function_and_one_line(monkeypatch):
     """Registration, the queue (a job that needs no device starts at once), progress, result."""
-    monkeypatch.setattr(jobs, "_spawn", lambda store, job_id, cuda=None: None)   # run it here instead
+    monkeypatch.setattr(jobs, "spawn", lambda store, job_id, slot=None: None)   # run it here instead
 
     @jobs.kind("count")
     def count(ctx):

@@ -10,6 +10,7 @@ import pytest
 
 from core.errors import UserError
 from core.runs import jobs
+from core.runs.launcher import visible_devices
 from core.runs.store import RunStore
 from tests.conftest import tiny_config
 
@@ -118,7 +119,7 @@ def pretend_two_gpus(monkeypatch) -> list:
     spawned = []
     monkeypatch.setattr(jobs, "gpu_count", lambda: 2)
     monkeypatch.setattr(jobs, "device_key", lambda pref, gpus=1: "cuda" if gpus == 1 else f"cuda*{gpus}")
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run_id, cuda=None: spawned.append((run_id, cuda)))
+    monkeypatch.setattr(jobs, "spawn", lambda store, run_id, slot=None: spawned.append((run_id, visible_devices(slot))))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
     return spawned
 

@@ -12,21 +12,22 @@ A job is a row of the store's `jobs` table: kind, arguments, status, device, pro
   (pid + process identity) is gone, or when no worker ever reported back within a minute.
 - **One progress protocol**: a job reports with `ctx.progress(**fields)` (throttled, with a
   heartbeat) and ends with a result dict or an error sentence; pages only read `status()`.
-A new kind is one function plus one registration line (`@kind("name")`, see core.runs.tasks).
+A new kind is one function plus one registration line (`@kind("name")`, see core.runs.tasks); a kind
+whose job trains a run (its job has the run's id) registers with `owns_run=True`. This module holds the
+registry and never imports the kinds: the entry points (worker, CLI, dashboard) import core.runs.tasks.
 """
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import traceback
 from dataclasses import dataclass
 from typing import Callable
 
 from core.errors import Cancelled, Pruned, UserError
-from core.paths import DISK_FULL, REPO
-from core.runs.store import ACTIVE, START_GRACE_S, RunStore, alive
+from core.paths import DISK_FULL
+from core.runs.launcher import spawn_worker
+from core.runs.store import ACTIVE, RunStore, is_run_job
 
 PROGRESS_EVERY_S = 0.25      # seconds between progress writes of one job
 STOP_CHECK_S = 0.5           # seconds between reads of a job's cancel flag
@@ -38,34 +39,37 @@ class Kind:
     fn: Callable                              # (Context) -> result dict
     queue: Callable[[dict], str | None]       # args -> device queue ("cuda", "cpu", "mps") or None: no slot
     check: Callable | None = None             # (store, args, run_id) -> None; raises UserError before queueing
+    owns_run: bool = False                    # its job trains a run: created with the run, logs into its folder
 
 
 KINDS: dict[str, Kind] = {}
 
 
-def kind(name: str, queue: Callable[[dict], str | None] | None = None, check: Callable | None = None):
+def kind(name: str, queue: Callable[[dict], str | None] | None = None, check: Callable | None = None,
+         owns_run: bool = False):
     """Register a job kind: `@kind("scan")` above `def scan(ctx) -> dict`."""
     def register(fn):
-        KINDS[name] = Kind(name, fn, queue or (lambda args: None), check)
+        KINDS[name] = Kind(name, fn, queue or (lambda args: None), check, owns_run)
         return fn
     return register
 
 
 def _kind(name: str) -> Kind:
-    import core.runs.tasks  # noqa: F401 - the built-in kinds register themselves on import
     if name not in KINDS:
-        raise UserError(f"Unknown job kind {name!r}; known kinds: {', '.join(KINDS)}.")
+        known = ", ".join(KINDS) or "none registered (import core.runs.tasks first)"
+        raise UserError(f"Unknown job kind {name!r}; known kinds: {known}.")
     return KINDS[name]
 
 
 class Context:
     """What a job's function gets: its arguments, its run (if any), progress and a stop flag."""
 
-    def __init__(self, store: RunStore, job: dict, sink=None):
+    def __init__(self, store: RunStore, job: dict, sink=None, on_progress=None):
         self.store, self.job, self.job_id = store, job, job["job_id"]
         self.args = job.get("args") or {}
         self.run = store.run(job["run_id"]) if job.get("run_id") else None
         self.sink = sink
+        self.on_progress = on_progress   # the CLI's printer: fields -> None
         self._last = self._stop_checked = 0.0
         self._stop = False
 
@@ -74,6 +78,8 @@ class Context:
         if force or time.monotonic() - self._last >= PROGRESS_EVERY_S:
             self._last = time.monotonic()
             self.store.set_job(self.job_id, progress=fields, heartbeat=time.time())
+            if self.on_progress is not None:
+                self.on_progress(fields)
 
     def should_stop(self) -> bool:
         if time.monotonic() - self._stop_checked > STOP_CHECK_S:
@@ -114,7 +120,8 @@ def _need(key: str | None) -> int:
     return int(key.split("*")[1]) if key and "*" in key else 1
 
 
-def _slots(key: str | None) -> list[str | None]:
+def slots(key: str | None) -> list[str | None]:
+    """The slots of a device queue: every GPU for "cuda"/"cuda*N", the queue itself otherwise."""
     if key is None:
         return [None]
     return [f"cuda:{i}" for i in range(gpu_count())] if key.split("*")[0] == "cuda" else [key]
@@ -126,16 +133,6 @@ def check_gpus(device_pref: str, gpus: int) -> None:
     if key.startswith("cuda") and _need(key) > gpu_count():
         raise UserError(f"This run asks for {gpus} GPUs; this machine has {gpu_count()}. "
                         f"Choose {gpu_count()} or fewer (--nproc).")
-
-
-def _visible_device(slot: str | None) -> str | None:
-    """CUDA_VISIBLE_DEVICES for a worker on `slot` (one GPU or several, comma-separated),
-    relative to what this process may see."""
-    if not slot or not slot.startswith("cuda:"):
-        return None
-    mine = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    ids = [int(part.split(":")[1]) for part in slot.split(",")]
-    return ",".join(mine[i] if i < len(mine) else str(i) for i in ids)
 
 
 # ------------------------------------------------------------------ launcher
@@ -156,11 +153,13 @@ def nproc(cfg) -> int:
     return max(int(getattr(cfg, "nproc", 1) or 1), 1)
 
 
-def launch(cfg, store: RunStore, start: bool = True) -> str:
-    """Queue a training run and start it if its device is free. Returns the run id."""
+def launch(cfg, store: RunStore, start: bool = True, args: dict | None = None, kind_name: str = "train") -> str:
+    """Queue a run (and its job of a kind that owns a run) and start it if its device is free."""
+    if kind_name in KINDS and not KINDS[kind_name].owns_run:   # the worker that runs it registers the kinds
+        raise UserError(f"Jobs of kind {kind_name!r} do not train a run.")
     cfg.validate()
     check_gpus(cfg.device, nproc(cfg))
-    run_id = store.create(cfg, status="queued", device=device_key(cfg.device, nproc(cfg)))
+    run_id = store.create(cfg, status="queued", device=device_key(cfg.device, nproc(cfg)), args=args, kind=kind_name)
     if start:
         schedule(store)
     return run_id
@@ -170,49 +169,36 @@ def schedule(store: RunStore, max_per_device: int = 1) -> list[str]:
     """Start every queued job that may start: the oldest of each device with a free slot, and
     every job that needs no device."""
     reap(store)
-    started = store.claim_queued(_slots, max_per_device, _need)
+    started = store.claim_queued(slots, max_per_device, _need)
     for job_id, slot in started:
-        _spawn(store, job_id, _visible_device(slot))
+        spawn(store, job_id, slot)
     return [job_id for job_id, _ in started]
 
 
+def spawn(store: RunStore, job_id: str, slot: str | None = None) -> None:
+    """Start a claimed job's worker process (the one place that does)."""
+    pid = spawn_worker(job_id, store.root, log_file(store, store.job(job_id)), slot)
+    store.set_job(job_id, pid=pid)
+
+
 def log_file(store: RunStore, job: dict):
-    """A training job logs into its run folder; other jobs into runs/jobs/<job id>.log."""
-    if job["kind"] == "train" and job.get("run_id"):
+    """A run's own job logs into its run folder; other jobs into runs/jobs/<job id>.log."""
+    if is_run_job(job):
         return store.run(job["run_id"]).log_file
     d = store.root / "jobs"
     d.mkdir(exist_ok=True)
     return d / f"{job['job_id']}.log"
 
 
-def _spawn(store: RunStore, job_id: str, cuda_device: str | None = None) -> None:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if cuda_device is not None:
-        env["CUDA_VISIBLE_DEVICES"] = cuda_device      # the worker sees its one GPU as cuda:0
-    with open(log_file(store, store.job(job_id)), "ab") as log:  # the child keeps its own handle
-        p = subprocess.Popen([sys.executable, "-m", "core.runs.worker", job_id, "--runs", str(store.root)],
-                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             cwd=str(REPO), env=env, start_new_session=True)
-    store.set_job(job_id, pid=p.pid)
-
-
 # ------------------------------------------------------------------ liveness, control, status
 
 def reap(store: RunStore) -> list[str]:
-    """Mark jobs whose worker died (killed, machine rebooted) as interrupted."""
-    now, dead = time.time(), []
-    for j in store.jobs(statuses=("starting", "running")):
-        gone = not alive(j["pid"], j["proc"]) if j["pid"] else now - (j["heartbeat"] or 0) > START_GRACE_S
-        if gone:
-            dead.append(j["job_id"])
-            _finish(store, j, "interrupted", "the worker process is gone")
-    return dead
+    """Mark jobs whose worker died (killed, machine rebooted) as interrupted (core.runs.proc's rule)."""
+    return store.reap()
 
 
 def _finish(store: RunStore, job: dict, status: str, message: str = "", **fields) -> None:
-    store.set_job(job["job_id"], status=status, finished=time.time(), **fields)
-    if job["kind"] == "train" and job.get("run_id"):
-        store.event(job["run_id"], status, message)
+    store.finish_job(job, status, message, **fields)
 
 
 def cancel(store: RunStore, job_id: str) -> str:
@@ -224,7 +210,7 @@ def cancel(store: RunStore, job_id: str) -> str:
         _finish(store, job, "cancelled", "cancelled while queued")
         return "cancelled"
     store.set_job(job_id, cancel=1)
-    if job["kind"] == "train" and job.get("run_id"):
+    if is_run_job(job):
         store.event(job["run_id"], "cancel", "cancel requested")
     return "requested"
 
@@ -271,7 +257,18 @@ def latest(store: RunStore, kind_name: str, run_id: str | None = None, **match) 
 
 # ------------------------------------------------------------------ running a job (worker or CLI)
 
-def run_job(store: RunStore, job_id: str, sink=None) -> dict:
+def run_here(store: RunStore, kind_name: str, args: dict, run_id: str | None = None, on_progress=None) -> dict:
+    """Run a job of a registered kind in this very process (the CLI): the same kind function, the
+    same checks and the same record as a queued job, with progress also handed to `on_progress`."""
+    k = _kind(kind_name)
+    if k.check is not None:
+        k.check(store, args, run_id)
+    job_id = store.add_job(kind_name, args, run_id, None, status="running")
+    store.set_job(job_id, pid=os.getpid())        # never claimed by a scheduler: it runs here
+    return run_job(store, job_id, on_progress=on_progress)
+
+
+def run_job(store: RunStore, job_id: str, sink=None, on_progress=None) -> dict:
     """Run a claimed (or foreground) job in this process and record how it ended."""
     job = store.job(job_id)
     if job is None:
@@ -279,9 +276,9 @@ def run_job(store: RunStore, job_id: str, sink=None) -> dict:
     k = _kind(job["kind"])
     store.set_job(job_id, status="running", pid=os.getpid(), started=job.get("started") or time.time(),
                   heartbeat=time.time())
-    if job["kind"] == "train" and job.get("run_id"):
+    if is_run_job(job):
         store.event(job["run_id"], "started", f"pid {os.getpid()}")
-    ctx = Context(store, job, sink)
+    ctx = Context(store, job, sink, on_progress)
     try:
         result = k.fn(ctx) or {}
     except Pruned as e:                  # a sweep's trial that cannot catch up
@@ -293,18 +290,24 @@ def run_job(store: RunStore, job_id: str, sink=None) -> dict:
     except KeyboardInterrupt:            # Ctrl-C, or SIGTERM turned into one by the worker/CLI
         _finish(store, job, "interrupted", "stopped by a signal (Ctrl-C or SIGTERM); resume continues it")
         raise
-    except UserError as e:
-        return _failed(store, job, str(e))
-    except OSError as e:
-        if e.errno in DISK_FULL:
-            return _failed(store, job, f"The disk is full ({e.filename or 'writing'}); free space, then resume.")
-        traceback.print_exc()
-        return _failed(store, job, f"{type(e).__name__}: {e}")
-    except Exception as e:  # noqa: BLE001 - record anything, keep the traceback in the log
-        traceback.print_exc()
-        return _failed(store, job, f"{type(e).__name__}: {e}")
+    except Exception as e:  # noqa: BLE001 - record anything; a bug keeps its traceback in the log
+        message, user = failure(e)
+        if not user:
+            traceback.print_exc()
+        return _failed(store, job, message)
     _finish(store, job, "done", "", result=result, cancel=0)
     return {"job_id": job_id, "status": "done", **result}
+
+
+def failure(e: BaseException) -> tuple[str, bool]:
+    """(the sentence that records how a job failed, whether it is the user's to fix): the one
+    place that words a failure (jobs here, and each process of a several-process run)."""
+    if isinstance(e, UserError):
+        return str(e), True
+    if isinstance(e, OSError) and e.errno in DISK_FULL:
+        return f"The disk is full ({e.filename or 'writing'}); free space, then resume.", True
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[-1] if lines else ''}".rstrip(": "), False
 
 
 def _failed(store: RunStore, job: dict, message: str) -> dict:

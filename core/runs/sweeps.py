@@ -12,9 +12,15 @@ tells Optuna how each ended. A trial's own worker reports each epoch's validatio
 study as the epoch ends and, in a pruning sweep, asks Optuna's median pruner whether to go on: a
 hopeless trial stops at once and its run shows as "pruned" with the epoch it stopped at.
 It holds no state of its own: a driver started again (after a crash, a kill, an app restart)
-adopts the running trials of its host whose driver is gone, and goes on. Grid sweeps enqueue
-every configuration once when the study is created; a driver takes one with Optuna's atomic
-WAITING→RUNNING transition, so two drivers never train the same configuration.
+adopts the running trials of its host whose driver is gone — or that never got a driver recorded,
+whatever moment the driver died — and goes on. Grid sweeps enqueue every configuration once when
+the study is created; a driver takes one with Optuna's WAITING→RUNNING step and records itself on
+it under one lock: a file lock beside an SQLite storage (where Optuna's step is not atomic), the
+database's row lock on a server, so two drivers never train the same configuration.
+
+A storage URL's password is never shown or stored with the URL: it is kept in
+LANDMARKS_HOME/credentials.json (mode 0600) under the URL without it, or read from
+LANDMARKS_STORAGE_PASSWORD / LANDMARKS_STORAGE_PASSWORD_FILE (or libpq's own PGPASSWORD, ~/.pgpass).
 """
 from __future__ import annotations
 
@@ -30,6 +36,9 @@ from pathlib import Path
 
 from core import paths
 from core.errors import UserError
+from core.files import atomic_write, file_lock
+from core.runs.jobs import cancel, device_key, launch, resume, schedule, slots as device_slots
+from core.runs.proc import START_GRACE_S, gone, me
 from core.train.config import LEGACY, TrainConfig
 
 SAMPLERS = ("grid", "tpe", "random")
@@ -47,8 +56,75 @@ def _optuna():
     return optuna
 
 
+PASSWORD_ENV, PASSWORD_FILE_ENV = "LANDMARKS_STORAGE_PASSWORD", "LANDMARKS_STORAGE_PASSWORD_FILE"
+CREDENTIALS = "credentials.json"
+
+
+def _split_password(url: str) -> tuple[str, str | None]:
+    """(the URL without its password, the password or None)."""
+    m = re.match(r"^([a-zA-Z][\w+.-]*://)([^:@/]*):([^@/]*)@(.*)$", url)
+    if not m:
+        return url, None
+    from urllib.parse import unquote
+    return f"{m.group(1)}{m.group(2)}@{m.group(4)}", unquote(m.group(3))
+
+
 def storage_url(url: str | None = None) -> str:
-    return url or f"sqlite:///{paths.home() / DB_FILE}"
+    """The storage's URL as it is shown and stored: never with a password (one given inline is
+    kept in LANDMARKS_HOME/credentials.json, mode 0600, for open_storage)."""
+    url = url or f"sqlite:///{paths.home() / DB_FILE}"
+    public, password = _split_password(url)
+    if password is not None:
+        _remember_password(public, password)
+    return public
+
+
+def masked(text: str, url: str | None) -> str:
+    """`text` with the storage's password (if any) replaced by ***."""
+    password = _password_for(storage_url(url)) if url else None
+    return text.replace(password, "***") if password else text
+
+
+def _credentials_file() -> Path:
+    return paths.home() / CREDENTIALS
+
+
+def _remember_password(public: str, password: str) -> None:
+    f = _credentials_file()
+    with file_lock(f.with_name(f".{CREDENTIALS}.lock")):
+        try:
+            known = json.loads(f.read_text())
+        except (OSError, ValueError):
+            known = {}
+        if known.get(public) != password:
+            known[public] = password
+            atomic_write(f, json.dumps(known))
+            os.chmod(f, 0o600)
+
+
+def _password_for(public: str) -> str | None:
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV]
+    if os.environ.get(PASSWORD_FILE_ENV):
+        try:
+            return Path(os.environ[PASSWORD_FILE_ENV]).expanduser().read_text().strip()
+        except OSError as e:
+            raise UserError(f"Cannot read the storage password file {os.environ[PASSWORD_FILE_ENV]} "
+                            f"({e.strerror}); fix {PASSWORD_FILE_ENV}.") from None
+    try:
+        return json.loads(_credentials_file().read_text()).get(public)
+    except (OSError, ValueError):
+        return None
+
+
+def _with_password(public: str) -> str:
+    password = _password_for(public) if "@" in public else None
+    if not password:
+        return public
+    from urllib.parse import quote
+    scheme, rest = public.split("://", 1)
+    user, host = rest.split("@", 1)
+    return f"{scheme}://{user}:{quote(password, safe='')}@{host}"
 
 
 def open_storage(url: str | None):
@@ -58,9 +134,24 @@ def open_storage(url: str | None):
     if url.startswith("sqlite:///"):
         _wal(Path(url[len("sqlite:///"):]))
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kw)
+        return optuna.storages.RDBStorage(_with_password(url), engine_kwargs=kw)
     except Exception as e:  # noqa: BLE001 - a bad URL, a server that cannot be reached, a missing driver
-        raise UserError(f"Cannot open the sweep storage {url} ({str(e).splitlines()[0][:160]}).") from None
+        why = masked(str(e).splitlines()[0][:160] if str(e).strip() else type(e).__name__, url)
+        raise UserError(f"Cannot open the sweep storage {url} ({why}).") from None
+
+
+@contextlib.contextmanager
+def claim_lock(storage: str | None):
+    """Held while a driver claims a trial (and while a study is created): Optuna's WAITING→RUNNING
+    step is a row lock on a database server, but not atomic on SQLite, so SQLite storages take a
+    file lock beside their database (every driver of an SQLite storage is on this machine)."""
+    url = storage_url(storage)
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///"):])
+        with file_lock(db.with_name(f".{db.name}.claim.lock")):
+            yield
+    else:
+        yield
 
 
 def _wal(db: Path) -> None:
@@ -192,13 +283,15 @@ def create(name: str, base: TrainConfig, space: dict | None = None, sampler: str
             raise UserError(f"A sweep named {name!r} already exists with other settings ({_differences(old, now)}); "
                             f"choose another --name, or continue it with --join {name}.")
         return info(name, storage)
-    study = optuna.create_study(study_name=name, storage=st, direction="maximize", load_if_exists=True)
-    for k, v in settings.items():
-        study.set_user_attr(k, v)
-    study.set_user_attr("created", time.time())
-    study.set_user_attr("meta", meta or {})
-    for params in todo or []:
-        study.enqueue_trial(params, skip_if_exists=True)
+    with claim_lock(storage):            # two drivers creating one study at once: one creates, one finds it
+        if _find(st, name) is None:
+            study = optuna.create_study(study_name=name, storage=st, direction="maximize", load_if_exists=True)
+            for k, v in settings.items():
+                study.set_user_attr(k, v)
+            study.set_user_attr("created", time.time())
+            study.set_user_attr("meta", meta or {})
+            for params in todo or []:
+                study.enqueue_trial(params, skip_if_exists=True)
     return info(name, storage)
 
 
@@ -250,23 +343,24 @@ def names(storage: str | None = None) -> list[dict]:
 
 # ------------------------------------------------------------------ the driver
 
-def _me() -> dict:
-    from core.runs.store import process_identity
-    return {"host": socket.gethostname(), "pid": os.getpid(), "proc": process_identity(os.getpid())}
-
-
-def _driver_gone(attrs: dict) -> bool:
-    from core.runs.store import alive
-    d = attrs.get("driver") or {}
-    return d.get("host") == socket.gethostname() and not alive(d.get("pid"), d.get("proc"))
+def _adoptable(trial, sqlite: bool) -> bool:
+    """A running trial whose driver is gone (the one liveness rule), or that never got a driver
+    recorded: on SQLite claims happen under claim_lock, so one without a driver outside it lost
+    its driver mid-claim; on a server, one that has waited START_GRACE_S."""
+    d = trial.user_attrs.get("driver")
+    if d:
+        return gone(d)
+    if sqlite:
+        return True
+    started = trial.datetime_start.timestamp() if trial.datetime_start else 0
+    return time.time() - started > START_GRACE_S
 
 
 def _launch(store, study, trial, base: dict, name: str, storage: str | None) -> str:
-    from core.runs.jobs import device_key, schedule
     cfg = trial_config(base, trial.params)
-    run_id = store.create(cfg, status="queued", device=device_key(cfg.device),
-                          args={"sweep": name, "trial": trial.number, "trial_id": trial._trial_id,
-                                "storage": storage, "prune": bool(study.user_attrs.get("prune"))})
+    run_id = launch(cfg, store, start=False, args={"sweep": name, "trial": trial.number, "trial_id": trial._trial_id,
+                                                   "storage": storage_url(storage),
+                                                   "prune": bool(study.user_attrs.get("prune"))})
     store.set(run_id, name=f"{name} #{trial.number}")
     trial.set_user_attr("run_id", run_id)
     trial.set_user_attr("host", socket.gethostname())
@@ -314,19 +408,21 @@ def epoch_reporter(args: dict):
     return on_epoch
 
 
-def _take(study, dists: dict, planned: int, sampler: str):
+def _take(study, dists: dict, planned: int, sampler: str, storage: str | None):
     """The next trial for this driver, or None when the sweep has nothing left to hand out."""
     optuna = _optuna()
-    tid = study._pop_waiting_trial_id()        # atomic WAITING -> RUNNING: no configuration twice
-    if tid is None:
-        if sampler == "grid" or len(study.get_trials(deepcopy=False)) >= planned:
-            return None
-        trial = study.ask(dists)
-    else:
-        trial = optuna.trial.Trial(study, tid)
+    with claim_lock(storage):                  # WAITING -> RUNNING and the driver recorded, as one step
+        tid = study._pop_waiting_trial_id()
+        if tid is None:
+            if sampler == "grid" or len(study.get_trials(deepcopy=False)) >= planned:
+                return None
+            trial = study.ask(dists)
+        else:
+            trial = optuna.trial.Trial(study, tid)
+        trial.set_user_attr("driver", me())
+    if tid is not None:
         for n, d in dists.items():             # suggesting an enqueued trial returns its fixed values
             _suggest(trial, n, d)
-    trial.set_user_attr("driver", _me())
     return trial
 
 
@@ -342,17 +438,6 @@ def _tell(study, trial, value=None, state=None) -> None:
         pass
 
 
-@contextlib.contextmanager
-def _adoption_lock(root: Path):
-    import fcntl
-    with open(Path(root) / ".sweeps.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _suggest(trial, name: str, d):
     optuna = _optuna()
     if isinstance(d, optuna.distributions.CategoricalDistribution):
@@ -365,7 +450,6 @@ def _suggest(trial, name: str, d):
 def drive(name: str, store, storage: str | None = None, poll_s: float = 0.5, should_stop=None,
           progress=None, slots: int | None = None) -> dict:
     """Run the sweep until every configuration has ended (or `should_stop()`); returns info()."""
-    from core.runs.jobs import _slots, cancel, device_key, resume, schedule
     optuna = _optuna()
     TS = optuna.trial.TrialState
     study = load(name, storage)
@@ -376,16 +460,17 @@ def drive(name: str, store, storage: str | None = None, poll_s: float = 0.5, sho
     dists = _distributions(a["space"]) if sampler != "grid" else _distributions(
         {k: sorted({c[k] for c in _enqueued(study)}, key=str) for k in _param_names(study)})
     # one trial per device slot, plus one waiting in the queue: the worker that ends starts it at once
-    width = (slots or len(_slots(device_key(base.get("device", "auto"))))) + 1
+    width = (slots or len(device_slots(device_key(base.get("device", "auto"))))) + 1
     mine: dict[int, dict] = {}                         # trial number -> {trial, run_id, resumes}
+    sqlite = storage_url(storage).startswith("sqlite")
 
-    with _adoption_lock(store.root):    # two drivers on one host never adopt the same trial
+    with file_lock(store.root / ".sweeps.lock"), claim_lock(storage):   # no trial adopted twice, none mid-claim
         for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,)):   # what a dead driver left
             fresh = study._storage.get_trial(t._trial_id)
-            if fresh.state != TS.RUNNING or not _driver_gone(fresh.user_attrs):
+            if fresh.state != TS.RUNNING or not _adoptable(fresh, sqlite):
                 continue
             trial = optuna.trial.Trial(study, t._trial_id)
-            trial.set_user_attr("driver", _me())
+            trial.set_user_attr("driver", me())
             run_id = fresh.user_attrs.get("run_id")
             if run_id and store.get(run_id) is None:
                 run_id = None
@@ -402,7 +487,7 @@ def drive(name: str, store, storage: str | None = None, poll_s: float = 0.5, sho
                 del mine[n]
         if not stopping:
             while len(mine) < width:
-                trial = _take(study, dists, planned, sampler)
+                trial = _take(study, dists, planned, sampler, storage)
                 if trial is None:
                     break
                 run_id = _launch_or_fail(store, study, trial, base, name, storage)
@@ -513,7 +598,7 @@ def importance(name: str, storage: str | None = None) -> dict[str, float]:
 def cancel_sweep(name: str, store, storage: str | None = None) -> dict:
     """Stop a sweep: no new trials; its queued and running trial runs on this machine are
     cancelled (their drivers mark them failed, "the sweep was cancelled"). Continue it with drive()."""
-    from core.runs.jobs import cancel, latest
+    from core.runs.jobs import latest
     study = load(name, storage)
     study.set_user_attr("cancelled", True)
     for t in study.get_trials(deepcopy=False):

@@ -30,11 +30,23 @@ class StoreSink:
         self._last = 0.0
         self.on_epoch = on_epoch         # a sweep trial: report to the study; True = prune
         self.pruned_at: int | None = None
+        self._offset, self._last_step = 0, None
+
+    def _step(self, step: int) -> int:
+        """Steps stay unique and increasing in the store however an epoch's length changes (a resume
+        after images vanished makes epochs shorter: the engine's count would step back)."""
+        step += self._offset
+        if self._last_step is not None and step <= self._last_step:
+            self._offset += self._last_step + 1 - step
+            step = self._last_step + 1
+        self._last_step = step
+        return step
 
     def emit(self, kind_: str, row: dict) -> None:
         store, run_id = self.run.store, self.run.id
         if kind_ == "step":
-            self._steps.append((row["step"], row["epoch"], row["loss"], row["acc"], row["lr"], time.time()))
+            self._steps.append((self._step(int(row["step"])), row["epoch"], row["loss"], row["acc"], row["lr"],
+                                time.time()))
             if time.time() - self._last > self.flush_s:
                 self.flush(row.get("progress"))
         elif kind_ == "epoch":
@@ -49,6 +61,7 @@ class StoreSink:
         elif kind_ == "resume":
             # resuming from epoch k's checkpoint re-runs what followed: drop those rows
             store.truncate_after(run_id, row["epoch"])
+            self._last_step = store.last_step(run_id)
         else:
             store.event(run_id, kind_, row.get("message", ""))
 
@@ -66,14 +79,14 @@ class StoreSink:
         return self.pruned_at is not None or self.ctx.should_stop()
 
 
-@kind("train", queue=lambda args: None)  # the queue of a run is set at creation (its device)
+@kind("train", owns_run=True)  # the queue of a run is set at creation (its device)
 def train(ctx: Context) -> dict:
     """Fit the run here, or, for a run on several processes (--nproc N), start torchrun and wait:
-    its rank 0 fits into this very job (core.train.ddp_entry)."""
+    its rank 0 fits into this very job (core.runs.ddp)."""
     from core.train import distributed
     cfg = ctx.run.config()
     if cfg.nproc > 1 and not distributed.launched():
-        from core.train.ddp_entry import launch
+        from core.runs.launcher import launch_torchrun as launch
         summary = launch(ctx, cfg)
     else:
         summary = fit_job(ctx, cfg)
@@ -169,7 +182,7 @@ def demo(ctx: Context) -> dict:
         ctx.check_stop()
         ctx.progress(done=done, total=total)
     info = generate(out, progress=progress, **a)
-    return {"out": str(out), "images": info.get("images"), "classes": info.get("classes")}
+    return {"out": str(out), "images": info.get("images"), "classes": info.get("classes"), "info": info}
 
 
 DOWNLOAD_ARGS = ("csv", "out", "top", "clean", "max_side", "workers", "shard", "tars")
@@ -202,7 +215,10 @@ def download(ctx: Context) -> dict:
                   workers=int(a.get("workers", 32)), shard=a.get("shard") or "1/1", tars=a.get("tars") or None,
                   progress=progress, should_stop=ctx.should_stop)
     if summary["on_disk"]:
-        remember(summary["out"], source="download")   # offered by every data set picker from now on
+        try:
+            remember(summary["out"], source="download")   # offered by every data set picker from now on
+        except UserError as e:
+            summary["warning"] = f"the data set was not added to the app's list: {e}"
     if summary["stopped"]:
         raise Cancelled()
     ctx.progress(force=True, done=summary["total"], total=summary["total"],

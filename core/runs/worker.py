@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 
+import core.runs.tasks  # noqa: F401 - the job kinds register themselves
 from core.runs.jobs import run_job, schedule
 from core.runs.store import RunStore
 
