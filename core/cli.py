@@ -219,6 +219,7 @@ def cmd_eval(a) -> dict:
 def cmd_predict(a) -> dict:
     from core.explain.predictor import load_predictor
     from core.runs.store import RunStore
+    methods = _explain_methods(a.explain)   # an unknown name: one sentence before the model loads
     pred = load_predictor(a.run, RunStore(a.runs))
     results = []
     for path in a.images:
@@ -228,8 +229,8 @@ def cmd_predict(a) -> dict:
             results.append({"image": path, "error": str(e) or type(e).__name__})
             continue
         item = {"image": path, "top": pred.top(x, a.top)}
-        if a.explain:
-            item["explanations"] = _explain(pred, x, path, a.explain, a.out)
+        if methods:
+            item["explanations"] = _explain(pred, x, path, methods, a.out)
         results.append(item)
         if not a.json:
             print(path)
@@ -240,9 +241,30 @@ def cmd_predict(a) -> dict:
     return {"run_id": a.run, "results": results}
 
 
-def _explain(pred, x, path, methods: str, out_dir) -> list:
-    from core.explain.files import explain_to_png
-    return [explain_to_png(pred, x, path, m.strip(), Path(out_dir or ".")) for m in methods.split(",") if m.strip()]
+def _explain_methods(names: str | None) -> list[str]:
+    """`--explain a,b` -> registered method names (core.explain.METHODS); UserError names the known ones."""
+    if not names:
+        return []
+    from core.explain import get_method
+    return [get_method(m.strip()).name for m in names.split(",") if m.strip()]
+
+
+def _explain(pred, x, path, methods: list[str], out_dir) -> list:
+    from core.explain import explain_to_png
+    return [explain_to_png(pred, x, path, m, Path(out_dir or ".")) for m in methods]
+
+
+class _MethodsHelp(argparse.HelpFormatter):
+    """Fills %(methods)s in a help text with the attribution registry's names when the help is shown,
+    not when the parser is built: the registry imports torch, which `python -m core --help` must not.
+    (_get_help_string is the hook argparse's own ArgumentDefaultsHelpFormatter overrides.)"""
+
+    def _get_help_string(self, action):
+        text = super()._get_help_string(action)
+        if text and "%(methods)s" in text:
+            from core.explain import METHODS
+            text = text.replace("%(methods)s", ", ".join(METHODS))
+        return text
 
 
 def cmd_class_model(a) -> dict:
@@ -440,11 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("predict", help="classify images with a run's model")
+    p = sub.add_parser("predict", help="classify images with a run's model", formatter_class=_MethodsHelp)
     p.add_argument("--run", required=True)
     p.add_argument("images", nargs="+")
     p.add_argument("--top", type=int, default=5)
-    p.add_argument("--explain", default=None, help="saliency,vanilla,guided,gradcam,integrated_gradients,smoothgrad")
+    p.add_argument("--explain", default=None, metavar="METHOD[,METHOD...]",
+                   help="attribution maps to write as PNGs, comma-separated, from: %(methods)s")
     p.add_argument("--out", default=None)
     p.add_argument("--runs", default=None)
     p.add_argument("--json", action="store_true")

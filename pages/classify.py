@@ -1,5 +1,6 @@
 """Classify: upload photos (or take a holdout sample), see the top-5 classes of a finished run,
-and explain the decision with six attribution methods, each scored for faithfulness."""
+and explain the decision with every registered attribution method (core.explain.METHODS: its label,
+legend, colour bar and cost come from its class), each scored for faithfulness."""
 from dashboard.common import run_and_predictor, store, user_error
 
 import hashlib
@@ -12,20 +13,10 @@ import streamlit as st
 
 from core.data.readers import open_image
 from core.errors import UserError
-from core.explain import render, to_png_bytes
-from core.explain.files import explain_one
-from core.explain.render import SCALE_NOTE, colorbar, legend
+from core.explain import METHODS, SCALE_NOTE, colorbar, explain_one, legend, render, to_png_bytes
 from core.data.uploads import (MAX_FILES_PER_UPLOAD, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, UPLOAD_TYPES,
                                check_file_count, limits_text, load_upload)
 
-METHOD_NAMES = {
-    "saliency": "Saliency map (Simonyan et al. 2014)",
-    "vanilla": "Vanilla backpropagation",
-    "guided": "Guided backpropagation",
-    "gradcam": "Grad-CAM",
-    "integrated_gradients": "Integrated gradients",
-    "smoothgrad": "SmoothGrad",
-}
 FAITH_COLUMNS = {  # Petsiuk et al. 2018 (RISE) §4, with a blurred copy of the image as baseline
     "deletion AUC": st.column_config.NumberColumn(format="%.3f", help=(
         "Class probability while the most salient pixels are replaced by a blurred copy first; lower is better.")),
@@ -167,12 +158,24 @@ def explain_controls() -> tuple[int, list[str], float, int]:
         st.session_state["clf_target"] = TOP_CLASS
     target = c2.selectbox("Explain class", opts, key="clf_target",
                           format_func=lambda i: "Top class (the prediction)" if i == TOP_CLASS else pred.names[i])
-    methods = st.multiselect("Methods (shown side by side)", list(METHOD_NAMES), key="clf_methods",
-                             format_func=METHOD_NAMES.get)
+    methods = st.multiselect("Methods (shown side by side)", list(METHODS), key="clf_methods",
+                             format_func=lambda m: METHODS[m].label, help=cost_help())
     alpha = st.slider("Heat-map opacity", 0.0, 1.0, step=0.05, key="clf_alpha",
                       help="How strongly the map covers the photo (0: the photo only). Red and blue maps "
                            "cover it in proportion to their strength, so where they are 0 the photo shows.")
     return target, methods, alpha, chosen
+
+
+def passes(m: str) -> str:
+    n = METHODS[m].cost
+    return f"{n} forward and backward pass{'' if n == 1 else 'es'}"
+
+
+def cost_help() -> str:
+    """Which methods cost more than one pass per image, from the registry, slowest first."""
+    slow = sorted((c for c in METHODS.values() if c.cost > 1), key=lambda c: -c.cost)
+    return "Most maps take one forward and backward pass through the model" + (
+        "; " + ", ".join(f"{c.label} takes {c.cost}" for c in slow) if slow else "") + "."
 
 
 def display_photo(image) -> np.ndarray:
@@ -196,34 +199,37 @@ def show_explanations(name: str, x, target: int, methods: list[str], alpha: floa
         target = int(pred.probs(x, tta)[0].argmax())
     results, cols = [], st.columns(min(3, len(methods)))
     for i, m in enumerate(methods):
-        with st.spinner(f"{METHOD_NAMES[m]}…"):
+        with st.spinner(f"{METHODS[m].label} ({passes(m)})…"):
             r = attribution(model_key(), key_img, m, target, x)
         img = render(m, base, r["attr"][0], alpha=alpha)
         col = cols[i % len(cols)]
-        col.image(img, caption=f"{METHOD_NAMES[m]} · class “{r['name']}” · {r['ms']:.0f} ms",
+        col.image(img, caption=f"{METHODS[m].label} · class “{r['name']}” · {r['ms']:.0f} ms",
                   width="stretch")
         stem = name.rsplit(".", 1)[0].replace(" ", "_").replace(":", "")
         col.download_button("Download PNG", to_png_bytes(img), file_name=f"{stem}_{m}.png", mime="image/png",
                             key=f"clf_dl_{m}", on_click="ignore")
         show_legend(col, m)
-        results.append({"method": METHOD_NAMES[m], "deletion AUC": r["deletion_auc"],
+        results.append({"method": METHODS[m].label, "deletion AUC": r["deletion_auc"],
                         "insertion AUC": r["insertion_auc"], "score": r["faithfulness"], "ms": r["ms"]})
     st.caption(SCALE_NOTE)
     st.markdown(FAITH_LINE)
-    if {"saliency", "vanilla"} <= set(methods):
-        st.caption("Saliency and vanilla backpropagation rank the pixels by the same size of gradient (the sign is "
-                   "ignored for the ranking), so their scores are equal.")
+    for m in methods:
+        twin = METHODS[m].same_ranking_as
+        if twin in methods:
+            st.caption(f"{METHODS[twin].label} and {METHODS[m].label} rank the pixels by the same size of "
+                       "attribution (the sign is ignored for the ranking), so their scores are equal.")
     st.dataframe(pd.DataFrame(results).sort_values("score", ascending=False), hide_index=True,
                  width="stretch", column_config=FAITH_COLUMNS)
 
 st.subheader("Why? Explanations")
 target, methods, alpha, chosen = explain_controls()
 name, x = inputs[chosen]
-if "gradcam" in methods and min(pred.cam_grid()) <= 4:
+coarse = [METHODS[m].label for m in methods if not METHODS[m].pixel]
+if coarse and min(pred.cam_grid()) <= 4:
     h, w = pred.cam_grid()
-    st.caption(f"Grad-CAM reads {pred.model.cam_layer}, a {h}×{w} feature map at {pred.cfg.image_size} px: it can "
-               "only say which part of the image mattered, not which details. Saliency and integrated gradients "
-               "work at pixel resolution.")
+    st.caption(f"{' and '.join(coarse)} read{'s' if len(coarse) == 1 else ''} {pred.model.cam_layer}, a {h}×{w} "
+               f"feature map at {pred.cfg.image_size} px: it can only say which part of the image mattered, not "
+               "which details. The other methods work at pixel resolution.")
 if not methods:
     st.info("Choose at least one explanation method.")
 else:

@@ -132,7 +132,7 @@ def test_class_model_all_classes_and_downloads(use_trained_home):
 def test_classify_legends_and_a_score_per_method(use_trained_home):
     import io
     from PIL import Image
-    from core.explain.render import LEGENDS
+    from core.explain import METHODS
     at = app_page("classify.py")
     assert at.title[0].value == "🔍 Classify"
     buf = io.BytesIO()
@@ -143,7 +143,7 @@ def test_classify_legends_and_a_score_per_method(use_trained_home):
     assert not at.exception, [e.value for e in at.exception]
     captions = " ".join(c.value for c in at.caption)
     for m in ("saliency", "vanilla", "gradcam", "integrated_gradients"):
-        assert LEGENDS[m] in captions                                    # what the colours mean, per map
+        assert METHODS[m].legend in captions                             # what the colours mean, per map
     assert len(at.image) == 1 + 2 * 4                                    # the photo, then each map and its colour bar
     faith = " ".join(m.value for m in at.markdown)
     assert "from −1 to 1" in faith and "below 0 is worse than random" in faith

@@ -7,6 +7,10 @@ Grad-CAM returns (N, 1, H, W) upsampled to the input size.
 Attribution borrows the model: it is switched to eval mode, in-place ReLUs are made
 out-of-place and captum registers hooks. ``model_guard`` gives all of that back, on
 success and on error alike (hooks are resources too).
+
+Each method is one class that also says how it is shown (label, kind, legend, cost);
+``@register`` puts it in ``METHODS``, which the CLI, the renderer and the Classify page read.
+Adding a method is one decorated class here (or in any module imported before use).
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ from captum.attr import (
 )
 from captum._utils.common import _register_backward_hook
 from torch import Tensor, nn
+
+from core.errors import UserError
 
 Target = Union[int, Sequence[int], Tensor]
 # Rectifiers guided backprop guides through: captum hooks nn.ReLU only, so on EfficientNet-Lite0
@@ -127,11 +133,54 @@ def default_target_layer(model: nn.Module) -> nn.Module:
     return convs[-1]
 
 
-class Method:
-    """Binds a model; ``attribute(x, target)`` returns a detached attribution tensor."""
+KINDS = ("signed", "heat")
+"""How a method's map is drawn: "signed" has a sign (more or less of the class score), drawn as a
+diverging map centred on zero; "heat" is a magnitude (|gradient|, Grad-CAM's ReLU), dark to bright."""
 
-    name = ""
-    pixel = True  # False: one channel (Grad-CAM); True: (N, 3, H, W)
+METHODS: dict[str, type[Method]] = {}
+"""The attribution registry, name -> class, in registration order: the CLI, the renderer and the
+Classify page read every method, its label, kind, legend and cost from here."""
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: offer ``cls`` everywhere (CLI ``--explain``, the renderer, Classify) under
+    ``cls.name``. Checks what the pages need, so a half-described method fails here, not on a page."""
+    if not cls.name or not cls.label or not cls.legend:
+        raise ValueError(f"{cls.__name__} needs a name, a label and a legend to be registered.")
+    if cls.kind not in KINDS:
+        raise ValueError(f"{cls.__name__}.kind is {cls.kind!r}; it must be one of: {', '.join(KINDS)}.")
+    if not isinstance(cls.cost, int) or cls.cost < 0:
+        raise ValueError(f"{cls.__name__}.cost must be a whole number of passes (>= 0); got {cls.cost!r}.")
+    if METHODS.get(cls.name, cls) is not cls:
+        raise ValueError(f"An attribution method named {cls.name!r} is registered already "
+                         f"({METHODS[cls.name].__name__}).")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    """The registered class called ``name``, or one sentence listing the known names."""
+    try:
+        return METHODS[name]
+    except (KeyError, TypeError):
+        raise UserError(
+            f"Unknown explanation method {name!r}; choose one of: {', '.join(METHODS)}.") from None
+
+
+class Method:
+    """Binds a model; ``attribute(x, target)`` returns a detached attribution tensor.
+
+    A subclass implements ``_attribute`` and says, as class attributes, what every consumer shows;
+    decorated with ``@register`` it appears in the CLI, the renderer and the Classify page.
+    """
+
+    name = ""    # registry key and CLI spelling (`--explain NAME`)
+    label = ""   # what pages call it (option, caption, faithfulness table row)
+    kind = "heat"  # one of KINDS: how the renderer draws it and which colour bar the page shows
+    legend = ""  # one sentence under the map on the Classify page: what the colours mean
+    cost = 1     # forward+backward passes through the model per image (Classify's help and spinner say it)
+    pixel = True  # False: a layer's coarse map upsampled (Grad-CAM, (N, 1, H, W)); True: (N, 3, H, W)
+    same_ranking_as = ""  # a method whose map ranks pixels identically, so faithfulness scores match
 
     def __init__(self, model: nn.Module, target_layer: nn.Module | None = None) -> None:
         self.model = model
@@ -156,20 +205,31 @@ class Method:
         raise NotImplementedError
 
 
+@register
 class SaliencyMethod(Method):
     """Image-specific class saliency (Simonyan et al. 2014, §3): |dS_c/dI|; the 2-D map is
     the max over colour channels, done at render time."""
 
     name = "saliency"
+    label = "Saliency map (Simonyan et al. 2014)"
+    legend = ("Bright: a small change of the pixel moves the class score most (the size of the gradient, "
+              "largest over the colour channels); dark: it hardly matters.")
 
     def _attribute(self, x, target):
         return Saliency(self.model).attribute(x, target=target, abs=True)
 
 
+@register
 class VanillaMethod(Method):
     """Vanilla backpropagation: the signed gradient dS_c/dI, rendered as a colour image."""
 
     name = "vanilla"
+    label = "Vanilla backpropagation"
+    kind = "signed"
+    legend = ("Red: brightening the pixel raises the class score; blue: it lowers it; no colour: no effect "
+              "(the gradient, summed over the colour channels).")
+    # faithfulness ranks pixels by max |.| over channels: |gradient|, exactly the saliency map
+    same_ranking_as = "saliency"
 
     def _attribute(self, x, target):
         return Saliency(self.model).attribute(x, target=target, abs=False)
@@ -184,21 +244,31 @@ class _GuidedBackprop(GuidedBackprop):
             self.backward_hooks.extend(_register_backward_hook(module, self._backward_hook, self))
 
 
+@register
 class GuidedMethod(Method):
     """Guided backpropagation (Springenberg et al. 2015): only positive gradients pass ReLUs
     (and ReLU6s)."""
 
     name = "guided"
+    label = "Guided backpropagation"
+    kind = "signed"
+    legend = ("Red: the pixel's pattern raises the class score; blue: it lowers it; no colour: no effect. "
+              "Like vanilla backpropagation, but only signals the network passes on positively, so edges "
+              "are sharper.")
 
     def _attribute(self, x, target):
         return _GuidedBackprop(self.model).attribute(x, target=target)
 
 
+@register
 class GradCamMethod(Method):
     """Grad-CAM (Selvaraju et al. 2017): ReLU(sum_k alpha_k A^k), alpha_k = mean grad over
     the layer's spatial positions; bilinearly upsampled to the input size."""
 
     name = "gradcam"
+    label = "Grad-CAM"
+    legend = ("Bright: regions whose features raise the class score; dark: no positive evidence. Coarse: "
+              "one value per cell of the last feature map, smoothed to the image.")
     pixel = False
 
     def _attribute(self, x, target):
@@ -208,13 +278,20 @@ class GradCamMethod(Method):
         return cam.clamp_min(0)  # bilinear of a ReLU'd map is >= 0 already; guards rounding
 
 
+@register
 class IntegratedGradientsMethod(Method):
     """Integrated gradients (Sundararajan et al. 2017) from a black (all-zero) baseline.
     32 steps keep it fast on CPU; ``internal_batch_size`` bounds memory per forward."""
 
+    N_STEPS = 32
     name = "integrated_gradients"
+    label = "Integrated gradients"
+    kind = "signed"
+    legend = ("Red: the pixel adds to the class score compared with a black image; blue: it takes away; "
+              "no colour: no part (summed over the colour channels; the total is the score difference).")
+    cost = N_STEPS
 
-    def __init__(self, model, target_layer=None, n_steps: int = 32, internal_batch_size: int = 32):
+    def __init__(self, model, target_layer=None, n_steps: int = N_STEPS, internal_batch_size: int = 32):
         super().__init__(model, target_layer)
         self.n_steps, self.internal_batch_size = n_steps, internal_batch_size
 
@@ -225,14 +302,20 @@ class IntegratedGradientsMethod(Method):
             n_steps=self.n_steps, internal_batch_size=batch)
 
 
+@register
 class SmoothGradMethod(Method):
     """SmoothGrad (Smilkov et al. 2017): mean |gradient| over noisy copies of the input;
     sigma = 0.15 * (max - min), the paper's recommended 10-20 % noise level.
     Seeded on a forked RNG so the dashboard shows the same map on every rerun."""
 
+    NT_SAMPLES = 16
     name = "smoothgrad"
+    label = "SmoothGrad"
+    legend = (f"Bright: as the saliency map (size of the gradient), averaged over {NT_SAMPLES} noisy copies "
+              "of the image, so less speckled; dark: it hardly matters.")
+    cost = NT_SAMPLES
 
-    def __init__(self, model, target_layer=None, nt_samples: int = 16, stdev_frac: float = 0.15,
+    def __init__(self, model, target_layer=None, nt_samples: int = NT_SAMPLES, stdev_frac: float = 0.15,
                  batch_size: int = 16, seed: int | None = 0):
         super().__init__(model, target_layer)
         self.nt_samples, self.stdev_frac = nt_samples, stdev_frac
@@ -249,21 +332,3 @@ class SmoothGradMethod(Method):
                 x, nt_type="smoothgrad", nt_samples=self.nt_samples, stdevs=sigma,
                 nt_samples_batch_size=max(1, self.batch_size // x.shape[0]),
                 target=target, abs=True)
-
-
-METHODS: dict[str, type[Method]] = {
-    "saliency": SaliencyMethod,
-    "vanilla": VanillaMethod,
-    "guided": GuidedMethod,
-    "gradcam": GradCamMethod,
-    "integrated_gradients": IntegratedGradientsMethod,
-    "smoothgrad": SmoothGradMethod,
-}
-
-
-def get_method(name: str) -> type[Method]:
-    try:
-        return METHODS[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown explanation method {name!r}; choose one of: {', '.join(METHODS)}") from None

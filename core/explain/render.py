@@ -1,10 +1,13 @@
-"""Attributions -> pictures (numpy uint8 H x W x 3). Pure numpy + PIL: no matplotlib."""
+"""Attributions -> pictures (numpy uint8 H x W x 3). numpy + PIL, no matplotlib; how a method is
+drawn follows its registered kind."""
 from __future__ import annotations
 
 import io
 
 import numpy as np
 from PIL import Image
+
+from core.explain.methods import get_method
 
 # Colour maps as ~10 evenly spaced stops, linearly interpolated (the 10-colour samples of
 # matplotlib's perceptually uniform maps, van der Walt & Smith 2015).
@@ -20,28 +23,13 @@ _CMAPS: dict[str, list[str]] = {
                   "fddbc7", "f4a582", "d6604d", "b2182b"],
 }
 
-# Methods whose attribution has a sign (more or less of the class score): a diverging map centred
-# on zero, blue for negative, red for positive, laid over the photo in proportion to its size.
-# The others are magnitudes (|gradient|, Grad-CAM's ReLU): a heat map from dark to bright.
-SIGNED_METHODS = ("vanilla", "guided", "integrated_gradients")
-HEAT_METHODS = ("saliency", "gradcam", "smoothgrad")
+# How a method's kind (its class's ``kind``, see core.explain.methods.KINDS) is drawn. "signed": a
+# diverging map centred on zero, blue for negative, red for positive, laid over the photo in
+# proportion to its size. "heat" (|gradient|, Grad-CAM's ReLU): a heat map from dark to bright.
 HEAT_CMAP = "inferno"
-
-# What the colours mean, per method (the Classify page's legend under each map).
-LEGENDS: dict[str, str] = {
-    "saliency": "Bright: a small change of the pixel moves the class score most (the size of the gradient, "
-                "largest over the colour channels); dark: it hardly matters.",
-    "smoothgrad": "Bright: as the saliency map (size of the gradient), averaged over 16 noisy copies of the "
-                  "image, so less speckled; dark: it hardly matters.",
-    "gradcam": "Bright: regions whose features raise the class score; dark: no positive evidence. Coarse: "
-               "one value per cell of the last feature map, smoothed to the image.",
-    "vanilla": "Red: brightening the pixel raises the class score; blue: it lowers it; no colour: no effect "
-               "(the gradient, summed over the colour channels).",
-    "guided": "Red: the pixel's pattern raises the class score; blue: it lowers it; no colour: no effect. "
-              "Like vanilla backpropagation, but only signals the network passes on positively, so edges are sharper.",
-    "integrated_gradients": "Red: the pixel adds to the class score compared with a black image; blue: it takes "
-                            "away; no colour: no part (summed over the colour channels; the total is the score "
-                            "difference).",
+_BAR: dict[str, tuple[str, tuple[str, str, str]]] = {  # kind -> (colour map, colour bar's end labels)
+    "signed": ("diverging", ("blue: lowers the class score", "0: no colour", "red: raises it")),
+    "heat": (HEAT_CMAP, ("dark: no effect", "", "bright: strongest")),
 }
 SCALE_NOTE = "Scaled per image: the strongest 1 % of pixels get the end colours."
 
@@ -177,39 +165,30 @@ def signed_overlay(image_uint8, m, alpha: float = 0.5, cmap: str = "diverging") 
     return np.round((1 - w) * img + w * colour).astype(np.uint8)
 
 
-def _check_method(method_name: str) -> None:
-    if method_name not in SIGNED_METHODS + HEAT_METHODS:
-        names = ("saliency", "vanilla", "guided", "gradcam", "integrated_gradients", "smoothgrad")
-        raise ValueError(f"Unknown explanation method {method_name!r}; choose one of: {', '.join(names)}")
-
-
 def render(method_name: str, image_uint8, attr, alpha: float = 0.5,
            cmap: str = HEAT_CMAP) -> np.ndarray:
     """The picture the dashboard shows for one image's attribution, at the size of `image_uint8`.
 
     The attribution (at the model's input size) is reduced to one value per pixel, then resized
     smoothly (bicubic on the values, before colouring) to the image: pass the photo at the size
-    it is displayed. Signed methods (vanilla, guided, integrated gradients): a diverging map centred
-    on zero; saliency, SmoothGrad, Grad-CAM: a heat map from dark (0) to bright, blended by alpha.
+    it is displayed. A "signed" method: a diverging map centred on zero; a "heat" method: a heat map
+    from dark (0) to bright, blended by alpha.
     """
-    _check_method(method_name)
+    kind = get_method(method_name).kind
     img = _rgb_uint8(image_uint8)
     size = (img.shape[1], img.shape[0])
-    if method_name in SIGNED_METHODS:
+    if kind == "signed":
         return signed_overlay(img, upsample(signed_map(attr), size), alpha)
     return overlay(img, colorize(upsample(to_map(attr), size), cmap), alpha)
 
 
 def colorbar(method_name: str, width: int = 256, height: int = 12) -> np.ndarray:
     """The colour scale of `method_name`'s maps, low to high, as an image (the page's legend)."""
-    _check_method(method_name)
     ramp = np.tile(np.linspace(0.0, 1.0, width), (height, 1))
-    return colorize(ramp, "diverging" if method_name in SIGNED_METHODS else HEAT_CMAP)
+    return colorize(ramp, _BAR[get_method(method_name).kind][0])
 
 
 def legend(method_name: str) -> tuple[tuple[str, str, str], str]:
     """((left end, middle, right end) labels of the colour bar, the sentence of what the colours mean)."""
-    _check_method(method_name)
-    ends = ("blue: lowers the class score", "0: no colour", "red: raises it") if method_name in SIGNED_METHODS \
-        else ("dark: no effect", "", "bright: strongest")
-    return ends, LEGENDS[method_name]
+    method = get_method(method_name)
+    return _BAR[method.kind][1], method.legend
