@@ -269,7 +269,7 @@ def cmd_download(a) -> dict:
               file=sys.stderr)
     try:
         out = download(a.csv, a.out, a.top, clean=a.clean, max_side=a.max_side, workers=a.workers, shard=shard,
-                       tars=a.tars, progress=progress)
+                       tars=a.tars, progress=progress, allow_private=a.allow_private or None)
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume (nothing on disk is fetched twice)",
               file=sys.stderr)
@@ -456,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default="1/1", metavar="K/N", help="take the K-th of N disjoint shares (machines)")
     p.add_argument("--tars", nargs="+", default=None, metavar="DIR_OR_FILE",
                    help="extract from GLDv2's images_000.tar … instead of fetching URLs")
+    p.add_argument("--allow-private", action="store_true",
+                   help="also fetch from loopback and private addresses (a local mirror); metadata never")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_download)
 
