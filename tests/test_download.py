@@ -4,6 +4,7 @@ saved as .jpg, counting every hit per path; plus tar import, the CLI and the job
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import io
 import ipaddress
@@ -534,7 +535,14 @@ def test_private_and_metadata_addresses_are_refused_before_any_connection():
 def test_a_name_is_resolved_checked_and_pinned_to_the_address_that_was_checked():
     answers = {"mixed.example": ["93.184.215.14", "10.0.0.7"], "meta.example": ["169.254.169.254"],
                "photos.example": ["93.184.215.14"]}
-    policy = dl.Policy(resolve=lambda host, port: answers[host])
+    asked = []
+
+    def resolve(host, port):
+        asked.append(host)
+        if host == "gone.example":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return answers[host]
+    policy = dl.Policy(resolve=resolve)
     rec = Recorder()
     status, reason, _ = fetch_one(rec, "http://mixed.example/a.jpg", policy)
     assert (status, reason) == ("dead", "refused: mixed.example (10.0.0.7) is a private address "
@@ -547,6 +555,30 @@ def test_a_name_is_resolved_checked_and_pinned_to_the_address_that_was_checked()
     assert status == "ok" and body == jpeg()
     assert str(req.url) == "https://93.184.215.14:8443/p/a.jpg?s=1"       # no second lookup can answer otherwise
     assert req.headers["host"] == "photos.example:8443" and req.extensions["sni_hostname"] == "photos.example"
+    fetch_one(rec, "https://photos.example:8443/p/b.jpg", policy)
+    assert asked.count("photos.example") == 1                          # looked up once, then remembered
+
+    async def gone():
+        async with rec.client() as c:
+            return await dl.fetch(c, "http://gone.example/a.jpg", 2.0, 2, 0.0, policy)
+    assert asyncio.run(gone()) == ("dead", "connection failed (Name or service not known)", b"")
+    assert asked.count("gone.example") == 3                            # a failed lookup is asked again
+    assert len(rec.requests) == 2
+
+
+def test_an_image_is_written_beside_itself_when_train_is_on_another_disk(tmp_path, monkeypatch):
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(src).parent.name == "tmp":
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    (tmp_path / "tmp").mkdir()
+    path = dl.target(tmp_path / "out", "abcdef0123")
+    assert dl.save(jpeg(), path, 512, tmp_path / "tmp") == ("fetched", "")
+    assert path.read_bytes() == jpeg()
+    assert not list((tmp_path / "tmp").iterdir()) and [p.name for p in path.parent.iterdir()] == [path.name]
 
 
 def test_every_redirect_hop_is_checked_before_it_connects():

@@ -27,13 +27,17 @@ REDIRECT_STATUS = {301, 302, 303, 307, 308}
 
 
 def default_client(workers: int, timeout: float):
-    """The AsyncClient the downloader uses: one pool of `workers` connections. Redirects are
-    followed by `fetch`, one checked hop at a time, never by the client."""
+    """The AsyncClient the downloader uses: one pool of `workers` connections, no cookies.
+    Redirects are followed by `fetch`, one checked hop at a time, never by the client."""
+    from http.cookiejar import CookieJar, DefaultCookiePolicy
+
     import httpx
     return httpx.AsyncClient(
         limits=httpx.Limits(max_connections=workers, max_keepalive_connections=min(workers, 64)),
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)), follow_redirects=False,
-        headers={"User-Agent": USER_AGENT})
+        headers={"User-Agent": USER_AGENT},
+        # requests go to checked addresses, not names: no cookie is kept (none is needed for an image)
+        cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])))
 
 
 def _limit(max_bytes: int) -> str:
@@ -52,7 +56,7 @@ async def _attempt(client, url: str, policy: Policy, max_bytes: int) -> tuple[st
         except Refused as e:
             return "dead", str(e), b"", False
         except OSError as e:                                   # the name does not resolve
-            return "dead", f"connection failed ({reason(e)})", b"", True
+            return "dead", f"connection failed ({e.strerror or reason(e)})", b"", True
         async with client.stream("GET", pinned, headers=headers, extensions=extensions,
                                  follow_redirects=False) as r:
             code = r.status_code

@@ -101,7 +101,7 @@ class Policy:
     def __init__(self, allow_private: bool = False, resolve=None):
         self.allow_private = bool(allow_private)
         self._resolve = resolve or _resolve
-        self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self._cache: dict[tuple[str, int], tuple[float, asyncio.Future]] = {}
 
     def check_addresses(self, host: str, addresses: list[str]) -> str:
         """The first address, once every one of them is allowed; else Refused."""
@@ -124,14 +124,17 @@ class Policy:
             return self.check_addresses(host, [host])           # a literal: no lookup at all
         except ValueError:
             pass
-        now = time.monotonic()
-        hit = self._cache.get((host, port))
-        if hit and now - hit[0] < DNS_TTL_S:
-            addresses = hit[1]
-        else:
-            loop = asyncio.get_running_loop()
-            addresses = await loop.run_in_executor(None, self._resolve, host, port)
-            self._cache[(host, port)] = (now, addresses)
+        now, key = time.monotonic(), (host, port)
+        hit = self._cache.get(key)
+        if hit is None or now - hit[0] >= DNS_TTL_S:       # one lookup shared by the workers asking at once
+            hit = (now, asyncio.get_running_loop().run_in_executor(None, self._resolve, host, port))
+            self._cache[key] = hit
+        try:
+            addresses = await hit[1]
+        except OSError:
+            if self._cache.get(key) is hit:
+                del self._cache[key]                        # a failed lookup is not remembered
+            raise
         return self.check_addresses(host, addresses)
 
     async def pin(self, url):

@@ -2,6 +2,7 @@
 and the cleanup of the temporary files a killed download left behind (issue 19 #12)."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -64,7 +65,16 @@ def save(body: bytes, path: Path, max_side: int, tmp_dir: Path | None = None) ->
         return "not_image", reason(e)
     path.parent.mkdir(parents=True, exist_ok=True)
     name = f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    tmp = tmp_dir / name if tmp_dir is not None else path.with_name(f".{name}")
+    try:
+        _write(data, tmp_dir / name if tmp_dir is not None else path.with_name(f".{name}"), path)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        _write(data, path.with_name(f".{name}"), path)   # train/ on another disk than OUT: write beside it
+    return "fetched", ""
+
+
+def _write(data: bytes, tmp: Path, path: Path) -> None:
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -72,7 +82,6 @@ def save(body: bytes, path: Path, max_side: int, tmp_dir: Path | None = None) ->
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return "fetched", ""
 
 
 # ------------------------------------------------------------------ leftovers of a killed run
