@@ -68,7 +68,7 @@ def _progress(job_id: str) -> None:
 
 
 def _summary(job: dict) -> None:
-    from core.data.download import LABELS, SHORTFALL
+    from core.data.download import ALLOW_ENV, LABELS, REFUSED, SHORTFALL
     from core.data.registry import name_of
     args, r = job.get("args") or {}, job.get("result") or {}
     out = args.get("out", "")
@@ -93,6 +93,12 @@ def _summary(job: dict) -> None:
         if r.get("failed"):
             st.info(f"{r['failed']:,} images failed with timeouts or server errors; starting the same download "
                     f"again fetches only what is missing.", icon="🔁")
+        dead = (r.get("examples") or {}).get("dead") or []
+        refused = [e["why"] for e in dead if e.get("why", "").startswith(REFUSED)]
+        if refused:
+            st.info(f"Some URLs were refused because they point at this machine, its network or a cloud metadata "
+                    f"service ({refused[0][len(REFUSED):].split(' (pass')[0]}); an operator who trusts a local mirror "
+                    f"can allow private addresses by starting the app with {ALLOW_ENV}=1.", icon="🛡️")
     elif job["status"] == "cancelled":
         st.info(f"The download into {out} was stopped; what is on disk is kept, and starting it again resumes it.",
                 icon="⏹️")

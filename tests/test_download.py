@@ -837,3 +837,25 @@ def test_download_panel_shows_progress_counts_and_stops(home):
     assert "ETA 12s" in at.get("progress")[0].proto.text
     at.button(key="download_cancel").click().run()
     assert store.job(job_id)["cancel"] == 1
+
+
+def test_download_panel_says_why_urls_were_refused_and_how_to_allow_them(home):
+    from streamlit.testing.v1 import AppTest
+    from core.runs.store import RunStore
+    store = RunStore()
+    job_id = store.add_job("download", {"csv": "/data/train.csv", "out": str(home / "datasets" / "g"), "top": 1})
+    why = "refused: 10.0.0.8 is a private address (pass --allow-private to fetch from such addresses)"
+    store.set_job(job_id, status="done", result={
+        "on_disk": 1, "listed": 2, "classes": 1, "fetched": 1, "dead": 1, "seconds": 1,
+        "per_class": [{"landmark_id": "1", "listed": 2, "on_disk": 1, "short": 1, "dead": 1}],
+        "examples": {"dead": [{"id": "abc", "url": "http://10.0.0.8/a.jpg", "why": why}]}})
+
+    def script():
+        from dashboard.download_panel import download_panel
+        download_panel()
+    at = AppTest.from_function(script, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert [i.value for i in at.info] == [
+        "Some URLs were refused because they point at this machine, its network or a cloud metadata service "
+        "(10.0.0.8 is a private address); an operator who trusts a local mirror can allow private addresses by "
+        "starting the app with LANDMARKS_ALLOW_PRIVATE=1."]

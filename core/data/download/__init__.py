@@ -63,8 +63,8 @@ Outcome of each image (the counts in progress callbacks and the report):
   no_url     the CSV has no usable http(s) URL ("None" in the 2018 Kaggle CSV)
   missing    (tars) not found in the tar files given
 """
-from core.data.download.base import (DEFAULTS, LABELS, MAX_BYTES, OK, PERMANENT, SHARD_SIZE, SHORTFALL, STATUSES,
-                                     parse_shard)
+from core.data.download.base import (DEFAULTS, LABELS, MAX_BYTES, OK, PERMANENT, REFUSED, SHARD_SIZE, SHORTFALL,
+                                     STATUSES, parse_shard)
 from core.data.download.fetch import default_client, fetch
 from core.data.download.guard import ALLOW_ENV, Policy, Refused, refusal
 from core.data.download.images import clean_leftovers, encode, save, target
@@ -75,4 +75,4 @@ from core.data.download.tars import tar_files
 
 __all__ = ["pick_top", "download", "check", "parse_shard", "tar_files", "encode", "save", "fetch", "target",
            "describe", "default_client", "clean_leftovers", "Policy", "Refused", "refusal", "ALLOW_ENV",
-           "DEFAULTS", "STATUSES", "LABELS", "SHORTFALL", "PERMANENT", "OK", "SHARD_SIZE", "MAX_BYTES"]
+           "DEFAULTS", "STATUSES", "LABELS", "SHORTFALL", "PERMANENT", "OK", "REFUSED", "SHARD_SIZE", "MAX_BYTES"]
