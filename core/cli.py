@@ -309,7 +309,8 @@ def cmd_download(a) -> dict:
     args = {"csv": str(Path(a.csv).expanduser().resolve()), "out": str(Path(a.out).expanduser().resolve()),
             "top": a.top, "clean": a.clean, "max_side": a.max_side, "workers": a.workers,
             "shard": f"{shard[0]}/{shard[1]}" if isinstance(shard, tuple) else a.shard,
-            "tars": [str(Path(t).expanduser().resolve()) for t in a.tars] if a.tars else None}
+            "tars": [str(Path(t).expanduser().resolve()) for t in a.tars] if a.tars else None,
+            "allow_private": bool(a.allow_private) or None}
     try:
         out = _run_here(a, "download", args, on_progress=progress)   # remembers the data set (the app's list)
     except KeyboardInterrupt:
@@ -419,6 +420,7 @@ def cmd_reproduce(a) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from core.data.download import DEFAULTS as DOWNLOAD
     ap = argparse.ArgumentParser(prog="python -m core", description="Landmark recognition workbench")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("demo-data", help="write the synthetic demo data set (GLDv2 layout)")
@@ -488,11 +490,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, required=True, help="how many of the most frequent classes to get")
     p.add_argument("--clean", action="store_true", help="GLDv2: only the images in train_clean.csv beside the CSV")
     p.add_argument("--out", required=True, help="folder to write train.csv and train/<a>/<b>/<c>/<id>.jpg into")
-    p.add_argument("--max-side", type=int, default=512, help="shrink so the longer side is at most this (0: keep)")
-    p.add_argument("--workers", type=int, default=32, help="concurrent requests")
-    p.add_argument("--shard", default="1/1", metavar="K/N", help="take the K-th of N disjoint shares (machines)")
+    p.add_argument("--max-side", type=int, default=DOWNLOAD["max_side"],
+                   help="shrink so the longer side is at most this (0: keep)")
+    p.add_argument("--workers", type=int, default=DOWNLOAD["workers"], help="concurrent requests")
+    p.add_argument("--shard", default=DOWNLOAD["shard"], metavar="K/N",
+                   help="take the K-th of N disjoint shares (machines)")
     p.add_argument("--tars", nargs="+", default=None, metavar="DIR_OR_FILE",
                    help="extract from GLDv2's images_000.tar … instead of fetching URLs")
+    p.add_argument("--allow-private", action="store_true",
+                   help="also fetch from loopback and private addresses (a local mirror); metadata never")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_download)
 

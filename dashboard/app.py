@@ -10,9 +10,14 @@ import streamlit as st  # noqa: E402
 
 from core.errors import UserError  # noqa: E402
 from core.runs.store import IndexDamaged, RunStore  # noqa: E402
+from dashboard import serving  # noqa: E402
 from dashboard.common import schedule_queue, store  # noqa: E402
 
 st.set_page_config(page_title="Landmark workbench", page_icon="🏛️", layout="wide")
+refused = serving.hold()    # .streamlit/config.toml's limits hold, and loopback only, however the app was started
+if refused:
+    st.error(refused, icon="🚫")
+    st.stop()
 try:
     store()             # LANDMARKS_HOME and its run database must be usable before any page
 except IndexDamaged as e:

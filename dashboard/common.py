@@ -97,7 +97,7 @@ def datasets() -> dict[str, str]:
     from core.data import registry
     known = {d["path"] for d in registry.listed()}
     demo = str(demo_path().resolve())
-    found = [(str(d.resolve()), "typed") for d in sorted(paths.datasets_dir().iterdir()) if d.is_dir()]
+    found = [(str(d), "typed") for d in registry.discover()]    # links leaving the allowed roots: skipped
     found += [(str(Path(r["data"])), "run") for r in store().list() if r.get("data")]
     for path, source in found:
         if path not in known and path != demo and Path(path).is_dir():
@@ -105,7 +105,7 @@ def datasets() -> dict[str, str]:
             known.add(path)
     out = {DEMO: demo}
     out.update({(d["name"] if d["name"] != DEMO else f"{DEMO} ({d['path']})"): d["path"]   # named before "demo" was reserved
-                for d in registry.listed() if d["path"] != demo})
+                for d in registry.listed(browser=True) if d["path"] != demo})
     return out
 
 

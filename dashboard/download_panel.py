@@ -68,7 +68,7 @@ def _progress(job_id: str) -> None:
 
 
 def _summary(job: dict) -> None:
-    from core.data.download import LABELS, SHORTFALL
+    from core.data.download import ALLOW_ENV, LABELS, REFUSED, SHORTFALL
     from core.data.registry import name_of
     args, r = job.get("args") or {}, job.get("result") or {}
     out = args.get("out", "")
@@ -93,6 +93,12 @@ def _summary(job: dict) -> None:
         if r.get("failed"):
             st.info(f"{r['failed']:,} images failed with timeouts or server errors; starting the same download "
                     f"again fetches only what is missing.", icon="🔁")
+        dead = (r.get("examples") or {}).get("dead") or []
+        refused = [e["why"] for e in dead if e.get("why", "").startswith(REFUSED)]
+        if refused:
+            st.info(f"Some URLs were refused because they point at this machine, its network or a cloud metadata "
+                    f"service ({refused[0][len(REFUSED):].split(' (pass')[0]}); an operator who trusts a local mirror "
+                    f"can allow private addresses by starting the app with {ALLOW_ENV}=1.", icon="🛡️")
     elif job["status"] == "cancelled":
         st.info(f"The download into {out} was stopped; what is on disk is kept, and starting it again resumes it.",
                 icon="⏹️")
@@ -105,6 +111,7 @@ def _summary(job: dict) -> None:
 
 def _args() -> dict | None:
     """The form; the job's arguments when the button is pressed and the paths are allowed."""
+    from core.data.download import DEFAULTS
     csv = st.text_input("Google Landmarks train.csv", key="download_csv",
                         placeholder="/data/google-landmarks-v2/train.csv",
                         help="GLDv2 (id,url,landmark_id) or the 2018 Kaggle CSV. train_clean.csv and "
@@ -112,10 +119,10 @@ def _args() -> dict | None:
     c = st.columns(4)
     top = int(c[0].number_input("Top N classes", min_value=1, max_value=20_000, value=100, step=10,
                                 key="download_top", help="The N most frequent classes; only their images are fetched."))
-    max_side = int(c[1].number_input("Longest side (px)", min_value=0, max_value=8192, value=512, step=64,
+    max_side = int(c[1].number_input("Longest side (px)", min_value=0, max_value=8192, value=DEFAULTS["max_side"], step=64,
                                      key="download_max_side", help="Images are shrunk on the fly; 0 keeps them as "
                                      "they are (uses far more disk)."))
-    workers = int(c[2].number_input("Parallel requests", min_value=1, max_value=256, value=32, step=8,
+    workers = int(c[2].number_input("Parallel requests", min_value=1, max_value=256, value=DEFAULTS["workers"], step=8,
                                     key="download_workers"))
     clean = c[3].toggle("Cleaned subset only", key="download_clean",
                         help="GLDv2's train_clean.csv: fewer images, far fewer wrong labels.")

@@ -3,8 +3,11 @@ that serves generated images, slow responses, 5xx, 404/410, truncated bodies, re
 saved as .jpg, counting every hit per path; plus tar import, the CLI and the job kind."""
 from __future__ import annotations
 
+import asyncio
+import errno
 import hashlib
 import io
+import ipaddress
 import json
 import os
 import socket
@@ -17,6 +20,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 from PIL import Image
@@ -26,7 +30,44 @@ from core.data.readers import load_index
 from core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = dict(timeout=0.5, retries=2, backoff=0.01, workers=8)
+NET = dict(timeout=0.5, retries=2, backoff=0.01, workers=8)
+FAST = {**NET, "allow_private": True}              # the test server is on loopback
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """Every connection and name lookup made in these tests stays on this machine: a connection to
+    any other address, or a lookup of a name (which would ask a DNS server), fails the test and
+    sends nothing. Returns the list of what was attempted."""
+    tried: list = []
+    connect, connect_ex, getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+    def local(address) -> bool:
+        if not isinstance(address, tuple):
+            return True                                    # a unix socket
+        return ipaddress.ip_address(str(address[0]).split("%")[0]).is_loopback
+
+    def guarded(real):
+        def call(self, address):
+            if not local(address):
+                tried.append(address)
+                raise AssertionError(f"a test tried to connect to {address}")
+            return real(self, address)
+        return call
+
+    def lookup(host, port=None, *args, **kwargs):
+        if host not in (None, "localhost"):
+            try:
+                getaddrinfo(host, port, flags=socket.AI_NUMERICHOST)
+            except socket.gaierror:
+                tried.append(host)
+                raise AssertionError(f"a test tried to look up the name {host}") from None
+        return getaddrinfo(host, port, *args, **kwargs)
+    monkeypatch.setattr(socket.socket, "connect", guarded(connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded(connect_ex))
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    yield tried
+    assert tried == [], f"connections outside this machine were attempted: {tried}"
 
 
 # ------------------------------------------------------------------ the server
@@ -103,6 +144,23 @@ class Server:
                     self.close_connection = True
                 elif kind == "redir":
                     self.send(302, b"", "text/plain", headers={"Location": f"/img/{name}"})
+                elif kind == "to":                         # a redirect to the URL after /to/
+                    self.send(302, b"", "text/plain", headers={"Location": self.path.split("/to/", 1)[1]})
+                elif kind == "loop":
+                    self.send(302, b"", "text/plain", headers={"Location": "/loop/again"})
+                elif kind == "endless":                    # no length, never ends
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.end_headers()
+                    self.close_connection = True
+                    try:
+                        while True:
+                            self.wfile.write(b"\xff" * 65536)
+                    except OSError:
+                        pass
+                elif kind == "huge":                       # announces a gigabyte
+                    self.send(200, jpeg(seed=seed), length=2**30)
+                    self.close_connection = True
                 elif kind == "html":
                     self.send(200, b"<!doctype html><html><body>Photo not found</body></html>", "text/html")
                 else:
@@ -298,7 +356,7 @@ def test_a_killed_cli_download_resumes_where_it_stopped(tmp_path):
         f = write_csv(tmp_path / "train.csv", rows)
         out = tmp_path / "out"
         cmd = [sys.executable, "-m", "core", "download", "--csv", str(f), "--top", "2", "--out", str(out),
-               "--workers", "2", "--json"]
+               "--workers", "2", "--allow-private", "--json"]
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         t0 = time.time()
         while sum(server.hits.values()) < 10 and time.time() - t0 < 60:
@@ -401,6 +459,237 @@ def test_encode_rejects_html_and_truncated_and_keeps_small_jpegs():
     assert out.format == "JPEG" and out.size == (100, 67)
 
 
+# ------------------------------------------------------------------ addresses, redirects, body size (issue 19 #8)
+
+def test_the_guard_of_these_tests_stops_an_outside_connection_before_it_leaves(loopback_only):
+    s = socket.socket()
+    with pytest.raises(AssertionError, match="tried to connect"):
+        s.connect(("10.255.255.1", 9))
+    s.close()
+    with pytest.raises(AssertionError, match="look up the name"):
+        socket.getaddrinfo("example.invalid", 80)
+    assert loopback_only == [("10.255.255.1", 9), "example.invalid"]
+    loopback_only.clear()
+
+
+# literals the downloader must refuse before it connects: (URL, reason, refused even with allow_private)
+REFUSED = [("http://10.0.0.1/a.jpg", "a private address", False),
+           ("http://192.168.1.1/a.jpg", "a private address", False),
+           ("https://172.16.5.4:8443/a.jpg", "a private address", False),
+           ("http://100.64.0.7/a.jpg", "a private address", False),                       # shared (carrier NAT)
+           ("http://[fd12:3456::1]/a.jpg", "a private address", False),
+           ("http://127.0.0.1:9/a.jpg", "a loopback address", False),
+           ("http://[::1]/a.jpg", "a loopback address", False),
+           ("http://0x7f.1/a.jpg", "a loopback address", False),                          # 127.0.0.1 spelled oddly
+           ("http://169.254.169.254/latest/meta-data/iam/", "a cloud metadata address", True),
+           ("http://[fd00:ec2::254]/latest/meta-data/", "a cloud metadata address", True),
+           ("http://100.100.100.200/latest/meta-data/", "a cloud metadata address", True),
+           ("http://2852039166/latest/meta-data/", "a cloud metadata address", True),      # 169.254.169.254 as a number
+           ("http://[::ffff:169.254.169.254]/", "a cloud metadata address", True),        # IPv4-mapped
+           ("http://[64:ff9b::a9fe:a9fe]/", "a cloud metadata address", True),           # NAT64
+           ("http://169.254.10.20/a.jpg", "a link-local address", True),
+           ("http://[fe80::1]/a.jpg", "a link-local address", True),
+           ("http://224.0.0.1/a.jpg", "a multicast address", True),
+           ("http://0.0.0.0:8501/", "an unspecified address", True),
+           ("http://240.0.0.1/a.jpg", "a reserved address", True)]
+
+
+class Recorder:
+    """An httpx transport that sends nothing: it records each request and answers from `reply`."""
+
+    def __init__(self, reply=None):
+        self.requests: list[httpx.Request] = []
+        self.reply = reply or (lambda r: httpx.Response(200, content=jpeg()))
+
+    def client(self) -> httpx.AsyncClient:
+        def handle(request):
+            self.requests.append(request)
+            return self.reply(request)
+        return httpx.AsyncClient(transport=httpx.MockTransport(handle))
+
+
+def fetch_one(client_or_recorder, url: str, policy, **kw) -> tuple[str, str, bytes]:
+    async def go():
+        client = client_or_recorder.client() if isinstance(client_or_recorder, Recorder) else client_or_recorder()
+        async with client as c:
+            return await dl.fetch(c, url, 2.0, 0, 0.0, policy, **kw)
+    return asyncio.run(go())
+
+
+def test_private_and_metadata_addresses_are_refused_before_any_connection():
+    rec = Recorder()
+    for url, why, always in REFUSED:
+        status, reason, body = fetch_one(rec, url, dl.Policy(allow_private=False))
+        assert (status, body) == ("dead", b""), url
+        assert reason.startswith("refused: ") and f"is {why}" in reason, (url, reason)
+        assert ("--allow-private" in reason) == (not always), reason
+    assert rec.requests == []                                # refused before the transport was asked
+    # allowed private addresses reach the transport (a recorder: nothing is sent); metadata,
+    # link-local and the others never do
+    for url, why, always in REFUSED:
+        status, reason, _ = fetch_one(rec, url, dl.Policy(allow_private=True))
+        assert (status == "dead" and reason.startswith("refused: ") and why in reason) == always, (url, reason)
+    assert len(rec.requests) == sum(not always for *_, always in REFUSED)
+
+
+def test_a_name_is_resolved_checked_and_pinned_to_the_address_that_was_checked():
+    answers = {"mixed.example": ["93.184.215.14", "10.0.0.7"], "meta.example": ["169.254.169.254"],
+               "photos.example": ["93.184.215.14"]}
+    asked = []
+
+    def resolve(host, port):
+        asked.append(host)
+        if host == "gone.example":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return answers[host]
+    policy = dl.Policy(resolve=resolve)
+    rec = Recorder()
+    status, reason, _ = fetch_one(rec, "http://mixed.example/a.jpg", policy)
+    assert (status, reason) == ("dead", "refused: mixed.example (10.0.0.7) is a private address "
+                                        "(pass --allow-private to fetch from such addresses)")
+    status, reason, _ = fetch_one(rec, "http://meta.example/latest", dl.Policy(True, lambda h, p: answers[h]))
+    assert reason == "refused: meta.example (169.254.169.254) is a cloud metadata address"
+    assert rec.requests == []
+    status, _, body = fetch_one(rec, "https://photos.example:8443/p/a.jpg?s=1", policy)
+    (req,) = rec.requests
+    assert status == "ok" and body == jpeg()
+    assert str(req.url) == "https://93.184.215.14:8443/p/a.jpg?s=1"       # no second lookup can answer otherwise
+    assert req.headers["host"] == "photos.example:8443" and req.extensions["sni_hostname"] == "photos.example"
+    fetch_one(rec, "https://photos.example:8443/p/b.jpg", policy)
+    assert asked.count("photos.example") == 1                          # looked up once, then remembered
+
+    async def gone():
+        async with rec.client() as c:
+            return await dl.fetch(c, "http://gone.example/a.jpg", 2.0, 2, 0.0, policy)
+    assert asyncio.run(gone()) == ("dead", "connection failed (Name or service not known)", b"")
+    assert asked.count("gone.example") == 3                            # a failed lookup is asked again
+    assert len(rec.requests) == 2
+
+
+def test_an_image_is_written_beside_itself_when_train_is_on_another_disk(tmp_path, monkeypatch):
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(src).parent.name == "tmp":
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    (tmp_path / "tmp").mkdir()
+    path = dl.target(tmp_path / "out", "abcdef0123")
+    assert dl.save(jpeg(), path, 512, tmp_path / "tmp") == ("fetched", "")
+    assert path.read_bytes() == jpeg()
+    assert not list((tmp_path / "tmp").iterdir()) and [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_every_redirect_hop_is_checked_before_it_connects():
+    # a public-looking first hop (a recorder: nothing is sent) redirecting inside the network
+    hops = {"/a.jpg": "http://10.1.2.3/a.jpg", "/b.jpg": "http://169.254.169.254/latest/meta-data/",
+            "/c.jpg": "/d.jpg", "/d.jpg": None, "/e.jpg": "file:///etc/passwd"}
+
+    def reply(request):
+        to = hops[request.url.path]
+        return httpx.Response(302, headers={"Location": to}) if to else httpx.Response(200, content=jpeg())
+    rec = Recorder(reply)
+    policy = dl.Policy(resolve=lambda host, port: ["93.184.215.14"])
+    assert fetch_one(rec, "http://photos.example/a.jpg", policy)[:2] == (
+        "dead", "refused: 10.1.2.3 is a private address (pass --allow-private to fetch from such addresses)")
+    assert fetch_one(rec, "http://photos.example/b.jpg", policy)[:2] == (
+        "dead", "refused: 169.254.169.254 is a cloud metadata address")
+    status, _, body = fetch_one(rec, "http://photos.example/c.jpg", policy)     # a relative redirect: same host
+    assert status == "ok" and body == jpeg()
+    assert fetch_one(rec, "http://photos.example/e.jpg", policy)[0] == "no_url"
+    assert [(r.url.host, r.url.path, r.headers["host"]) for r in rec.requests] == [
+        ("93.184.215.14", p, "photos.example") for p in ("/a.jpg", "/b.jpg", "/c.jpg", "/d.jpg", "/e.jpg")]
+
+
+def test_download_refuses_loopback_by_default_and_redirects_to_metadata_always(tmp_path, server, loopback_only):
+    rows = [(iid(f"r{i}"), server.url(f"/img/r{i}"), "1") for i in range(3)]
+    rows += [(iid("meta"), server.url("/to/http://169.254.169.254/latest/meta-data/iam/"), "1"),
+             (iid("mapped"), server.url("/to/http://[::ffff:a9fe:a9fe]/latest/"), "1"),
+             (iid("loop"), server.url("/loop/x"), "1")]
+    f = write_csv(tmp_path / "train.csv", rows)
+    out = tmp_path / "out"
+    r = dl.download(f, out, 1, **NET)                     # the attack: a CSV pointing at this machine
+    assert (r["dead"], r["fetched"], r["on_disk"]) == (6, 0, 0)
+    assert not server.hits, "nothing was requested from the loopback server"
+    assert r["examples"]["dead"][0]["why"] == ("refused: 127.0.0.1 is a loopback address "
+                                               "(pass --allow-private to fetch from such addresses)")
+    # the operator allows private addresses: the refused URLs are tried again (not permanent), the
+    # loopback server answers, its redirects to metadata addresses are still refused, a loop ends
+    r = dl.download(f, out, 1, **FAST)
+    assert (r["fetched"], r["dead"], r["on_disk"]) == (3, 3, 3)
+    why = {e["id"]: e["why"] for e in r["examples"]["dead"]}
+    assert why[iid("meta")] == "refused: 169.254.169.254 is a cloud metadata address"
+    assert why[iid("mapped")] == "refused: ::ffff:a9fe:a9fe is a cloud metadata address"
+    assert why[iid("loop")] == "too many redirects"
+    assert server.hits["/loop/x"] == 1 and server.hits["/loop/again"] == 5
+    assert loopback_only == []                             # nothing left this machine
+
+
+def test_one_body_is_capped_while_it_streams(tmp_path, server):
+    t0 = time.perf_counter()
+    status, why, body = fetch_one(lambda: dl.default_client(2, 5.0), server.url("/endless/x"),
+                                  dl.Policy(allow_private=True), max_bytes=2**20)
+    assert (status, why, body) == ("not_image", "more than the 1 MB limit", b"")
+    status, why, _ = fetch_one(lambda: dl.default_client(2, 5.0), server.url("/huge/x"),
+                               dl.Policy(allow_private=True))
+    assert (status, why) == ("not_image", f"{2**30:,} bytes is over the 20 MB limit")
+    assert dl.MAX_BYTES == 20 * 2**20
+    assert time.perf_counter() - t0 < 10
+    rows = [(iid("endless"), server.url("/endless/y"), "1"), (iid("fine"), server.url("/img/fine"), "1")]
+    r = dl.download(write_csv(tmp_path / "train.csv", rows), tmp_path / "out", 1, max_bytes=2**20, **FAST)
+    assert (r["fetched"], r["not_image"]) == (1, 1)
+
+
+# ------------------------------------------------------------------ leftovers of a killed run (issue 19 #12)
+
+def gone_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_temporary_files_a_killed_download_left_are_removed_at_the_next_start(tmp_path, server, monkeypatch):
+    monkeypatch.setenv("LANDMARKS_ALLOW_PRIVATE", "1")   # the operator allows the loopback test server
+    rows = [(iid(f"l{i}"), server.url(f"/img/l{i}"), "1") for i in range(3)]
+    f = write_csv(tmp_path / "train.csv", rows)
+    out = tmp_path / "out"
+    old = time.time() - 3600
+    dead, live = gone_pid(), subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # what kill -9 left in a folder an earlier version wrote: temporary images beside the images,
+        # the index's and a shard's temporary files
+        nest = out / "train" / "a" / "b" / "c"
+        nest.mkdir(parents=True)
+        (out / ".download").mkdir()
+        left = [nest / f".abc1234567890def.jpg.{dead}.140234.tmp", out / f".train.csv.{dead}.tmp",
+                out / ".download" / f".shard_00000.json.{dead}.tmp"]
+        kept = [nest / f".abc1234567890dee.jpg.{live.pid}.1.tmp",     # its writer still runs
+                nest / "notes.tmp", out / "mine.jpg.tmp"]              # not the downloader's names
+        for p in left + kept:
+            p.write_bytes(b"partial")
+            os.utime(p, (old, old))
+        young = nest / f".abc1234567890ded.jpg.{dead}.1.tmp"          # newer than this process
+        young.write_bytes(b"partial")
+        r = dl.download(f, out, 1, **NET)
+        assert r["fetched"] == 3
+        assert [p for p in left if p.exists()] == []
+        assert all(p.exists() for p in kept) and young.exists()
+        # this version writes its temporary files in one folder: what a killed run leaves there goes too
+        tmp = out / ".download" / "tmp"
+        stale = [tmp / f"{iid('l0')}.jpg.{dead}.77.tmp", tmp / f"{iid('l1')}.jpg.{os.getpid()}.78.tmp"]
+        for p in stale:
+            p.write_bytes(b"partial")
+            os.utime(p, (old, old))
+        fresh = tmp / f"{iid('l2')}.jpg.{live.pid}.79.tmp"
+        fresh.write_bytes(b"partial")
+        dl.download(f, out, 1, **NET)
+        assert [p.name for p in tmp.iterdir()] == [fresh.name]
+    finally:
+        live.kill()
+        live.wait()
+
+
 # ------------------------------------------------------------------ CLI and job
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -415,7 +704,7 @@ def test_cli_json_and_one_sentence_errors(tmp_path, server, capsys):
     f = write_csv(tmp_path / "gld" / "train.csv", rows)
     out = tmp_path / "out"
     code, stdout, err = run_cli(["download", "--csv", str(f), "--top", "1", "--out", str(out), "--workers", "4",
-                                 "--json"], capsys)
+                                 "--allow-private", "--json"], capsys)
     assert code == 0, err
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert (summary["fetched"], summary["dead"], summary["on_disk"], summary["classes"]) == (3, 1, 3, 1)
@@ -423,7 +712,8 @@ def test_cli_json_and_one_sentence_errors(tmp_path, server, capsys):
     from core.data.registry import by_path
     assert by_path(out)["source"] == "download"
 
-    code, stdout, err = run_cli(["download", "--csv", str(f), "--top", "1", "--out", str(out)], capsys)
+    code, stdout, err = run_cli(["download", "--csv", str(f), "--top", "1", "--out", str(out), "--allow-private"],
+                                capsys)
     assert code == 0 and "3 already there" in stdout and "1 dead links" in stdout
 
     (tmp_path / "afile").write_text("x")
@@ -446,8 +736,9 @@ def test_cli_json_and_one_sentence_errors(tmp_path, server, capsys):
         assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], (args, err)
 
 
-def test_download_job_runs_end_to_end_and_registers_the_data_set(tmp_path, server):
+def test_download_job_runs_end_to_end_and_registers_the_data_set(tmp_path, server, monkeypatch):
     from core.data.registry import by_path
+    monkeypatch.setenv(dl.ALLOW_ENV, "1")              # the operator allows the loopback test server
     from core.runs import jobs
     from core.runs.store import RunStore
     rows = [(iid(f"q{i}"), server.url(f"/img/q{i}" if i != 1 else "/html/q.jpg"), str(i % 3)) for i in range(12)]
@@ -470,8 +761,9 @@ def test_download_job_runs_end_to_end_and_registers_the_data_set(tmp_path, serve
     assert len(load_index(out).samples) == 7
 
 
-def test_a_cancelled_download_job_is_cancelled_and_keeps_its_files(tmp_path):
+def test_a_cancelled_download_job_is_cancelled_and_keeps_its_files(tmp_path, monkeypatch):
     from core.runs import jobs
+    monkeypatch.setenv(dl.ALLOW_ENV, "1")
     from core.runs.store import RunStore
     server = Server(delay=0.05)
     try:
@@ -495,6 +787,7 @@ def test_download_panel_renders_and_submits(tmp_path, server, home, monkeypatch)
     from streamlit.testing.v1 import AppTest
     from core.runs.store import RunStore
     monkeypatch.setenv("LANDMARKS_DATA_ROOTS", str(tmp_path))
+    monkeypatch.setenv(dl.ALLOW_ENV, "1")              # inherited by the job's worker process
     rows = [(iid(f"p{i}"), server.url(f"/img/p{i}"), str(i % 2)) for i in range(6)]
     f = write_csv(tmp_path / "gld" / "train.csv", rows)
 
@@ -544,3 +837,25 @@ def test_download_panel_shows_progress_counts_and_stops(home):
     assert "ETA 12s" in at.get("progress")[0].proto.text
     at.button(key="download_cancel").click().run()
     assert store.job(job_id)["cancel"] == 1
+
+
+def test_download_panel_says_why_urls_were_refused_and_how_to_allow_them(home):
+    from streamlit.testing.v1 import AppTest
+    from core.runs.store import RunStore
+    store = RunStore()
+    job_id = store.add_job("download", {"csv": "/data/train.csv", "out": str(home / "datasets" / "g"), "top": 1})
+    why = "refused: 10.0.0.8 is a private address (pass --allow-private to fetch from such addresses)"
+    store.set_job(job_id, status="done", result={
+        "on_disk": 1, "listed": 2, "classes": 1, "fetched": 1, "dead": 1, "seconds": 1,
+        "per_class": [{"landmark_id": "1", "listed": 2, "on_disk": 1, "short": 1, "dead": 1}],
+        "examples": {"dead": [{"id": "abc", "url": "http://10.0.0.8/a.jpg", "why": why}]}})
+
+    def script():
+        from dashboard.download_panel import download_panel
+        download_panel()
+    at = AppTest.from_function(script, default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert [i.value for i in at.info] == [
+        "Some URLs were refused because they point at this machine, its network or a cloud metadata service "
+        "(10.0.0.8 is a private address); an operator who trusts a local mirror can allow private addresses by "
+        "starting the app with LANDMARKS_ALLOW_PRIVATE=1."]

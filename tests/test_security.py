@@ -1,8 +1,14 @@
-"""Security hardening: loopback-only server config, paths typed in the browser confined to the
-operator's roots, a cap on files per upload, and ImageNet downloads loaded with weights_only."""
+"""Security hardening: loopback-only server config (however the app is started), paths typed in
+the browser confined to the operator's roots (symlinks found in datasets/ too), a cap on files per
+upload, and ImageNet downloads loaded with weights_only."""
 import io
+import ipaddress
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -53,6 +59,122 @@ def test_config_listens_on_loopback_and_hides_error_details_and_deploy():
     assert cfg["client"]["showErrorDetails"] == "none"       # no type, message or traceback in the browser
     assert cfg["client"]["showErrorDetails"] in {o.value for o in ShowErrorDetailsConfigOptions}
     assert cfg["client"]["toolbarMode"] == "minimal"         # no Deploy button, no developer menu
+
+
+def listening(port: int) -> set[str]:
+    """The local addresses of the sockets listening on TCP `port` (Linux: /proc/net/tcp and tcp6)."""
+    found = set()
+    for name in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+            fields = line.split()
+            addr, hex_port = fields[1].split(":")
+            if fields[3] != "0A" or int(hex_port, 16) != port:        # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(addr)                                 # 32-bit words in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add(str(ipaddress.ip_address(raw)))
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_dashboard_listens_on_loopback_when_started_from_another_folder(tmp_path):
+    """The attack: `streamlit run /abs/path/dashboard/app.py` from a folder without .streamlit/
+    served on every interface. Only 127.0.0.1 is ever contacted here."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")}
+    env["LANDMARKS_HOME"] = str(tmp_path / "home")
+    p = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
+                          "--server.headless", "true"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        t0 = time.time()
+        while not listening(port) and p.poll() is None and time.time() - t0 < 60:
+            time.sleep(0.05)
+        bound = listening(port)
+        assert bound, p.stdout.read() if p.poll() is not None else "nothing listens"
+        assert all(ipaddress.ip_address(a).is_loopback for a in bound), bound
+        import httpx
+        assert httpx.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=30).text == "ok"
+    finally:
+        p.kill()
+        p.wait()
+
+
+@pytest.fixture
+def st_config():
+    """Streamlit's process-wide configuration, read again from scratch after the test."""
+    from streamlit import config
+    saved = config._main_script_path
+    yield config
+    config._main_script_path = saved
+    config.get_config_options(force_reparse=True)
+
+
+def test_streamlit_reads_the_repository_settings_beside_the_app_from_any_folder(tmp_path, monkeypatch, st_config):
+    monkeypatch.chdir(tmp_path)
+    st_config._main_script_path = str(APP)                    # what `streamlit run APP` sets first
+    st_config.get_config_options(force_reparse=True)
+    got = {k: st_config.get_option(k) for k in ("server.address", "server.maxUploadSize", "client.showErrorDetails",
+                                                "client.toolbarMode")}
+    assert got == {"server.address": "127.0.0.1", "server.maxUploadSize": 20, "client.showErrorDetails": "none",
+                   "client.toolbarMode": "minimal"}
+    assert (ROOT / "dashboard" / ".streamlit" / "config.toml").resolve() == ROOT / ".streamlit" / "config.toml"
+
+
+def test_the_entry_point_holds_the_limits_unless_given_explicitly(st_config):
+    from dashboard import serving
+    elsewhere = "/home/someone/.streamlit/config.toml"
+    for key, value in (("server.maxUploadSize", 200), ("client.showErrorDetails", "full"),
+                       ("client.toolbarMode", "developer"), ("server.address", "127.0.0.1")):
+        st_config.set_option(key, value, where_defined=elsewhere)
+    assert serving.hold() is None
+    assert [st_config.get_option(k) for k in serving.HELD] == [20, "none", "minimal"]
+    flag = next(iter(serving.EXPLICIT))
+    st_config.set_option("server.maxUploadSize", 500, where_defined=flag)     # --server.maxUploadSize 500
+    serving.hold()
+    assert st_config.get_option("server.maxUploadSize") == 500
+
+
+REFUSAL = ("This workbench has no login and serves only this machine, but this server listens on {}; to expose "
+           "it on purpose, start it with --server.address ADDRESS (or LANDMARKS_ALLOW_REMOTE=1), preferably behind "
+           "an authenticating proxy (see SECURITY.md).")
+
+
+@pytest.mark.parametrize("address, where, env, refused", [
+    (None, "default", None, "every network interface"),
+    ("0.0.0.0", "/tmp/x/.streamlit/config.toml", None, "address 0.0.0.0"),
+    ("192.168.1.20", "/tmp/x/.streamlit/config.toml", None, "address 192.168.1.20"),
+    ("0.0.0.0", "flag", None, None),
+    ("0.0.0.0", "env", None, None),
+    (None, "default", "1", None),
+    ("127.0.0.1", "default", None, None), ("127.0.0.2", "default", None, None), ("::1", "default", None, None),
+    ("localhost", "default", None, None), ("unix:///tmp/landmarks.sock", "default", None, None)])
+def test_a_server_beyond_loopback_is_refused_unless_asked_for(st_config, monkeypatch, address, where, env, refused):
+    from dashboard import serving
+    monkeypatch.setattr(serving, "under_test", lambda: False)
+    if env:
+        monkeypatch.setenv(serving.REMOTE_ENV, env)
+    else:
+        monkeypatch.delenv(serving.REMOTE_ENV, raising=False)
+    defined = {"default": "<default>", "flag": st_config._DEFINED_BY_FLAG, "env": st_config._DEFINED_BY_ENV_VAR}
+    st_config.set_option("server.address", address, where_defined=defined.get(where, where))
+    assert serving.refusal() == (REFUSAL.format(refused) if refused else None)
+
+
+def test_the_app_shows_the_refusal_and_nothing_else(st_config, monkeypatch, home):
+    from dashboard import serving
+    monkeypatch.setattr(serving, "under_test", lambda: False)
+    monkeypatch.delenv(serving.REMOTE_ENV, raising=False)
+    st_config.set_option("server.address", None, where_defined="<default>")
+    at = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [REFUSAL.format("every network interface")]
+    assert not at.selectbox and not at.button and not at.markdown
 
 
 # ------------------------------------------------------------------ 2. typed paths confined
@@ -113,6 +235,39 @@ def test_landmarks_data_roots_are_honoured(home, tmp_path, monkeypatch):
     assert paths.confine(str(a)) == a.resolve()
     msg = refusal(str(tmp_path / "mnt_c"))
     assert str(a) in msg and str(b) in msg
+
+
+def test_a_symlink_in_datasets_leading_outside_is_not_offered(home, tmp_path, monkeypatch):
+    """The attack: a link datasets/escape -> a folder outside the roots was offered by the picker
+    with its outside target. Links that stay inside the roots are still offered."""
+    from core.data import registry
+    outside = tmp_path / "outside"
+    (outside / "class_a").mkdir(parents=True)
+    (paths.datasets_dir() / "escape").symlink_to(outside, target_is_directory=True)
+    (paths.datasets_dir() / "real" / "arch").mkdir(parents=True)
+    (paths.datasets_dir() / "alias").symlink_to(paths.datasets_dir() / "real", target_is_directory=True)
+    mnt = tmp_path / "mnt"
+    (mnt / "gld" / "tower").mkdir(parents=True)
+    monkeypatch.setenv("LANDMARKS_DATA_ROOTS", str(mnt))
+    (paths.datasets_dir() / "mounted").symlink_to(mnt / "gld", target_is_directory=True)
+    (paths.datasets_dir() / "dangling").symlink_to(tmp_path / "nowhere", target_is_directory=True)
+
+    def script():
+        from dashboard.common import dataset_picker
+        dataset_picker()
+    at = AppTest.from_function(script, default_timeout=60).run()
+    assert not at.exception
+    offered = at.selectbox(key="dataset").options
+    assert offered == ["Demo (synthetic landmarks)", "gld", "real", "Other path…"], offered
+    assert str(outside) not in page_text(at)
+    assert registry.discover() == [(paths.datasets_dir() / "real").resolve(), (mnt / "gld").resolve()]
+    assert registry.by_path(outside) is None                             # not even remembered
+    # a folder an earlier version remembered through such a link is no longer offered either
+    registry.remember(outside, source="typed", touch=False)
+    at = AppTest.from_function(script, default_timeout=60).run()
+    assert "outside" not in at.selectbox(key="dataset").options
+    assert sorted(d["name"] for d in registry.listed(browser=True)) == ["gld", "real"]
+    assert "outside" in [d["name"] for d in registry.listed()]          # the entry itself is kept, only not offered
 
 
 def test_weight_files_may_also_come_from_runs(home):

@@ -62,10 +62,38 @@ def _key(path) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def listed(home: Path | None = None) -> list[dict]:
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(path.is_relative_to(r) for r in roots)
+
+
+def listed(home: Path | None = None, browser: bool = False) -> list[dict]:
     """Every remembered data set, the most recently used first ({name, path, source, added, used});
-    forgotten ones are left out."""
-    return sorted((d for d in _read(_file(home)) if not d.get("hidden")), key=lambda d: -float(d.get("used") or 0))
+    forgotten ones are left out. `browser`: only what a browser user may open, as a typed path
+    must be: a folder found or typed (source "typed") that no longer lies under the allowed roots
+    (core.paths.browser_roots; a symlink followed by an earlier version, a root the operator took
+    away) is left out. Downloads and the data of runs were chosen on the command line or already
+    confined when chosen in the app."""
+    entries = [d for d in _read(_file(home)) if not d.get("hidden")]
+    if browser:
+        roots = paths.browser_roots()
+        entries = [d for d in entries if d.get("source") != "typed" or _inside(Path(d["path"]), roots)]
+    return sorted(entries, key=lambda d: -float(d.get("used") or 0))
+
+
+def discover() -> list[Path]:
+    """The data set folders in LANDMARKS_HOME/datasets, resolved, sorted by name: a symlink is
+    followed only when its target lies under the allowed roots (issue 19 #10: a link to /etc
+    placed in datasets/ must not offer /etc), as confine() does for a typed path."""
+    roots = paths.browser_roots()
+    found = []
+    for child in sorted(paths.datasets_dir().iterdir()):
+        try:
+            p = child.resolve(strict=True)
+        except (OSError, RuntimeError):           # a dangling link or a loop
+            continue
+        if p.is_dir() and _inside(p, roots) and p not in found:
+            found.append(p)
+    return found
 
 
 def by_path(path, home: Path | None = None) -> dict | None:

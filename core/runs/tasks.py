@@ -185,18 +185,18 @@ def demo(ctx: Context) -> dict:
     return {"out": str(out), "images": info.get("images"), "classes": info.get("classes"), "info": info}
 
 
-DOWNLOAD_ARGS = ("csv", "out", "top", "clean", "max_side", "workers", "shard", "tars")
+DOWNLOAD_ARGS = ("csv", "out", "top", "clean", "max_side", "workers", "shard", "tars", "allow_private")
 
 
 def _check_download(store, args: dict, run_id: str | None) -> None:
-    from core.data.download import check
+    from core.data.download import DEFAULTS, check
     from core.runs.jobs import latest
     unknown = set(args) - set(DOWNLOAD_ARGS)
     if unknown:
         raise UserError(f"Unknown download argument(s): {', '.join(sorted(unknown))}.")
     check(args.get("csv"), args.get("out"), args.get("top"), clean=bool(args.get("clean")),
-          max_side=args.get("max_side", 512), workers=args.get("workers", 32), shard=args.get("shard") or "1/1",
-          tars=args.get("tars") or None)
+          max_side=args.get("max_side", DEFAULTS["max_side"]), workers=args.get("workers", DEFAULTS["workers"]),
+          shard=args.get("shard") or DEFAULTS["shard"], tars=args.get("tars") or None)
     job = latest(store, "download", out=args.get("out"))
     if job and job["active"]:
         raise UserError(f"A download into {args.get('out')} is already running; wait for it or stop it.")
@@ -204,16 +204,17 @@ def _check_download(store, args: dict, run_id: str | None) -> None:
 
 @kind("download", check=_check_download)
 def download(ctx: Context) -> dict:
-    from core.data.download import download as get
+    from core.data.download import DEFAULTS, download as get
     from core.data.registry import remember
     from core.errors import Cancelled
     a = ctx.args
 
     def progress(done, total, counts):
         ctx.progress(done=done, total=total, **counts)
-    summary = get(a["csv"], a["out"], int(a["top"]), clean=bool(a.get("clean")), max_side=int(a.get("max_side", 512)),
-                  workers=int(a.get("workers", 32)), shard=a.get("shard") or "1/1", tars=a.get("tars") or None,
-                  progress=progress, should_stop=ctx.should_stop)
+    summary = get(a["csv"], a["out"], int(a["top"]), clean=bool(a.get("clean")),
+                  max_side=int(a.get("max_side", DEFAULTS["max_side"])), workers=int(a.get("workers", DEFAULTS["workers"])),
+                  shard=a.get("shard") or DEFAULTS["shard"], tars=a.get("tars") or None, progress=progress,
+                  should_stop=ctx.should_stop, allow_private=a.get("allow_private"))
     if summary["on_disk"]:
         try:
             remember(summary["out"], source="download")   # offered by every data set picker from now on
