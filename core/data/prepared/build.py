@@ -12,7 +12,7 @@ import pandas as pd
 from core.data.prepared.gpu import _cuda_ok, _gpu_rows
 from core.data.prepared.pool import _pool_rows, _serial_rows, last_stats, usable_cores
 from core.data.prepared.store import (CACHE_FIX, Prepared, _commit, _committed, _compact, _file_sig, _locked,
-                                      _open_store, _renew_stamp, _stale, _verified, store_dir)
+                                      _open_store, _recover, _recover_others, _renew_stamp, _stale, _verified, store_dir)
 from core.paths import writing
 
 CHUNK = 512  # images decoded between index commits (at least; see _decode_into)
@@ -39,9 +39,8 @@ def prepare(paths: list[str], size: int, key: str, workers: int = 0, progress=No
     row_bytes = size * size * 3
     # a full disk or a cache that cannot be written is a sentence; the store is left consistent
     with writing(d, "prepared-image cache", CACHE_FIX), _locked(d):
-        if (d / "compacting").exists():    # a compaction was cut off: data and index may disagree
-            for f in ("images.u8", "index.parquet", "compacting"):
-                (d / f).unlink(missing_ok=True)
+        _recover(d)                    # what a crash left here, and in stores no one uses now
+        _recover_others(d)
         index = _verified(d, _open_store(d, row_bytes), row_bytes)
         sig = _file_sig(list(dict.fromkeys(paths)))   # a path asked for twice is decoded once
         todo = _stale(index, sig)

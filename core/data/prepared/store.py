@@ -26,6 +26,7 @@ COMPACT_MIN_ROWS = 1024  # stores smaller than this are never compacted
 SCAN_SIZE = 32  # px: scans (and the plain pipeline's check of every file) decode at this size
 AUTO_SCAN_IMAGES = 5000  # scans (decode-once checks) up to this many images run without being asked
 NO_CRC = -1  # rows from before checksums were kept: not trusted, decoded again when asked for
+TEMP_FILES = ("index.parquet.tmp", "images.u8.tmp", "verified.tmp")  # this package's, written under the lock
 CACHE_FIX = "make it writable or set LANDMARKS_HOME to a writable folder"
 
 
@@ -49,13 +50,44 @@ def store_dir(key: str, size: int) -> Path:
 
 
 @contextmanager
-def _locked(d: Path):
+def _locked(d: Path, wait: bool = True):
+    """Hold the store's lock (two runs preparing the same data set take turns); yields whether
+    it is held: with wait=False, False at once when another process holds it."""
     with open(d / "lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # two runs preparing the same data set take turns
         try:
-            yield
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _recover(d: Path) -> None:
+    """Under the lock: undo what a crash (kill -9, power, full disk) left in store `d`. A
+    compaction cut off leaves data and index disagreeing: the store is rebuilt. Temporary files
+    are only ever written under the lock, so any found now is a dead writer's (issue 19 #12;
+    a compaction's copy is as large as the store)."""
+    if (d / "compacting").exists():
+        for f in ("images.u8", "index.parquet", "compacting"):
+            (d / f).unlink(missing_ok=True)
+    for name in TEMP_FILES:
+        (d / name).unlink(missing_ok=True)
+
+
+def _recover_others(d: Path) -> None:
+    """_recover the cache's other stores that no process is using now (their lock is free)."""
+    for other in sorted(d.parent.glob("*_*")):
+        if other == d or not other.is_dir() or not any((other / n).exists() for n in TEMP_FILES):
+            continue
+        try:
+            with _locked(other, wait=False) as held:
+                if held:
+                    _recover(other)
+        except OSError:        # a store this process may not write: left as it is
+            continue
 
 
 def _file_sig(paths: list[str]) -> pd.DataFrame:
