@@ -57,7 +57,6 @@ def _cuda_ok(device) -> bool:
 def _jpeg_info(b) -> tuple[int, int, int] | None:
     """(width, height, EXIF orientation) of a JPEG that nvJPEG can decode as the CPU path would;
     None sends the file to the CPU decoder (which gives the reason if it is unreadable)."""
-    from core.data.readers import MAX_PIXELS
     n = len(b)
     if n < 8 or b[0] != 0xFF or b[1] != 0xD8:
         return None
@@ -96,16 +95,21 @@ def _jpeg_info(b) -> tuple[int, int, int] | None:
         elif m == 0xEE and bytes(seg[:5]) == b"Adobe" and len(seg) >= 12:
             adobe = seg[11]
         i += 2 + length
-    if sof is None or len(sof) < 6:
+    if sof is None or len(sof) < 6 or (xmp and orientation == 1):
         return None
+    size = _frame_size(sof, adobe)
+    return None if size is None else (*size, orientation)
+
+
+def _frame_size(sof: bytes, adobe) -> tuple[int, int] | None:
+    """(width, height) from a start-of-frame segment nvJPEG decodes as Pillow does, else None."""
+    from core.data.readers import MAX_PIXELS
     precision, h, w, comps = sof[0], (sof[1] << 8) | sof[2], (sof[3] << 8) | sof[4], sof[5]
     if precision != 8 or comps not in (1, 3) or not w or not h or w * h > MAX_PIXELS:
         return None
     if comps == 3 and (adobe == 0 or sof[6:6 + 9:3] == b"RGB"):   # stored as RGB, not YCbCr
         return None
-    if xmp and orientation == 1:
-        return None
-    return w, h, orientation
+    return w, h
 
 
 def _exif_orientation(tiff: bytes) -> int | None:
@@ -261,35 +265,118 @@ def _gpu_rows(fd: int, data: Path, todo: list[str], first: int, size: int, worke
     keep busy, the whole batch goes to the pool, whose workers write their rows themselves. The
     GPU decodes and resizes its batches, threads write and checksum them, and the files nvJPEG
     does not take go to the CPU decoder. Results leave in order (the index commits a prefix)."""
-    from concurrent.futures import ThreadPoolExecutor
-    row_bytes = size * size * 3
-    threads = ThreadPoolExecutor(max(4, min(32, workers)))
-    share = GPU_WITH_POOL and workers >= 4 and len(todo) >= 4 * GPU_BATCH
-    pool = _pool(workers - 2) if share else None
-    pool_ahead = -(-(workers - 2) * cpu_pool.TASK // GPU_BATCH) + 1 if share else 0   # batches that keep it busy
-    starts = list(range(0, len(todo), GPU_BATCH))
-    plan: deque = deque()              # (batch, "read", [futures]) or (batch, "pool", AsyncResult)
-    done: deque = deque()              # (batch, "gpu", [write futures], {k: cpu result}) or (batch, "pool", ...)
-    nxt = 0
+    run = _GpuRun(fd, data, todo, first, size, workers, device)
+    try:
+        yield from run.rows()
+    finally:
+        run.close()
 
-    def items(b):
-        return [(first + starts[b] + k, os.path.abspath(p)) for k, p in enumerate(todo[starts[b]:starts[b] + GPU_BATCH])]
 
-    def pool_busy():
-        return sum(1 for e in itertools.chain(plan, done) if e[1] == "pool" and not e[2].ready())
+class _GpuRun:
+    """The state of one _gpu_rows call. `plan`: batches started, (batch, "read", [read futures])
+    or (batch, "pool", AsyncResult); `done`: batches decoded whose rows are being written,
+    (batch, "gpu", [write futures], {k: CPU result}) or (batch, "pool", AsyncResult)."""
 
-    def schedule():
-        nonlocal nxt
-        while nxt < len(starts) and len(plan) < 2:
-            if pool is not None and pool_busy() < pool_ahead:
-                its = items(nxt)
-                tasks = [(str(data), size, its[i:i + cpu_pool.TASK]) for i in range(0, len(its), cpu_pool.TASK)]
-                plan.append((nxt, "pool", pool.map_async(_decode_rows, tasks)))
+    def __init__(self, fd: int, data: Path, todo: list[str], first: int, size: int, workers: int, device):
+        from concurrent.futures import ThreadPoolExecutor
+        self.fd, self.data, self.todo, self.first, self.size = fd, data, todo, first, size
+        self.workers, self.device = workers, device
+        self.row_bytes = size * size * 3
+        self.threads = ThreadPoolExecutor(max(4, min(32, workers)))
+        share = GPU_WITH_POOL and workers >= 4 and len(todo) >= 4 * GPU_BATCH
+        self.pool = _pool(workers - 2) if share else None
+        self.pool_ahead = -(-(workers - 2) * cpu_pool.TASK // GPU_BATCH) + 1 if share else 0  # batches that keep it busy
+        self.starts = list(range(0, len(todo), GPU_BATCH))
+        self.plan: deque = deque()
+        self.done: deque = deque()
+        self.nxt = 0
+
+    def rows(self):
+        self.schedule()
+        while self.plan:
+            b, kind, h = self.plan.popleft()
+            if kind == "pool":
+                self.done.append((b, "pool", h))
+                last_stats["cpu"] = last_stats.get("cpu", 0) + len(self.paths(b))
             else:
-                plan.append((nxt, "read", [threads.submit(_read, p) for p in todo[starts[nxt]:starts[nxt] + GPU_BATCH]]))
-            nxt += 1
+                got = [r.result() for r in h]
+                self.schedule()            # the next batches' reads start before the GPU work
+                self.done.append(self.decode(b, got))
+            self.schedule()
+            while self.done and (self.ready(self.done[0]) or len(self.done) > MAX_AHEAD):
+                yield from self.finish(self.done.popleft())
+        while self.done:
+            yield from self.finish(self.done.popleft())
 
-    def write(out, gpu_ok, start, lo, hi):
+    def close(self):
+        for e in self.plan:
+            if e[1] == "read":
+                for r in e[2]:
+                    r.cancel()
+        self.threads.shutdown(wait=True)
+        if self.pool is not None:
+            self.pool.terminate()
+
+    def paths(self, b):
+        return self.todo[self.starts[b]:self.starts[b] + GPU_BATCH]
+
+    def items(self, b):
+        return [(self.first + self.starts[b] + k, os.path.abspath(p)) for k, p in enumerate(self.paths(b))]
+
+    def pool_busy(self):
+        return sum(1 for e in itertools.chain(self.plan, self.done) if e[1] == "pool" and not e[2].ready())
+
+    def schedule(self):
+        while self.nxt < len(self.starts) and len(self.plan) < 2:
+            if self.pool is not None and self.pool_busy() < self.pool_ahead:
+                its, task = self.items(self.nxt), cpu_pool.TASK
+                tasks = [(str(self.data), self.size, its[i:i + task]) for i in range(0, len(its), task)]
+                self.plan.append((self.nxt, "pool", self.pool.map_async(_decode_rows, tasks)))
+            else:
+                self.plan.append((self.nxt, "read", [self.threads.submit(_read, p) for p in self.paths(self.nxt)]))
+            self.nxt += 1
+
+    def decode(self, b, got):
+        """Batch b's files (bytes, info) on the GPU, those it does not take on the CPU: -> its
+        entry of `done`, its rows being written by threads (in 4 parts)."""
+        start = self.starts[b]
+        out, gpu_ok = self.on_gpu(got)
+        rest = [k for k in range(len(got)) if not gpu_ok[k]]
+        last_stats["gpu"] = last_stats.get("gpu", 0) + len(got) - len(rest)
+        last_stats["cpu"] = last_stats.get("cpu", 0) + len(rest)
+        cpu = dict(zip(rest, self.on_cpu(start, rest))) if rest else {}
+        step = -(-len(got) // 4)
+        return (b, "gpu", [self.threads.submit(self.write, out, gpu_ok, start, lo, min(lo + step, len(got)))
+                           for lo in range(0, len(got), step)], cpu)
+
+    def on_gpu(self, got):
+        """-> (decoded rows or None, list of bools: decoded). Rows the GPU did not decode are
+        never written from here."""
+        out = None
+        gpu_ok = np.zeros(len(got), bool)
+        idx = np.array([k for k, (_, info) in enumerate(got) if info is not None], np.int64)
+        for lo, hi in _pixel_batches([got[k][1] for k in idx]):
+            part = idx[lo:hi]
+            imgs, ok = _gpu_images([got[k][0] for k in part], [got[k][1] for k in part], self.size, self.device)
+            ok = np.asarray(ok, bool)
+            if len(part) == len(got):          # the common case: the whole batch, in order
+                out = imgs
+            else:
+                out = np.empty((len(got), self.size, self.size, 3), np.uint8) if out is None else out
+                out[part[ok]] = imgs[ok]
+            gpu_ok[part[ok]] = True
+        return out, gpu_ok.tolist()
+
+    def on_cpu(self, start, rest):
+        """The CPU decoder writes rows `rest` of the batch at `start` itself: -> their results."""
+        its = [(self.first + start + k, os.path.abspath(self.todo[start + k])) for k in rest]
+        if len(rest) > 8 and self.workers > 1:
+            self.pool = self.pool or _pool(self.workers)
+            tasks = [(str(self.data), self.size, its[i:i + 4]) for i in range(0, len(its), 4)]
+            return [r for chunk in self.pool.map(_decode_rows, tasks) for r in chunk]
+        return _decode_rows((str(self.data), self.size, its))
+
+    def write(self, out, gpu_ok, start, lo, hi):
         """GPU rows lo..hi of a batch, in runs of consecutive rows (the CPU decoder wrote its
         own); -> crc of each (None for the CPU's). Several run at once: pwrite and crc32 let go
         of the GIL."""
@@ -301,13 +388,15 @@ def _gpu_rows(fd: int, data: Path, todo: list[str], first: int, size: int, worke
             j = k
             while j < hi and gpu_ok[j]:
                 j += 1
-            _pwrite(fd, out[k:j], (first + start + k) * row_bytes)
+            _pwrite(self.fd, out[k:j], (self.first + start + k) * self.row_bytes)
             k = j
         return [zlib.crc32(out[k]) if gpu_ok[k] else None for k in range(lo, hi)]
 
+    @staticmethod
     def ready(e):
         return e[2].ready() if e[1] == "pool" else all(f.done() for f in e[2])
 
+    @staticmethod
     def finish(e):
         if e[1] == "pool":
             yield from (r for chunk in e[2].get() for r in chunk)
@@ -315,61 +404,6 @@ def _gpu_rows(fd: int, data: Path, todo: list[str], first: int, size: int, worke
         crcs = [c for fut in e[2] for c in fut.result()]
         for k, crc in enumerate(crcs):
             yield (True, "", crc) if crc is not None else e[3][k]
-
-    try:
-        schedule()
-        while plan:
-            b, kind, h = plan.popleft()
-            if kind == "pool":
-                done.append((b, "pool", h))
-                last_stats["cpu"] = last_stats.get("cpu", 0) + len(todo[starts[b]:starts[b] + GPU_BATCH])
-            else:
-                got = [r.result() for r in h]
-                schedule()                 # the next batches' reads start before the GPU work
-                start = starts[b]
-                out = None                 # rows the GPU did not decode are never written from here
-                gpu_ok = np.zeros(len(got), bool)
-                idx = np.array([k for k, (_, info) in enumerate(got) if info is not None], np.int64)
-                for lo, hi in _pixel_batches([got[k][1] for k in idx]):
-                    part = idx[lo:hi]
-                    imgs, ok = _gpu_images([got[k][0] for k in part], [got[k][1] for k in part], size, device)
-                    ok = np.asarray(ok, bool)
-                    if len(part) == len(got):          # the common case: the whole batch, in order
-                        out = imgs
-                    else:
-                        out = np.empty((len(got), size, size, 3), np.uint8) if out is None else out
-                        out[part[ok]] = imgs[ok]
-                    gpu_ok[part[ok]] = True
-                gpu_ok = gpu_ok.tolist()
-                rest = [k for k in range(len(got)) if not gpu_ok[k]]
-                last_stats["gpu"] = last_stats.get("gpu", 0) + len(got) - len(rest)
-                last_stats["cpu"] = last_stats.get("cpu", 0) + len(rest)
-                cpu = {}
-                if rest:
-                    its = [(first + start + k, os.path.abspath(todo[start + k])) for k in rest]
-                    if len(rest) > 8 and workers > 1:
-                        pool = pool or _pool(workers)
-                        tasks = [(str(data), size, its[i:i + 4]) for i in range(0, len(its), 4)]
-                        res = [r for chunk in pool.map(_decode_rows, tasks) for r in chunk]
-                    else:
-                        res = _decode_rows((str(data), size, its))
-                    cpu = dict(zip(rest, res))
-                step = -(-len(got) // 4)
-                done.append((b, "gpu", [threads.submit(write, out, gpu_ok, start, lo, min(lo + step, len(got)))
-                                        for lo in range(0, len(got), step)], cpu))
-            schedule()
-            while done and (ready(done[0]) or len(done) > MAX_AHEAD):
-                yield from finish(done.popleft())
-        while done:
-            yield from finish(done.popleft())
-    finally:
-        for e in plan:
-            if e[1] == "read":
-                for r in e[2]:
-                    r.cancel()
-        threads.shutdown(wait=True)
-        if pool is not None:
-            pool.terminate()
 
 
 def _pixel_batches(infos: list) -> list[tuple[int, int]]:
