@@ -9,41 +9,56 @@ chunks), parallel over cores, and invalid rows for files whose size or mtime cha
 re-decoded. Unreadable files are recorded with the reason: that is the scan report.
 
 By concern (issue 18):
+  scans   the sizes of a scan (no libraries: the command line reads them)
   store   the store on disk and its index: lock, commit, checks, compaction
   pool    decoding on the CPU: one image, runs of rows, the worker-process pool
   gpu     decoding JPEGs on the GPU (nvJPEG), as the CPU path would
   build   prepare(): what the store lacks, decoded by one of the above
-Every name is also an attribute of this package, as when it was one module; setting one here
-(a test's monkeypatch, a benchmark's switch) sets it in the module that reads it.
+Every name is also an attribute of this package, as when it was one module.
 """
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
-from core.data.prepared import build, gpu, pool, store
-# the names other code has imported from core.data.prepared (tests, bench, train, cli)
-# flake8: noqa: F401
-from core.data.prepared.build import CHUNK, POOL_MIN, _decode_into, prepare
-from core.data.prepared.gpu import (BATCHED_ON_CPU, GPU_BATCH, GPU_BATCH_PIXELS, GPU_WITH_POOL, MAX_AHEAD, _coeffs,
-                                    _cuda_ok, _draft_scale, _exif_orientation, _gpu_images, _gpu_rows, _jpeg_info,
-                                    _orient_t, _pixel_batches, _read, _reduce_t, _resize_square_t)
-from core.data.prepared.pool import (TASK, _context, _decode, _decode_rows, _executor, _pool, _pool_rows, _pwrite,
-                                     _serial_rows, _write_row, last_stats, usable_cores)
-from core.data.prepared.store import (AUTO_SCAN_IMAGES, CACHE_FIX, COMPACT_MIN_ROWS, NO_CRC, SCAN_SIZE, Prepared,
-                                      _commit, _committed, _compact, _crc_rows, _file_sig, _load_index, _locked,
-                                      _open_store, _save_index, _stale, _verified, store_dir)
+# by concern, in the order a name is looked for; the first holds no library (the CLI reads it)
+_PARTS = ("scans", "store", "pool", "gpu", "build")
 
-_PARTS = (store, pool, gpu, build)
+
+def _part(name: str) -> types.ModuleType:
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def __getattr__(name: str):
+    """Any name of the parts, as when this was one module. The first name asked for that is not
+    in `scans` imports every part and copies their names here (a test's monkeypatch reads and
+    restores them here); until then `from core.data.prepared import AUTO_SCAN_IMAGES` loads
+    neither pandas nor numpy."""
+    if name in _PARTS:
+        return _part(name)
+    scans = _part("scans")
+    if name in vars(scans):
+        return getattr(scans, name)
+    here = sys.modules[__name__].__dict__
+    for part in map(_part, _PARTS):
+        for k, v in vars(part).items():
+            if not k.startswith("__"):
+                here.setdefault(k, v)
+    if name in here:
+        return here[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Package(types.ModuleType):
-    """`prepared.CHUNK = 3` reaches the modules that hold CHUNK, as it did when this was one module."""
+    """`prepared.CHUNK = 3` (a test's monkeypatch, a benchmark's switch) sets CHUNK in the parts
+    that hold it too, as when this was one module."""
 
     def __setattr__(self, name, value):
-        for part in _PARTS:
-            if name in vars(part):
-                setattr(part, name, value)
+        if not (name in _PARTS or name.startswith("__")):   # not the import system recording a part
+            for part in map(_part, _PARTS):
+                if name in vars(part):
+                    setattr(part, name, value)
         super().__setattr__(name, value)
 
 

@@ -93,7 +93,7 @@ def _context():
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
     if "forkserver" in methods:
-        ctx.set_forkserver_preload(["core.data.prepared", "core.data.readers"])
+        ctx.set_forkserver_preload(["core.data.prepared.pool", "core.data.readers"])
     return ctx
 
 

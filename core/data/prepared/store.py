@@ -23,8 +23,6 @@ import pandas as pd
 from core.paths import cache_dir, ensure_dir
 
 COMPACT_MIN_ROWS = 1024  # stores smaller than this are never compacted
-SCAN_SIZE = 32  # px: scans (and the plain pipeline's check of every file) decode at this size
-AUTO_SCAN_IMAGES = 5000  # scans (decode-once checks) up to this many images run without being asked
 NO_CRC = -1  # rows from before checksums were kept: not trusted, decoded again when asked for
 TEMP_FILES = ("index.parquet.tmp", "images.u8.tmp", "verified.tmp")  # this package's, written under the lock
 CACHE_FIX = "make it writable or set LANDMARKS_HOME to a writable folder"
