@@ -63,33 +63,48 @@ def cmd_demo_data(a) -> dict:
 
 def cmd_stats(a) -> dict:
     from core.data.prepared import AUTO_SCAN_IMAGES
-    from core.data.readers import class_counts, imbalance, load_index
-    from core.data.prepared import prepare
-    counts = class_counts(a.data, clean=a.clean)
+    from core.data.readers import imbalance, label_counts
+    counts, dups = label_counts(a.data, clean=a.clean)
     out = imbalance(counts, a.top)
     out["top"] = [{"label": str(l), "count": int(c)} for l, c in counts.head(a.top).items()]
+    out["duplicates"] = dups       # rows listed twice with the same label: counted once, as training does
     # scanning decodes every file of the top classes (cached): automatic for small sets
     scan = a.scan or (not a.no_scan and out["top_n_images"] <= AUTO_SCAN_IMAGES)
     if scan:
-        index = load_index(a.data, clean=a.clean)
-        sel = index.samples[index.samples["label"].isin(set(counts.head(a.top).index.astype(str)))]
-        prep = prepare(sel["path"].tolist(), 32, key=str(index.root))
-        out["scan"] = {"checked": len(sel), "unreadable": len(prep.reasons),
-                       "skipped": [{"path": p, "reason": r} for p, r in prep.reasons]}
+        out["scan"] = _scan(a, counts.head(a.top).index)
     if not a.json:
-        print(f"{out['images']:,} images in {out['classes']:,} classes; top {out['top_n']} hold "
-              f"{out['top_n_share']:.1%}; largest/smallest {out['largest']}/{out['smallest']} ({out['ratio']:.1f}x)")
-        w = max((len(r["label"]) for r in out["top"]), default=8)
-        for row in out["top"]:
-            print(f"  {row['label']:<{w}}  {row['count']:>9,}")
-        if not scan:
-            print(f"scan: skipped for {out['top_n_images']:,} images; pass --scan to decode them and list unreadable files")
-        else:
-            print(f"scan: {out['scan']['checked']} files checked, {out['scan']['unreadable']} unreadable")
-            for s in out["scan"]["skipped"][:50]:
-                print(f"  skipped {s['path']}: {s['reason']}")
+        _print_stats(out, scan)
         return {}
     return out
+
+
+def _scan(a, labels) -> dict:
+    """Decode the files of `labels` that are on disk (cached; the scan job kind, as the Dataset page
+    runs it); count those listed but missing."""
+    r = _run_here(a, "scan", {"data": str(Path(a.data).expanduser().resolve()), "clean": bool(a.clean),
+                              "labels": [str(x) for x in labels]})
+    return {"checked": r["checked"], "unreadable": len(r["reasons"]), "missing": r["missing"],
+            "missing_examples": r["missing_examples"], "skipped": [{"path": p, "reason": w} for p, w in r["reasons"]]}
+
+
+def _print_stats(out: dict, scan: bool) -> None:
+    print(f"{out['images']:,} images in {out['classes']:,} classes; top {out['top_n']} hold "
+          f"{out['top_n_share']:.1%}; largest/smallest {out['largest']}/{out['smallest']} ({out['ratio']:.1f}x)")
+    w = max((len(r["label"]) for r in out["top"]), default=8)
+    for row in out["top"]:
+        print(f"  {row['label']:<{w}}  {row['count']:>9,}")
+    d = out["duplicates"]
+    if d["rows"]:
+        print(f"duplicates: {d['rows']:,} row(s) list an image again under the same landmark, counted once "
+              f"(e.g. {', '.join(d['ids'])})")
+    if not scan:
+        print(f"scan: skipped for {out['top_n_images']:,} images; pass --scan to decode them and list unreadable files")
+        return
+    s = out["scan"]
+    print(f"scan: {s['checked']} files checked, {s['unreadable']} unreadable"
+          + (f", {s['missing']:,} listed but not on disk (e.g. {s['missing_examples'][0]})" if s["missing"] else ""))
+    for k in s["skipped"][:50]:
+        print(f"  skipped {k['path']}: {k['reason']}")
 
 
 def cmd_train(a) -> dict:

@@ -2,6 +2,8 @@
 and the prepared store never serves a wrong row."""
 import builtins
 import errno
+import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -14,6 +16,7 @@ from PIL import Image
 import core.data.prepared as prep_mod
 from core.data import readers as data
 from core.data.prepared import prepare, store_dir
+from core.cli import main
 from core.errors import UserError
 
 SIZE = 8
@@ -155,7 +158,7 @@ def test_a_lock_file_that_cannot_be_opened_is_a_sentence(tmp_path, monkeypatch):
             raise PermissionError(errno.EACCES, "Permission denied", str(file))
         return real(file, *a, **k)
 
-    monkeypatch.setattr(prep_mod, "open", no_lock, raising=False)   # the module's own open()
+    monkeypatch.setattr(prep_mod.store, "open", no_lock, raising=False)   # the store module's own open()
     with pytest.raises(UserError, match=r"^Cannot write the prepared-image cache folder .+ \(permission denied\)"):
         prepare(paths, SIZE, key="lock")
 
@@ -261,3 +264,125 @@ def test_a_broken_category_csv_is_a_sentence(tmp_path):
     (root / "train_label_to_category.csv").write_text("landmark_id,category\n1,a\n2,b,c,d\n")
     with pytest.raises(UserError, match=rf"^{re.escape(str(root / 'train_label_to_category.csv'))} could not be read as CSV"):
         data.load_index(root)
+
+
+# ------------------------------------------------------------------ 8. GLDv2 layout: rows listed twice, unreadable folders, missing images
+
+def _hex_id(i: int) -> str:
+    return hashlib.sha1(str(i).encode()).hexdigest()[:16]
+
+
+def _gldv2(root: Path, rows) -> Path:
+    """GLDv2's layout: train.csv (integer landmark ids) and images at train/<a>/<b>/<c>/<id>.jpg."""
+    for image_id, _, label in dict.fromkeys(rows):
+        p = root / "train" / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 20), (int(label) % 256, 80, 160)).save(p, "JPEG")
+    pd.DataFrame(rows, columns=["id", "url", "landmark_id"]).to_csv(root / "train.csv", index=False)
+    return root
+
+
+def _stats_json(capsys, *args) -> dict:
+    assert main(["stats", *map(str, args), "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_stats_counts_an_image_listed_twice_once_as_training_does(tmp_path, capsys):
+    ids = [_hex_id(i) for i in range(12)]
+    rows = [(i, "u", 7 if k < 8 else 12345) for k, i in enumerate(ids)]
+    rows += [rows[0], rows[3], rows[3], rows[9]]             # the same image again, under the same landmark
+    root = _gldv2(tmp_path / "gld", rows)
+    index = data.load_index(root)
+    assert index.layout == "gldv2" and index.counts().to_dict() == {"7": 8, "12345": 4}
+    assert data.class_counts(root).to_dict() == index.counts().to_dict()
+    for _ in range(2):                                       # counted, then from the cache
+        out = _stats_json(capsys, root)
+        assert out["images"] == 12 and [(t["label"], t["count"]) for t in out["top"]] == [("7", 8), ("12345", 4)]
+        assert out["duplicates"] == {"rows": 4, "ids": [ids[0], ids[3], ids[9]]}
+        assert out["scan"]["checked"] == 12 and out["scan"]["missing"] == 0
+    assert index.duplicates == out["duplicates"]
+    assert main(["stats", str(root)]) == 0
+    assert (f"duplicates: 4 row(s) list an image again under the same landmark, counted once "
+            f"(e.g. {ids[0]}, {ids[3]}, {ids[9]})") in capsys.readouterr().out
+
+
+def _deny(monkeypatch, folder: Path) -> None:
+    """What `chmod 000 folder` does to a user who is not root (tests run as root, who passes):
+    the folder cannot be listed and nothing below it can be reached."""
+    real_stat, real_scandir = os.stat, os.scandir
+    below = str(folder) + os.sep
+
+    def stat(p, *a, **k):
+        if os.fspath(p).startswith(below):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(p))
+        return real_stat(p, *a, **k)
+
+    def scandir(p="."):
+        if os.fspath(p) == str(folder) or os.fspath(p).startswith(below):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(p))
+        return real_scandir(p)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def _first_level(root: Path, first: str) -> Path:
+    return (root / "train" / first).resolve()
+
+
+@pytest.mark.parametrize("first", ["probed", "not probed"])
+def test_an_unreadable_image_folder_is_a_sentence_for_train_and_stats(tmp_path, monkeypatch, capsys, first):
+    """Whether the layout probe meets the folder or not, every command says which folder to fix."""
+    ids = [_hex_id(i) for i in range(30)]
+    root = _gldv2(tmp_path / "gld", [(i, "u", 100 + k % 2) for k, i in enumerate(ids)])
+    probed = {i[0] for i in ids[:20]}
+    letter = sorted(probed)[0] if first == "probed" else sorted({i[0] for i in ids} - probed)[0]
+    blocked = _first_level(root, letter)
+    _deny(monkeypatch, blocked)
+    msg = (f"error: Cannot read the image folder {blocked} (permission denied); fix its permissions "
+           f"(for example chmod -R u+rX {blocked}) or move it out of the data set.\n")
+    assert main(["stats", str(root)]) == 2
+    assert capsys.readouterr().err == msg
+    assert main(["train", "--data", str(root), "--model", "small_cnn", "--weights", "none", "--classes", "2",
+                 "--epochs", "1", "--runs", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err == msg
+    assert not list((tmp_path / "runs").glob("*/"))          # refused before a run folder exists
+
+
+def test_a_deeper_unreadable_folder_met_by_the_probe_is_named(tmp_path, monkeypatch):
+    ids = [_hex_id(i) for i in range(8)]
+    root = _gldv2(tmp_path / "gld", [(i, "u", 1) for i in ids])
+    blocked = _first_level(root, ids[0][0]) / ids[0][1]
+    _deny(monkeypatch, blocked)
+    with pytest.raises(UserError, match=f"^Cannot read the image folder {re.escape(str(blocked))} "):
+        data.load_index(root)
+
+
+def test_resume_with_an_unreadable_image_folder_is_a_sentence(tmp_path, monkeypatch, capsys):
+    from core.runs.store import RunStore
+    from tests.conftest import tiny_config
+    ids = [_hex_id(i) for i in range(12)]
+    root = _gldv2(tmp_path / "gld", [(i, "u", 100 + k % 2) for k, i in enumerate(ids)])
+    store = RunStore(tmp_path / "runs")
+    run_id = store.create(tiny_config(root, classes=2, epochs=1), status="interrupted")
+    blocked = _first_level(root, ids[0][0])
+    _deny(monkeypatch, blocked)
+    assert main(["train", "--resume", run_id, "--runs", str(tmp_path / "runs")]) == 2
+    assert f"error: Cannot read the image folder {blocked} (permission denied); fix its permissions" in capsys.readouterr().err
+    assert store.get(run_id)["status"] == "failed"           # the run stays, to be resumed once the folder is fixed
+
+
+def test_stats_scans_what_is_on_disk_and_counts_what_is_not(tmp_path, capsys):
+    """Issue 20: a CSV listing more than was downloaded; the layout probe alone would refuse it."""
+    ids = [_hex_id(i) for i in range(40)]
+    rows = [(i, "u", 5 + k % 2) for k, i in enumerate(ids)]
+    root = _gldv2(tmp_path / "gld", rows[30:])               # 10 of 40 on disk, none of the first 20
+    pd.DataFrame(rows, columns=["id", "url", "landmark_id"]).to_csv(root / "train.csv", index=False)
+    with pytest.raises(UserError, match="lists images that are not on disk"):
+        data.load_index(root)                                # training still refuses it, with its sentence
+    out = _stats_json(capsys, root)
+    assert out["images"] == 40 and out["scan"]["checked"] == 10 and out["scan"]["unreadable"] == 0
+    assert out["scan"]["missing"] == 30
+    assert out["scan"]["missing_examples"][0].endswith(f"/train/{ids[0][0]}/{ids[0][1]}/{ids[0][2]}/{ids[0]}.jpg")
+    assert main(["stats", str(root)]) == 0
+    assert "scan: 10 files checked, 0 unreadable, 30 listed but not on disk (e.g. " in capsys.readouterr().out

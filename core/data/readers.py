@@ -9,6 +9,8 @@ The embedded demo data set (core.data.demo) is written in the gldv2 layout.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import re
 import warnings
@@ -23,6 +25,8 @@ from core.errors import UserError
 from core.paths import cache_dir
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp"}
+NO_DUPLICATES = {"rows": 0, "ids": []}
+DUPLICATE_EXAMPLES = 5  # ids a report names
 CSV_COLUMNS = ("id", "url", "landmark_id")
 MAX_PIXELS = 50_000_000  # decompression-bomb guard for dataset images and uploads
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -35,6 +39,7 @@ class DatasetIndex:
     samples: pd.DataFrame            # columns: path (absolute str), label (str)
     names: dict = field(default_factory=dict)   # label -> readable name
     synthetic: bool = False
+    duplicates: dict = field(default_factory=lambda: dict(NO_DUPLICATES))  # rows listed twice (see duplicate_report)
 
     def counts(self) -> pd.Series:
         return self.samples["label"].value_counts(sort=True)
@@ -111,17 +116,26 @@ def parse_csv(path: Path, read):
         raise UserError(f"{path} could not be read as CSV ({msg[:200].rstrip('.')}); fix or replace the file.") from None
 
 
-def _read_csv(path: Path, columns=("id", "landmark_id")) -> pd.DataFrame:
+def _read_csv(path: Path, required=CSV_COLUMNS) -> tuple[pd.DataFrame, dict]:
+    """(id, landmark_id) rows of a train.csv, each image once, and the report of the rows that
+    repeated one (duplicate_report): what training indexes and what `stats` counts."""
     head = parse_csv(path, lambda: pd.read_csv(path, nrows=0))
-    missing = [c for c in CSV_COLUMNS if c not in head.columns]
+    missing = [c for c in required if c not in head.columns]
     if missing:
         raise UserError(f"{path} is missing column(s) {', '.join(missing)}; expected columns id,url,landmark_id.")
-    df = parse_csv(path, lambda: pd.read_csv(path, usecols=list(columns), dtype={"id": str, "landmark_id": str},
+    df = parse_csv(path, lambda: pd.read_csv(path, usecols=["id", "landmark_id"], dtype={"id": str, "landmark_id": str},
                                              engine="pyarrow", keep_default_na=False))
-    if "id" in df:
-        _check_ids(path, df["id"])
+    _check_ids(path, df["id"])
     df = df[df["landmark_id"] != ""]
-    return _drop_duplicates(path, df) if "id" in df else df
+    if not df["id"].duplicated().any():   # the common case, and the cheap test (~1 s for GLDv2)
+        return df, dict(NO_DUPLICATES)
+    return _drop_duplicates(path, df), duplicate_report(df)
+
+
+def duplicate_report(df: pd.DataFrame) -> dict:
+    """{"rows": rows that repeat an earlier (id, landmark_id) row, "ids": a few of their ids}."""
+    again = df.duplicated(["id", "landmark_id"])
+    return {"rows": int(again.sum()), "ids": df["id"][again].drop_duplicates().head(DUPLICATE_EXAMPLES).tolist()}
 
 
 def _check_ids(path: Path, ids: pd.Series) -> None:
@@ -149,20 +163,70 @@ def _drop_duplicates(path: Path, df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _csv_image_dir(root: Path, ids: pd.Series) -> tuple[Path, bool] | None:
-    """Find where a train.csv's images live: (folder, nested) or None."""
+IMAGE_DIRS = ("train", "images", ".")   # where a train.csv's images may live, in this order
+
+
+def _csv_image_dir(root: Path, ids: pd.Series, least: float = 0.5) -> tuple[Path, bool] | None:
+    """Find where a train.csv's images live: (folder, nested), the first candidate holding at
+    least `least` of up to 20 probed ids (and one at least), or None."""
     probe = [i for i in ids.head(50) if i][:20]
-    for folder in ("train", "images", "."):
+    for folder in IMAGE_DIRS:
         d = (root / folder).resolve()
         for nested in (True, False):
-            hits = sum((d / _rel(i, nested)).exists() for i in probe)
-            if probe and hits >= max(1, len(probe) // 2):
+            hits = sum(_on_disk(d / _rel(i, nested), d) for i in probe)
+            if probe and hits >= max(1, math.ceil(len(probe) * least)):
                 return d, nested
     return None
 
 
 def _rel(i: str, nested: bool) -> str:
     return f"{i[0]}/{i[1]}/{i[2]}/{i}.jpg" if nested else f"{i}.jpg"
+
+
+def _on_disk(path: Path, top: Path) -> bool:
+    """Whether `path` exists; a folder between `top` and it that may not be read is a sentence
+    naming that folder (Path.exists raises PermissionError there on Python 3.11)."""
+    try:
+        os.stat(path)
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except PermissionError:
+        raise _unreadable_folder(_blocked_folder(path, top)) from None
+
+
+def _blocked_folder(path: Path, top: Path) -> Path:
+    """The outermost folder from `top` down to `path`'s own that cannot be listed."""
+    d = top
+    for part in ("", *path.parent.relative_to(top).parts):
+        d = d / part if part else d
+        try:
+            with os.scandir(d):
+                pass
+        except PermissionError:
+            return d
+        except OSError:
+            break
+    return path.parent
+
+
+def _unreadable_folder(d: Path) -> UserError:
+    return UserError(f"Cannot read the image folder {d} (permission denied); fix its permissions "
+                     f"(for example chmod -R u+rX {d}) or move it out of the data set.")
+
+
+def _check_image_folders(folder: Path, ids: pd.Series, nested: bool) -> None:
+    """Every first-level image folder the ids use (train/0 … train/f) can be listed: one that
+    cannot is a sentence, not images silently skipped one by one. Folders that do not exist
+    are left to the scan (their images are missing)."""
+    for d in sorted(ids.str[0].unique()) if nested else ["."]:
+        try:
+            with os.scandir(folder / d):
+                pass
+        except PermissionError:
+            raise _unreadable_folder((folder / d).resolve() if d == "." else folder / d) from None
+        except OSError:
+            continue
 
 
 def _category_names(root: Path) -> dict:
@@ -182,24 +246,37 @@ def readable_names(df: pd.DataFrame) -> dict:
     return dict(zip(df["landmark_id"], names))
 
 
+def _listed(root: Path, clean: bool = False, required=CSV_COLUMNS) -> tuple[pd.DataFrame, dict]:
+    """train.csv's (id, landmark_id) rows, each image once, narrowed to train_clean.csv's ids
+    with `clean`; and the duplicate report. Training's index and `stats` both count these."""
+    df, dups = _read_csv(root / "train.csv", required)
+    if clean:
+        df = df[df["id"].isin(set(clean_table(root)["id"]))]
+    return df, dups
+
+
+def _image_paths(folder: Path, ids: pd.Series, nested: bool) -> pd.Series:
+    rel = (ids.str[0] + "/" + ids.str[1] + "/" + ids.str[2] + "/" + ids + ".jpg") if nested else ids + ".jpg"
+    return str(folder) + os.sep + rel
+
+
+def _not_on_disk(root: Path) -> UserError:
+    return UserError(f"{root / 'train.csv'} lists images that are not on disk; expected them under "
+                     f"train/<a>/<b>/<c>/<id>.jpg, images/…, or <dir>/<id>.jpg.")
+
+
 def read_csv_layout(root: Path) -> DatasetIndex:
-    df = _read_csv(root / "train.csv")
+    df, dups = _listed(root)
     if df.empty:
         raise UserError(f"{root / 'train.csv'} lists no images: the data set is empty.")
     found = _csv_image_dir(root, df["id"])
     if found is None:
-        raise UserError(f"{root / 'train.csv'} lists images that are not on disk; expected them under "
-                        f"train/<a>/<b>/<c>/<id>.jpg, images/…, or <dir>/<id>.jpg.")
+        raise _not_on_disk(root)
     folder, nested = found
-    prefix = str(folder) + os.sep
-    if nested:
-        ids = df["id"]
-        rel = ids.str[0] + "/" + ids.str[1] + "/" + ids.str[2] + "/" + ids + ".jpg"
-    else:
-        rel = df["id"] + ".jpg"
-    samples = pd.DataFrame({"path": prefix + rel, "label": df["landmark_id"].astype(str)})
+    _check_image_folders(folder, df["id"], nested)
+    samples = pd.DataFrame({"path": _image_paths(folder, df["id"], nested), "label": df["landmark_id"].astype(str)})
     return DatasetIndex(root, "gldv2" if nested else "gldv1", samples, _category_names(root),
-                        synthetic=(root / "SYNTHETIC.txt").exists())
+                        synthetic=(root / "SYNTHETIC.txt").exists(), duplicates=dups)
 
 
 def _entries(d: Path, what: str = "class folder", fix: str = "make it readable or move it out of the data set") -> list:
@@ -232,10 +309,13 @@ READERS = {"csv": read_csv_layout, "folders": read_folders}
 
 def detect_layout(root: Path) -> str:
     root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"Data set folder {root} does not exist.")
-    if (root / "train.csv").exists():
-        return "csv"
+    try:
+        if not root.is_dir():
+            raise UserError(f"Data set folder {root} does not exist.")
+        if (root / "train.csv").exists():
+            return "csv"
+    except PermissionError:
+        raise UserError(f"Cannot read the data set folder {root} (permission denied); fix its permissions.") from None
     for d in _subfolders(root):
         if any(Path(e.name).suffix.lower() in IMAGE_EXTS for e in _entries(d)):
             return "folders"
@@ -275,56 +355,85 @@ def load_index(root, clean: bool = False) -> DatasetIndex:
     return index
 
 
+def scan_index(root, labels, clean: bool = False) -> tuple[DatasetIndex, dict]:
+    """The index of `labels`' images that are on disk, and {"images": n, "paths": [a few]} of
+    those a train.csv lists that are not: a scan checks what is there and says what is not
+    (issue 20), where training's layout probe would refuse a set that is mostly missing."""
+    root = Path(root).expanduser().resolve()
+    labels = set(map(str, labels))
+    if detect_layout(root) != "csv":
+        index = load_index(root, clean)
+        index.samples = index.samples[index.samples["label"].isin(labels)].reset_index(drop=True)
+        return index, {"images": 0, "paths": []}
+    df, dups = _listed(root, clean)
+    df = df[df["landmark_id"].isin(labels)]
+    folder, nested = (_csv_image_dir(root, df["id"]) or _csv_image_dir(root, df["id"], least=0)
+                      or ((root / IMAGE_DIRS[0]).resolve(), True))
+    _check_image_folders(folder, df["id"], nested)
+    paths = _image_paths(folder, df["id"], nested)
+    here = np.fromiter((_on_disk(Path(p), folder) for p in paths), bool, len(paths))
+    samples = pd.DataFrame({"path": paths[here], "label": df["landmark_id"][here].astype(str)}).reset_index(drop=True)
+    index = DatasetIndex(root, "gldv2" if nested else "gldv1", samples, _category_names(root),
+                         synthetic=(root / "SYNTHETIC.txt").exists(), duplicates=dups)
+    return index, {"images": int((~here).sum()), "paths": paths[~here].head(DUPLICATE_EXAMPLES).tolist()}
+
+
 # ---------------------------------------------------------------- statistics (cached)
 
+STATS_VERSION = 2  # in the cache's file names: v2 counts an image listed twice once, as training does (issue 19)
+
+
 def signature(root: Path, clean: bool = False) -> str:
-    """Changes when the data set does: train.csv's size+mtime, or the class folders' mtimes."""
-    f = root / (CLEAN_CSV if clean else "train.csv")
-    if f.exists():
-        st = f.stat()
-        sig = f"{f}|{st.st_size}|{st.st_mtime_ns}"
+    """Changes when the data set does: train.csv's (and train_clean.csv's) size+mtime, or the
+    class folders' mtimes."""
+    files = [f for f in (root / "train.csv", root / CLEAN_CSV if clean else None) if f is not None and f.exists()]
+    if files:
+        sig = "|".join(f"{f}|{st.st_size}|{st.st_mtime_ns}" for f in files for st in [f.stat()])
     else:  # folders: the class folders' mtimes change when files are added or removed
         sig = "|".join(f"{d}:{d.stat().st_mtime_ns}" for d in sorted(root.iterdir()) if d.is_dir())
     return hashlib.sha1(sig.encode()).hexdigest()[:16]
 
 
-def _count_labels(root: Path) -> pd.Series:
-    f = root / "train.csv"
-    if not f.exists():
-        return load_index(root).counts()
-    import pyarrow.compute as pc
-    import pyarrow.csv as pacsv
-    head = parse_csv(f, lambda: pd.read_csv(f, nrows=0))
-    if "landmark_id" not in head.columns:
-        raise UserError(f"{f} is missing column(s) landmark_id; expected columns id,url,landmark_id.")
-    table = parse_csv(f, lambda: pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(
-        include_columns=["landmark_id"], column_types={"landmark_id": "string"})))
-    vc = pc.value_counts(table.column("landmark_id")).flatten()
-    s = pd.Series(vc[1].to_numpy(), index=vc[0].to_pylist(), name="count")
-    s = s[s.index.notna() & (s.index != "")]
+def _sorted_counts(labels: pd.Series) -> pd.Series:
+    """Images per label, most frequent first (ties in order of first appearance)."""
+    s = labels.astype(str).value_counts(sort=False).rename("count")
     return s.sort_values(ascending=False, kind="stable")
 
 
-def _count_clean(root: Path) -> pd.Series:
-    s = clean_table(root)["landmark_id"].value_counts().rename("count")
-    return s.sort_values(ascending=False, kind="stable")
+def _count(root: Path, layout: str, clean: bool) -> tuple[pd.Series, dict]:
+    if layout == "csv":   # from the CSV alone: images need not be on disk to be counted
+        df, dups = _listed(root, clean, required=("id", "landmark_id"))
+        return _sorted_counts(df["landmark_id"]), dups
+    index = load_index(root, clean)
+    return _sorted_counts(index.samples["label"]), index.duplicates
+
+
+def label_counts(root, clean: bool = False) -> tuple[pd.Series, dict]:
+    """(images per class, most frequent first; the duplicate report), cached on the CSVs' size and
+    mtime. An image listed twice counts once, as in training's index. `clean`: the images of
+    train_clean.csv (GLDv2's cleaned subset) only."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    root = Path(root).expanduser().resolve()
+    layout = detect_layout(root)
+    cache = cache_dir() / "stats" / f"{signature(root, clean)}{'-clean' if clean else ''}-v{STATS_VERSION}.parquet"
+    if cache.exists():
+        t = pq.read_table(cache)
+        dups = json.loads((t.schema.metadata or {}).get(b"duplicates", json.dumps(NO_DUPLICATES).encode()))
+        df = t.to_pandas()
+        return pd.Series(df["count"].to_numpy(), index=df["label"].to_numpy(), name="count"), dups
+    s, dups = _count(root, layout, clean)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    t = pa.table({"label": s.index.astype(str), "count": s.to_numpy()})
+    tmp = cache.with_suffix(".tmp")
+    pq.write_table(t.replace_schema_metadata({"duplicates": json.dumps(dups)}), tmp)
+    os.replace(tmp, cache)
+    return s, dups
 
 
 def class_counts(root, clean: bool = False) -> pd.Series:
-    """Images per class, most frequent first; cached on the CSV's size and mtime. `clean`:
-    counted from train_clean.csv (GLDv2's cleaned subset) instead of train.csv."""
-    root = Path(root).expanduser().resolve()
-    detect_layout(root)
-    cache = cache_dir() / "stats" / f"{signature(root, clean)}{'-clean' if clean else ''}.parquet"
-    if cache.exists():
-        df = pd.read_parquet(cache)
-        return pd.Series(df["count"].to_numpy(), index=df["label"].to_numpy(), name="count")
-    s = _count_clean(root) if clean else _count_labels(root)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    pd.DataFrame({"label": s.index.astype(str), "count": s.to_numpy()}).to_parquet(tmp)
-    os.replace(tmp, cache)
-    return s
+    """Images per class, most frequent first (label_counts without the duplicate report)."""
+    return label_counts(root, clean)[0]
 
 
 def imbalance(counts: pd.Series, top: int, small: int = 10) -> dict:

@@ -158,18 +158,21 @@ def class_models(ctx: Context) -> dict:
 
 @kind("scan")
 def scan(ctx: Context) -> dict:
+    """Decode the chosen classes' images that are on disk (cached) and list the unreadable ones;
+    count those the CSV lists but the disk lacks."""
     from core.data.prepared import prepare
-    from core.data.readers import load_index
+    from core.data.readers import scan_index
     a = ctx.args
-    index = load_index(a["data"], clean=bool(a.get("clean")))
-    top = set(map(str, a["labels"]))
-    paths = index.samples.loc[index.samples["label"].isin(top), "path"].tolist()
+    index, missing = scan_index(a["data"], a["labels"], clean=bool(a.get("clean")))
+    paths = index.samples["path"].tolist()
 
     def progress(done, total):
         ctx.check_stop()
         ctx.progress(done=done, total=total)
-    prep = prepare(paths, SCAN_SIZE, key=str(index.root), progress=progress)
-    return {"checked": len(paths), "decoded": prep.decoded, "reasons": [list(r) for r in prep.reasons]}
+    prep = prepare(paths, SCAN_SIZE, key=str(index.root), progress=progress) if paths else None
+    reasons = [list(r) for r in prep.reasons] if prep else []
+    return {"checked": len(paths), "decoded": prep.decoded if prep else 0, "reasons": reasons,
+            "missing": missing["images"], "missing_examples": missing["paths"]}
 
 
 @kind("demo")
