@@ -307,7 +307,7 @@ def cmd_export(a) -> dict:
 
 def cmd_download(a) -> dict:
     import time
-    from core.data.download import LABELS, describe, download, parse_shard
+    from core.data.download import LABELS, describe, parse_shard
     shard = parse_shard(a.shard)
     last = [0.0]
 
@@ -333,6 +333,8 @@ def cmd_download(a) -> dict:
               file=sys.stderr)
         raise SystemExit(130) from None
     print(file=sys.stderr)
+    if out.get("warning"):
+        print(f"warning: {out['warning']}", file=sys.stderr)
     if not a.json:
         print(f"{out['on_disk']:,} of {out['listed']:,} images of the top {out['classes']} classes are in "
               f"{out['out']} ({describe(out)}); report: {out['out']}/download_report.json")
