@@ -33,19 +33,6 @@ except UserError as e:
     st.stop()
 schedule_queue()        # queued runs start after an app restart whichever page opens first
 
-PAGES = ROOT / "pages"
-nav = st.navigation({
-    "Data & training": [
-        st.Page(PAGES / "dataset.py", title="Dataset", icon="📊", default=True),
-        st.Page(PAGES / "train.py", title="Train", icon="🚀"),
-        st.Page(PAGES / "runs.py", title="Runs", icon="📈"),
-        st.Page(PAGES / "sweeps.py", title="Sweeps", icon="🔬"),
-    ],
-    "Understand": [
-        st.Page(PAGES / "evaluate.py", title="Evaluate", icon="🎯"),
-        st.Page(PAGES / "classify.py", title="Classify", icon="🔍"),
-        st.Page(PAGES / "class_model.py", title="Class model", icon="🎨"),
-        st.Page(PAGES / "compare.py", title="Compare", icon="⚖️"),
-    ],
-})
-nav.run()
+from dashboard import nav  # noqa: E402 - every page declared once, with its title, icon and URL
+
+st.navigation(nav.sections()).run()

@@ -3,24 +3,22 @@ they never train. The files and the store are the truth, not st.session_state.""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import pandas as pd
+import streamlit as st
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
+from core import paths
+from core.data.demo import DEMO_DEFAULTS
+from core.errors import UserError
+from core.runs.store import RunStore
+from core.train.config import DEFAULTS as CONFIG_DEFAULTS
+from core.train.config import LEGACY
+from dashboard import nav
+from dashboard.charts import short_labels  # noqa: F401 - one helper for every per-class axis
 
-from core import paths  # noqa: E402
-from core.errors import UserError  # noqa: E402
-from core.runs.store import RunStore  # noqa: E402
-from dashboard.charts import short_labels  # noqa: E402,F401 - one helper for every per-class axis
-
-DEMO_ARGS = dict(classes=12, images=3000, size=160, seed=0)
-STATUS_ICON = {"queued": "⏳", "starting": "🚀", "running": "🏃", "done": "✅", "failed": "❌",
-               "cancelled": "⏹️", "interrupted": "⚠️", "pruned": "✂️"}
+STATUS_ICON = {"queued": "⏳", "starting": "🚀", "running": "🏃",                     # core.runs.store.ACTIVE
+               "done": "✅", "failed": "❌", "cancelled": "⏹️", "interrupted": "⚠️", "pruned": "✂️"}  # and FINAL
 
 
 def home_key() -> str:
@@ -65,7 +63,7 @@ def ensure_demo() -> Path:
         if not st.button("Try again", key="demo_retry"):
             st.stop()                  # not resubmitted by itself: a failing job would loop every second
     if job is None or not job["active"]:
-        jobs.submit(store(), "demo", dict(out=str(d), **DEMO_ARGS))
+        jobs.submit(store(), "demo", dict(out=str(d), **DEMO_DEFAULTS))
     job_progress("demo", "Generating the synthetic demo data set (first use only)…", out=str(d))
     st.stop()
 
@@ -216,10 +214,10 @@ TRAIN_FIELDS = dict(train_classes="classes", train_lr="lr", train_epochs="epochs
 def train_again(config: dict) -> None:
     """Copy a run's whole configuration into the Train form (data set included) and open it."""
     from core.data import registry
-    from core.train.config import AUGMENTATIONS, DEFAULTS, LEGACY
+    from core.train.config import AUGMENTATIONS
     ss = st.session_state
-    for key, field in TRAIN_FIELDS.items():   # a key the stored config lacks: what it meant then (LEGACY)
-        ss[key] = config.get(field, LEGACY.get(field, DEFAULTS[field]))
+    for key, field in TRAIN_FIELDS.items():
+        ss[key] = config_value(config, field)
     if isinstance(ss["train_compile"], bool):  # stored before compile had "auto"
         ss["train_compile"] = "on" if ss["train_compile"] else "off"
     weights = str(config.get("weights") or "imagenet")
@@ -234,7 +232,22 @@ def train_again(config: dict) -> None:
         name = DEMO if Path(data).resolve() == demo_path().resolve() else registry.remember(data, source="run")["name"]
         ss["data_in_use"] = name
     ss["train_again_note"] = True
-    st.switch_page(str(ROOT / "pages" / "train.py"))
+    st.switch_page(nav.TRAIN.page())
+
+
+def config_value(config: dict, field: str):
+    """A field of a stored run configuration; a field it lacks (stored before the field existed)
+    takes what it meant then (LEGACY), else the field's default."""
+    return config.get(field, LEGACY.get(field, CONFIG_DEFAULTS[field]))
+
+
+def split_labels(configs: list[dict]) -> dict[str, str]:
+    """Split -> label, with the share the runs' configurations gave it ('Holdout (1%)',
+    'Validation (20%)': of what the holdout left); without a share where the runs differ."""
+    def share(field: str) -> str:
+        values = {config_value(c, field) for c in configs}
+        return f" ({100 * values.pop():.3g}%)" if len(values) == 1 else ""
+    return {"holdout": f"Holdout{share('holdout')}", "val": f"Validation{share('val')}", "train": "Train"}
 
 
 def runs_frame(statuses: tuple[str, ...] | None = None) -> pd.DataFrame:
@@ -346,7 +359,7 @@ def run_and_predictor(key: str):
     """Pick a finished run (best first) and load its model; stops the page when there is none."""
     run_id = run_picker("Model (a finished run; the best one is first)", key=key)
     if not run_id:
-        st.page_link("../pages/train.py", label="Go to the Train page", icon="🚀")
+        st.page_link(nav.TRAIN.page(), label="Go to the Train page")
         st.stop()
     try:
         return run_id, predictor(run_id)
@@ -384,27 +397,23 @@ def internet_reachable(host: str = "download.pytorch.org", port: int = 443, time
 
 # ------------------------------------------------------------------ first visit
 
-START_STEPS = (  # (page, label, icon as in app.py's navigation, what the step is for)
-    ("dataset.py", "1 · Look at the data", "📊", "How many photos each landmark has, and samples of them."),
-    ("train.py", "2 · Train a model", "🚀", "The quick demo preset trains one in minutes on a CPU."),
-    ("evaluate.py", "3 · Evaluate it", "🎯", "Accuracy per class, and which landmarks it mixes up."),
-    ("classify.py", "4 · Classify a photo", "🔍", "Upload a photo: the model names it and shows why."),
+START_STEPS = (  # (page, label, what the step is for); each link shows its page's icon
+    (nav.DATASET, "1 · Look at the data", "How many photos each landmark has, and samples of them."),
+    (nav.TRAIN, "2 · Train a model", "The quick demo preset trains one in minutes on a CPU."),
+    (nav.EVALUATE, "3 · Evaluate it", "Accuracy per class, and which landmarks it mixes up."),
+    (nav.CLASSIFY, "4 · Classify a photo", "Upload a photo: the model names it and shows why."),
 )
 
 
 def start_here() -> None:
     """The four steps from data to a model that names landmarks, each a link; shown until the
     first run exists."""
-    from streamlit.errors import StreamlitAPIException
     if store().list():
         return
     with st.container(border=True):
         st.markdown("**Start here**: four steps from a data set to a model that recognises landmarks.")
-        for col, (page, label, icon, text) in zip(st.columns(len(START_STEPS)), START_STEPS):
-            try:
-                col.page_link(str(ROOT / "pages" / page), label=label, icon=icon)
-            except StreamlitAPIException:  # the page runs on its own (e.g. in a test): nothing to link into
-                col.markdown(f"{icon} **{label}**")
+        for col, (page, label, text) in zip(st.columns(len(START_STEPS)), START_STEPS):
+            col.page_link(page.page(), label=label)
             col.caption(text)
 
 

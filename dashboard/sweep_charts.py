@@ -17,6 +17,7 @@ PALETTE = qualitative.Plotly + qualitative.D3
 MAX_CATEGORIES = 12        # a numeric parameter with more distinct values is drawn as a number, not ticks
 HEAT_BINS = 6              # bins of a continuous parameter on a heatmap axis
 LEGEND_CURVES = 20         # above this many trials the curve plot has no per-trial legend
+PCT = "%.3f"                # accuracies in the Sweeps page's tables
 
 
 def fmt(v) -> str:

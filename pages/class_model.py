@@ -1,7 +1,5 @@
 """Class model: the image a trained network scores highest for a class (Simonyan, Vedaldi &
 Zisserman 2014, §2), drawn by a background job and cached per run, class, steps and size."""
-from dashboard.common import MANY_CLASS_MODELS, run_and_predictor, store, user_error
-
 import io
 import re
 import zipfile
@@ -13,6 +11,7 @@ from core.errors import UserError
 from core.explain.files import class_model_path, class_model_png
 from core.runs import jobs
 from core.runs.tasks import SIZE_RANGE, STEPS_RANGE
+from dashboard.common import MANY_CLASS_MODELS, run_and_predictor, store, user_error
 
 st.session_state.setdefault("cm_steps", 150)
 GRID_LIMIT = 100   # images drawn in the grid at most; the ZIP download holds every one

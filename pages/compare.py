@@ -1,9 +1,6 @@
 """Compare: two or more finished runs side by side — metrics and config differences, curves,
 per-class accuracy on the classes they share, confusion matrices, and the same image explained
 by each model with the same method (the seed's Figs. 5–6)."""
-from dashboard.common import (ROOT, classes_text, home_key, loss_controls, predictor, run_picker, runs_frame,  # noqa: I001
-                              store, user_error)
-
 import hashlib
 from pathlib import Path
 
@@ -12,13 +9,15 @@ import pandas as pd
 import streamlit as st
 
 from core.data.readers import open_image
+from core.data.uploads import UPLOAD_TYPES, limits_text, load_upload
 from core.errors import UserError
 from core.explain import METHODS
 from core.explain.files import explain_one
-from core.data.uploads import UPLOAD_TYPES, limits_text, load_upload
-from dashboard import charts
+from dashboard import charts, nav
+from dashboard.common import (classes_text, home_key, loss_controls, predictor, run_picker, runs_frame, split_labels,
+                              store, user_error)
 
-SPLITS = {"val": "Validation (20%)", "holdout": "Holdout (1%)", "train": "Train"}
+SPLITS = ("val", "holdout", "train")       # in the order of the split picker; labels from the runs' configs
 st.session_state.setdefault("cmp_split", "val")
 st.session_state.setdefault("cmp_normalize", False)
 st.session_state.setdefault("cmp_top_k", 30)
@@ -247,7 +246,7 @@ if len(run_ids) < 2:
     elif finished_runs > 1:
         st.info("Pick at least two finished runs to compare.", icon="ℹ️")
     if finished_runs < 2:
-        st.page_link(str(ROOT / "pages" / "train.py"), label="Go to the Train page", icon="🚀")
+        st.page_link(nav.TRAIN.page(), label="Go to the Train page")
     st.stop()
 runs = [store().get(r) for r in run_ids]
 names = short_names(runs)
@@ -267,10 +266,11 @@ st.plotly_chart(charts.step_curves_figure({names[r["run_id"]]: load_steps(home_k
                                           title="Training loss per step"), key="cmp_steps")
 
 st.subheader("Per-class accuracy")
-split = st.radio("Split", list(SPLITS), format_func=SPLITS.get, horizontal=True, key="cmp_split")
+labels = split_labels([r["config"] for r in runs])
+split = st.radio("Split", SPLITS, format_func=labels.get, horizontal=True, key="cmp_split")
 evs = {r: evals[r].get(split) for r in run_ids}
 if not all(ev and "confusion" in ev for ev in evs.values()):
-    st.info(f"Not every run has {SPLITS[split].lower()} images to compare on.", icon="ℹ️")
+    st.info(f"Not every run has {labels[split].lower()} images to compare on.", icon="ℹ️")
 else:
     shared = overlap_note(evs, names)
     if not shared:

@@ -6,23 +6,21 @@ core.data.class_counts (cached on disk by the CSV's size and mtime) behind an in
 keyed the same way, readable names are looked up only for the classes shown, and the full
 image index is only built when the thumbnails or the scan ask for it, once per data set version.
 """
-from dashboard.common import (clean_toggle, counts_of, dataset_picker, job_progress, store, synthetic_note,  # noqa: I001
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.data.readers import (detect_layout, imbalance, load_index, open_image, readable_names, resize_square,
+                               signature)
+from core.errors import UserError
+from core.runs.tasks import SCAN_SIZE
+from dashboard import charts
+from dashboard.common import (clean_toggle, counts_of, dataset_picker, job_progress, start_here, store, synthetic_note,
                               user_error)
-
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from core.data.readers import (detect_layout, signature, imbalance, load_index, open_image, readable_names,  # noqa: E402
-                       resize_square)
-from core.errors import UserError  # noqa: E402
-from core.runs.tasks import SCAN_SIZE  # noqa: E402
-from dashboard import charts  # noqa: E402
-from dashboard.download_panel import download_panel  # noqa: E402
-from dashboard.common import start_here  # noqa: E402
+from dashboard.download_panel import download_panel
 
 N_CHOICES = (10, 20, 30, 50, 100, 200, 500, 1000)
 BAR_LIMIT = 1000          # bars drawn at most; the long-tail plot shows every class

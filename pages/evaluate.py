@@ -1,8 +1,5 @@
 """Evaluate: the seed's holdout table across runs, then for one run and split the per-class
 accuracy (Fig. 4), the confusion matrix (Fig. 3) and the most confident mistakes."""
-from dashboard.common import ROOT, run_picker, runs_frame, store, home_key  # noqa: I001
-from dashboard.export_panel import export_buttons  # noqa: I001
-
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +7,13 @@ import pandas as pd
 import streamlit as st
 
 from core.data.readers import open_image
-from dashboard import charts
 from core.train import metrics
+from core.train.config import DEFAULTS as CONFIG_DEFAULTS
+from dashboard import charts, nav
+from dashboard.common import home_key, run_picker, runs_frame, split_labels, store
+from dashboard.export_panel import export_buttons
 
-SPLITS = {"holdout": "Holdout (1%)", "val": "Validation", "train": "Train"}
+SPLITS = ("holdout", "val", "train")      # in the order of the split picker; labels from the run's config
 st.session_state.setdefault("eval_split", "holdout")
 st.session_state.setdefault("eval_normalize", False)
 st.session_state.setdefault("eval_top_k", 30)
@@ -71,8 +71,9 @@ def holdout_table(runs: pd.DataFrame) -> None:
         "holdout_macro_f1": st.column_config.NumberColumn("Holdout macro-F1", format=PCT,
                                                           help="The unweighted mean of the per-class F1 scores."),
         "holdout_n": st.column_config.NumberColumn("Holdout n", format="%d",
-                                                   help="Holdout images: the set is 1% of the data, so one image moves "
-                                                        "the holdout numbers by 1/n."),
+                                                   help=f"Holdout images: the set is a small share of the data "
+                                                        f"({100 * CONFIG_DEFAULTS['holdout']:.3g}% by default), so "
+                                                        "one image moves the holdout numbers by 1/n."),
         "holdout_top5": st.column_config.NumberColumn("Holdout top-5", format=PCT),
         "holdout_gap": st.column_config.NumberColumn("Holdout GAP", format=PCT,
                                                      help="Global Average Precision (Kaggle landmark recognition metric)."),
@@ -90,12 +91,12 @@ def split_metrics(ev: dict, split: str) -> None:
         st.caption(f"The holdout set has only {n} images: each one moves accuracy by {1 / max(n, 1):.1%}.")
 
 
-def per_class_section(ev: dict, split: str) -> None:
+def per_class_section(ev: dict, label: str) -> None:
     st.subheader("Accuracy per class")
     df = charts.per_class_frame(ev)
     st.plotly_chart(charts.per_class_figure(df), key="eval_per_class")
     missing = int(df["acc"].isna().sum())
-    st.caption(f"Sorted; the number in a bar is the class's {SPLITS[split].lower()} images (its support)."
+    st.caption(f"Sorted; the number in a bar is the class's {label.lower()} images (its support)."
                + (f" {missing} class(es) have no image in this split and are left out." if missing else ""))
     with st.expander("Per-class table"):
         st.dataframe(df.sort_values(["acc", "support"], ascending=[True, False]), hide_index=True,
@@ -122,7 +123,7 @@ def confusion_section(ev: dict, run_id: str, split: str) -> None:
                        file_name=f"confusion_{run_id}_{split}.csv", mime="text/csv", key="eval_confusion_csv")
 
 
-def mistakes_section(ev: dict, run_id: str, split: str) -> None:
+def mistakes_section(ev: dict, run_id: str, split: str, label: str) -> None:
     st.subheader("Most confident mistakes")
     f = store().run(run_id).predictions_file(split)
     if not f.exists():
@@ -131,7 +132,7 @@ def mistakes_section(ev: dict, run_id: str, split: str) -> None:
     preds = load_predictions(str(f), f.stat().st_mtime)
     wrong = preds[preds["pred"] != preds["target"]].sort_values("conf", ascending=False)
     if wrong.empty:
-        st.success(f"No mistakes on the {len(preds)} {SPLITS[split].lower()} images.")
+        st.success(f"No mistakes on the {len(preds)} {label.lower()} images.")
         return
     count = st.slider("Mistakes shown", 4, 48, step=4, key="eval_mistakes")
     names, shown = ev["names"], []
@@ -157,7 +158,7 @@ runs = runs_frame(("done",))
 if runs.empty:
     st.info("No finished runs yet. Launch one on the **Train** page, then come back to see its holdout, "
             "per-class and confusion results.", icon="ℹ️")
-    st.page_link(str(ROOT / "pages" / "train.py"), label="Go to the Train page", icon="🚀")
+    st.page_link(nav.TRAIN.page(), label="Go to the Train page")
     st.stop()
 runs["finished"] = [(store().get(r) or {}).get("finished") for r in runs["run_id"]]
 
@@ -168,15 +169,16 @@ st.divider()
 c1, c2 = st.columns([3, 2])
 with c1:
     run_id = run_picker("Run", key="eval_run")
-split = c2.radio("Split", list(SPLITS), format_func=SPLITS.get, horizontal=True, key="eval_split")
+labels = split_labels([store().get(run_id)["config"]])
+split = c2.radio("Split", SPLITS, format_func=labels.get, horizontal=True, key="eval_split")
 finished = runs.set_index("run_id").loc[run_id, "finished"]
 ev = load_evals(home_key(), run_id, finished).get(split)
 if not ev or "confusion" not in ev:
-    st.info(f"Run {run_id} has no {SPLITS[split].lower()} images to evaluate.", icon="ℹ️")
+    st.info(f"Run {run_id} has no {labels[split].lower()} images to evaluate.", icon="ℹ️")
     st.stop()
 split_metrics(ev, split)
-per_class_section(ev, split)
+per_class_section(ev, labels[split])
 confusion_section(ev, run_id, split)
-mistakes_section(ev, run_id, split)
+mistakes_section(ev, run_id, split, labels[split])
 with st.expander("Download this model (ONNX or TorchScript)"):
     export_buttons(run_id, key="eval_export")

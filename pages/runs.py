@@ -1,12 +1,6 @@
 """Runs: every run in one table; the selected run's live curves and progress, its final
 metrics, and the controls to cancel, resume or delete it. Reads the run store only; the
 workers write it. Live parts poll inside st.fragment(run_every=...) only while a run is active."""
-from dashboard.common import (ROOT, STATUS_ICON, classes_text, home_key, loss_controls, runs_frame, run_label,  # noqa: I001
-                              store, train_again)
-from dashboard import charts
-from dashboard.export_panel import export_buttons
-from dashboard.progress import phase_and_eta
-
 import time
 
 import pandas as pd
@@ -14,7 +8,12 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.runs import jobs
-from core.runs.store import ACTIVE
+from core.runs.store import ACTIVE, FINAL
+from dashboard import charts, nav
+from dashboard.common import (STATUS_ICON, classes_text, home_key, loss_controls, run_label, runs_frame, store,
+                              train_again)
+from dashboard.export_panel import export_buttons
+from dashboard.progress import phase_and_eta
 
 # ------------------------------------------------------------------ session keys
 st.session_state.setdefault("runs_selected", None)   # run id shown below the table (survives page switches)
@@ -23,7 +22,7 @@ st.session_state.setdefault("runs_flash", None)       # (kind, message) left by 
 
 POLL_S = 2            # live refresh interval of the selected run, seconds
 LOG_LINES = 40        # log tail shown for a failed run
-PAGES = ROOT / "pages"
+RESUMABLE = tuple(s for s in FINAL if s not in ("done", "pruned"))   # stopped before their last epoch
 
 
 # ------------------------------------------------------------------ formatting
@@ -39,10 +38,6 @@ def fmt_secs(s) -> str:
 
 def fmt_acc(v) -> str:
     return "—" if v is None or pd.isna(v) else f"{v:.3f}"
-
-
-def page_link(name: str, label: str, icon: str) -> None:
-    st.page_link(str(PAGES / name), label=label, icon=icon)
 
 
 def flash() -> None:
@@ -227,7 +222,7 @@ def final_metrics(run: dict) -> None:
     if st.button("Confusion matrix, per-class accuracy and mistakes on the Evaluate page", icon="🎯",
                  type="tertiary", key=f"runs_evaluate_{run['run_id']}"):
         st.session_state["eval_run"] = run["run_id"]       # open Evaluate on this run, not the best one
-        st.switch_page(str(PAGES / "evaluate.py"))
+        st.switch_page(nav.EVALUATE.page())
 
 
 def failure(run: dict) -> None:
@@ -280,7 +275,7 @@ def controls(run: dict) -> None:
     if status in ACTIVE:
         c1.button("⏹️ Cancel", key="runs_cancel", on_click=on_cancel, args=(run_id,),
                   help="Stop at the next step; the last checkpoint is kept so the run can be resumed.")
-    elif status in ("cancelled", "interrupted", "failed"):
+    elif status in RESUMABLE:
         if has_checkpoint(run_id):
             c1.button("▶️ Resume", key="runs_resume", on_click=on_resume, args=(run_id,),
                       help="Continue from the last checkpoint (end of the last finished epoch).")
@@ -354,7 +349,7 @@ flash()
 frame = runs_frame()
 if frame.empty:
     st.info("No runs yet. Launch a training run on the **Train** page and follow it here live.", icon="ℹ️")
-    page_link("train.py", "Go to the Train page", "🚀")
+    st.page_link(nav.TRAIN.page(), label="Go to the Train page")
 else:
     any_active = frame["status"].isin(ACTIVE).any()
     st.fragment(run_every=POLL_S * 2 if any_active else None)(runs_table)(bool(any_active))

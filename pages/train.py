@@ -4,26 +4,24 @@ The page never trains: core.runs.jobs.launch writes a queued run to the store an
 `python -m core.runs.worker` in its own session when the device is free. The form is validated
 first (TrainConfig.validate and the data set's class count), so bad input creates no run.
 """
-from dashboard.common import (STATUS_ICON, TRAIN_FIELDS, clean_toggle, counts_of, dataset_picker, runs_frame,  # noqa: I001
-                              store, synthetic_note, user_error)
+import time
+from pathlib import Path
 
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import pandas as pd
+import streamlit as st
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-from streamlit.errors import StreamlitAPIException  # noqa: E402
-
-from core.train.config import (AUGMENTATIONS, BALANCES, DEVICES, OPTIMIZERS, PIPELINES, PRECISIONS,  # noqa: E402
+from core.data.readers import detect_layout, has_clean
+from core.errors import UserError
+from core.runs.store import ACTIVE
+from core.train.config import (AUGMENTATIONS, BALANCES, DEFAULT_MODEL, DEVICES, OPTIMIZERS, PIPELINES, PRECISIONS,
                                RECIPES, SWITCHES, TrainConfig, spec)
-from core.train.config import DEFAULTS as CONFIG_DEFAULTS  # noqa: E402
-from core.data.readers import detect_layout, has_clean  # noqa: E402
-from core.errors import UserError  # noqa: E402
-from core.train.models import REGISTRY, imagenet_available  # noqa: E402
-from core.runs.store import ACTIVE  # noqa: E402
-from dashboard import common as ui  # noqa: E402  (as a module: tests replace ui.internet_reachable)
+from core.train.config import DEFAULTS as CONFIG_DEFAULTS
+from core.train.models import REGISTRY, imagenet_available
+from dashboard import common as ui  # as a module: tests replace ui.internet_reachable
+from dashboard import nav
+from dashboard.common import (STATUS_ICON, TRAIN_FIELDS, clean_toggle, counts_of, dataset_picker, runs_frame, store,
+                              synthetic_note, user_error)
 
-RUNS_PAGE = Path(__file__).resolve().parent / "runs.py"
 FLASH_S = 20  # seconds a Cancel's message stays above the queue
 AUG_LABELS = {"crop": "Random resized crop", "hflip": "Random horizontal flip",
               "vflip": "Random vertical flip", "rot90": "Random 90° rotations"}
@@ -58,9 +56,6 @@ def weights_status(model: str) -> tuple[bool, str]:
     return ok, note if ok else note + " Choose **None** to train from scratch offline."
 
 
-OFFLINE_MODEL = "efficientnet_lite0"   # its ImageNet weights ship with pip: the offline choice
-
-
 def model_title(model: str) -> str:
     """'ResNet-18' for resnet18: the model's name as its description in the form spells it."""
     return REGISTRY[model].about.split(" (")[0].split(",")[0]
@@ -71,8 +66,7 @@ def imagenet_refusal(model: str) -> str | None:
     can: shipped, cached, or downloadable because the internet is reachable."""
     if weights_status(model)[0]:
         return None
-    alt = OFFLINE_MODEL if OFFLINE_MODEL in REGISTRY and OFFLINE_MODEL != model and weights_status(OFFLINE_MODEL)[0] \
-        else None
+    alt = DEFAULT_MODEL if DEFAULT_MODEL != model and weights_status(DEFAULT_MODEL)[0] else None  # offline
     other = f", or the model {model_title(alt)}, whose ImageNet weights come with the app" if alt else ""
     if REGISTRY[model].imagenet is None:
         return (f"{model_title(model)} has no ImageNet weights. Choose Weights: None (from scratch), "
@@ -89,16 +83,16 @@ def use_scratch() -> None:
 
 
 def use_offline_model() -> None:
-    st.session_state.update(train_model=OFFLINE_MODEL, train_weights="imagenet")
-    st.session_state["train_fix_note"] = f"Model set to **{model_title(OFFLINE_MODEL)}** with its ImageNet weights."
+    st.session_state.update(train_model=DEFAULT_MODEL, train_weights="imagenet")
+    st.session_state["train_fix_note"] = f"Model set to **{model_title(DEFAULT_MODEL)}** with its ImageNet weights."
 
 
 def offer_fixes(model: str) -> None:
     """The working choices, one click each, under the refusal."""
     a, b, _ = st.columns(3)
     a.button("Use Weights: None (from scratch)", key="train_fix_scratch", on_click=use_scratch)
-    if OFFLINE_MODEL in REGISTRY and OFFLINE_MODEL != model and weights_status(OFFLINE_MODEL)[0]:
-        b.button(f"Use {model_title(OFFLINE_MODEL)} with ImageNet weights", key="train_fix_offline",
+    if DEFAULT_MODEL != model and weights_status(DEFAULT_MODEL)[0]:
+        b.button(f"Use {model_title(DEFAULT_MODEL)} with ImageNet weights", key="train_fix_offline",
                  on_click=use_offline_model)
 
 
@@ -111,17 +105,13 @@ def default_weights(model: str) -> str:
     return "imagenet" if weights_status(model)[0] else "none"
 
 
-def default_model() -> str:
-    return "efficientnet_lite0" if "efficientnet_lite0" in REGISTRY else next(iter(REGISTRY))
-
-
 def on_model_change() -> None:
     st.session_state["train_weights"] = default_weights(st.session_state["train_model"])
 
 
 def apply_preset(n_classes: int) -> None:
     """Quick demo run: small and fast on a CPU (a minute or two on the demo data set)."""
-    model = "efficientnet_lite0" if weights_status("efficientnet_lite0")[0] else "small_cnn"
+    model = DEFAULT_MODEL if weights_status(DEFAULT_MODEL)[0] else "small_cnn"
     st.session_state.update({**DEFAULTS, "train_weights_path": st.session_state.get("train_weights_path", "")})
     st.session_state.update(train_model=model, train_weights=default_weights(model),
                             train_classes=min(10, n_classes), train_size=64, train_epochs=3)
@@ -229,13 +219,6 @@ def submit(root: Path, counts: pd.Series) -> None:
         user_error(e)
 
 
-def runs_link() -> None:
-    try:
-        st.page_link(str(RUNS_PAGE), label="Follow it on the Runs page", icon="📈")
-    except StreamlitAPIException:  # page not registered (the page runs on its own, e.g. in a test)
-        st.caption("Follow it on the **Runs** page.")
-
-
 def on_cancel(run_id: str) -> None:
     """As the Runs page's Cancel: a queued run at once, a running one at its next step."""
     from core.runs import jobs
@@ -268,7 +251,7 @@ def live(active: bool) -> None:
                 st.error(f"{text} {run.get('error') or ''}", icon="🚫")
             else:
                 st.success(text, icon="✅")
-            runs_link()
+            st.page_link(nav.RUNS.page(), label="Follow it on the Runs page")
         st.subheader("Queue")
         df = active_runs()
         if df.empty and active:
@@ -295,7 +278,7 @@ def live(active: bool) -> None:
 # ------------------------------------------------------------------ page
 
 st.session_state.setdefault("train_last_run", None)
-st.session_state.setdefault("train_model", default_model())
+st.session_state.setdefault("train_model", DEFAULT_MODEL)
 st.session_state.setdefault("train_weights", default_weights(st.session_state["train_model"]))
 for k, v in DEFAULTS.items():
     st.session_state.setdefault(k, v)

@@ -182,8 +182,8 @@ def test_toolbar_is_minimal():
 
 
 def nav_icons() -> dict[str, str]:
-    text = (ROOT / "dashboard" / "app.py").read_text()
-    return dict(re.findall(r'st\.Page\(PAGES / "(\w+\.py)", title="[^"]+", icon="([^"]+)"', text))
+    from dashboard import nav
+    return {p.file: p.icon for pages in nav.SECTIONS.values() for p in pages}
 
 
 @pytest.mark.parametrize("name", sorted(nav_icons()))

@@ -36,6 +36,9 @@ ZIPF_EXPONENT = 0.8  # counts ~ 1/rank^0.8, roughly the head/tail of real landma
 MIN_PER_CLASS = 3
 MIN_SIZE = 32
 JPEG_QUALITY = 90
+# the demo data set the app generates on first use (and `python -m core demo-data`'s defaults):
+# classes, images in all, image side in px, seed
+DEMO_DEFAULTS = dict(classes=12, images=3000, size=160, seed=0)
 NOTE = (
     "This data set is SYNTHETIC: procedurally generated drawings of landmark-like "
     "shapes made by core/demo.py (seed {seed}), not real photographs.\n"
@@ -681,8 +684,8 @@ def write_csv(path: Path, header, rows) -> None:
     os.replace(tmp, path)
 
 
-def generate(out, classes: int = 12, images: int = 3000, size: int = 160, seed: int = 0,
-             progress=None) -> dict:
+def generate(out, classes: int = DEMO_DEFAULTS["classes"], images: int = DEMO_DEFAULTS["images"],
+             size: int = DEMO_DEFAULTS["size"], seed: int = DEMO_DEFAULTS["seed"], progress=None) -> dict:
     """Write a synthetic data set in the Google Landmarks v2 layout under `out`; return a summary.
 
     train.csv is written last, so a directory with train.csv is a finished data set.

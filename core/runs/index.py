@@ -24,7 +24,7 @@ from core.runs.proc import gone, process_identity
 
 SCHEMA_VERSION = 3           # 2: runs.proc; 3: one jobs table for every long task, run folders are the truth
 ACTIVE = ("queued", "starting", "running")
-FINAL = ("done", "failed", "cancelled", "interrupted", "pruned")
+FINAL = ("done", "failed", "cancelled", "interrupted", "pruned")   # pruned: stopped early by its sweep
 RUN_FIELDS = ("run_id", "created", "model", "data", "classes", "config", "summary", "name", "notes")
 JOB_FIELDS = ("job_id", "kind", "run_id", "args", "status", "device", "pid", "proc", "heartbeat", "created",
               "queued_at", "started", "finished", "cancel", "progress", "result", "error")
