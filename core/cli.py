@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.train.config import add_arguments, from_arguments
+from core.train.config import DEFAULT_MODEL, add_arguments, from_arguments
 from core.errors import UserError
 
 
@@ -399,7 +399,7 @@ def cmd_sweep(a) -> dict:
                 raise UserError("sweep needs --data DIR and --grid NAME=V1,V2 … (or --join/--status/--cancel NAME).")
             space = sweeps.parse_space(a.grid)
             cfg = from_arguments(a, data=str(Path(a.data).expanduser().resolve()),
-                                 model=a.model or "resnet18").validate()
+                                 model=a.model or DEFAULT_MODEL).validate()
             if "classes" not in space:
                 from core.data.readers import load_index
                 from core.data.splits import top_classes
@@ -437,15 +437,15 @@ def cmd_reproduce(a) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from core.data import DEMO_DEFAULTS
     from core.data.download import DEFAULTS as DOWNLOAD
+    from core.runs.sweeps import SAMPLERS
     ap = argparse.ArgumentParser(prog="python -m core", description="Landmark recognition workbench")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("demo-data", help="write the synthetic demo data set (GLDv2 layout)")
     p.add_argument("out")
-    p.add_argument("--classes", type=int, default=12)
-    p.add_argument("--images", type=int, default=3000)
-    p.add_argument("--size", type=int, default=160)
-    p.add_argument("--seed", type=int, default=0)
+    for k, v in DEMO_DEFAULTS.items():
+        p.add_argument(f"--{k}", type=int, default=v, help=f"default {v}")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_demo_data)
 
@@ -532,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model")
     p.add_argument("--grid", nargs="+", metavar="NAME=V1,V2", help="values to search, e.g. lr=0.01,0.001 "
                    "optimizer=adam,sgd (tpe/random also take ranges: lr=1e-4:1e-2)")
-    p.add_argument("--sampler", choices=["grid", "tpe", "random"], default="grid")
+    p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0])
     p.add_argument("--trials", type=int, default=None, help="how many configurations (tpe, random)")
     p.add_argument("--prune", action="store_true", help="stop trials that cannot catch up (median of earlier trials)")
     p.add_argument("--name", default=None, help="the sweep's name (default: sweep-DATE-TIME)")

@@ -11,6 +11,7 @@ import streamlit as st
 from core import paths
 from core.data.demo import DEMO_DEFAULTS
 from core.errors import UserError
+import core.runs.tasks  # noqa: F401 - the job kinds register themselves (pages submit them)
 from core.runs.store import RunStore
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS
 from core.train.config import LEGACY

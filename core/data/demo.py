@@ -38,7 +38,7 @@ MIN_SIZE = 32
 JPEG_QUALITY = 90
 # the demo data set the app generates on first use (and `python -m core demo-data`'s defaults):
 # classes, images in all, image side in px, seed
-DEMO_DEFAULTS = dict(classes=12, images=3000, size=160, seed=0)
+from core.data import DEMO_DEFAULTS  # noqa: E402 - declared where the CLI reads it without numpy
 NOTE = (
     "This data set is SYNTHETIC: procedurally generated drawings of landmark-like "
     "shapes made by core/demo.py (seed {seed}), not real photographs.\n"

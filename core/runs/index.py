@@ -16,7 +16,8 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-import pandas as pd
+
+from typing import TYPE_CHECKING
 
 from core.errors import UserError
 from core.runs.folder import EPOCH_KEYS, STEP_KEYS, RunFolder
@@ -55,6 +56,10 @@ CREATE INDEX IF NOT EXISTS events_run ON events(run_id);
 _RUN_SELECT = ("SELECT r.*, j.status, j.device, j.pid, j.proc, j.heartbeat, j.queued_at, j.started, j.finished, "
                "j.cancel, j.progress, j.error, j.args FROM runs r LEFT JOIN jobs j ON j.job_id = r.run_id")
 _REBUILD = "rebuild it with `python -m core runs rebuild` (or the Rebuild button in the app)"
+
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class IndexDamaged(UserError):
@@ -312,10 +317,12 @@ class RunIndex:
         self._write("INSERT OR REPLACE INTO evals VALUES (?,?,?)", (run_id, split, json.dumps(metrics)))
 
     def epochs(self, run_id: str) -> pd.DataFrame:
+        import pandas as pd              # not at import: `python -m core --help` stays light
         with self._conn() as c:
             return pd.read_sql_query("SELECT * FROM epochs WHERE run_id=? ORDER BY epoch", c, params=(run_id,))
 
     def steps(self, run_id: str) -> pd.DataFrame:
+        import pandas as pd
         with self._conn() as c:
             return pd.read_sql_query("SELECT * FROM steps WHERE run_id=? ORDER BY step", c, params=(run_id,))
 

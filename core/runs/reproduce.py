@@ -4,13 +4,13 @@ table with the poster's numbers beside this run's."""
 from __future__ import annotations
 
 from core.errors import UserError
-from core.train.config import TrainConfig
+from core.train.config import DEFAULT_MODEL, TrainConfig
 
 # (model, classes) -> the poster's (train, val, holdout) accuracy
 POSTER = {("resnet18", 10): (0.992, 0.988, 0.988), ("resnet18", 20): (0.993, 0.983, 0.984),
           ("resnet18", 30): (0.991, 0.980, 0.969), ("resnet18", 50): (0.984, 0.975, 0.968),
           ("vgg16", 10): (0.935, 0.943, 0.941), ("vgg16", 20): (0.889, 0.900, 0.881)}
-STAND_IN = "efficientnet_lite0"          # ImageNet weights that ship with pip (work offline)
+STAND_IN = DEFAULT_MODEL                 # ImageNet weights that ship with pip (work offline)
 QUICK = dict(image_size=64, epochs=2)    # --quick: fits a CPU in minutes; the table says so
 
 

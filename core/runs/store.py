@@ -16,7 +16,8 @@ import shutil
 import time
 import uuid
 
-import pandas as pd
+
+from typing import TYPE_CHECKING
 
 from core.errors import UserError
 from core.files import atomic_write
@@ -31,6 +32,10 @@ ID_HEX = 8                   # random hex digits in a run id (after the second a
 
 def new_run_id(model: str) -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + f"{model}-" + uuid.uuid4().hex[:ID_HEX]
+
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class Run(RunFolder):
@@ -69,6 +74,7 @@ class Run(RunFolder):
         """label -> readable name, as chosen when the run started."""
         if not self.classes_file.exists():
             return {}
+        import pandas as pd
         df = pd.read_json(self.classes_file)
         return dict(zip(df["label"].astype(str), df["name"].astype(str)))
 
@@ -81,6 +87,7 @@ class Run(RunFolder):
 
     def predictions(self, split: str) -> pd.DataFrame | None:
         f = self.predictions_file(split)
+        import pandas as pd
         return pd.read_parquet(f) if f.exists() else None
 
     def curve_stamp(self) -> tuple:
