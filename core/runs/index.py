@@ -107,7 +107,9 @@ class RunIndex:
             raise UserError(f"{self.db} was written by a newer version (schema {v}); upgrade this program.")
         if v < SCHEMA_VERSION:
             self.migrated()
-        if n == 0 and [f for f in folders if gone(RunFolder(f).read_record().get("creator"), heartbeat=0)]:
+        # a folder whose run.json still names its creator never had rows (a creation cut short: adopted by
+        # the store); one without had its rows, so an empty index lost them
+        if n == 0 and [f for f in folders if "creator" not in RunFolder(f).read_record()]:
             raise IndexDamaged(f"The run database {self.db} is empty but {len(folders)} run folder(s) exist; "
                                f"{_REBUILD}.")
 

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -134,7 +135,8 @@ def open_storage(url: str | None):
     if url.startswith("sqlite:///"):
         _wal(Path(url[len("sqlite:///"):]))
     try:
-        return optuna.storages.RDBStorage(_with_password(url), engine_kwargs=kw)
+        with claim_lock(url):            # two processes creating one SQLite storage's tables at once collide
+            return optuna.storages.RDBStorage(_with_password(url), engine_kwargs=kw)
     except Exception as e:  # noqa: BLE001 - a bad URL, a server that cannot be reached, a missing driver
         why = masked(str(e).splitlines()[0][:160] if str(e).strip() else type(e).__name__, url)
         raise UserError(f"Cannot open the sweep storage {url} ({why}).") from None
@@ -146,12 +148,19 @@ def claim_lock(storage: str | None):
     step is a row lock on a database server, but not atomic on SQLite, so SQLite storages take a
     file lock beside their database (every driver of an SQLite storage is on this machine)."""
     url = storage_url(storage)
-    if url.startswith("sqlite:///"):
-        db = Path(url[len("sqlite:///"):])
-        with file_lock(db.with_name(f".{db.name}.claim.lock")):
+    if not url.startswith("sqlite:///") or getattr(_held, url, 0):
+        yield                            # a server's row lock does it; or this thread holds it already
+        return
+    db = Path(url[len("sqlite:///"):])
+    with file_lock(db.with_name(f".{db.name}.claim.lock")):
+        setattr(_held, url, 1)
+        try:
             yield
-    else:
-        yield
+        finally:
+            setattr(_held, url, 0)
+
+
+_held = threading.local()                # the claim locks this thread holds (a flock is per open file)
 
 
 def _wal(db: Path) -> None:
