@@ -201,9 +201,9 @@ def cmd_eval(a) -> dict:
 
 
 def cmd_predict(a) -> dict:
-    from core.explain.predictor import load_predictor
     from core.runs.store import RunStore
-    pred = load_predictor(a.run, RunStore(a.runs))
+    from core.serve.predictor import load_predictor
+    pred = load_predictor(RunStore(a.runs).require(a.run))
     results = []
     for path in a.images:
         try:
@@ -231,18 +231,19 @@ def _explain(pred, x, path, methods: str, out_dir) -> list:
 
 def cmd_class_model(a) -> dict:
     from core.explain.files import class_model_png
-    from core.explain.predictor import load_predictor
     from core.runs.store import RunStore
-    pred = load_predictor(a.run, RunStore(a.runs))
+    from core.serve.predictor import load_predictor
+    pred = load_predictor(RunStore(a.runs).require(a.run))
     return class_model_png(pred, a.cls, Path(a.out), steps=a.steps, size=a.size)
 
 
 def cmd_export(a) -> dict:
-    from core.export import export_run, normalise_format
     from core.runs.store import RunStore
+    from core.serve.export import export_run, normalise_format
     fmt = normalise_format(a.format)
+    run = RunStore(a.runs).require(a.run_id)
     print(f"exporting run {a.run_id} as {fmt} and checking it against PyTorch…", file=sys.stderr)
-    out = export_run(RunStore(a.runs), a.run_id, fmt, a.out)
+    out = export_run(run, fmt, a.out)
     if not a.json:
         print(f"{'reused' if out['cached'] else 'wrote'} {out['path']} ({out['bytes'] / 1e6:.1f} MB, "
               f"{out['classes']} classes, input {out['input']['size']} px RGB in [0, 1]); largest difference from "

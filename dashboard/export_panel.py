@@ -1,5 +1,5 @@
 """The model download of the Runs and Evaluate pages: a run's model as ONNX or TorchScript,
-exported and checked against PyTorch by core.export (the same as `python -m core export`)."""
+exported and checked against PyTorch by core.serve.export (the same as `python -m core export`)."""
 from __future__ import annotations
 
 from functools import partial
@@ -18,7 +18,7 @@ ABOUT = {"onnx": "for onnxruntime in Python, C++, C#, Java or JavaScript (see ex
 def export_buttons(run_id: str, key: str) -> None:
     """Format choice, a 'Prepare export' button (export + check, with a spinner), then the
     download and what the check found. A fresh earlier export is offered at once."""
-    from core.export import cached_export, export_run
+    from core.serve.export import cached_export, export_run
     try:
         run = store().require(run_id)
     except UserError as e:
@@ -32,7 +32,7 @@ def export_buttons(run_id: str, key: str) -> None:
                            "Both carry the class names and the preprocessing inside.")
     fmt = FORMATS[choice]
     try:
-        result = cached_export(store(), run_id, fmt)
+        result = cached_export(run, fmt)
     except UserError as e:
         user_error(e)
         return
@@ -42,7 +42,7 @@ def export_buttons(run_id: str, key: str) -> None:
             return
         with st.spinner(f"Exporting to {choice} and checking it against PyTorch…"):
             try:
-                result = export_run(store(), run_id, fmt)
+                result = export_run(run, fmt)
             except UserError as e:
                 user_error(e)
                 return

@@ -124,10 +124,10 @@ def _check_class_models(store, args: dict, run_id: str | None) -> None:
 @kind("class_models", check=_check_class_models)
 def class_models(ctx: Context) -> dict:
     from core.explain.files import class_model_png
-    from core.explain.predictor import load_predictor
+    from core.serve.predictor import load_predictor
     a = ctx.args
     classes, steps, size = list(a["classes"]), int(a["steps"]), int(a["size"])
-    pred = load_predictor(ctx.run.id, ctx.run.store)
+    pred = load_predictor(ctx.run)
     results = []
     for i, cls in enumerate(classes):
         def on_step(step, total, score, i=i):
@@ -220,3 +220,4 @@ def sweep(ctx: Context) -> dict:
         ctx.progress(**fields)
     out = drive(a["name"], ctx.store, storage=a.get("storage"), should_stop=ctx.should_stop, progress=progress)
     return {"name": out["name"], "counts": out["counts"], "best": out["best"]}
+
