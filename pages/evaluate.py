@@ -1,7 +1,7 @@
 """Evaluate: the seed's holdout table across runs, then for one run and split the per-class
 accuracy (Fig. 4), the confusion matrix (Fig. 3) and the most confident mistakes."""
 from dashboard.common import ROOT, run_picker, runs_frame, store, home_key  # noqa: I001
-from dashboard.export_panel import export_buttons  # noqa: I001
+from dashboard.export_panel import export_panel  # noqa: I001
 
 from pathlib import Path
 
@@ -178,5 +178,4 @@ split_metrics(ev, split)
 per_class_section(ev, split)
 confusion_section(ev, run_id, split)
 mistakes_section(ev, run_id, split)
-with st.expander("Download this model (ONNX or TorchScript)"):
-    export_buttons(run_id, key="eval_export")
+export_panel(run_id, key="eval_export", label="Download this model (ONNX or TorchScript)")

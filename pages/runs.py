@@ -4,7 +4,7 @@ workers write it. Live parts poll inside st.fragment(run_every=...) only while a
 from dashboard.common import (ROOT, STATUS_ICON, classes_text, home_key, loss_controls, runs_frame, run_label,  # noqa: I001
                               store, train_again)
 from dashboard import charts
-from dashboard.export_panel import export_buttons
+from dashboard.export_panel import export_panel
 from dashboard.progress import phase_and_eta
 
 import time
@@ -333,8 +333,7 @@ def details(run: dict) -> None:
     with st.expander("Name and notes", expanded=bool(run.get("notes"))):
         name_and_notes(run)
     if has_checkpoint(run["run_id"]):
-        with st.expander("Download the model (ONNX or TorchScript)"):
-            export_buttons(run["run_id"], key="runs_export")
+        export_panel(run["run_id"], key="runs_export")
     with st.expander("Configuration"):
         st.json(run["config"])
     with st.expander("Events"):

@@ -1,7 +1,8 @@
 """Models out (issue 13): `python -m core export` writes ONNX / TorchScript files that carry their
 class names and preprocessing, checked against PyTorch; the exported model's top-1 agrees with
 the app's predictor, also through the stand-alone example (onnxruntime + Pillow + numpy alone).
-Issue 19 #4: a file whose content changed since it was checked is neither reused nor offered."""
+Issue 19 #4: a file whose content changed since it was checked is neither reused nor offered.
+Issue 18: the dashboard exports through the `export` job kind."""
 import ast
 import hashlib
 import io
@@ -243,21 +244,70 @@ def test_a_tampered_onnx_file_is_not_reused(exported, tmp_path):
         verified_bytes(dict(out["onnx"], path=str(copy)))
 
 
-def test_export_panel(use_trained_home):
+def test_export_panel_runs_the_job_and_never_offers_a_tampered_file(use_trained_home, monkeypatch):
     from streamlit.testing.v1 import AppTest
-    run_id = use_trained_home[1][1]
+    from core.runs import jobs
+    store = RunStore()
+    run = store.require(use_trained_home[1][1])
+    monkeypatch.setattr(jobs, "schedule", lambda store, *a, **k: [])   # no worker process: run_job below runs it
 
     def script(run_id):
-        from dashboard.export_panel import export_buttons
-        export_buttons(run_id, key="exp")
-    at = AppTest.from_function(script, args=(run_id,), default_timeout=60).run()
-    assert not at.exception, at.exception
-    assert not at.get("download_button")
+        from dashboard.export_panel import export_panel
+        export_panel(run_id, key="exp")
+    at = AppTest.from_function(script, args=(run.id,), default_timeout=60).run()
+    assert not at.exception and [e.label for e in at.expander] == ["Download the model (ONNX or TorchScript)"]
+    assert not at.radio and not at.button                                  # closed: nothing built, nothing hashed
+    at.session_state["exp_open"] = True
+    at.run()
+    assert [b.key for b in at.button] == ["exp_prepare_onnx"] and not at.get("download_button")
     at.radio(key="exp_fmt").set_value("TorchScript").run()
     at.button(key="exp_prepare_torchscript").click().run()
-    assert not at.exception and not at.error, (at.exception, at.error)
-    assert at.get("download_button")
-    assert "largest logit difference" in " ".join(c.value for c in at.caption)
-    at = AppTest.from_function(script, args=(run_id,), default_timeout=60).run()
-    at.radio(key="exp_fmt").set_value("TorchScript").run()
-    assert at.get("download_button") and not at.button                    # fresh: offered at once
+    job = jobs.latest(store, "export", run_id=run.id)
+    assert job["args"] == {"format": "torchscript"} and job["status"] == "queued"
+    assert not at.exception and [b.key for b in at.button] == ["exp_cancel"]  # a progress line, no second Prepare
+    assert "Exporting to TorchScript" in at.get("progress")[0].proto.text
+    with pytest.raises(UserError, match=f"Run {run.id} is already being exported as torchscript"):
+        jobs.submit(store, "export", {"format": "torchscript"}, run_id=run.id)
+    done = jobs.run_job(store, job["job_id"])
+    assert done["status"] == "done" and not done["cached"] and done["max_abs_diff"] <= TOLERANCE
+    at.run()
+    assert at.session_state["exp_open"] and not at.button                 # still open; only the download now
+    assert [d.proto.label for d in at.get("download_button")][0].startswith("Download TorchScript model")
+    assert f"sha256 {done['sha256'][:12]}" in " ".join(c.value for c in at.caption)
+
+    path, pred = Path(done["path"]), predictor(store, run.id)
+    _tamper(path, pred)
+    x = torch.rand(4, 3, 32, 32)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)
+        assert (torch.jit.load(str(path))(x) - pred.model(x)).abs().max() > 0.1   # the attack changes the answers
+    at.run()
+    assert not at.exception and not at.get("download_button")             # not offered ...
+    assert "changed since it was checked against PyTorch" in at.warning[0].value
+    assert [b.key for b in at.button] == ["exp_prepare_torchscript"]
+    with pytest.raises(UserError, match="changed since it was checked against PyTorch; it is not served"):
+        verified_bytes(done)                                               # ... nor served by a page open before
+    again = export_run(run, "torchscript")                                 # ... nor reused: exported again
+    assert not again["cached"] and again["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert verified_bytes(again) == path.read_bytes()
+
+
+def test_export_job_refuses_bad_input_and_stops_between_stages(use_trained_home):
+    from core.errors import Cancelled
+    from core.runs import jobs
+    store, ids = RunStore(), use_trained_home[1]
+    cases = [({"format": "tflite"}, ids[1], "Unknown export format 'tflite'; choose onnx or torchscript."),
+             ({"fmt": "onnx"}, ids[1], "Unknown export argument(s): fmt."),
+             ({"format": "onnx"}, "nope", "There is no run 'nope'")]
+    for args, run_id, says in cases:
+        with pytest.raises(UserError) as e:
+            jobs.submit(store, "export", args, run_id=run_id, start=False)
+        assert says in str(e.value)
+    assert store.jobs(kind="export") == []                                 # bad input queues nothing
+    run, seen = store.require(ids[1]), []
+    calls = iter([False, False, False, True])                             # stop once the file is written
+    with pytest.raises(Cancelled):
+        export_run(run, "torchscript", progress=lambda **f: seen.append(f), should_stop=lambda: next(calls))
+    assert [f["stage"] for f in seen] == ["loading the model", "preparing the check images", "writing the file"]
+    assert seen[-1]["done"] == 2 and seen[-1]["total"] == 5
+    assert not run.exports_dir.exists() or not list(run.exports_dir.iterdir())   # nothing kept
