@@ -274,7 +274,7 @@ def bench_classify(size: int = 224, n: int = 20) -> dict:
     from core.train.config import TrainConfig
     from core.explain import explain, to_map
     from core.train.models import build_model
-    from core.explain.predictor import Predictor
+    from core.serve.predictor import Predictor
     model = build_model("resnet18", 10, "none").eval()
     pred = Predictor("bench", model, [str(i) for i in range(10)], [f"c{i}" for i in range(10)],
                      TrainConfig(data="", image_size=size))

@@ -23,8 +23,9 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="saliency,gradcam,integrated_gradients")
     a = ap.parse_args(argv)
     from core.explain import landmark_focus
-    from core.explain.predictor import load_predictor
-    pred = load_predictor(a.run_id)
+    from core.runs.store import RunStore
+    from core.serve.predictor import load_predictor
+    pred = load_predictor(RunStore().require(a.run_id))
     print(json.dumps(landmark_focus(pred, a.images, tuple(a.methods.split(","))), indent=1))
     return 0
 

@@ -232,10 +232,10 @@ def cmd_eval(a) -> dict:
 
 
 def cmd_predict(a) -> dict:
-    from core.explain.predictor import load_predictor
     from core.runs.store import RunStore
+    from core.serve.predictor import load_predictor
     methods = _explain_methods(a.explain)   # an unknown name: one sentence before the model loads
-    pred = load_predictor(a.run, RunStore(a.runs))
+    pred = load_predictor(RunStore(a.runs).require(a.run))
     results = []
     for path in a.images:
         try:
@@ -284,18 +284,19 @@ class _MethodsHelp(argparse.HelpFormatter):
 
 def cmd_class_model(a) -> dict:
     from core.explain.files import class_model_png
-    from core.explain.predictor import load_predictor
     from core.runs.store import RunStore
-    pred = load_predictor(a.run, RunStore(a.runs))
+    from core.serve.predictor import load_predictor
+    pred = load_predictor(RunStore(a.runs).require(a.run))
     return class_model_png(pred, a.cls, Path(a.out), steps=a.steps, size=a.size)
 
 
 def cmd_export(a) -> dict:
-    from core.export import export_run, normalise_format
     from core.runs.store import RunStore
+    from core.serve.export import export_run, normalise_format
     fmt = normalise_format(a.format)
+    run = RunStore(a.runs).require(a.run_id)
     print(f"exporting run {a.run_id} as {fmt} and checking it against PyTorch…", file=sys.stderr)
-    out = export_run(RunStore(a.runs), a.run_id, fmt, a.out)
+    out = export_run(run, fmt, a.out)
     if not a.json:
         print(f"{'reused' if out['cached'] else 'wrote'} {out['path']} ({out['bytes'] / 1e6:.1f} MB, "
               f"{out['classes']} classes, input {out['input']['size']} px RGB in [0, 1]); largest difference from "

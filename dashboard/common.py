@@ -344,8 +344,8 @@ def run_picker(label: str, statuses=("done",), key: str = "run", multi: bool = F
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=8)
 def _predictor(run_id: str, ckpt_mtime: float, home: str):
-    from core.explain.predictor import load_predictor
-    return load_predictor(run_id, store())
+    from core.serve.predictor import load_predictor
+    return load_predictor(store().require(run_id))
 
 
 MANY_CLASS_MODELS = 50   # the Class model page asks for a confirmation before drawing more at once (time)

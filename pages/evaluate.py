@@ -11,7 +11,7 @@ from core.train import metrics
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS
 from dashboard import charts, nav
 from dashboard.common import home_key, run_picker, runs_frame, split_labels, store
-from dashboard.export_panel import export_buttons
+from dashboard.export_panel import export_panel
 
 SPLITS = ("holdout", "val", "train")      # in the order of the split picker; labels from the run's config
 st.session_state.setdefault("eval_split", "holdout")
@@ -180,5 +180,4 @@ split_metrics(ev, split)
 per_class_section(ev, labels[split])
 confusion_section(ev, run_id, split)
 mistakes_section(ev, run_id, split, labels[split])
-with st.expander("Download this model (ONNX or TorchScript)"):
-    export_buttons(run_id, key="eval_export")
+export_panel(run_id, key="eval_export", label="Download this model (ONNX or TorchScript)")

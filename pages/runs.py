@@ -12,7 +12,7 @@ from core.runs.store import ACTIVE, FINAL
 from dashboard import charts, nav
 from dashboard.common import (STATUS_ICON, classes_text, home_key, loss_controls, run_label, runs_frame, store,
                               train_again)
-from dashboard.export_panel import export_buttons
+from dashboard.export_panel import export_panel
 from dashboard.progress import phase_and_eta
 
 # ------------------------------------------------------------------ session keys
@@ -328,8 +328,7 @@ def details(run: dict) -> None:
     with st.expander("Name and notes", expanded=bool(run.get("notes"))):
         name_and_notes(run)
     if has_checkpoint(run["run_id"]):
-        with st.expander("Download the model (ONNX or TorchScript)"):
-            export_buttons(run["run_id"], key="runs_export")
+        export_panel(run["run_id"], key="runs_export")
     with st.expander("Configuration"):
         st.json(run["config"])
     with st.expander("Events"):

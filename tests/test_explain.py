@@ -438,9 +438,10 @@ def test_saliency_of_a_trained_run_lands_on_the_landmark_not_the_sky(use_trained
     """Issue 4's 'done when': on fresh demo photos (a seed the run never saw), the saliency map
     puts more of its mass on the landmark's pixels than on the sky and ground around it."""
     from core.explain import landmark_focus
-    from core.explain.predictor import load_predictor
+    from core.runs.store import RunStore
+    from core.serve.predictor import load_predictor
     home, run_ids = use_trained_home
-    r = landmark_focus(load_predictor(run_ids[0]), images=24, methods=("saliency",))["saliency"]
+    r = landmark_focus(load_predictor(RunStore().require(run_ids[0])), images=24, methods=("saliency",))["saliency"]
     assert r["images"] >= 20
     assert r["mass_on_landmark_vs_area"] > 1.15 and r["images_denser_on_landmark"] > 0.75   # measured 1.28, 1.0
 

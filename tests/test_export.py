@@ -1,7 +1,10 @@
 """Models out (issue 13): `python -m core export` writes ONNX / TorchScript files that carry their
 class names and preprocessing, checked against PyTorch; the exported model's top-1 agrees with
-the app's predictor, also through the stand-alone example (onnxruntime + Pillow + numpy alone)."""
+the app's predictor, also through the stand-alone example (onnxruntime + Pillow + numpy alone).
+Issue 19 #4: a file whose content changed since it was checked is neither reused nor offered.
+Issue 18: the dashboard exports through the `export` job kind."""
 import ast
+import hashlib
 import io
 import json
 import os
@@ -18,7 +21,7 @@ import torch
 from PIL import Image
 
 from core.errors import UserError
-from core.export import TOLERANCE, cached_export, export_run, read_metadata
+from core.serve.export import TOLERANCE, cached_export, export_run, export_state, read_metadata, verified_bytes
 from core.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +35,7 @@ def exported(trained_home, tmp_path_factory):
     shutil.copytree(trained_home[0], h, dirs_exist_ok=True)
     store = RunStore(h / "runs")
     run_id = trained_home[1][0]
-    out = {fmt: export_run(store, run_id, fmt) for fmt in ("onnx", "torchscript")}
+    out = {fmt: export_run(store.require(run_id), fmt) for fmt in ("onnx", "torchscript")}
     return store, run_id, out
 
 
@@ -57,8 +60,8 @@ def photos(exported, tmp_path_factory):
 
 
 def predictor(store, run_id):
-    from core.explain.predictor import load_predictor
-    return load_predictor(run_id, store)
+    from core.serve.predictor import load_predictor
+    return load_predictor(store.require(run_id))
 
 
 def test_export_checks_and_reports(exported):
@@ -69,6 +72,7 @@ def test_export_checks_and_reports(exported):
         path = Path(r["path"])
         assert path == store.require(run_id).exports_dir / f"{run_id}{suffix}" and path.is_file()
         assert r["format"] == fmt and r["bytes"] == path.stat().st_size and not r["cached"]
+        assert r["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert 0 <= r["max_abs_diff"] <= TOLERANCE and r["top1_agree"] == 1.0
         assert r["checked"] >= 10 and r["checked_on"].startswith("8 image(s) of the run's split")
         assert r["classes"] == 4 and r["labels"] == pred.labels and r["names"] == pred.names
@@ -78,6 +82,7 @@ def test_export_checks_and_reports(exported):
         side = json.loads(Path(r["sidecar"]).read_text())
         assert Path(r["sidecar"]) == Path(str(path) + ".json")
         assert side["labels"] == pred.labels and side["check"]["max_abs_diff"] == r["max_abs_diff"]
+        assert side["sha256"] == r["sha256"] and side["bytes"] == r["bytes"]
         assert not [f for f in path.parent.iterdir() if f.name.endswith(".tmp")]   # no temporary files left
 
 
@@ -141,22 +146,21 @@ def test_example_needs_only_onnxruntime(exported, photos, tmp_path):
 
 
 def test_cache_reuse_and_staleness(use_trained_home):
-    store, run_id = RunStore(), use_trained_home[1][1]
-    assert cached_export(store, run_id, "torchscript") is None
-    first = export_run(store, run_id, "torchscript")
+    run = RunStore().require(use_trained_home[1][1])
+    assert cached_export(run, "torchscript") is None
+    first = export_run(run, "torchscript")
     path = Path(first["path"])
     stamp = path.stat().st_mtime_ns, path.stat().st_ino
-    again = export_run(store, run_id, "TorchScript")
+    again = export_run(run, "TorchScript")
     assert again["cached"] and again["max_abs_diff"] == first["max_abs_diff"] and again["path"] == first["path"]
     assert (path.stat().st_mtime_ns, path.stat().st_ino) == stamp            # not rewritten
-    assert cached_export(store, run_id, "torchscript")["cached"]
-    ckpt = store.require(run_id).checkpoint
+    assert cached_export(run, "torchscript")["cached"]
     t = path.stat().st_mtime + 5
-    os.utime(ckpt, (t, t))                                                  # a newer checkpoint
-    assert cached_export(store, run_id, "torchscript") is None
-    fresh = export_run(store, run_id, "torchscript")
+    os.utime(run.checkpoint, (t, t))                                        # a newer checkpoint
+    assert cached_export(run, "torchscript") is None
+    fresh = export_run(run, "torchscript")
     assert not fresh["cached"] and path.stat().st_ino != stamp[1]
-    custom = export_run(store, run_id, "torchscript", out=use_trained_home[0] / "elsewhere" / "m.pt")
+    custom = export_run(run, "torchscript", out=use_trained_home[0] / "elsewhere" / "m.pt")
     assert Path(custom["path"]).is_file() and Path(custom["path"] + ".json").is_file() and not custom["cached"]
 
 
@@ -186,41 +190,124 @@ def test_cli_errors_are_one_sentence(use_trained_home, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith("error: ") and says in err and err.endswith(".") and err.count(". ") == 0, err
-    with pytest.raises(UserError):
-        export_run(store, ids[1], "onnx")
+    with pytest.raises(UserError, match=f"Run {ids[1]} has no checkpoint yet"):
+        export_run(store.require(ids[1]), "onnx")
     assert not store.require(ids[1]).exports_dir.exists()
 
 
 def test_mismatch_refuses_the_export(use_trained_home, monkeypatch):
-    import core.export as ex
-    store, run_id = RunStore(), use_trained_home[1][1]
+    import core.serve.export as ex
+    run = RunStore().require(use_trained_home[1][1])
     real = ex._run_torchscript
 
-    def off_by_1e3(path, batch):
-        got, got1, meta = real(path, batch)
+    def off_by_1e3(data, batch):
+        got, got1, meta = real(data, batch)
         return got + 1e-3, got1, meta
     monkeypatch.setattr(ex, "_run_torchscript", off_by_1e3)
     with pytest.raises(UserError, match=r"differs from PyTorch by up to 1\.0+e-03 \(more than 1e-04\)"):
-        export_run(store, run_id, "torchscript")
-    d = store.require(run_id).exports_dir
+        export_run(run, "torchscript")
+    d = run.exports_dir
     assert not d.exists() or not list(d.iterdir())                          # nothing kept, no temporary files
 
 
-def test_export_panel(use_trained_home):
+def _tamper(path: Path, pred) -> None:
+    """The attack of issue 19 #4: the export overwritten by a file of the same size and mtime
+    whose classifier weights differ (the head's weight bytes negated in place)."""
+    data, st_ = path.read_bytes(), path.stat()
+    w = pred.model.submodule(pred.model.head).weight.detach().numpy().astype("<f4")
+    old = next(b for b in (w.tobytes(), np.ascontiguousarray(w.T).tobytes()) if data.count(b) == 1)
+    new = (-np.frombuffer(old, "<f4") + 0.5).astype("<f4").tobytes()
+    path.write_bytes(data.replace(old, new))
+    os.utime(path, ns=(st_.st_atime_ns, st_.st_mtime_ns))
+    assert path.stat().st_size == st_.st_size and path.stat().st_mtime_ns == st_.st_mtime_ns
+
+
+def test_a_tampered_onnx_file_is_not_reused(exported, tmp_path):
+    import onnxruntime as ort
+    store, run_id, out = exported
+    run, pred = store.require(run_id), predictor(store, run_id)
+    copy = tmp_path / "model.onnx"                                         # a copy: the fixture stays intact
+    shutil.copy2(out["onnx"]["path"], copy)
+    shutil.copy2(out["onnx"]["sidecar"], tmp_path / "model.onnx.json")
+    assert cached_export(run, "onnx", out=copy)["cached"]                  # untouched: reused
+    _tamper(copy, pred)
+    x = torch.rand(4, 3, 32, 32)
+    got = ort.InferenceSession(str(copy), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(got - pred.model(x).numpy()).max() > 0.1             # the attack changes the answers
+    assert cached_export(run, "onnx", out=copy) is None                    # so export_run exports again
+    assert export_state(run, "onnx", out=copy)[1] == (
+        "The onnx file model.onnx changed since it was checked against PyTorch (its content no longer matches the "
+        "recorded sha256), so it is not offered; prepare the export again.")
+    with pytest.raises(UserError, match="The file model.onnx changed since it was checked against PyTorch; it is "
+                                        "not served. Prepare the export again."):
+        verified_bytes(dict(out["onnx"], path=str(copy)))
+
+
+def test_export_panel_runs_the_job_and_never_offers_a_tampered_file(use_trained_home, monkeypatch):
     from streamlit.testing.v1 import AppTest
-    run_id = use_trained_home[1][1]
+    from core.runs import jobs
+    store = RunStore()
+    run = store.require(use_trained_home[1][1])
+    monkeypatch.setattr(jobs, "schedule", lambda store, *a, **k: [])   # no worker process: run_job below runs it
 
     def script(run_id):
-        from dashboard.export_panel import export_buttons
-        export_buttons(run_id, key="exp")
-    at = AppTest.from_function(script, args=(run_id,), default_timeout=60).run()
-    assert not at.exception, at.exception
-    assert not at.get("download_button")
+        from dashboard.export_panel import export_panel
+        export_panel(run_id, key="exp")
+    at = AppTest.from_function(script, args=(run.id,), default_timeout=60).run()
+    assert not at.exception and [e.label for e in at.expander] == ["Download the model (ONNX or TorchScript)"]
+    assert not at.radio and not at.button                                  # closed: nothing built, nothing hashed
+    at.session_state["exp_open"] = True
+    at.run()
+    assert [b.key for b in at.button] == ["exp_prepare_onnx"] and not at.get("download_button")
     at.radio(key="exp_fmt").set_value("TorchScript").run()
     at.button(key="exp_prepare_torchscript").click().run()
-    assert not at.exception and not at.error, (at.exception, at.error)
-    assert at.get("download_button")
-    assert "largest logit difference" in " ".join(c.value for c in at.caption)
-    at = AppTest.from_function(script, args=(run_id,), default_timeout=60).run()
-    at.radio(key="exp_fmt").set_value("TorchScript").run()
-    assert at.get("download_button") and not at.button                    # fresh: offered at once
+    job = jobs.latest(store, "export", run_id=run.id)
+    assert job["args"] == {"format": "torchscript"} and job["status"] == "queued"
+    assert not at.exception and [b.key for b in at.button] == ["exp_cancel"]  # a progress line, no second Prepare
+    assert "Exporting to TorchScript" in at.get("progress")[0].proto.text
+    with pytest.raises(UserError, match=f"Run {run.id} is already being exported as torchscript"):
+        jobs.submit(store, "export", {"format": "torchscript"}, run_id=run.id)
+    done = jobs.run_job(store, job["job_id"])
+    assert done["status"] == "done" and not done["cached"] and done["max_abs_diff"] <= TOLERANCE
+    at.run()
+    assert at.session_state["exp_open"] and not at.button                 # still open; only the download now
+    assert [d.proto.label for d in at.get("download_button")][0].startswith("Download TorchScript model")
+    assert f"sha256 {done['sha256'][:12]}" in " ".join(c.value for c in at.caption)
+
+    path, pred = Path(done["path"]), predictor(store, run.id)
+    _tamper(path, pred)
+    x = torch.rand(4, 3, 32, 32)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)
+        assert (torch.jit.load(str(path))(x) - pred.model(x)).abs().max() > 0.1   # the attack changes the answers
+    at.run()
+    assert not at.exception and not at.get("download_button")             # not offered ...
+    assert "changed since it was checked against PyTorch" in at.warning[0].value
+    assert [b.key for b in at.button] == ["exp_prepare_torchscript"]
+    with pytest.raises(UserError, match="changed since it was checked against PyTorch; it is not served"):
+        verified_bytes(done)                                               # ... nor served by a page open before
+    again = export_run(run, "torchscript")                                 # ... nor reused: exported again
+    assert not again["cached"] and again["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert verified_bytes(again) == path.read_bytes()
+
+
+def test_export_job_refuses_bad_input_and_stops_between_stages(use_trained_home):
+    from core.errors import Cancelled
+    from core.runs import jobs
+    store, ids = RunStore(), use_trained_home[1]
+    cases = [({"format": "tflite"}, ids[1], "Unknown export format 'tflite'; choose onnx or torchscript."),
+             ({"fmt": "onnx"}, ids[1], "Unknown export argument(s): fmt."),
+             ({"format": "onnx"}, "nope", "There is no run 'nope'")]
+    for args, run_id, says in cases:
+        with pytest.raises(UserError) as e:
+            jobs.submit(store, "export", args, run_id=run_id, start=False)
+        assert says in str(e.value)
+    assert store.jobs(kind="export") == []                                 # bad input queues nothing
+    run, seen = store.require(ids[1]), []
+    calls = iter([False, False, False, True])                             # stop once the file is written
+    with pytest.raises(Cancelled):
+        export_run(run, "torchscript", progress=lambda **f: seen.append(f), should_stop=lambda: next(calls))
+    assert [f["stage"] for f in seen] == ["loading the model", "preparing the check images", "writing the file"]
+    assert seen[-1]["done"] == 2 and seen[-1]["total"] == 5
+    assert not run.exports_dir.exists() or not list(run.exports_dir.iterdir())   # nothing kept

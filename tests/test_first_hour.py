@@ -93,13 +93,13 @@ def test_train_queue_offers_cancel(demo_home):
 
 def test_class_model_all_classes_and_downloads(use_trained_home):
     import time
-    from core.explain.predictor import load_predictor
+    from core.serve.predictor import load_predictor
     from core.runs import jobs
     store = RunStore()
     at = app_page("class_model.py")
     assert not at.exception, [e.value for e in at.exception]
     run = at.selectbox(key="cm_run").value
-    names = load_predictor(run).names
+    names = load_predictor(store.require(run)).names
     at.number_input(key="cm_steps").set_value(2)
     at.number_input(key="cm_size").set_value(16)
     at.toggle(key="cm_all").set_value(True).run()
@@ -109,7 +109,7 @@ def test_class_model_all_classes_and_downloads(use_trained_home):
     assert not at.warning                                   # under 50 classes: no time warning
     at.button(key="cm_generate").click().run()
     job = jobs.latest(store, "class_models", run_id=run)
-    assert job["args"]["classes"] == load_predictor(run).labels   # every class of the run
+    assert job["args"]["classes"] == load_predictor(store.require(run)).labels   # every class of the run
     deadline = time.time() + 120
     while (job := jobs.latest(store, "class_models", run_id=run))["active"] and time.time() < deadline:
         time.sleep(0.3)

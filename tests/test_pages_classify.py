@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from core.explain.files import class_model_path
 from core.runs import jobs
 from core.errors import UserError
-from core.explain.predictor import load_predictor
+from core.serve.predictor import load_predictor
 from core.runs.store import RunStore
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
@@ -44,7 +44,7 @@ def test_fresh_home_says_no_runs(name):
 def test_classify_uploads_sample_and_explanations(use_trained_home):
     home, run_ids = use_trained_home
     at = page("classify")
-    pred = load_predictor(at.selectbox(key="clf_run").value)  # the best run, whichever it is
+    pred = load_predictor(RunStore().require(at.selectbox(key="clf_run").value))  # the best run, whichever it is
     assert at.selectbox(key="clf_run").value in run_ids
     assert any("Upload a photo" in i.value for i in at.info)
     assert "at most 20 MB and 25 megapixels" in " ".join(c.value for c in at.caption)
@@ -102,7 +102,7 @@ def test_class_model_background_job(use_trained_home):
     at = page("class_model")
     run = at.selectbox(key="cm_run").value
     assert run in run_ids and jobs.latest(store, "class_models", run_id=run) is None
-    names = load_predictor(run).names
+    names = load_predictor(store.require(run)).names
     at.multiselect(key="cm_classes").set_value([1])
     at.number_input(key="cm_steps").set_value(5)
     at.number_input(key="cm_size").set_value(32)

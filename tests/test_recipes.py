@@ -166,7 +166,7 @@ def test_flip_averaging_in_evaluation_and_the_predictor():
     with torch.no_grad():
         want = (torch.softmax(model(x), 1) + torch.softmax(model(x.flip(3)), 1)) / 2
     assert torch.allclose(torch.from_numpy(tta), want, atol=1e-6) and not torch.allclose(torch.from_numpy(plain), want)
-    from core.explain.predictor import Predictor
+    from core.serve.predictor import Predictor
     pred = Predictor("r", model, ["a", "b", "c"], ["a", "b", "c"], tiny_config(".", tta=True))
     assert torch.allclose(torch.from_numpy(pred.probs(x)), want, atol=1e-6)               # the run's setting
     assert torch.allclose(torch.from_numpy(pred.probs(x, tta=False)), torch.softmax(model(x), 1).detach(), atol=1e-6)

@@ -7,6 +7,7 @@
   demo          generate the synthetic demo data set
   download      get the top-N Google Landmarks classes' images (URLs or tar shards), then remember the set
   sweep         drive a hyperparameter sweep (core.runs.sweeps): its trials are ordinary train runs
+  export        write a finished run's model as ONNX or TorchScript, checked against PyTorch (core.serve.export)
 """
 from __future__ import annotations
 
@@ -137,10 +138,10 @@ def _check_class_models(store, args: dict, run_id: str | None) -> None:
 @kind("class_models", check=_check_class_models)
 def class_models(ctx: Context) -> dict:
     from core.explain.files import class_model_png
-    from core.explain.predictor import load_predictor
+    from core.serve.predictor import load_predictor
     a = ctx.args
     classes, steps, size = list(a["classes"]), int(a["steps"]), int(a["size"])
-    pred = load_predictor(ctx.run.id, ctx.run.store)
+    pred = load_predictor(ctx.run)
     results = []
     for i, cls in enumerate(classes):
         def on_step(step, total, score, i=i):
@@ -240,3 +241,26 @@ def sweep(ctx: Context) -> dict:
         ctx.progress(**fields)
     out = drive(a["name"], ctx.store, storage=a.get("storage"), should_stop=ctx.should_stop, progress=progress)
     return {"name": out["name"], "counts": out["counts"], "best": out["best"]}
+
+
+def _check_export(store, args: dict, run_id: str | None) -> None:
+    from core.runs.jobs import latest
+    from core.serve.export import normalise_format
+    unknown = set(args) - {"format", "out"}
+    if unknown:
+        raise UserError(f"Unknown export argument(s): {', '.join(sorted(unknown))}.")
+    run = store.require(run_id or "")
+    if not run.has_checkpoint():
+        raise UserError(f"Run {run.id} has no checkpoint yet, so there is no model to export; "
+                        "wait for its first epoch to finish.")
+    fmt = normalise_format(args.get("format", "onnx"))
+    job = latest(store, "export", run_id=run.id, format=fmt)
+    if job and job["active"]:
+        raise UserError(f"Run {run.id} is already being exported as {fmt}; wait for it or stop it.")
+
+
+@kind("export", check=_check_export)
+def export(ctx: Context) -> dict:
+    from core.serve.export import export_run
+    return export_run(ctx.run, ctx.args.get("format", "onnx"), ctx.args.get("out"), progress=ctx.progress,
+                      should_stop=ctx.should_stop)

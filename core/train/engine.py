@@ -27,7 +27,7 @@ from core.train import distributed, metrics
 from core.train.config import TrainConfig
 from core.data.readers import load_index
 from core.errors import UserError
-from core.train.models import build_model
+from core.train.models import build_model, class_probs
 from core.train.pipeline import PreparedBatches, augment_batch, class_counts, class_weights, plain_loader, to_float
 from core.train import recipes, speed
 from core.data.prepared import SCAN_SIZE, prepare  # SCAN_SIZE: the plain pipeline checks every file once at it
@@ -283,9 +283,7 @@ def predict_batches(model, loader, cfg, device, tta: bool | None = None) -> tupl
     for x, y in _batches(loader, 0):
         x = _inputs(cfg, x, device, False, None)
         with _autocast(cfg, device):
-            p = torch.softmax(model(x).float(), 1)
-            if tta:
-                p = (p + torch.softmax(model(x.flip(3)).float(), 1)) / 2
+            p = class_probs(model, x, tta)
         ps.append(p.cpu().numpy())
         ys.append(y.numpy())
     if not ys:

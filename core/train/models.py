@@ -49,6 +49,16 @@ class LandmarkNet(nn.Module):
         return self.net.get_submodule(path)
 
 
+def class_probs(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Class probabilities (float32) of a batch; with `tta`, the mean of each image's and its
+    horizontal mirror's probabilities (test-time augmentation). The one place both the run's
+    evaluation (core.train.engine) and the predictor (core.serve) compute them."""
+    p = torch.softmax(model(x).float(), 1)
+    if tta:
+        p = (p + torch.softmax(model(x.flip(3)).float(), 1)) / 2
+    return p
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     build: Callable[[int], nn.Module]          # num_classes -> backbone with new head

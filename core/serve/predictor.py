@@ -1,8 +1,11 @@
-"""Load a finished run's model once and classify images with it (CLI and Classify page)."""
+"""Load a finished run's model once and classify images with it (CLI, Classify page, export).
+
+`load_predictor(run)` takes a run object (core.runs.store.Run or anything with `.id`,
+`.checkpoint`, `.config()` and `.class_names()`); callers get it from `store.require(run_id)`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,8 +14,7 @@ from core.train.config import TrainConfig
 from core.data.readers import open_image, resize_square
 from core.train.engine import read_checkpoint
 from core.errors import UserError
-from core.train.models import LandmarkNet, build_model
-from core.runs.store import RunStore
+from core.train.models import LandmarkNet, build_model, class_probs
 
 
 @dataclass
@@ -48,10 +50,7 @@ class Predictor:
     def probs(self, x: torch.Tensor, tta: bool | None = None) -> np.ndarray:
         """Class probabilities of a batch. `tta` (default: the run's config): the mean of each
         image's and its mirror image's probabilities, as the run's evaluation did."""
-        p = torch.softmax(self.model(x), 1)
-        if self.cfg.tta if tta is None else tta:
-            p = (p + torch.softmax(self.model(x.flip(3)), 1)) / 2
-        return p.numpy()
+        return class_probs(self.model, x, self.cfg.tta if tta is None else tta).numpy()
 
     def top(self, x: torch.Tensor, k: int = 5, tta: bool | None = None) -> list[dict]:
         p = self.probs(x, tta)[0]
@@ -59,11 +58,12 @@ class Predictor:
         return [{"class": int(i), "label": self.labels[i], "name": self.names[i], "prob": float(p[i])} for i in order]
 
 
-def load_predictor(run_id: str, store: RunStore | None = None) -> Predictor:
-    run = (store or RunStore()).require(run_id)
-    if not run.has_checkpoint():
-        raise UserError(f"Run {run_id} has no checkpoint yet; wait for its first epoch to finish.")
-    mtime = run.checkpoint_mtime()
+def load_predictor(run) -> Predictor:
+    """The run's model on the CPU in eval mode, with its labels, class names and config."""
+    try:
+        mtime = run.checkpoint.stat().st_mtime
+    except OSError:
+        raise UserError(f"Run {run.id} has no checkpoint yet; wait for its first epoch to finish.") from None
     state = read_checkpoint(run.checkpoint)
     cfg = run.config()
     labels = [str(l) for l in state["labels"]]
@@ -71,4 +71,4 @@ def load_predictor(run_id: str, store: RunStore | None = None) -> Predictor:
     model.load_state_dict(state["model"])
     model.eval()
     names = run.class_names()
-    return Predictor(run_id, model, labels, [names.get(l, l) for l in labels], cfg, mtime)
+    return Predictor(run.id, model, labels, [names.get(l, l) for l in labels], cfg, mtime)

@@ -1,7 +1,8 @@
 """Models out: a finished run's model as one ONNX or TorchScript file that carries its class
 names and preprocessing, checked against PyTorch before it is handed over.
 
-`export_run(store, run_id, "onnx" | "torchscript", out=None)` writes FILE and FILE.json:
+`export_run(run, "onnx" | "torchscript", out=None, progress=None, should_stop=None)` writes FILE
+and FILE.json (run: a core.runs.store.Run; the job kind "export" in core.runs.tasks calls it):
 
 * FILE: the model. It takes RGB images in [0, 1], N x 3 x S x S (float32, any batch size) and
   returns N class logits; the normalisation is inside it. Its metadata (`METADATA_KEY` in the
@@ -20,10 +21,15 @@ is not a multiple of its 7 x 7 pooling output (e.g. 64 px). TorchScript is `torc
 (deprecated upstream but still what a C++/LibTorch user loads); it is checked at another batch
 size than the one traced.
 
-A file newer than the run's checkpoint whose sidecar matches it is reused, not rewritten.
+The sidecar records the sha256 of exactly the bytes that were checked. An earlier file is reused
+only when that hash still matches its content (and it was made from the run's current
+checkpoint); a file changed since, even with the same size and mtime, is exported again, and
+`verified_bytes` hands out a file's bytes only when they hash to what was checked.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import time
@@ -34,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.errors import UserError
+from core.errors import Cancelled, UserError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 ALIASES = {"ts": "torchscript", "jit": "torchscript", "pt": "torchscript"}
@@ -46,7 +52,9 @@ CHECK_IMAGES = 8                    # real images in the check batch (at most)
 CHECK_RANDOM = 2                    # random inputs added to them
 TRACE_BATCH = 2                     # batch size of the traced example (checked at others)
 RESIZE = "centre square crop, bilinear"
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2                 # 2: the sidecar records the sha256 of the checked file
+STAGES = ("loading the model", "preparing the check images", "writing the file",
+          "checking it against PyTorch", "saving it")
 
 
 def normalise_format(fmt: str) -> str:
@@ -95,37 +103,67 @@ def _read_sidecar(path: Path) -> dict | None:
         return None
 
 
-def cached_export(store, run_id: str, fmt: str, out=None) -> dict | None:
-    """The result of an earlier export that is still fresh (file newer than the checkpoint, its
-    sidecar written for this checkpoint and this file), else None. Reads no model."""
-    fmt = normalise_format(fmt)
-    run = store.require(run_id)
-    path = _out_path(run, fmt, out)
-    return _fresh(run, fmt, path)
-
-
-def _fresh(run, fmt: str, path: Path) -> dict | None:
-    if not run.has_checkpoint():
-        return None
-    side = _read_sidecar(path)
+def sha256_of(path: Path) -> str | None:
+    """The file's sha256 (hex), or None when it cannot be read."""
     try:
-        st = path.stat()
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError:
         return None
-    if (not side or side.get("format_version") != SIDECAR_VERSION or side.get("format") != fmt
-            or side.get("run_id") != run.id or side.get("bytes") != st.st_size
-            or side.get("checkpoint_mtime") != run.checkpoint_mtime() or st.st_mtime < run.checkpoint_mtime()):
+
+
+def _checkpoint_mtime(run) -> float | None:
+    try:
+        return run.checkpoint.stat().st_mtime
+    except OSError:
         return None
-    return _result(side, path, cached=True)
+
+
+def export_state(run, fmt: str, out=None) -> tuple[dict | None, str | None]:
+    """(result, None) when an earlier export at the path is still good: made from the run's
+    current checkpoint, and its content hashes to what was checked. Else (None, why not): None
+    when there is simply nothing to reuse, a sentence when a file is there that must not be
+    served. Reads no model (it hashes the file)."""
+    fmt = normalise_format(fmt)
+    path = _out_path(run, fmt, out)
+    mtime, side = _checkpoint_mtime(run), _read_sidecar(path)
+    if mtime is None or not side or not path.exists():
+        return None, None
+    if (side.get("format_version") != SIDECAR_VERSION or side.get("format") != fmt or side.get("run_id") != run.id
+            or side.get("checkpoint_mtime") != mtime):
+        return None, None                     # an older export, or one of another checkpoint: redo it
+    if sha256_of(path) != side.get("sha256"):
+        return None, (f"The {fmt} file {path.name} changed since it was checked against PyTorch (its content "
+                      "no longer matches the recorded sha256), so it is not offered; prepare the export again.")
+    return _result(side, path, cached=True), None
+
+
+def cached_export(run, fmt: str, out=None) -> dict | None:
+    """The result of an earlier export that may be served as it is (see export_state), else None."""
+    return export_state(run, fmt, out)[0]
+
+
+def verified_bytes(result: dict) -> bytes:
+    """The exported file's bytes, only when they hash to what was checked (read once, then
+    hashed: what is returned is what was compared)."""
+    path = Path(result["path"])
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"Cannot read the export {path} ({e.strerror or e}); prepare it again.") from None
+    if hashlib.sha256(data).hexdigest() != result["sha256"]:
+        raise UserError(f"The file {path.name} changed since it was checked against PyTorch; "
+                        "it is not served. Prepare the export again.")
+    return data
 
 
 def _result(side: dict, path: Path, cached: bool) -> dict:
     check = side["check"]
     return {"run_id": side["run_id"], "model": side["model"], "path": str(path), "sidecar": str(sidecar_path(path)),
-            "format": side["format"], "bytes": side["bytes"], "max_abs_diff": check["max_abs_diff"],
-            "top1_agree": check["top1_agree"], "checked": check["checked"], "checked_on": check["checked_on"],
-            "tolerance": check["tolerance"], "classes": side["classes"], "labels": side["labels"],
-            "names": side["names"], "input": side["input"], "exporter": side["exporter"],
+            "format": side["format"], "bytes": side["bytes"], "sha256": side["sha256"],
+            "max_abs_diff": check["max_abs_diff"], "top1_agree": check["top1_agree"], "checked": check["checked"],
+            "checked_on": check["checked_on"], "tolerance": check["tolerance"], "classes": side["classes"],
+            "labels": side["labels"], "names": side["names"], "input": side["input"], "exporter": side["exporter"],
             "seconds": side["seconds"], "cached": cached}
 
 
@@ -143,25 +181,31 @@ def _out_path(run, fmt: str, out) -> Path:
     return p.resolve()
 
 
-def export_run(store, run_id: str, fmt: str = "onnx", out=None) -> dict:
+def export_run(run, fmt: str = "onnx", out=None, progress=None, should_stop=None) -> dict:
     """Write the run's model as `fmt` to `out` (default: the run's exports folder), check it
-    against PyTorch, and return path, format, bytes, max_abs_diff, top1_agree, classes, labels,
-    names, input, seconds (and cached: True when a fresh earlier export was reused)."""
-    from core.explain.predictor import load_predictor
+    against PyTorch, and return path, format, bytes, sha256, max_abs_diff, top1_agree, classes,
+    labels, names, input, seconds (and cached: True when a good earlier export was reused).
+    `progress(done=, total=, stage=)` hears of each stage; `should_stop()` True between stages
+    raises Cancelled (nothing is kept)."""
+    from core.serve.predictor import load_predictor
     fmt = normalise_format(fmt)
-    run = store.require(run_id)
-    if not run.has_checkpoint():
-        raise UserError(f"Run {run_id} has no checkpoint yet, so there is no model to export; "
+    if _checkpoint_mtime(run) is None:
+        raise UserError(f"Run {run.id} has no checkpoint yet, so there is no model to export; "
                         "wait for its first epoch to finish.")
     path = _out_path(run, fmt, out)
-    hit = _fresh(run, fmt, path)
+    hit = cached_export(run, fmt, out)
     if hit is not None:
         return hit
+
+    def stage(i: int) -> None:
+        if should_stop is not None and should_stop():
+            raise Cancelled()
+        if progress is not None:
+            progress(done=i, total=len(STAGES), stage=STAGES[i])
     t0 = time.time()
-    pred = load_predictor(run_id, store)
-    mtime = pred.weights_mtime
-    meta = metadata(pred, fmt)
-    model = pred.model.eval()
+    stage(0)
+    pred = load_predictor(run)
+    stage(1)
     batch, checked_on = _check_batch(pred, run)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,35 +213,8 @@ def export_run(store, run_id: str, fmt: str = "onnx", out=None) -> dict:
         raise UserError(f"Cannot create the folder {path.parent} for the export ({e.strerror or e}).") from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp")
     try:
-        write, load = (_write_onnx, _run_onnx) if fmt == "onnx" else (_write_torchscript, _run_torchscript)
-        exporter = write(model, meta, tmp, pred.cfg.image_size, run_id)
-        try:
-            got, got1, back = load(tmp, batch)
-        except (OSError, UserError):
-            raise
-        except Exception as e:  # noqa: BLE001 - onnxruntime / torch.jit refusing the file they were given
-            raise _fail(fmt, run_id, e) from None
-        with torch.no_grad():
-            ref, ref1 = model(batch).numpy(), model(batch[:1]).numpy()
-        diff = float(max(np.abs(got - ref).max(), np.abs(got1 - ref1).max()))
-        if not np.all(np.isfinite(got)):
-            diff = float("inf")
-        limit = max(TOLERANCE, RELATIVE_TOLERANCE * float(np.abs(ref).max()))
-        agree = _top1_agreement(ref, got, limit)
-        if back != meta:
-            raise UserError(f"The exported {fmt} file of run {run_id} does not carry its metadata back; "
-                            "the export was not kept.")
-        if not diff <= limit:
-            raise UserError(f"The exported {fmt} model of run {run_id} differs from PyTorch by up to {diff:.2e} "
-                            f"(more than {limit:.0e}) on {checked_on}; the export was not kept.")
-        if agree["decided_disagree"]:
-            raise UserError(f"The exported {fmt} model of run {run_id} picks another top-1 class than PyTorch on "
-                            f"{agree['decided_disagree']} of {len(ref)} check images; the export was not kept.")
-        size = tmp.stat().st_size
-        side = dict(meta, bytes=size, checkpoint_mtime=mtime, exporter=exporter, torch=torch.__version__,
-                    created=time.time(), seconds=round(time.time() - t0, 2),
-                    check={"max_abs_diff": diff, "top1_agree": agree["fraction"], "checked": len(ref),
-                           "checked_on": checked_on, "tolerance": limit, "batch_sizes": [len(ref), 1]})
+        side = _write_and_check(pred, fmt, tmp, batch, checked_on, stage)
+        side["seconds"] = round(time.time() - t0, 2)
         side_tmp = sidecar_path(tmp)
         side_tmp.write_text(json.dumps(side, indent=1))
         os.replace(tmp, path)
@@ -207,7 +224,47 @@ def export_run(store, run_id: str, fmt: str = "onnx", out=None) -> dict:
     finally:
         for f in (tmp, sidecar_path(tmp)):
             f.unlink(missing_ok=True)
+    if progress is not None:
+        progress(done=len(STAGES), total=len(STAGES), stage="done")
     return _result(side, path, cached=False)
+
+
+def _write_and_check(pred, fmt: str, tmp: Path, batch: torch.Tensor, checked_on: str, stage) -> dict:
+    """Write the model to `tmp`, read its bytes once, check exactly those bytes against PyTorch
+    and return the sidecar (with their sha256); a failed check raises one sentence."""
+    run_id, meta, model = pred.run_id, metadata(pred, fmt), pred.model.eval()
+    stage(2)
+    write, load = (_write_onnx, _run_onnx) if fmt == "onnx" else (_write_torchscript, _run_torchscript)
+    exporter = write(model, meta, tmp, pred.cfg.image_size, run_id)
+    stage(3)
+    data = tmp.read_bytes()
+    try:
+        got, got1, back = load(data, batch)
+    except (OSError, UserError):
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime / torch.jit refusing the file they were given
+        raise _fail(fmt, run_id, e) from None
+    with torch.no_grad():
+        ref, ref1 = model(batch).numpy(), model(batch[:1]).numpy()
+    diff = float(max(np.abs(got - ref).max(), np.abs(got1 - ref1).max()))
+    if not np.all(np.isfinite(got)):
+        diff = float("inf")
+    limit = max(TOLERANCE, RELATIVE_TOLERANCE * float(np.abs(ref).max()))
+    agree = _top1_agreement(ref, got, limit)
+    if back != meta:
+        raise UserError(f"The exported {fmt} file of run {run_id} does not carry its metadata back; "
+                        "the export was not kept.")
+    if not diff <= limit:
+        raise UserError(f"The exported {fmt} model of run {run_id} differs from PyTorch by up to {diff:.2e} "
+                        f"(more than {limit:.0e}) on {checked_on}; the export was not kept.")
+    if agree["decided_disagree"]:
+        raise UserError(f"The exported {fmt} model of run {run_id} picks another top-1 class than PyTorch on "
+                        f"{agree['decided_disagree']} of {len(ref)} check images; the export was not kept.")
+    stage(4)
+    return dict(meta, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), checkpoint_mtime=pred.weights_mtime,
+                exporter=exporter, torch=torch.__version__, created=time.time(),
+                check={"max_abs_diff": diff, "top1_agree": agree["fraction"], "checked": len(ref),
+                       "checked_on": checked_on, "tolerance": limit, "batch_sizes": [len(ref), 1]})
 
 
 def _top1_agreement(ref: np.ndarray, got: np.ndarray, limit: float) -> dict:
@@ -281,9 +338,9 @@ def _write_onnx(model, meta: dict, path: Path, size: int, run_id: str) -> str:
     return f"torch.onnx dynamo (opset {opset})"
 
 
-def _run_onnx(path: Path, batch: torch.Tensor):
+def _run_onnx(data: bytes, batch: torch.Tensor):
     import onnxruntime as ort
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     x = batch.numpy()
     got = sess.run(None, {name: x})[0]
@@ -307,11 +364,11 @@ def _write_torchscript(model, meta: dict, path: Path, size: int, run_id: str) ->
     return "torch.jit.trace (frozen)"
 
 
-def _run_torchscript(path: Path, batch: torch.Tensor):
+def _run_torchscript(data: bytes, batch: torch.Tensor):
     extra = {EXTRA_FILE: ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
+        m = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra).eval()
     with torch.no_grad():
         got = m(batch).numpy()
         got1 = m(batch[:1]).numpy()
