@@ -13,7 +13,6 @@ from dashboard import charts, nav
 from dashboard.common import (STATUS_ICON, classes_text, home_key, loss_controls, run_label, runs_frame, store,
                               train_again)
 from dashboard.export_panel import export_panel
-from dashboard.progress import phase_and_eta
 
 # ------------------------------------------------------------------ session keys
 st.session_state.setdefault("runs_selected", None)   # run id shown below the table (survives page switches)
@@ -160,8 +159,7 @@ def progress_bar(run: dict) -> None:
         return
     done = (p["epoch"] - 1) * p["steps_per_epoch"] + p["step_in_epoch"]
     frac = min(done / max(p["epochs"] * p["steps_per_epoch"], 1), 1.0)
-    _, steps = curves(run["run_id"], curve_stamp(run["run_id"]), home_key())
-    phase, eta = phase_and_eta(p, steps, run["config"])
+    phase, eta = p.get("phase") or f"epoch {p['epoch']}/{p['epochs']}", p.get("eta_s")   # core.runs.eta's
     st.progress(frac, text=f"{phase[:1].upper()}{phase[1:]} · {p.get('images_per_s', 0):.0f} images/s · "
                            f"ETA {fmt_secs(eta) if eta is not None else 'measuring…'}")
 

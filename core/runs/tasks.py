@@ -15,6 +15,7 @@ import time
 
 from core.data.prepared import SCAN_SIZE
 from core.errors import UserError
+from core.runs.eta import WINDOW_S, phase_and_eta
 from core.runs.jobs import Context, kind
 
 STEPS_RANGE = (1, 5000)     # class models: gradient-ascent steps per class
@@ -32,6 +33,8 @@ class StoreSink:
         self.on_epoch = on_epoch         # a sweep trial: report to the study; True = prune
         self.pruned_at: int | None = None
         self._offset, self._last_step = 0, None
+        self._times: list[float] = []    # recent step timestamps: the ETA's rate
+        self._cfg = None
 
     def _step(self, step: int) -> int:
         """Steps stay unique and increasing in the store however an epoch's length changes (a resume
@@ -46,8 +49,9 @@ class StoreSink:
     def emit(self, kind_: str, row: dict) -> None:
         store, run_id = self.run.store, self.run.id
         if kind_ == "step":
-            self._steps.append((self._step(int(row["step"])), row["epoch"], row["loss"], row["acc"], row["lr"],
-                                time.time()))
+            now = time.time()
+            self._steps.append((self._step(int(row["step"])), row["epoch"], row["loss"], row["acc"], row["lr"], now))
+            self._times = [t for t in self._times if t >= now - 2 * WINDOW_S] + [now]
             if time.time() - self._last > self.flush_s:
                 self.flush(row.get("progress"))
         elif kind_ == "epoch":
@@ -70,6 +74,11 @@ class StoreSink:
         if self._steps:
             self.run.store.log_step(self.run.id, self._steps)
             self._steps = []
+        if progress and progress.get("steps_per_epoch"):     # the one place a run's ETA is computed
+            if self._cfg is None:
+                self._cfg = self.run.read_config()
+            phase, eta = phase_and_eta(progress, self._times, self._cfg)
+            progress = {**progress, "phase": phase, "eta_s": eta}
         if progress:
             self.ctx.progress(force=True, **progress)
         else:

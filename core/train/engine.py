@@ -256,10 +256,9 @@ class _Tally:
         corrects = torch.stack([p[2] for p in self.pending]).cpu().tolist()
         for (i, _, _, b), loss, c in zip(self.pending, losses, corrects):
             self.n, self.correct, self.loss_sum = self.n + b, self.correct + c, self.loss_sum + loss * b
-            rate = self.n / max(time.time() - self.t0, 1e-9)
-            left = (self.steps - i) + (self.cfg.epochs - self.epoch) * self.steps
+            rate = self.n / max(time.time() - self.t0, 1e-9)     # the ETA is the run store's (core.runs.eta)
             progress = {"epoch": self.epoch, "epochs": self.cfg.epochs, "step_in_epoch": i,
-                        "steps_per_epoch": self.steps, "images_per_s": rate * self.world, "eta_s": left * b / rate}
+                        "steps_per_epoch": self.steps, "images_per_s": rate * self.world}
             sink.emit("step", {"step": self.step0 + i, "epoch": self.epoch, "loss": loss, "acc": c / b,
                                "lr": self.opt.param_groups[0]["lr"], "progress": progress})
         self.pending, self.last = [], time.time()
