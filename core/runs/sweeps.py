@@ -42,7 +42,15 @@ from core.runs.jobs import cancel, device_key, launch, resume, schedule, slots a
 from core.runs.proc import START_GRACE_S, gone, me
 from core.train.config import LEGACY, TrainConfig
 
-SAMPLERS = ("grid", "tpe", "random")
+# A sampler is one entry here: its name (the CLI's --sampler, the Sweeps page) and its Optuna sampler
+# from (seed, planned trials). "grid" enqueues every configuration at creation and hands them out in
+# order (the random sampler only serves the enqueued trials). The first entry is the default.
+SAMPLER_MAKERS = {
+    "grid": lambda optuna, seed, trials: optuna.samplers.RandomSampler(seed=seed),
+    "tpe": lambda optuna, seed, trials: optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, trials)),
+    "random": lambda optuna, seed, trials: optuna.samplers.RandomSampler(seed=seed),
+}
+SAMPLERS = tuple(SAMPLER_MAKERS)
 FIXED = ("data", "device", "pipeline", "workers", "extra")   # not searchable
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 DB_FILE = "sweeps.db"
@@ -329,9 +337,8 @@ def load(name: str, storage: str | None = None):
         raise UserError(f"There is no sweep named {name!r} in {storage_url(storage)}.")
     a = study.user_attrs
     seed = int(a.get("base", {}).get("seed", 0))
-    sampler = {"tpe": optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, a.get("trials", 10))),
-               "random": optuna.samplers.RandomSampler(seed=seed)}.get(a.get("sampler"),
-                                                                     optuna.samplers.RandomSampler(seed=seed))
+    make = SAMPLER_MAKERS.get(a.get("sampler"), SAMPLER_MAKERS["random"])
+    sampler = make(optuna, seed, int(a.get("trials") or 10))
     pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=PRUNE_WARMUP_EPOCHS)
     return optuna.load_study(study_name=name, storage=st, sampler=sampler, pruner=pruner)
 
