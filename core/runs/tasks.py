@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from core.data.prepared import SCAN_SIZE
 from core.errors import UserError
@@ -137,7 +138,7 @@ def _check_class_models(store, args: dict, run_id: str | None) -> None:
     steps, size = int(args.get("steps", 0)), int(args.get("size", 0))
     if not STEPS_RANGE[0] <= steps <= STEPS_RANGE[1]:
         raise UserError(f"Steps must be between {STEPS_RANGE[0]} and {STEPS_RANGE[1]}; got {steps}.")
-    if not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:
+    if size and not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:      # 0: the run's own image size
         raise UserError(f"Image size must be between {SIZE_RANGE[0]} and {SIZE_RANGE[1]} px; got {size}.")
     job = latest(store, "class_models", run_id=run.id)
     if job and job["active"]:
@@ -149,15 +150,15 @@ def class_models(ctx: Context) -> dict:
     from core.explain.files import class_model_png
     from core.serve.predictor import load_predictor
     a = ctx.args
-    classes, steps, size = list(a["classes"]), int(a["steps"]), int(a["size"])
+    classes, steps, size = list(a["classes"]), int(a["steps"]), int(a.get("size") or 0)
+    out = Path(a["out"]) if a.get("out") else ctx.run.class_models_dir    # the CLI's --out, else the run's folder
     pred = load_predictor(ctx.run)
     results = []
     for i, cls in enumerate(classes):
         def on_step(step, total, score, i=i):
             ctx.progress(done=i, total=len(classes), step=step, steps=steps, results=results)
         try:
-            r = class_model_png(pred, cls, ctx.run.class_models_dir, steps=steps, size=size, progress=on_step,
-                                should_stop=ctx.should_stop)
+            r = class_model_png(pred, cls, out, steps=steps, size=size, progress=on_step, should_stop=ctx.should_stop)
         except UserError:
             ctx.check_stop()             # stopped by the user: cancelled, not failed
             raise
