@@ -69,6 +69,21 @@ def ensure_demo() -> Path:
     st.stop()
 
 
+def live_job(job_id: str, render, poll_s: float = 1.0) -> None:
+    """A running job's progress, redrawn every `poll_s` by `render(job, progress, done, total)` in a
+    fragment; the whole page reruns once the job has ended (its result then shows)."""
+    from core.runs import jobs
+
+    @st.fragment(run_every=poll_s)
+    def view():
+        job = jobs.status(store(), job_id)
+        if job is None or not job["active"]:
+            st.rerun(scope="app")
+        p = job.get("progress") or {}
+        render(job, p, int(p.get("done") or 0), int(p.get("total") or 0))
+    view()
+
+
 def job_progress(kind: str, text: str, poll_s: float = 1.0, **match) -> None:
     """A progress bar of the newest job of `kind`, refreshed until it ends, then one full rerun."""
     from core.runs import jobs

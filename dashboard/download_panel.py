@@ -12,7 +12,7 @@ import streamlit as st
 
 from core import paths
 from core.errors import UserError
-from dashboard.common import store, user_error
+from dashboard.common import live_job, store, user_error
 
 WHERE = ("GLDv2's `train.csv` (and `train_clean.csv`, `train_label_to_category.csv`) come from "
          "[github.com/cvdfoundation/google-landmark](https://github.com/cvdfoundation/google-landmark); "
@@ -45,13 +45,7 @@ def _tiles(c: dict) -> None:
 def _progress(job_id: str) -> None:
     from core.runs import jobs
 
-    @st.fragment(run_every=1)
-    def view():
-        job = jobs.status(store(), job_id)
-        if job is None or not job["active"]:
-            st.rerun(scope="app")
-        p = job.get("progress") or {}
-        done, total = int(p.get("done") or 0), int(p.get("total") or 0)
+    def render(job, p, done, total):
         if job["status"] in ("queued", "starting") or not total:
             st.progress(0.0, text="Starting the download: choosing the top classes from the CSV…")
         else:
@@ -64,7 +58,7 @@ def _progress(job_id: str) -> None:
                           "download again resumes it."):
             jobs.cancel(store(), job_id)
             st.toast("Stopping the download…")
-    view()
+    live_job(job_id, render)
 
 
 def _summary(job: dict) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.errors import UserError
-from dashboard.common import store, user_error
+from dashboard.common import live_job, store, user_error
 
 FORMATS = {"ONNX": "onnx", "TorchScript": "torchscript"}
 ABOUT = {"onnx": "for onnxruntime in Python, C++, C#, Java or JavaScript (see examples/classify_onnx.py)",
@@ -81,20 +81,14 @@ def export_buttons(run, key: str) -> None:
 def _progress(job_id: str, choice: str, key: str) -> None:
     from core.runs import jobs
 
-    @st.fragment(run_every=1)
-    def view():
-        job = jobs.status(store(), job_id)
-        if job is None or not job["active"]:
-            st.rerun(scope="app")
-        p = job.get("progress") or {}
-        done, total = int(p.get("done") or 0), int(p.get("total") or 0)
+    def render(job, p, done, total):
         what = "waiting to start" if job["status"] in ("queued", "starting") or not total else p.get("stage", "")
         st.progress(min(done / max(total, 1), 1.0), text=f"Exporting to {choice} and checking it against "
                                                            f"PyTorch: {what}…")
         if st.button("Stop the export", key=f"{key}_cancel", icon="⏹️"):
             jobs.cancel(store(), job_id)
             st.toast("Stopping the export…")
-    view()
+    live_job(job_id, render)
 
 
 def _download(result: dict, choice: str, key: str) -> None:

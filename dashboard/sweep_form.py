@@ -92,17 +92,25 @@ def start(name: str, create) -> None:
     st.rerun()
 
 
+def _pick_root(key: str) -> Path | None:
+    """The data set chosen in this form's picker (with its synthetic note), or None and a hint."""
+    path = dataset_picker(key)
+    if not path:
+        st.info("Type the folder of a data set, or pick one above.", icon="ℹ️")
+        return None
+    root = Path(path).expanduser().resolve()
+    synthetic_note(root)
+    return root
+
+
 def new_sweep_tab() -> None:
     from core.train.models import REGISTRY
     ss = st.session_state
     st.caption("Every configuration trains as an ordinary run in the one queue (one per GPU, one on the CPU), "
                "and shows on the Runs page labelled with its sweep.")
-    path = dataset_picker("sweep_dataset")
-    if not path:
-        st.info("Type the folder of a data set, or pick one above.", icon="ℹ️")
+    root = _pick_root("sweep_dataset")
+    if root is None:
         return
-    root = Path(path).expanduser().resolve()
-    synthetic_note(root)
     st.selectbox("Model", list(REGISTRY), key="sw_model", on_change=on_model_change, persist_state="session")
     st.button("📋 Poster's grid (Fig. 2)", key="sw_poster_grid", on_click=apply_poster_grid,
               help="lr 0.01/0.005/0.001 × Adam/SGD × batch 16/24/32/48/96 × epochs 1/3/5/10.")
@@ -164,12 +172,9 @@ def poster_tab() -> None:
         "model": "Model", "classes": "Classes", "train": st.column_config.NumberColumn("Poster train", format=PCT),
         "val": st.column_config.NumberColumn("Poster val", format=PCT),
         "holdout": st.column_config.NumberColumn("Poster holdout", format=PCT)})
-    path = dataset_picker("repro_dataset")
-    if not path:
-        st.info("Type the folder of a data set, or pick one above.", icon="ℹ️")
+    root = _pick_root("repro_dataset")
+    if root is None:
         return
-    root = Path(path).expanduser().resolve()
-    synthetic_note(root)
     with st.form("repro_form", border=True):
         a, b = st.columns(2)
         a.multiselect("Classes (the poster's, or type other numbers)", POSTER_CLASSES, key="rp_classes",
