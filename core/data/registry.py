@@ -6,9 +6,7 @@ download worker can both add to it). Forgetting a data set removes its entry, ne
 """
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
 import time
 from contextlib import contextmanager
@@ -16,6 +14,7 @@ from pathlib import Path
 
 from core import paths
 from core.errors import UserError
+from core.files import atomic_write, file_lock
 
 FILE = "datasets.json"
 SOURCES = ("typed", "download", "demo", "run")
@@ -31,12 +30,8 @@ def _file(home: Path | None) -> Path:
 def _locked(home: Path | None):
     f = _file(home)
     with paths.writing(f.parent, "LANDMARKS_HOME"):
-        with open(f.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield f
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with file_lock(f.with_suffix(".lock")):
+            yield f
 
 
 def _read(f: Path) -> list[dict]:
@@ -52,10 +47,8 @@ def _read(f: Path) -> list[dict]:
 
 
 def _write(f: Path, entries: list[dict]) -> None:
-    tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
     with paths.writing(f.parent, "LANDMARKS_HOME"):
-        tmp.write_text(json.dumps(entries, indent=1))
-        os.replace(tmp, f)
+        atomic_write(f, json.dumps(entries, indent=1))
 
 
 def _key(path) -> str:
