@@ -20,10 +20,12 @@ def temp_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write `data` (text or bytes) to `path` whole or not at all."""
+def atomic_write(path: str | os.PathLike, data: str | bytes, tmp: str | os.PathLike | None = None) -> Path:
+    """Write `data` (text or bytes) to `path` whole or not at all. `tmp`: the temporary file's
+    path where a cleanup or a reader knows another name (same file system as `path`), else
+    temp_path(path)."""
     path = Path(path)
-    tmp = temp_path(path)
+    tmp = Path(tmp) if tmp is not None else temp_path(path)
     try:
         if isinstance(data, bytes):
             tmp.write_bytes(data)
@@ -37,11 +39,11 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike):
-    """For writers that want a path (pandas, torch.save): yields the temp path, renamed over
-    `path` when the block ends without an error, removed when it does not."""
+def atomic_output(path: str | os.PathLike, tmp: str | os.PathLike | None = None):
+    """For writers that want a path (pandas, torch.save): yields the temp path (`tmp` as in
+    atomic_write), renamed over `path` when the block ends without an error, removed when it does not."""
     path = Path(path)
-    tmp = temp_path(path)
+    tmp = Path(tmp) if tmp is not None else temp_path(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -57,12 +59,18 @@ def append(path: str | os.PathLike, text: str) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike, shared: bool = False):
-    """An exclusive (or shared) advisory lock held while the block runs; `path` is the lock file."""
+def file_lock(path: str | os.PathLike, shared: bool = False, wait: bool = True):
+    """An exclusive (or shared) advisory lock held while the block runs; `path` is the lock file.
+    Yields whether it is held: always True when waiting; with wait=False, False at once when
+    another process holds it (the block then runs without the lock and must check)."""
     import fcntl
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import paths
+from core import access, paths
 from core.data.demo import DEMO_DEFAULTS
 from core.errors import UserError
 import core.runs.tasks  # noqa: F401 - the job kinds register themselves (pages submit them)
@@ -197,7 +197,7 @@ def dataset_picker(key: str = "dataset") -> str | None:
         if not typed.strip():
             return None
         try:  # before anything reads it: only LANDMARKS_HOME/datasets and LANDMARKS_DATA_ROOTS
-            folder = paths.confine(typed)
+            folder = access.confine(typed)
             detect_layout(folder)
             entry = registry.remember(folder, source="typed")
         except UserError as e:

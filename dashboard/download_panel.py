@@ -2,7 +2,7 @@
 Landmarks train.csv (or GLDv2's tar shards), downloaded by a background job (core.runs.tasks
 `download`, the engine is core.data.download) with progress, ETA, counts and per-class shortfalls.
 
-Paths typed here are confined to the folders the browser may open (core.paths.confine); the job
+Paths typed here are confined to the folders the browser may open (core.access.confine); the job
 goes on if the page is left or the browser closed, and a rerun of the same download resumes it.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import paths
+from core import access, paths
 from core.errors import UserError
 from dashboard.common import live_job, store, user_error
 
@@ -130,11 +130,11 @@ def _args() -> dict | None:
     try:
         if not csv.strip():
             raise UserError("Type the path of the train.csv to download from.")
-        args = {"csv": str(paths.confine(csv, "train.csv")),
-                "out": str(paths.confine(out.strip() or str(default), "output folder")),
+        args = {"csv": str(access.confine(csv, "train.csv")),
+                "out": str(access.confine(out.strip() or str(default), "output folder")),
                 "top": top, "clean": bool(clean), "max_side": max_side, "workers": workers}
         if tars.strip():
-            args["tars"] = [str(paths.confine(tars, "tar folder"))]
+            args["tars"] = [str(access.confine(tars, "tar folder"))]
         return args
     except UserError as e:
         user_error(e)

@@ -190,8 +190,8 @@ def build_config(root: Path) -> TrainConfig:
         weights = ss["train_weights_path"].strip()
         if not weights:
             raise UserError("Type the path of a weight file, or choose ImageNet or None.")
-        from core import paths  # the browser may open weights only under the data roots and runs/
-        weights = str(paths.confine(weights, "weight file", paths.weight_roots()))
+        from core import access  # the browser may open weights only under the data roots and runs/
+        weights = str(access.confine(weights, "weight file", access.weight_roots()))
         if not Path(weights).expanduser().is_file():
             raise UserError(f"Weight file {weights} does not exist.")
     values = {f: type(CONFIG_DEFAULTS[f])(ss[k]) for k, f in FIELDS.items()}

@@ -158,7 +158,8 @@ def test_a_lock_file_that_cannot_be_opened_is_a_sentence(tmp_path, monkeypatch):
             raise PermissionError(errno.EACCES, "Permission denied", str(file))
         return real(file, *a, **k)
 
-    monkeypatch.setattr(prep_mod.store, "open", no_lock, raising=False)   # the store module's own open()
+    import core.files
+    monkeypatch.setattr(core.files, "open", no_lock, raising=False)       # the lock helper's own open()
     with pytest.raises(UserError, match=r"^Cannot write the prepared-image cache folder .+ \(permission denied\)"):
         prepare(paths, SIZE, key="lock")
 

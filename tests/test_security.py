@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import paths
+from core import access, paths
 from core.data.uploads import MAX_FILES_PER_UPLOAD, check_file_count
 from core.errors import UserError
 
@@ -27,7 +27,7 @@ APP = ROOT / "dashboard" / "app.py"
 
 def refusal(typed: str, what: str = "data set folder", roots=None) -> str:
     with pytest.raises(UserError) as e:
-        paths.confine(typed, what, roots)
+        access.confine(typed, what, roots)
     return str(e.value)
 
 
@@ -182,10 +182,10 @@ def test_the_app_shows_the_refusal_and_nothing_else(st_config, monkeypatch, home
 def test_confine_inside_the_datasets_folder_is_allowed(home):
     inside = paths.datasets_dir() / "gld"
     inside.mkdir()
-    assert paths.confine(str(inside)) == inside.resolve()
-    assert paths.confine(f"  {inside}  ") == inside.resolve()                 # typed with spaces
-    assert paths.confine(str(paths.datasets_dir() / "not-yet")) == (paths.datasets_dir() / "not-yet").resolve()
-    assert paths.browser_roots() == [paths.datasets_dir().resolve()]
+    assert access.confine(str(inside)) == inside.resolve()
+    assert access.confine(f"  {inside}  ") == inside.resolve()                 # typed with spaces
+    assert access.confine(str(paths.datasets_dir() / "not-yet")) == (paths.datasets_dir() / "not-yet").resolve()
+    assert access.browser_roots() == [paths.datasets_dir().resolve()]
 
 
 def test_confine_outside_is_refused_with_one_sentence(home, tmp_path):
@@ -220,7 +220,7 @@ def test_confine_refuses_a_symlink_that_escapes(home, tmp_path):
     # a symlink inside that stays inside is fine
     (paths.datasets_dir() / "real").mkdir()
     (paths.datasets_dir() / "alias").symlink_to(paths.datasets_dir() / "real", target_is_directory=True)
-    assert paths.confine(str(paths.datasets_dir() / "alias")) == (paths.datasets_dir() / "real").resolve()
+    assert access.confine(str(paths.datasets_dir() / "alias")) == (paths.datasets_dir() / "real").resolve()
 
 
 def test_landmarks_data_roots_are_honoured(home, tmp_path, monkeypatch):
@@ -228,11 +228,11 @@ def test_landmarks_data_roots_are_honoured(home, tmp_path, monkeypatch):
     (b / "gldv2").mkdir(parents=True)
     a.mkdir()
     with pytest.raises(UserError):
-        paths.confine(str(b / "gldv2"))
+        access.confine(str(b / "gldv2"))
     monkeypatch.setenv("LANDMARKS_DATA_ROOTS", os.pathsep.join([str(a), "", str(b)]))
-    assert paths.browser_roots() == [paths.datasets_dir().resolve(), a.resolve(), b.resolve()]
-    assert paths.confine(str(b / "gldv2")) == (b / "gldv2").resolve()
-    assert paths.confine(str(a)) == a.resolve()
+    assert access.browser_roots() == [paths.datasets_dir().resolve(), a.resolve(), b.resolve()]
+    assert access.confine(str(b / "gldv2")) == (b / "gldv2").resolve()
+    assert access.confine(str(a)) == a.resolve()
     msg = refusal(str(tmp_path / "mnt_c"))
     assert str(a) in msg and str(b) in msg
 
@@ -272,10 +272,10 @@ def test_a_symlink_in_datasets_leading_outside_is_not_offered(home, tmp_path, mo
 
 def test_weight_files_may_also_come_from_runs(home):
     ckpt = paths.runs_dir() / "r1" / "checkpoints" / "last.pt"
-    assert paths.confine(str(ckpt), "weight file", paths.weight_roots()) == ckpt.resolve()
+    assert access.confine(str(ckpt), "weight file", access.weight_roots()) == ckpt.resolve()
     with pytest.raises(UserError, match="^The data set folder must be under"):
-        paths.confine(str(ckpt))                                                  # not a data root
-    assert refusal("/etc/passwd", "weight file", paths.weight_roots()).startswith("The weight file must be under")
+        access.confine(str(ckpt))                                                  # not a data root
+    assert refusal("/etc/passwd", "weight file", access.weight_roots()).startswith("The weight file must be under")
 
 
 def test_dataset_page_refuses_a_typed_path_outside_the_roots(demo_home):
@@ -314,7 +314,7 @@ def test_train_page_confines_the_weight_file(demo_home):
     at.text_input(key="train_weights_path").input("/etc/passwd")
     at.button(key="train_launch").click().run()
     assert not at.exception
-    assert [e.value for e in at.error] == [refusal("/etc/passwd", "weight file", paths.weight_roots())]
+    assert [e.value for e in at.error] == [refusal("/etc/passwd", "weight file", access.weight_roots())]
     # under runs/ it passes the confinement and is then checked for existence
     missing = paths.runs_dir() / "old" / "checkpoints" / "last.pt"
     at.text_input(key="train_weights_path").input(str(missing))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
 from core.errors import UserError
+from core.files import atomic_output
 
 KINDS: dict[str, Callable] = {}  # kind name -> draw function, in class order
 ASPECT: dict[str, float] = {}  # kind name -> width/height of its unit drawing box
@@ -676,12 +676,10 @@ def check_args(classes, images, size) -> None:
 
 def write_csv(path: Path, header, rows) -> None:
     """Write beside and rename, so a reader never sees half a CSV."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(header)
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def generate(out, classes: int = DEMO_DEFAULTS["classes"], images: int = DEMO_DEFAULTS["images"],

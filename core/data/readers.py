@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from core.errors import UserError
+from core.files import atomic_output
 from core.paths import cache_dir
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp"}
@@ -425,9 +426,8 @@ def label_counts(root, clean: bool = False) -> tuple[pd.Series, dict]:
     s, dups = _count(root, layout, clean)
     cache.parent.mkdir(parents=True, exist_ok=True)
     t = pa.table({"label": s.index.astype(str), "count": s.to_numpy()})
-    tmp = cache.with_suffix(".tmp")
-    pq.write_table(t.replace_schema_metadata({"duplicates": json.dumps(dups)}), tmp)
-    os.replace(tmp, cache)
+    with atomic_output(cache) as tmp:
+        pq.write_table(t.replace_schema_metadata({"duplicates": json.dumps(dups)}), tmp)
     return s, dups
 
 

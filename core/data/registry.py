@@ -6,16 +6,16 @@ download worker can both add to it). Forgetting a data set removes its entry, ne
 """
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from core import paths
-from core.errors import UserError
+from core.access import browser_roots
+from core.errors import UserError, writing
+from core.files import atomic_write, file_lock
 
 FILE = "datasets.json"
 SOURCES = ("typed", "download", "demo", "run")
@@ -30,13 +30,9 @@ def _file(home: Path | None) -> Path:
 @contextmanager
 def _locked(home: Path | None):
     f = _file(home)
-    with paths.writing(f.parent, "LANDMARKS_HOME"):
-        with open(f.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield f
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    with writing(f.parent, "LANDMARKS_HOME"):
+        with file_lock(f.with_suffix(".lock")):
+            yield f
 
 
 def _read(f: Path) -> list[dict]:
@@ -52,10 +48,8 @@ def _read(f: Path) -> list[dict]:
 
 
 def _write(f: Path, entries: list[dict]) -> None:
-    tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
-    with paths.writing(f.parent, "LANDMARKS_HOME"):
-        tmp.write_text(json.dumps(entries, indent=1))
-        os.replace(tmp, f)
+    with writing(f.parent, "LANDMARKS_HOME"):
+        atomic_write(f, json.dumps(entries, indent=1))
 
 
 def _key(path) -> str:
@@ -70,12 +64,12 @@ def listed(home: Path | None = None, browser: bool = False) -> list[dict]:
     """Every remembered data set, the most recently used first ({name, path, source, added, used});
     forgotten ones are left out. `browser`: only what a browser user may open, as a typed path
     must be: a folder found or typed (source "typed") that no longer lies under the allowed roots
-    (core.paths.browser_roots; a symlink followed by an earlier version, a root the operator took
+    (core.access.browser_roots; a symlink followed by an earlier version, a root the operator took
     away) is left out. Downloads and the data of runs were chosen on the command line or already
     confined when chosen in the app."""
     entries = [d for d in _read(_file(home)) if not d.get("hidden")]
     if browser:
-        roots = paths.browser_roots()
+        roots = browser_roots()
         entries = [d for d in entries if d.get("source") != "typed" or _inside(Path(d["path"]), roots)]
     return sorted(entries, key=lambda d: -float(d.get("used") or 0))
 
@@ -84,7 +78,7 @@ def discover() -> list[Path]:
     """The data set folders in LANDMARKS_HOME/datasets, resolved, sorted by name: a symlink is
     followed only when its target lies under the allowed roots (issue 19 #10: a link to /etc
     placed in datasets/ must not offer /etc), as confine() does for a typed path."""
-    roots = paths.browser_roots()
+    roots = browser_roots()
     found = []
     for child in sorted(paths.datasets_dir().iterdir()):
         try:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import UserError
+from core.files import atomic_output
 
 
 def top_classes(counts: pd.Series, n: int) -> list[str]:
@@ -55,9 +56,8 @@ def make_manifest(samples: pd.DataFrame, classes: int, holdout: float, val: floa
 
 
 def save_manifest(manifest: pd.DataFrame, path: Path) -> None:
-    tmp = Path(str(path) + ".tmp")
-    manifest[["path", "label", "target", "split"]].to_csv(tmp, index=False)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        manifest[["path", "label", "target", "split"]].to_csv(tmp, index=False)
 
 
 def load_manifest(path: Path) -> pd.DataFrame:

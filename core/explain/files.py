@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import UserError
+from core.files import atomic_write
 from core.explain.api import explain_one
 from core.explain.class_model import class_model as _class_model
 from core.explain.render import to_png_bytes
@@ -49,9 +50,7 @@ def class_model_png(pred, cls, out_dir: Path, steps: int = 150, size: int = 0, p
         if should_stop is not None and should_stop():
             raise UserError("Class model generation was stopped before it finished; nothing was cached.")
         arr = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        tmp = png.with_suffix(".tmp")
-        tmp.write_bytes(to_png_bytes(arr))
-        tmp.replace(png)
+        atomic_write(png, to_png_bytes(arr))
     with_logit = pred.probs(pred.tensor(_load_png(png)))[0]
     return {"run_id": pred.run_id, "class": target, "name": pred.names[target], "png": str(png),
             "prob": float(with_logit[target])}

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from core.errors import Cancelled, UserError
+from core.files import atomic_output, atomic_write
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 ALIASES = {"ts": "torchscript", "jit": "torchscript", "pt": "torchscript"}
@@ -211,19 +212,15 @@ def export_run(run, fmt: str = "onnx", out=None, progress=None, should_stop=None
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"Cannot create the folder {path.parent} for the export ({e.strerror or e}).") from None
+    # a temporary name of its own per call: two exports of one run in one process (the app's threads)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp")
     try:
-        side = _write_and_check(pred, fmt, tmp, batch, checked_on, stage)
+        with atomic_output(path, tmp=tmp):
+            side = _write_and_check(pred, fmt, tmp, batch, checked_on, stage)
         side["seconds"] = round(time.time() - t0, 2)
-        side_tmp = sidecar_path(tmp)
-        side_tmp.write_text(json.dumps(side, indent=1))
-        os.replace(tmp, path)
-        os.replace(side_tmp, sidecar_path(path))
+        atomic_write(sidecar_path(path), json.dumps(side, indent=1), tmp=sidecar_path(tmp))
     except OSError as e:
         raise UserError(f"Cannot write the export {path} ({e.strerror or e}).") from None
-    finally:
-        for f in (tmp, sidecar_path(tmp)):
-            f.unlink(missing_ok=True)
     if progress is not None:
         progress(done=len(STAGES), total=len(STAGES), stage="done")
     return _result(side, path, cached=False)

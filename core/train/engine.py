@@ -9,7 +9,6 @@ checkpoints, predictions) and decides when to stop.
 """
 from __future__ import annotations
 
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -27,6 +26,7 @@ from core.train import distributed, metrics
 from core.train.config import TrainConfig
 from core.data.readers import load_index
 from core.errors import UserError
+from core.files import atomic_output
 from core.train.models import build_model, class_probs
 from core.train.pipeline import PreparedBatches, augment_batch, class_counts, class_weights, plain_loader, to_float
 from core.train import recipes, speed
@@ -81,7 +81,8 @@ def load_data(cfg: TrainConfig, folder, sink=NullSink(), ddp=None, device=None) 
     elif ddp.is_main:
         split = make_manifest(good, 0, cfg.holdout, cfg.val, cfg.seed)
         save_manifest(split[0], folder.split_file)
-        pd.DataFrame({"label": split[1], "name": [index.name(l) for l in split[1]]}).to_json(folder.classes_file)
+        with atomic_output(folder.classes_file) as tmp:
+            pd.DataFrame({"label": split[1], "name": [index.name(l) for l in split[1]]}).to_json(tmp)
     manifest, labels = ddp.broadcast(split)
     if not ddp.is_main:
         lost = ~manifest["path"].isin(set(good["path"]))
@@ -319,9 +320,8 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, cfg: Tr
         "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _numpy_state():
@@ -510,6 +510,5 @@ def save_predictions(path: Path, manifest, split: str, y, p) -> None:
     top5 = np.argsort(-p, axis=1)[:, :5]
     df = pd.DataFrame({"path": m["path"], "target": y, "pred": p.argmax(1), "conf": p.max(1),
                        "top5": [list(map(int, t)) for t in top5]})
-    tmp = path.with_suffix(".tmp")
-    df.to_parquet(tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        df.to_parquet(tmp)

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from core.data.download.base import STATE, reason
+from core.files import atomic_write
 
 TMP = "tmp"        # OUT/.download/tmp: every image is written here first, then renamed into train/
 # the downloader's own temporary names: <id>.jpg.<pid>.<thread>.tmp in OUT/.download/tmp (and,
@@ -64,24 +65,14 @@ def save(body: bytes, path: Path, max_side: int, tmp_dir: Path | None = None) ->
     except Exception as e:  # noqa: BLE001 - any decoder failure means "not an image"
         return "not_image", reason(e)
     path.parent.mkdir(parents=True, exist_ok=True)
-    name = f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    name = f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"    # _IMAGE_TMP: per thread, cleaned up
     try:
-        _write(data, tmp_dir / name if tmp_dir is not None else path.with_name(f".{name}"), path)
+        atomic_write(path, data, tmp=tmp_dir / name if tmp_dir is not None else path.with_name(f".{name}"))
     except OSError as e:
         if e.errno != errno.EXDEV:
             raise
-        _write(data, path.with_name(f".{name}"), path)   # train/ on another disk than OUT: write beside it
+        atomic_write(path, data, tmp=path.with_name(f".{name}"))   # train/ on another disk than OUT: write beside it
     return "fetched", ""
-
-
-def _write(data: bytes, tmp: Path, path: Path) -> None:
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------ leftovers of a killed run

@@ -4,7 +4,6 @@ classes' rows of `train_label_to_category.csv` (when that file lies beside the C
 report's parts (totals, per class what could not be had and why, a few examples of each failure)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -12,15 +11,15 @@ import pandas as pd
 from core.data.download.base import LABELS, SHORTFALL, STATUSES
 from core.data.download.images import target
 from core.data.download.shards import Run, Shard
+from core.files import atomic_output
 
 
 def write_index(out: Path, work: pd.DataFrame) -> pd.Series:
     """OUT/train.csv of the chosen images on disk (all shards: machines may share OUT). Returns the mask."""
     on_disk = pd.Series([target(out, i).exists() for i in work["id"]], index=work.index, dtype=bool)
     if on_disk.any():
-        tmp = out / f".train.csv.{os.getpid()}.tmp"
-        work.loc[on_disk, ["id", "url", "landmark_id"]].to_csv(tmp, index=False)
-        os.replace(tmp, out / "train.csv")
+        with atomic_output(out / "train.csv") as tmp:     # .train.csv.<pid>.tmp: images._FILE_TMP
+            work.loc[on_disk, ["id", "url", "landmark_id"]].to_csv(tmp, index=False)
     return on_disk
 
 
@@ -34,9 +33,8 @@ def copy_names(csv: Path, out: Path, labels: set) -> bool:
         return False
     if "landmark_id" in df.columns:
         df = df[df["landmark_id"].isin(labels)]
-    tmp = out / f".{f.name}.{os.getpid()}.tmp"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, out / f.name)
+    with atomic_output(out / f.name) as tmp:
+        df.to_csv(tmp, index=False)
     return True
 
 

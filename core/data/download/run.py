@@ -21,8 +21,8 @@ from core.data.download.images import clean_leftovers
 from core.data.download.select import pick_top
 from core.data.download.shards import Run, Shard, carry_over, plan_key, state_dir, still_there, url_shards, write_json
 from core.data.download.tars import import_tars, tar_files
-from core.errors import UserError
-from core.paths import ensure_dir, write_error
+from core.errors import UserError, write_error
+from core.paths import ensure_dir
 
 
 def check(csv, out, top, clean: bool = False, max_side: int = DEFAULTS["max_side"],

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -22,12 +21,11 @@ import pandas as pd
 
 from core.data.download.base import OK, STATE, STATUSES, permanent
 from core.data.download.images import target
+from core.files import atomic_write
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj))     # .<name>.<pid>.tmp: what images._FILE_TMP cleans up
 
 
 class Shard:

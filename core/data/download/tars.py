@@ -13,8 +13,7 @@ from pathlib import Path
 from core.data.download.base import MAX_TAR_MEMBER, permanent, reason
 from core.data.download.images import save, target
 from core.data.download.shards import Run, Shard
-from core.errors import UserError
-from core.paths import DISK_FULL
+from core.errors import DISK_FULL, UserError
 
 
 def tar_files(tars) -> list[Path]:

@@ -13,7 +13,7 @@ from core.data.prepared.gpu import _cuda_ok, _gpu_rows
 from core.data.prepared.pool import _pool_rows, _serial_rows, last_stats, usable_cores
 from core.data.prepared.store import (CACHE_FIX, Prepared, _commit, _committed, _compact, _file_sig, _locked,
                                       _open_store, _recover, _recover_others, _renew_stamp, _stale, _verified, store_dir)
-from core.paths import writing
+from core.errors import writing
 
 CHUNK = 512  # images decoded between index commits (at least; see _decode_into)
 POOL_MIN = 256  # fewer images than this are decoded in this process (a pool's start costs ~0.3 s)

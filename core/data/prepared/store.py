@@ -9,17 +9,16 @@ crc32 (in the index) is checked for the rows a call returns; a row that fails is
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from core.files import atomic_output, atomic_write, file_lock
 from core.paths import cache_dir, ensure_dir
 
 COMPACT_MIN_ROWS = 1024  # stores smaller than this are never compacted
@@ -47,20 +46,10 @@ def store_dir(key: str, size: int) -> Path:
     return ensure_dir(cache_dir() / "prepared" / f"{h}_{size}", "prepared-image cache", CACHE_FIX)
 
 
-@contextmanager
 def _locked(d: Path, wait: bool = True):
     """Hold the store's lock (two runs preparing the same data set take turns); yields whether
     it is held: with wait=False, False at once when another process holds it."""
-    with open(d / "lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return file_lock(d / "lock", wait=wait)
 
 
 def _recover(d: Path) -> None:
@@ -110,13 +99,9 @@ def _load_index(d: Path) -> pd.DataFrame:
 
 
 def _save_index(d: Path, index: pd.DataFrame) -> None:
-    tmp = d / "index.parquet.tmp"
-    try:
+    # a half-written index on a full disk is removed (it would only take space)
+    with atomic_output(d / "index.parquet", tmp=d / "index.parquet.tmp") as tmp:
         index.reset_index().to_parquet(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a half-written index on a full disk only takes space
-        raise
-    os.replace(tmp, d / "index.parquet")
 
 
 def _open_store(d: Path, row_bytes: int) -> pd.DataFrame:
@@ -172,9 +157,7 @@ def _verified(d: Path, index: pd.DataFrame, row_bytes: int) -> pd.DataFrame:
 def _renew_stamp(d: Path) -> None:
     data = d / "images.u8"
     if data.exists():
-        tmp = d / "verified.tmp"
-        tmp.write_text(_file_stamp(data))
-        os.replace(tmp, d / "verified")
+        atomic_write(d / "verified", _file_stamp(data), tmp=d / "verified.tmp")
 
 
 def _crc_rows(d: Path, rows: np.ndarray, row_bytes: int) -> np.ndarray:
@@ -197,21 +180,18 @@ def _compact(d: Path, index: pd.DataFrame, row_bytes: int) -> pd.DataFrame:
     live = np.sort(index["row"].to_numpy(dtype=np.int64))
     if n_rows < COMPACT_MIN_ROWS or len(live) > n_rows / 2:
         return index
-    tmp = d / "images.u8.tmp"
     src = np.memmap(data, dtype=np.uint8, mode="r", shape=(n_rows, row_bytes))
-    try:
+    # data and index are replaced one after the other: a crash in between leaves the marker
+    # "compacting", and the store is rebuilt. A half-written copy (a full disk) is removed.
+    marker = d / "compacting"
+    with atomic_output(data, tmp=d / "images.u8.tmp") as tmp:
         with open(tmp, "wb") as f:
             for i in range(0, len(live), 1024):
                 f.write(np.ascontiguousarray(src[live[i:i + 1024]]).tobytes())
-    except BaseException:
-        tmp.unlink(missing_ok=True)    # a half-written copy on a full disk only takes space
-        raise
-    del src
-    new_row = pd.Series(np.arange(len(live)), index=live)
-    index = index.assign(row=new_row.loc[index["row"].to_numpy()].to_numpy())
-    marker = d / "compacting"          # data and index are replaced one after the other: a crash in
-    marker.touch()                     # between leaves this marker, and the store is rebuilt
-    os.replace(tmp, data)
+        del src
+        new_row = pd.Series(np.arange(len(live)), index=live)
+        index = index.assign(row=new_row.loc[index["row"].to_numpy()].to_numpy())
+        marker.touch()                 # last thing before the copy is renamed over images.u8
     _save_index(d, index)
     marker.unlink()
     return index
