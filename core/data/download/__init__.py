@@ -3,7 +3,7 @@
     python -m core download --csv train.csv --top 100 --out DIR [--clean] [--max-side 512]
                             [--workers 32] [--shard K/N] [--tars DIR_OR_FILES...] [--allow-private] [--json]
 
-One module per concern: `select` (the top-N choice from the CSV), `fetch` (httpx) and `guard`
+One module per concern: `select` (the top-N choice from the CSV), `client` (httpx) and `guard`
 (which addresses it may reach), `tars`, `images` (decode, resize, atomic write, leftovers),
 `shards` (bookkeeping), `report`, and `run` (download() itself). Import from here.
 
@@ -68,7 +68,7 @@ from core.data.download.base import (DEFAULTS, LABELS, MAX_BYTES, OK, PERMANENT,
 import importlib
 
 _LAZY = {  # the parts that import httpx, pyarrow or Pillow load when first used (`--help` stays light)
-    "default_client": "fetch", "fetch": "fetch", "ALLOW_ENV": "guard", "Policy": "guard", "Refused": "guard",
+    "default_client": "client", "fetch": "client", "ALLOW_ENV": "guard", "Policy": "guard", "Refused": "guard",
     "refusal": "guard", "clean_leftovers": "images", "encode": "images", "save": "images", "target": "images",
     "describe": "report", "check": "run", "download": "run", "pick_top": "select", "tar_files": "tars"}
 

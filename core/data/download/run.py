@@ -15,7 +15,7 @@ from typing import Callable
 
 from core.data.download import report as rep
 from core.data.download.base import DEFAULTS, MAX_BYTES, OK, REPORT, SHARD_SIZE, STATUSES, parse_shard, whole
-from core.data.download.fetch import fetch_all
+from core.data.download.client import fetch_all
 from core.data.download.guard import Policy, allowed_by_env
 from core.data.download.images import clean_leftovers
 from core.data.download.select import pick_top
