@@ -20,7 +20,16 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+INSTALL = "apt-get install -y chromium"       # what .ci/run does (Debian's package; Ubuntu: chromium-browser)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The browser, or a failure that says how to get it: a missing browser is not a pass."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"The browser tests need Chromium at {CHROMIUM}, which is not installed; install it with "
+                    f"`{INSTALL}` (as .ci/run does) and run the tests again.", pytrace=False)
+    return CHROMIUM
 
 
 def _free_port() -> int:
@@ -30,7 +39,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def app(home, demo_root, tmp_path):
+def app(chromium, home, demo_root, tmp_path):
     shutil.copytree(demo_root, home / "datasets" / "demo")  # the tiny demo, so the run takes seconds
     port = _free_port()
     env = dict(os.environ, LANDMARKS_HOME=str(home), OMP_NUM_THREADS="2")
