@@ -23,7 +23,7 @@ def _two_runs(data) -> tuple[str, str]:
     store = RunStore()
     ids = []
     for classes in (0, 3):                          # 0: every class of the data set
-        run_id = store.create(tiny_config(data, classes=classes, epochs=1), status="running")
+        run_id = store.create(tiny_config(data, classes=classes, epochs=1, image_size=16), status="running")
         assert run_job(store, run_id)["status"] == "done"
         ids.append(run_id)
     return ids[0], ids[1]
