@@ -17,8 +17,9 @@ $(STAMP): requirements.txt | $(BIN)/python
 app: $(STAMP)
 	$(BIN)/streamlit run dashboard/app.py
 
+# In parallel, one worker per core (pytest-xdist); worksteal evens out the few long tests.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n auto --dist worksteal --durations=15 tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --quick

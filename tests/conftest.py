@@ -1,21 +1,114 @@
-"""Fixtures: every test gets a fresh LANDMARKS_HOME; a tiny demo data set is generated once."""
+"""Fixtures: every test gets a fresh LANDMARKS_HOME and no network; a tiny demo data set and two
+trained runs are made once per test session, shared by the pytest-xdist workers through a lock."""
+import ipaddress
+import json
 import os
+import shutil
+import socket
 import sys
+import urllib.error
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# pytest-xdist runs N workers: each gets its share of the cores, or N x 2 threads fight over them
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 os.environ.setdefault("STREAMLIT_CLIENT_SHOW_ERROR_DETAILS", "full")  # tests see tracebacks; users do not
 
 import torch  # noqa: E402
 
 import core.runs.tasks  # noqa: E402,F401 - the job kinds register themselves (as the app, CLI and worker do)
 
-torch.set_num_threads(2)
+torch.set_num_threads(THREADS)
 
+
+# ------------------------------------------------------------------ no network
+
+# Subprocesses (workers, streamlit, torchrun) cannot be guarded in-process: they get a proxy that
+# nothing listens on, which urllib (torch.hub's ImageNet weights) and httpx honour, so any HTTP(S)
+# request they make for a non-loopback host is refused on this machine. In-process, a connection
+# to that proxy counts as a connection to the internet. Not covered in a subprocess: raw sockets,
+# such as dashboard.common.internet_reachable's probe in a streamlit server (it needs a switch of
+# its own, e.g. an environment variable that answers "offline" without probing).
+DEAD_PROXY = ("127.0.0.1", 9)                  # the discard port: nothing listens there
+OFFLINE_ENV = {"HTTP_PROXY": f"http://{DEAD_PROXY[0]}:{DEAD_PROXY[1]}",
+               "HTTPS_PROXY": f"http://{DEAD_PROXY[0]}:{DEAD_PROXY[1]}",
+               "ALL_PROXY": f"http://{DEAD_PROXY[0]}:{DEAD_PROXY[1]}",
+               "NO_PROXY": "127.0.0.1,localhost,::1",
+               "HF_HUB_OFFLINE": "1",                                 # timm's pretrained weights
+               "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+
+
+class NetworkUsed(OSError):
+    """What a test sees when it connects outside loopback (an OSError: code that handles being
+    offline handles this too; the test still fails at teardown)."""
+
+
+def _outside(address) -> bool:
+    """True for an AF_INET/AF_INET6 address outside 127.0.0.0/8 and ::1 (or the dead proxy)."""
+    if not isinstance(address, tuple) or len(address) < 2:
+        return False                                                  # AF_UNIX paths and the like
+    host, port = address[0], address[1]
+    if isinstance(host, bytes):
+        host = host.decode()
+    if host == "localhost":
+        return False
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return True                                                   # a name: it would be looked up
+    if getattr(ip, "ipv4_mapped", None):
+        ip = ip.ipv4_mapped
+    if (str(ip), port) == DEAD_PROXY:
+        return True                                                   # through the proxy: meant for outside
+    return not ip.is_loopback
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any connection outside loopback fails the test, even if the code under test caught the error
+    (an offline fallback must not hide that the test reached for the internet)."""
+    tried: list[str] = []
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(address):
+        if _outside(address):
+            what = ("a web request through the test's dead proxy (meant for the internet)"
+                    if tuple(address[:2]) == DEAD_PROXY else f"{address[0]} port {address[1]}")
+            tried.append(what)
+            raise NetworkUsed(f"tests may not use the network: a connection to {what} was refused")
+
+    def connect(self, address):
+        check(address)
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        check(address)
+        return real_connect_ex(self, address)
+
+    def no_download(url, *a, **k):
+        raise urllib.error.URLError(f"tests run offline: {url} is not downloaded")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    # ImageNet weights are never downloaded here, with or without internet: torch.hub refuses before
+    # connecting, as it does offline (so core.runs.reproduce.plan picks its stand-in, deterministically)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    for k, v in OFFLINE_ENV.items():
+        monkeypatch.setenv(k, v)
+        monkeypatch.setenv(k.lower(), v)
+    yield tried
+    if tried:
+        pytest.fail("this test reached for the network (only loopback is allowed): " + "; ".join(tried),
+                    pytrace=False)
+
+
+# ------------------------------------------------------------------ a fresh home per test
 
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch):
@@ -25,13 +118,47 @@ def home(tmp_path, monkeypatch):
     return h
 
 
+# ------------------------------------------------------------------ made once, shared by every worker
+
+@contextmanager
+def _env(**kw):
+    old = {k: os.environ.get(k) for k in kw}
+    os.environ.update({k: str(v) for k, v in kw.items()})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def shared(tmp_path_factory, name: str, make):
+    """`make(folder)` once per test session, whatever the number of xdist workers: the first worker
+    makes it under a file lock in the folder all workers share; the others wait and read it back.
+    Returns what `make` returned (JSON)."""
+    from filelock import FileLock
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent                                  # the base temp of the whole session
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.json"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)       # a half-made one from a crashed worker
+            folder.mkdir()
+            done.write_text(json.dumps(make(folder)))
+    return json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
-    """4 classes, 240 images of 48 px: trains to well above chance in seconds at 32 px."""
-    from core.data.demo import generate
-    out = tmp_path_factory.mktemp("demo")
-    generate(out, classes=4, images=240, size=48, seed=0)
-    return out
+    """4 classes, 240 images of 48 px: trains to well above chance in seconds at 32 px. Read-only."""
+    def make(out):
+        from core.data.demo import generate
+        generate(out, classes=4, images=240, size=48, seed=0)
+        return str(out)
+    return Path(shared(tmp_path_factory, "demo", make))
 
 
 def tiny_config(data, **kw):
@@ -46,31 +173,25 @@ def tiny_config(data, **kw):
 def trained_home(tmp_path_factory, demo_root):
     """A LANDMARKS_HOME with two finished runs on the tiny demo data (read-only for tests:
     copy it before changing anything). Returns (home, [run_id_4_classes, run_id_3_classes])."""
-    from core.runs.jobs import run_job
-    from core.runs.store import RunStore
-    h = tmp_path_factory.mktemp("trained_home")
-    old = os.environ.get("LANDMARKS_HOME")
-    os.environ["LANDMARKS_HOME"] = str(h)
-    try:
-        store = RunStore()
-        ids = []
-        for classes, epochs in ((4, 3), (3, 2)):
-            run_id = store.create(tiny_config(demo_root, classes=classes, epochs=epochs), status="running")
-            out = run_job(store, run_id)
-            assert out["status"] == "done", out
-            ids.append(run_id)
-    finally:
-        if old is None:
-            os.environ.pop("LANDMARKS_HOME", None)
-        else:
-            os.environ["LANDMARKS_HOME"] = old
-    return h, ids
+    def make(h):
+        from core.runs.jobs import run_job
+        from core.runs.store import RunStore
+        with _env(LANDMARKS_HOME=h):
+            store = RunStore()
+            ids = []
+            for classes, epochs in ((4, 3), (3, 2)):
+                run_id = store.create(tiny_config(demo_root, classes=classes, epochs=epochs), status="running")
+                out = run_job(store, run_id)
+                assert out["status"] == "done", out
+                ids.append(run_id)
+        return {"home": str(h), "ids": ids}
+    made = shared(tmp_path_factory, "trained_home", make)
+    return Path(made["home"]), made["ids"]
 
 
 @pytest.fixture
 def use_trained_home(trained_home, monkeypatch, tmp_path):
     """A private copy of trained_home set as LANDMARKS_HOME; returns (home, run_ids)."""
-    import shutil
     h = tmp_path / "trained"
     shutil.copytree(trained_home[0], h)
     monkeypatch.setenv("LANDMARKS_HOME", str(h))

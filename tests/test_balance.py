@@ -104,7 +104,7 @@ def test_a_tiny_run_with_each_balance_mode(demo_root, monkeypatch, mode, pipelin
     spy = _SpyF()
     monkeypatch.setattr(engine, "F", spy)
     epochs = 2
-    cfg = tiny_config(demo_root, epochs=epochs, balance=mode, pipeline=pipeline, workers=0)
+    cfg = tiny_config(demo_root, epochs=epochs, image_size=16, balance=mode, pipeline=pipeline, workers=0)
     store = RunStore()
     run_id = store.create(cfg, status="running")
     out = run_job(store, run_id)

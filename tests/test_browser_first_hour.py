@@ -4,15 +4,10 @@ in use, the Runs table fits 1,400 px without a horizontal scroll, ImageNet weigh
 had offline are refused in the Train form."""
 import time
 
-import pytest
-
 from core.runs.jobs import run_job
 from core.runs.store import RunStore
 from tests.conftest import tiny_config
-from tests.test_browser import ARGS, CHROMIUM, app  # noqa: F401 - the app fixture: streamlit on a free port
-
-pytestmark = pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(),
-                                reason="Debian's chromium is not installed")
+from tests.test_browser import ARGS, CHROMIUM, app, chromium  # noqa: F401 - fixtures: streamlit on a free port
 
 
 def _browser(pw):
@@ -28,7 +23,7 @@ def _two_runs(data) -> tuple[str, str]:
     store = RunStore()
     ids = []
     for classes in (0, 3):                          # 0: every class of the data set
-        run_id = store.create(tiny_config(data, classes=classes, epochs=1), status="running")
+        run_id = store.create(tiny_config(data, classes=classes, epochs=1, image_size=16), status="running")
         assert run_job(store, run_id)["status"] == "done"
         ids.append(run_id)
     return ids[0], ids[1]

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import pandas as pd
 import pytest
 import torch
 
-from core.runs.jobs import run_job
 from core.runs.store import RunStore
 from core.train.distributed import shard, shard_size, unshard
 from tests.conftest import tiny_config
@@ -24,8 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 GLOO = torch.distributed.is_available() and torch.distributed.is_gloo_available()
 needs_gloo = pytest.mark.skipif(not GLOO, reason="torch.distributed with gloo is not available")
 
-# the two-process run: 2 x 16 images per step; the one-process run it is compared with: 32
-RUN = dict(model="small_cnn", weights="none", classes=4, epochs=10, image_size=16, holdout=0.3, val=0.2,
+# the two-process run: 2 x 16 images per step, killed after its first checkpoint, then resumed for
+# 2 more epochs (that it learns as well as one process at 32 a step is a benchmark:
+# `python bench/learning.py nproc`)
+RUN = dict(model="small_cnn", weights="none", classes=4, epochs=500, image_size=16, holdout=0.3, val=0.2,
            recipe="poster", lr=3e-3, device="cpu", seed=0)
 
 
@@ -68,18 +68,15 @@ def _processes_of(arg: str) -> list[int]:
 
 @needs_gloo
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the run's processes in /proc")
-def test_a_two_process_run_killed_resumed_and_finished_trains_like_one_process(home, demo_root):
+def test_a_two_process_run_killed_resumed_and_finished(home, demo_root):
     """(1) torchrun starts a run directly (every process runs `python -m core train`, rank 0 makes
     the run); (2) SIGKILL of torchrun's process group after the first checkpoint: its processes,
     in sessions of their own, notice and leave; (3) `python -m core train --resume` finishes it on
-    2 processes (the run's nproc: its train job starts torchrun); (4) every epoch is stored once and
-    it learnt as well as the same run on one process, within the noise of 72 holdout images."""
+    2 processes (the run's nproc: its train job starts torchrun); (4) every epoch is stored once, the
+    evaluations are gathered whole, and the Runs page says how it trained."""
     p = _popen(home, ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "core", "train",
-                      "--data", str(demo_root), *_flags(**{**RUN, "epochs": 500}), "--batch-size", "16"])
-    store, t0, run_id, one = RunStore(), time.time(), None, {}
-    alone = threading.Thread(target=lambda: one.update(run_job(store, store.create(
-        tiny_config(demo_root, **{**RUN, "batch_size": 32}), status="running"))))
-    alone.start()                                  # meanwhile, the same run in one process (here)
+                      "--data", str(demo_root), *_flags(**RUN), "--batch-size", "16"])
+    store, t0, run_id = RunStore(), time.time(), None
     while run_id is None and time.time() - t0 < 120 and p.poll() is None:
         for r in store.list():
             if r["config"]["nproc"] == 2 and store.run(r["run_id"]).has_checkpoint():
@@ -95,21 +92,20 @@ def test_a_two_process_run_killed_resumed_and_finished_trains_like_one_process(h
     assert not _processes_of(str(demo_root))       # none goes on training into the run
     assert run.config().nproc == 2
     done = int(store.epochs(run_id)["epoch"].max())
-    assert done < RUN["epochs"]
-    run.update_config(dataclasses.replace(run.config(), epochs=RUN["epochs"]))
+    epochs = done + 2                              # whenever the kill landed: 2 epochs left to resume
+    run.update_config(dataclasses.replace(run.config(), epochs=epochs))
 
     q = _popen(home, ["-m", "core", "train", "--resume", run_id, "--json"])
     two, err = _finish(q)
-    alone.join()
-    assert two["status"] == "done" and one["status"] == "done", (err[-3000:], one)
-    assert two["epochs_completed"] == RUN["epochs"] and store.get(run_id)["status"] == "done"
+    assert two["status"] == "done", err[-3000:]
+    assert two["epochs_completed"] == epochs and store.get(run_id)["status"] == "done"
     split = pd.read_csv(run.split_file)
     n_train = int((split["split"] == "train").sum())
     ep = store.epochs(run_id)["epoch"].tolist()
-    assert ep == list(range(1, RUN["epochs"] + 1))
+    assert ep == list(range(1, epochs + 1))
     assert [r["epoch"] for r in json.loads(run.epochs_file.read_text())] == ep
     steps = store.steps(run_id)                    # rank 0's steps, one row each: 2 x 16 images a step
-    assert steps["step"].tolist() == list(range(1, RUN["epochs"] * -(-n_train // 32) + 1))
+    assert steps["step"].tolist() == list(range(1, epochs * -(-n_train // 32) + 1))
     kinds = [(e["kind"], e["message"]) for e in store.events(run_id)]
     assert sum(m.startswith("distributed: 2 processes (gloo; cpu, cpu)") and "32 images" in m
                for _, m in kinds) == 2             # the first segment and the resumed one
@@ -121,12 +117,7 @@ def test_a_two_process_run_killed_resumed_and_finished_trains_like_one_process(h
     pred = run.predictions("holdout")
     assert pred["path"].tolist() == split.loc[split["split"] == "holdout", "path"].tolist()
     assert (pred["pred"] == pred["target"]).mean() == pytest.approx(two["holdout_acc"])
-    # both learnt (the majority class is 0.42 of the images). 72 holdout images: a standard error of
-    # about 0.06 each, and on ~115 training images the two runs' different batches alone move holdout
-    # accuracy by up to ~0.2 (seeds 0-3 of the one-process run: 0.55-0.80)
-    assert two["holdout_acc"] > 0.5 and one["holdout_acc"] > 0.5, (two, one)
-    assert abs(two["holdout_acc"] - one["holdout_acc"]) <= 0.25, (two, one)
-    assert "epoch 10" in err                       # rank 0's progress bar on the terminal
+    assert f"epoch {epochs}" in err         # rank 0's progress bar on the terminal
     from streamlit.testing.v1 import AppTest         # the Runs page says how it trained
     at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "runs.py"), default_timeout=60)
     at.query_params["run"] = run_id

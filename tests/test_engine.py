@@ -17,23 +17,28 @@ def _run(cfg, store=None):
     return store, run_id, run_job(store, run_id)
 
 
-def test_training_raises_accuracy_and_records_everything(demo_root):
-    store, run_id, out = _run(tiny_config(demo_root, epochs=8))
-    assert out["status"] == "done", out
+def test_training_raises_accuracy_and_records_everything(use_trained_home):
+    """The session's shared 3-epoch run (conftest's trained_home): loss falls, accuracy rises, and
+    every file and row is there. That 8 epochs reach 0.6 (majority class: 0.42) is a benchmark:
+    `python bench/learning.py epochs`."""
+    _, (run_id, _) = use_trained_home
+    store = RunStore()
+    out = store.get(run_id)["summary"]
+    assert store.get(run_id)["status"] == "done", out
     ep = store.epochs(run_id)
-    assert ep["epoch"].tolist() == list(range(1, 9))
+    assert ep["epoch"].tolist() == [1, 2, 3]
     assert ep["train_loss"].iloc[-1] < ep["train_loss"].iloc[0]
-    assert ep["train_acc"].iloc[-1] > ep["train_acc"].iloc[0]
-    assert out["val_acc"] > 0.6 and out["train_acc"] > 0.6       # 4 classes: majority class is 0.42
+    assert ep["train_acc"].iloc[-1] > ep["train_acc"].iloc[0]     # it learns (how far: the benchmark)
     ev = store.evals(run_id)
     assert set(ev) == {"train", "val", "holdout"}
+    assert all(out[f"{s}_acc"] == pytest.approx(ev[s]["acc"]) for s in ev)   # the summary is the final evaluation
     assert np.array(ev["val"]["confusion"]).sum() == ev["val"]["n"]
     d = store.run(run_id).dir
     assert (d / "split.csv").exists() and (d / "checkpoints" / "last.pt").exists()
     assert not list(d.rglob("*.tmp"))
     assert (d / "predictions_holdout.parquet").exists()
     n_train = (pd.read_csv(d / "split.csv")["split"] == "train").sum()
-    assert len(store.steps(run_id)) == 8 * -(-n_train // 32)    # one row per step, none lost
+    assert len(store.steps(run_id)) == 3 * -(-n_train // 32)    # one row per step, none lost
     speed = [e["message"] for e in store.events(run_id) if e["kind"] == "speed"]
     assert speed and "compile off" in speed[0] and "compile auto but not used: the device is cpu" in speed[0]
 
@@ -54,7 +59,7 @@ class StopAfter:
 
 def test_cancel_then_resume_neither_loses_nor_repeats_an_epoch(demo_root):
     store = RunStore()
-    cfg = tiny_config(demo_root, epochs=3)
+    cfg = tiny_config(demo_root, epochs=2, image_size=16)
     run_id = store.create(cfg, status="running")
     out = run_job(store, run_id, sink=StopAfter(1))
     assert out["status"] == "cancelled"
@@ -68,7 +73,7 @@ def test_cancel_then_resume_neither_loses_nor_repeats_an_epoch(demo_root):
     assert out["status"] == "done"
     after = torch.load(store.run(run_id).dir / "checkpoints" / "last.pt", weights_only=True)["elapsed"]
     assert after > ckpt["elapsed"] and out["seconds"] >= after        # the first segment still counts
-    assert store.epochs(run_id)["epoch"].tolist() == [1, 2, 3]
+    assert store.epochs(run_id)["epoch"].tolist() == [1, 2]
     steps = store.steps(run_id)
     assert steps["step"].is_unique and steps["step"].tolist() == list(range(1, len(steps) + 1))
     assert steps[steps["epoch"] == 1]["loss"].tolist() == steps_before["loss"].tolist()
@@ -76,7 +81,8 @@ def test_cancel_then_resume_neither_loses_nor_repeats_an_epoch(demo_root):
 
 
 def test_plain_pipeline_trains_too(demo_root):
-    store, run_id, out = _run(tiny_config(demo_root, epochs=1, pipeline="plain", workers=0, augment=("hflip",)))
+    store, run_id, out = _run(tiny_config(demo_root, epochs=1, image_size=16, pipeline="plain", workers=0,
+                                  augment=("hflip",)))
     assert out["status"] == "done" and out["val_acc"] is not None
 
 

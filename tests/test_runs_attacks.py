@@ -201,15 +201,15 @@ def test_steps_stay_unique_and_increasing_when_a_resumed_epoch_is_shorter(demo_r
 
 def test_a_storage_password_is_never_shown_nor_stored_with_the_url(capsys):
     from core.cli import main
-    url = "postgresql://me:s3cr%40t@127.0.0.1:9/sweeps"
-    assert sweeps.storage_url(url) == "postgresql://me@127.0.0.1:9/sweeps"
+    url = "postgresql://me:s3cr%40t@127.0.0.1:2/sweeps"
+    assert sweeps.storage_url(url) == "postgresql://me@127.0.0.1:2/sweeps"
     creds = sweeps._credentials_file()
     assert stat.S_IMODE(creds.stat().st_mode) == 0o600 and json.loads(creds.read_text()) == {
-        "postgresql://me@127.0.0.1:9/sweeps": "s3cr@t"}
-    assert sweeps._with_password("postgresql://me@127.0.0.1:9/sweeps") == "postgresql://me:s3cr%40t@127.0.0.1:9/sweeps"
-    assert main(["sweep", "--status", "x", "--storage", url]) == 2          # loopback, port 9: refused at once
+        "postgresql://me@127.0.0.1:2/sweeps": "s3cr@t"}
+    assert sweeps._with_password("postgresql://me@127.0.0.1:2/sweeps") == "postgresql://me:s3cr%40t@127.0.0.1:2/sweeps"
+    assert main(["sweep", "--status", "x", "--storage", url]) == 2          # loopback, port 2: refused at once
     err = capsys.readouterr().err
-    assert "Cannot open the sweep storage postgresql://me@127.0.0.1:9/sweeps" in err
+    assert "Cannot open the sweep storage postgresql://me@127.0.0.1:2/sweeps" in err
     assert "s3cr" not in err and err.count("\n") == 1
 
 
