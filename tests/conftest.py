@@ -41,6 +41,7 @@ OFFLINE_ENV = {"HTTP_PROXY": f"http://{DEAD_PROXY[0]}:{DEAD_PROXY[1]}",
                "ALL_PROXY": f"http://{DEAD_PROXY[0]}:{DEAD_PROXY[1]}",
                "NO_PROXY": "127.0.0.1,localhost,::1",
                "HF_HUB_OFFLINE": "1",                                 # timm's pretrained weights
+               "LANDMARKS_OFFLINE": "1",                              # the app's "is the internet there" probe
                "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
 
 

@@ -18,8 +18,8 @@ class NullSink:
 class TqdmSink:
     """Draws a progress bar and one line per epoch on stderr, and forwards to another sink."""
 
-    def __init__(self, inner=None, file=sys.stderr):
-        self.inner, self.file, self.bar = inner or NullSink(), file, None
+    def __init__(self, inner=None, file=None):
+        self.inner, self.file, self.bar = inner or NullSink(), file or sys.stderr, None   # stderr as it is now
 
     def emit(self, kind: str, row: dict) -> None:
         from tqdm import tqdm
