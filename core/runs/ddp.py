@@ -87,6 +87,7 @@ def main(argv=None) -> int:
             atomic_write(Path(a.reports) / f"rank{rank}.json", json.dumps(report, default=float))
         except OSError:
             pass                         # the launch was removed (its job gave up): nobody reads it
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)   # reported: torchrun stopping us now ends us quietly
     return 0 if report["status"] in ("done", "cancelled", "pruned") else 1
 
 
