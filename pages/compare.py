@@ -11,8 +11,7 @@ import streamlit as st
 from core.data.readers import open_image
 from core.data.uploads import UPLOAD_TYPES, limits_text, load_upload
 from core.errors import UserError
-from core.explain import METHODS
-from core.explain.files import explain_one
+from core.explain import METHODS, explain_one
 from dashboard import charts, nav
 from dashboard.common import (classes_text, home_key, loss_controls, predictor, run_picker, runs_frame, split_labels,
                               store, user_error)
