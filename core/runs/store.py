@@ -182,9 +182,13 @@ class RunStore(RunIndex):
     def adopt_orphans(self) -> list[str]:
         """Folders whose creator died before writing their index rows become runs (crash leftovers)."""
         known = set(self.ids())
+        try:                             # names first (scandir: no stat per run), files only for strangers
+            strangers = [self.root / e.name for e in os.scandir(self.root) if e.name not in known and e.is_dir()]
+        except OSError:
+            return []
         adopted = []
-        for folder in self.run_folders():
-            if folder.name in known:
+        for folder in strangers:
+            if not (folder / "config.json").is_file():
                 continue
             rec = RunFolder(folder).read_record()
             if not gone(rec.get("creator"), heartbeat=rec.get("created") or 0):
