@@ -49,17 +49,18 @@ def test_parse_space_types_and_one_sentence_errors():
 
 
 def test_grid_sweep_runs_every_configuration_once_and_prunes_one_that_cannot_learn(demo_root):
-    # lr 5 cannot learn: after two finished trials it is pruned at epoch 2 (warm-up), not trained to the end
-    p = _cli("sweep", "--data", str(demo_root), *TINY, "--epochs", "3", "--grid", "lr=0.002,5", "seed=0,1",
+    # lr 5 cannot learn: the CPU runs the trials in order, so after two finished trials it is pruned
+    # at epoch 2 (warm-up), not trained to the end. The one real end-to-end sweep (the driver's other
+    # cases run against an instant stand-in in test_runs_attacks).
+    p = _cli("sweep", "--data", str(demo_root), *TINY, "--epochs", "3", "--grid", "lr=0.002,0.003,5",
              "--prune", "--name", "grid4", "--json")
     out = _last_json(p)
-    assert len(out["configs"]) == 4
-    states = {(c["params"]["lr"], c["params"]["seed"]): c["state"] for c in out["configs"]}
-    assert states[(0.002, 0)] == states[(0.002, 1)] == "complete"
-    assert states[(5.0, 0)] == "pruned" and states[(5.0, 1)] in ("pruned", "complete")
+    assert len(out["configs"]) == 3
+    states = {c["params"]["lr"]: c["state"] for c in out["configs"]}
+    assert states[0.002] == states[0.003] == "complete" and states[5.0] == "pruned"
     pruned = [c for c in out["configs"] if c["state"] == "pruned"]
     assert all(c["pruned_at"] == sweeps.PRUNE_WARMUP_EPOCHS for c in pruned)
-    assert out["best"]["params"]["lr"] == 0.002 and out["best"]["val_acc"] > 0.3
+    assert out["best"]["params"]["lr"] in (0.002, 0.003) and out["best"]["val_acc"] > 0.3
     store = RunStore()
     runs = {r["run_id"]: r for r in store.list()}
     assert sorted(runs) == sorted(c["run_id"] for c in out["configs"])          # every trial an ordinary run
@@ -149,9 +150,9 @@ def test_cancelled_sweep_stops_its_queued_and_running_trials(demo_root):
 
 
 def test_reproduce_quick_fills_its_table(demo_root, monkeypatch):
-    out = _last_json(_cli("reproduce", "--data", str(demo_root), "--classes", "3,4", "--models", "small_cnn",
+    out = _last_json(_cli("reproduce", "--data", str(demo_root), "--classes", "3", "--models", "small_cnn",
                           "--quick", "--json"))
-    assert out["quick"] and len(out["rows"]) == 2
+    assert out["quick"] and len(out["rows"]) == 1
     for row in out["rows"]:
         assert row["status"] == "done" and row["this"]["holdout"] is not None and row["this"]["train"] > 0
         assert row["poster"]["holdout"] is None                               # the poster has no small_cnn row
