@@ -95,6 +95,11 @@ def test_new_user_path(app, tmp_path):
         model.click()                                                  # on 2 cores: the small CNN, seconds
         page.get_by_role("option", name="small_cnn", exact=True).click()
         expect(model).to_have_value("small_cnn")
+        # the model's change reruns the page and sets Weights to None; launch only once that rerun is in
+        # (clicking during it is the rerun race issue 21 names: the check then sees the old weights)
+        scratch = page.get_by_role("radio", name="None (from scratch)").filter(visible=True)
+        expect(scratch).to_have_count(1)                               # a rerun's stale copy has gone
+        expect(scratch).to_be_checked()
         page.get_by_role("button", name="Launch training run").click()
         expect(page.get_by_text("Follow it on the Runs page")).to_be_visible()
 
