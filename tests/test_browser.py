@@ -39,6 +39,19 @@ OFFLINE_STREAMLIT = ("import sys; import dashboard.common as c; c.internet_reach
                      "from streamlit.web.cli import main; sys.exit(main())")
 
 
+def _until_settled(page, ok, timeout_s: float = 120.0) -> None:
+    """Wait until no script run is in progress (Streamlit marks its root `data-test-script-state`; a
+    rerun's stale elements stay on the page until it ends) and `ok()` holds."""
+    import time
+    idle = page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]')
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if idle.count() == 1 and ok():
+            return
+        page.wait_for_timeout(200)
+    raise AssertionError("the page did not settle in the expected state")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,9 +110,8 @@ def test_new_user_path(app, tmp_path):
         expect(model).to_have_value("small_cnn")
         # the model's change reruns the page and sets Weights to None; launch only once that rerun is in
         # (clicking during it is the rerun race issue 21 names: the check then sees the old weights)
-        scratch = page.get_by_role("radio", name="None (from scratch)").filter(visible=True)
-        expect(scratch).to_have_count(1)                               # a rerun's stale copy has gone
-        expect(scratch).to_be_checked()
+        _until_settled(page, lambda: page.get_by_role("radio", name="None (from scratch)").count() == 1
+                       and page.get_by_role("radio", name="None (from scratch)").is_checked())
         page.get_by_role("button", name="Launch training run").click()
         expect(page.get_by_text("Follow it on the Runs page")).to_be_visible()
 
