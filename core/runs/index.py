@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.errors import UserError
+from core.files import file_lock
 from core.runs.folder import EPOCH_KEYS, STEP_KEYS, RunFolder
 from core.runs.proc import gone, process_identity
 
@@ -88,7 +89,7 @@ class RunIndex:
             raise IndexDamaged(f"The run database {self.db} is missing but {len(folders)} run folder(s) exist; "
                                f"{_REBUILD}.")
         try:
-            with self._conn() as c:
+            with file_lock(self.root / ".runs.db.lock"), self._conn() as c:   # two first opens: one creates
                 if c.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                     raise sqlite3.DatabaseError("quick_check failed")
                 c.executescript(SCHEMA)
@@ -103,6 +104,9 @@ class RunIndex:
             raise self._damaged(e) from None
         except sqlite3.DatabaseError as e:
             raise self._damaged(e) from None
+        except OSError as e:             # the lock file: a runs folder that cannot be written
+            raise UserError(f"Cannot open the run database {self.db} ({e.strerror or e}); the runs folder must "
+                            "be writable.") from None
         if v > SCHEMA_VERSION:
             raise UserError(f"{self.db} was written by a newer version (schema {v}); upgrade this program.")
         if v < SCHEMA_VERSION:

@@ -101,10 +101,10 @@ def open_storage(url: str | None):
     optuna = _optuna()
     url = storage_url(url)
     kw = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    if url.startswith("sqlite:///"):
-        _wal(Path(url[len("sqlite:///"):]))
     try:
-        with claim_lock(url):            # two processes creating one SQLite storage's tables at once collide
+        with claim_lock(url):            # two processes creating one SQLite storage at once collide
+            if url.startswith("sqlite:///"):
+                _wal(Path(url[len("sqlite:///"):]))
             return optuna.storages.RDBStorage(_with_password(url), engine_kwargs=kw)
     except Exception as e:  # noqa: BLE001 - a bad URL, a server that cannot be reached, a missing driver
         why = masked(str(e).splitlines()[0][:160] if str(e).strip() else type(e).__name__, url)
@@ -137,4 +137,5 @@ def _wal(db: Path) -> None:
     import sqlite3
     if db.parent.is_dir():
         with sqlite3.connect(db, timeout=60) as c:
-            c.execute("PRAGMA journal_mode=WAL")
+            if c.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":   # switching needs the file alone
+                c.execute("PRAGMA journal_mode=WAL")
