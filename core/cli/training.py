@@ -155,8 +155,9 @@ def cmd_eval(a) -> dict:
                 for k in ("acc", "top5", "gap", "balanced_acc", "macro_f1")})
     out.update(acc=m["acc"], top5=m["top5"], gap=m["gap"], balanced_acc=m.get("balanced_acc"),
                macro_f1=m.get("macro_f1"), n=m["n"], images_per_s=run["summary"].get("images_per_s"),
-               seconds=run["summary"].get("seconds"), history=hist.to_dict("records"), per_class=per_class,
-               confusion=m["confusion"])
+               seconds=run["summary"].get("seconds"), history=hist.to_dict("records"), per_class=per_class)
+    confusion = store.run(a.run_id).read_confusion(a.split, m)
+    out["confusion_cells"] = confusion.cells() if confusion is not None else []   # [true, predicted, count]
     return out
 
 

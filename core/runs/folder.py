@@ -3,7 +3,8 @@ reading a folder back (what `runs rebuild` and the index's reconciliation insert
 
 A run folder alone is enough to show, resume or rebuild its run: config.json (the one stored
 configuration), run.json (status and summary), epochs.json, steps.csv, evals.json, events.jsonl,
-split.csv, classes.json, checkpoints/last.pt, log.txt. Only this class spells those names.
+split.csv, classes.json, checkpoints/last.pt, log.txt, and per split confusion_<split>.parquet (the
+confusion matrix's non-zero cells) and predictions_<split>.parquet. Only this class spells those names.
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ class RunFolder:
 
     def predictions_file(self, split: str) -> Path:
         return self.dir / f"predictions_{split}.parquet"
+
+    def confusion_file(self, split: str) -> Path:
+        return self.dir / f"confusion_{split}.parquet"
 
     # ---------------------------------------------------------------- writing
     def write_record(self, record: dict) -> None:
@@ -80,6 +84,19 @@ class RunFolder:
 
     def read_evals(self) -> dict:
         return _read_json(self.evals_file, {})
+
+    def read_confusion(self, split: str, evaluation: dict | None = None):
+        """The split's confusion matrix as a metrics.Confusion of its non-zero cells, or None.
+        A run evaluated before issue 20 has no confusion file but a dense `confusion` in its
+        evaluation (`evaluation`, else evals.json): it is converted here, the one place that reads
+        the old format."""
+        from core.train.metrics import Confusion
+        ev = self.read_evals().get(split, {}) if evaluation is None else evaluation
+        f = self.confusion_file(split)
+        if f.exists():
+            import pandas as pd
+            return Confusion.from_cells(pd.read_parquet(f), len(ev.get("labels") or ev.get("support") or ()))
+        return Confusion.from_dense(ev["confusion"]) if ev.get("confusion") else None
 
     def read_events(self) -> list[dict]:
         return _read_lines(self.events_file)

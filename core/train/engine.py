@@ -291,21 +291,43 @@ def predict_batches(model, loader, cfg, device, tta: bool | None = None) -> tupl
     return np.concatenate(ys), np.concatenate(ps)
 
 
-def evaluate(model, loader, cfg, device, n_classes: int,
-             tta: bool | None = None, ddp=None) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Metrics, targets, probabilities. On several processes (`ddp`, `loader` a shard) rank 0 gets
-    every process's rows in the split's order, as one process would; the others get ({}, None, None)."""
-    y, p = predict_batches(model, loader, cfg, device, tta)
+@torch.no_grad()
+def predict_outputs(model, loader, cfg, device, tta: bool | None = None) -> metrics.Outputs:
+    """Per-image outputs reduced batch by batch to what the metrics keep (metrics.Outputs): memory
+    grows with the images, not images × classes (issue 20: a 60,000-image split at 81,313 classes
+    would hold 19 GB of probabilities)."""
+    tta = cfg.tta if tta is None else tta
+    model.eval()
+    parts = []
+    for x, y in _batches(loader, 0):
+        x = _inputs(cfg, x, device, False, None)
+        with _autocast(cfg, device):
+            p = class_probs(model, x, tta).float()
+        y_dev = y.to(p.device)
+        conf, pred = p.max(dim=1)
+        top = p.topk(min(metrics.TOP_K, p.shape[1]), dim=1).indices
+        p_true = p.gather(1, y_dev[:, None])[:, 0]
+        parts.append(metrics.Outputs(y.numpy().astype(np.int64), pred.cpu().numpy().astype(np.int64),
+                                     conf.cpu().double().numpy(), top.cpu().numpy().astype(np.int64),
+                                     p_true.cpu().double().numpy()))
+    return metrics.Outputs.concat(parts)
+
+
+def evaluate(model, loader, cfg, device, n_classes: int, tta: bool | None = None,
+             ddp=None) -> tuple[dict, metrics.Outputs | None, metrics.Confusion | None]:
+    """Metrics, per-image outputs, confusion cells. On several processes (`ddp`, `loader` a shard)
+    rank 0 gets every process's rows in the split's order, as one process would; the others get
+    ({}, None, None)."""
+    out = predict_outputs(model, loader, cfg, device, tta)
     if ddp is not None and ddp.enabled:
-        y, p = ddp.gather_rows(y), ddp.gather_rows(p)
-        if y is None:
+        out = out.map(ddp.gather_rows)
+        if out is None:
             return {}, None, None
-    if len(y) == 0:
+    if len(out) == 0:
         return {"n": 0, "acc": None, "top5": None, "gap": None, "balanced_acc": None, "macro_f1": None,
-                "loss": None}, y, p
-    out = metrics.summarize(y, p, n_classes)
-    out["loss"] = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
-    return out, y, p
+                "loss": None}, out, None
+    m, confusion = metrics.evaluation(out, n_classes)
+    return m, out, confusion
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -485,30 +507,39 @@ def balance(cfg, data: Data, device, sink) -> torch.Tensor | None:
 
 
 def final_evaluation(model, cfg, data: Data, device, folder, sink, ddp=None) -> dict:
-    """The seed's table (train/val/holdout accuracy) plus top-5, GAP, per-class and confusion.
+    """The seed's table (train/val/holdout accuracy) plus top-5, GAP, per-class figures; the
+    confusion cells of every split and the per-image predictions of val and holdout go to parquet
+    files beside (written before the eval row, so a reader of the row finds them).
     On several processes each evaluates its shard and rank 0 writes what one process would have."""
     ddp = ddp or distributed.Distributed()
     ddp.sync_buffers(model)
     summary = {}
     for split in ("train", "val", "holdout"):
-        m, y, p = evaluate(model, _loader(cfg, data, split, False, device, ddp=ddp), cfg, device, len(data.labels),
-                           ddp=ddp)
+        m, out, confusion = evaluate(model, _loader(cfg, data, split, False, device, ddp=ddp), cfg, device,
+                                     len(data.labels), ddp=ddp)
         if not ddp.is_main:
             continue
+        if confusion is not None:
+            save_confusion(folder.confusion_file(split), confusion)
+        if split != "train" and len(out):
+            save_predictions(folder.predictions_file(split), data.manifest, split, out)
         m["labels"], m["names"] = list(data.labels), list(data.names)
         sink.emit("eval", {"split": split, "metrics": m})
         for k in ("acc", "top5", "gap", "balanced_acc", "macro_f1"):
             summary[f"{split}_{k}"] = m.get(k)
-        if split != "train" and len(y):
-            save_predictions(folder.predictions_file(split), data.manifest, split, y, p)
     return summary
 
 
-def save_predictions(path: Path, manifest, split: str, y, p) -> None:
+def save_confusion(path: Path, confusion: metrics.Confusion) -> None:
+    """The split's confusion matrix as its non-zero cells (true, pred, count)."""
+    with atomic_output(path) as tmp:
+        confusion.frame().to_parquet(tmp, index=False)
+
+
+def save_predictions(path: Path, manifest, split: str, out: metrics.Outputs) -> None:
     """Per-image predictions (for the mistakes gallery and audits)."""
     m = manifest[manifest["split"] == split].reset_index(drop=True)
-    top5 = np.argsort(-p, axis=1)[:, :5]
-    df = pd.DataFrame({"path": m["path"], "target": y, "pred": p.argmax(1), "conf": p.max(1),
-                       "top5": [list(map(int, t)) for t in top5]})
+    df = pd.DataFrame({"path": m["path"], "target": out.target, "pred": out.pred, "conf": out.conf,
+                       "top5": [list(map(int, t)) for t in out.top]})
     with atomic_output(path) as tmp:
         df.to_parquet(tmp)
