@@ -2,8 +2,10 @@
 pages. Pure functions from data (an eval dict as written by core.engine.final_evaluation, epoch
 frames from the run store) to frames and figures: no Streamlit here, so they are unit-tested.
 
-An eval dict has keys n, acc, top5, gap, loss, per_class, support, confusion, labels, names;
-confusion rows are true classes and columns predicted classes, in the order of `labels`.
+An eval dict has keys n, acc, top5, gap, loss, per_class, support, labels, names, and, as the
+pages load it, `cells`: the split's confusion matrix as a core.train.metrics.Confusion of its
+non-zero cells (class indices in the order of `labels`; Run.read_confusion). Nothing here builds a
+C×C matrix: a heatmap shows at most FULL_MATRIX_MAX classes plus "(other)" (issue 20).
 """
 from __future__ import annotations
 
@@ -18,8 +20,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from core.train.metrics import Confusion, f1_per_class
+
 OTHER = "(other)"
 FULL_MATRIX_MAX = 50       # classes shown in full in a heatmap; above it the top-K most confused
+BARS_MAX = 60              # classes drawn one bar each; above it per-class accuracy is a histogram
+PAIRS_SHOWN = 200          # rows of the most-confused pairs table (every pair is in the CSV)
 TICK_CHARS = 18            # class names are cut to this many characters on axes
 TRAIN_COLOR = "#1f77b4"    # training curves: solid blue
 VAL_COLOR = "#ff7f0e"      # validation curves: dashed orange (tells apart from blue in colour-blind eyes too)
@@ -88,35 +94,76 @@ def row_normalize(cm) -> np.ndarray:
     return np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
 
 
+def as_confusion(cm) -> Confusion:
+    """A Confusion as it is, or a small dense matrix (hand-made in tests) as its cells."""
+    return cm if isinstance(cm, Confusion) else Confusion.from_dense(cm)
+
+
 def most_confused(cm, k: int) -> list[int]:
     """The k classes with the most off-diagonal mass (mistakes made on them plus mistakes
     predicting them), most confused first; ties keep class order."""
-    cm = np.asarray(cm)
-    off = cm.sum(axis=0) + cm.sum(axis=1) - 2 * np.diag(cm)
+    off = as_confusion(cm).off_diagonal_mass()
     order = np.argsort(-off, kind="stable")
     return [int(i) for i in order[: max(0, int(k))]]
 
 
 def reduce_confusion(cm, keep, names) -> tuple[np.ndarray, list[str]]:
     """The matrix over the classes `keep` (indices, in that order) plus one "(other)" row and
-    column that sum every other class, so the total count is unchanged."""
-    cm = np.asarray(cm, dtype=np.int64)
+    column that sum every other class; (other, other) holds only the mistakes among them, not
+    their right answers (that diagonal drowned the colour scale at 1,000 classes, issue 20)."""
+    conf = as_confusion(cm)
     keep = [int(i) for i in keep]
-    n, k = len(cm), len(keep)
-    group = np.full(n, k)                 # class -> row of the reduced matrix; k is "(other)"
-    group[keep] = np.arange(k)
-    onehot = np.zeros((k + 1, n), dtype=np.int64)
-    onehot[group, np.arange(n)] = 1
-    out = onehot @ cm @ onehot.T
     kept = [str(names[i]) for i in keep]
-    return (out, kept + [OTHER]) if n > k else (out[:k, :k], kept)
+    if conf.n_classes > len(keep):
+        return conf.dense(keep), kept + [OTHER]
+    return conf.dense(keep, other=False), kept
+
+
+def _positions(ev: dict, labels: list) -> np.ndarray:
+    """For each class of the eval (by index), its position in `labels`, or -1."""
+    pos = {str(l): i for i, l in enumerate(labels)}
+    return np.asarray([pos.get(str(l), -1) for l in ev["labels"]], dtype=np.int64)
 
 
 def restrict_confusion(ev: dict, labels: list) -> tuple[np.ndarray, list[str]]:
     """An eval's confusion matrix over the given class labels (e.g. those two runs share), with
-    the run's other classes folded into "(other)"."""
+    the run's other classes folded into "(other)" (its own right answers left out)."""
     pos = {str(l): i for i, l in enumerate(ev["labels"])}
-    return reduce_confusion(ev["confusion"], [pos[str(l)] for l in labels], ev["names"])
+    return reduce_confusion(ev["cells"], [pos[str(l)] for l in labels], ev["names"])
+
+
+def shared_most_confused(evs, labels: list, k: int) -> list[str]:
+    """The k labels (of `labels`) with the most mistakes among `labels` summed over the runs."""
+    mass = np.zeros(len(labels), dtype=np.int64)
+    for ev in evs:
+        c, at = ev["cells"], _positions(ev, labels)
+        t, p = at[c.true], at[c.pred]
+        wrong = (t >= 0) & (p >= 0) & (t != p)
+        mass += np.bincount(t[wrong], c.count[wrong], minlength=len(labels)).astype(np.int64)
+        mass += np.bincount(p[wrong], c.count[wrong], minlength=len(labels)).astype(np.int64)
+    return [labels[i] for i in np.argsort(-mass, kind="stable")[:k]]
+
+
+def confusion_pairs(ev: dict, k: int | None = None) -> pd.DataFrame:
+    """The most-confused (true, predicted) pairs, largest first: names, labels, images and the
+    share of the true class's images that went to that prediction."""
+    conf = ev["cells"]
+    m = conf.mistakes(k)
+    names = np.asarray([str(s) for s in ev["names"]], dtype=object)
+    labels = np.asarray([str(s) for s in ev["labels"]], dtype=object)
+    support = conf.support()
+    return pd.DataFrame({"true": names[m.true], "true_label": labels[m.true],
+                         "predicted": names[m.pred], "predicted_label": labels[m.pred],
+                         "images": m.count, "share": m.count / np.maximum(support[m.true], 1)})
+
+
+def class_confusions(ev: dict, i: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One class's mistakes: (what its images were taken for, what was taken for it), largest first."""
+    pairs = confusion_pairs(ev)
+    label = str(ev["labels"][i])
+    out = pairs[pairs["true_label"] == label][["predicted", "predicted_label", "images", "share"]]
+    into = pairs[pairs["predicted_label"] == label][["true", "true_label", "images", "share"]]
+    return out.reset_index(drop=True), into.reset_index(drop=True)
 
 
 def heatmap_height(n: int) -> int:
@@ -151,29 +198,56 @@ def confusion_figure(cm, names, normalize: bool = False, title: str | None = Non
     return fig
 
 
-def confusion_csv(cm, names) -> bytes:
-    """The full matrix as CSV: one row per true class, one column per predicted class."""
-    df = pd.DataFrame(np.asarray(cm), index=[str(s) for s in names], columns=[str(s) for s in names])
-    df.index.name = "true \\ predicted"
-    buf = io.StringIO()
-    df.to_csv(buf)
-    return buf.getvalue().encode()
+def confusion_csv(ev: dict) -> bytes:
+    """Every non-zero cell as CSV (true and predicted class by label and name, images): the
+    whole matrix at any class count, in the size of its mistakes."""
+    conf = ev["cells"]
+    names = np.asarray([str(s) for s in ev["names"]], dtype=object)
+    labels = np.asarray([str(s) for s in ev["labels"]], dtype=object)
+    df = pd.DataFrame({"true_label": labels[conf.true], "true": names[conf.true],
+                       "predicted_label": labels[conf.pred], "predicted": names[conf.pred], "images": conf.count})
+    return df.to_csv(index=False).encode()
 
 
 # ------------------------------------------------------------------ per-class accuracy
 
 def per_class_frame(ev: dict) -> pd.DataFrame:
-    """label, name, acc (NaN where the split has no image of the class), support, correct."""
-    cm = np.asarray(ev["confusion"])
+    """label, name, acc (NaN where the split has no image of the class), support, correct,
+    predicted (images predicted as the class) and f1, one row per class."""
+    conf = ev["cells"]
     acc = pd.to_numeric(pd.Series(ev["per_class"], dtype=object), errors="coerce").astype(float)
     return pd.DataFrame({"label": [str(l) for l in ev["labels"]], "name": [str(s) for s in ev["names"]],
                          "acc": acc.to_numpy(), "support": np.asarray(ev["support"], dtype=np.int64),
-                         "correct": np.diag(cm).astype(np.int64)})
+                         "correct": conf.correct(), "predicted": conf.predicted(), "f1": f1_per_class(conf)})
+
+
+def find_classes(df: pd.DataFrame, query: str) -> pd.DataFrame:
+    """Rows whose name or label contains `query` (case-insensitive); all rows for an empty query."""
+    q = (query or "").strip().lower()
+    if not q:
+        return df
+    hit = df["name"].str.lower().str.contains(q, regex=False) | df["label"].str.lower().str.contains(q, regex=False)
+    return df[hit]
+
+
+def worst_classes(df: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k classes with the lowest accuracy (more images first among equals); classes without
+    images in the split are left out."""
+    d = df.dropna(subset=["acc"])
+    return d.sort_values(["acc", "support"], ascending=[True, False], kind="stable").head(int(k))
+
+
+def class_options(ev: dict) -> dict[int, str]:
+    """Class index -> a picker label that is unique even where names repeat: "name · label"."""
+    return {i: f"{n} · {l}" if str(n) != str(l) else str(l) for i, (n, l) in enumerate(zip(ev["names"], ev["labels"]))}
 
 
 def per_class_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
-    """Sorted bars of per-class accuracy (the seed's Fig. 4); classes without images are left out."""
+    """Per-class accuracy: sorted bars (the seed's Fig. 4) up to BARS_MAX classes, above it a
+    histogram of how many classes reach each accuracy; classes without images are left out."""
     d = df.dropna(subset=["acc"]).sort_values(["acc", "support"], ascending=[False, False]).reset_index(drop=True)
+    if len(d) > BARS_MAX:
+        return _histogram({"classes": d["acc"]}, "accuracy", title, (0, 1))
     fig = go.Figure(go.Bar(
         x=list(range(len(d))), y=d["acc"], marker=dict(color=d["acc"], colorscale="RdYlGn", cmin=0, cmax=1),
         customdata=np.stack([d["name"], d["label"], d["support"], d["correct"]], axis=1) if len(d) else None,
@@ -184,6 +258,28 @@ def per_class_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
     _class_axis(fig, d["name"].tolist())
     fig.update_layout(title=title, yaxis=dict(title="accuracy", range=[0, 1.02], tickformat=".0%"),
                       height=420, margin=dict(l=10, r=10, t=40 if title else 10, b=10))
+    return fig
+
+
+def _histogram(series: dict, what: str, title: str | None, span: tuple[float, float]) -> go.Figure:
+    """How many classes fall in each 5 % bin of `what`, one (overlaid) histogram per series."""
+    lo, hi = span
+    size = 0.05 * (hi - lo)
+    edges = np.linspace(lo, hi, int(round((hi - lo) / size)) + 1)
+    fig = go.Figure()
+    for i, (name, values) in enumerate(series.items()):
+        v = np.clip(np.asarray(values, dtype=np.float64), lo, hi)
+        counts, _ = np.histogram(v, bins=edges)          # the last bin holds `hi` (e.g. accuracy 100 %)
+        fig.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=size * 0.9, name=name,
+                             opacity=1 if len(series) == 1 else 0.55,
+                             marker_color=_palette(i) if len(series) > 1 else "#2a9d8f",
+                             customdata=np.stack([edges[:-1], edges[1:]], axis=1),
+                             hovertemplate=f"{name + ': ' if len(series) > 1 else ''}%{{y}} classes with {what} "
+                                           "%{customdata[0]:.0%}–%{customdata[1]:.0%}<extra></extra>"))
+    fig.update_layout(title=title, barmode="overlay", height=360,
+                      xaxis=dict(title=f"{what} (bins of {size:.0%})", tickformat=".0%", range=[lo, hi]),
+                      yaxis=dict(title="classes"), margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+                      showlegend=len(series) > 1, legend=dict(orientation="h", y=1.1))
     return fig
 
 
@@ -208,11 +304,11 @@ def shared_labels(label_lists) -> list[str]:
 def shared_accuracy(ev: dict, labels: list) -> tuple[float | None, int]:
     """(accuracy, images) of one eval over the images whose true class is in `labels`: a fair
     number for runs trained on different class sets (a prediction outside `labels` counts wrong)."""
-    cm = np.asarray(ev["confusion"], dtype=np.int64)
-    pos = {str(l): i for i, l in enumerate(ev["labels"])}
-    idx = [pos[str(l)] for l in labels if str(l) in pos]
-    n = int(cm[idx].sum()) if idx else 0
-    return (float(cm[idx, idx].sum()) / n if n else None), n
+    c = ev["cells"]
+    inside = _positions(ev, labels)[c.true] >= 0
+    n = int(c.count[inside].sum())
+    right = int(c.count[inside & (c.true == c.pred)].sum())
+    return (right / n if n else None), n
 
 
 def class_overlap(label_lists) -> dict:
@@ -236,7 +332,11 @@ def per_class_difference(ev_a: dict, ev_b: dict) -> pd.DataFrame:
 
 
 def per_class_diff_figure(df: pd.DataFrame, name_a: str, name_b: str) -> go.Figure:
+    """acc A − B per shared class: one bar each up to BARS_MAX classes, above it a histogram."""
     d = df.dropna(subset=["diff"]).reset_index(drop=True)
+    title = f"accuracy A − B  (A = {name_a}, B = {name_b})"
+    if len(d) > BARS_MAX:
+        return _histogram({"classes": d["diff"]}, "accuracy A − B", title, (-1, 1))
     fig = go.Figure(go.Bar(
         x=list(range(len(d))), y=d["diff"], marker_color=np.where(d["diff"] >= 0, "#2a9d8f", "#e76f51"),
         customdata=np.stack([d["name"], d["acc_a"], d["acc_b"], d["support_a"], d["support_b"]], axis=1)
@@ -244,7 +344,7 @@ def per_class_diff_figure(df: pd.DataFrame, name_a: str, name_b: str) -> go.Figu
         hovertemplate="%{customdata[0]}<br>A %{customdata[1]:.1%} (n=%{customdata[3]}) − "
                       "B %{customdata[2]:.1%} (n=%{customdata[4]})<br>= %{y:+.1%}<extra></extra>"))
     _class_axis(fig, d["name"].tolist())
-    fig.update_layout(title=f"accuracy A − B  (A = {name_a}, B = {name_b})",
+    fig.update_layout(title=title,
                       yaxis=dict(title="accuracy difference", tickformat="+.0%", range=[-1.05, 1.05]),
                       height=420, margin=dict(l=10, r=10, t=40, b=10))
     return fig
@@ -252,8 +352,10 @@ def per_class_diff_figure(df: pd.DataFrame, name_a: str, name_b: str) -> go.Figu
 
 def per_class_grouped_figure(evs: dict, labels: list) -> go.Figure:
     """Grouped bars: per-class accuracy of each run (name -> eval) on the given labels, classes
-    ordered by mean accuracy over the runs."""
+    ordered by mean accuracy over the runs; above BARS_MAX classes one histogram per run."""
     frames = {k: per_class_frame(ev).set_index("label").loc[[str(l) for l in labels]] for k, ev in evs.items()}
+    if len(labels) > BARS_MAX:
+        return _histogram({k: f["acc"].dropna() for k, f in frames.items()}, "accuracy", None, (0, 1))
     mean = pd.concat([f["acc"] for f in frames.values()], axis=1).mean(axis=1)
     order = mean.sort_values(ascending=False, kind="stable").index
     names = next(iter(frames.values())).loc[order, "name"].tolist() if frames else []

@@ -20,6 +20,7 @@ SPLITS = ("val", "holdout", "train")       # in the order of the split picker; l
 st.session_state.setdefault("cmp_split", "val")
 st.session_state.setdefault("cmp_normalize", False)
 st.session_state.setdefault("cmp_top_k", 30)
+st.session_state.setdefault("cmp_class_query", "")
 st.session_state.setdefault("cmp_source", "holdout")
 st.session_state.setdefault("cmp_method", "saliency")
 st.session_state.setdefault("cmp_explained", None)   # the (runs, image, method) last explained
@@ -29,6 +30,12 @@ PCT = "%.3f"
 @st.cache_data(show_spinner=False, max_entries=64)
 def load_evals(home: str, run_id: str, finished) -> dict:
     return store().evals(run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_confusion(home: str, run_id: str, split: str, finished):
+    """The split's confusion cells (a parquet file; a run evaluated before issue 20: its dense matrix)."""
+    return store().run(run_id).read_confusion(split, store().evals(run_id).get(split, {}))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -133,10 +140,21 @@ def per_class_section(evs: dict, shared: list, names: dict) -> None:
         df = charts.per_class_difference(evs[a], evs[b])
         st.plotly_chart(charts.per_class_diff_figure(df, names[a], names[b]), key="cmp_diff")
         gone = int(df["diff"].isna().sum())
-        st.caption("Positive bars: A is more accurate on the class." +
+        st.caption(("Positive bars: A is more accurate on the class." if len(df) - gone <= charts.BARS_MAX else
+                    f"How many of the {len(df) - gone:,} shared classes have each difference; right of 0: A is "
+                    "more accurate. The table lists them, largest difference first.") +
                    (f" {gone} shared class(es) without images in this split are left out." if gone else ""))
+        table = df.rename(columns={"acc_a": f"A: {names[a]}", "acc_b": f"B: {names[b]}",
+                                   "support_a": "images A", "support_b": "images B", "diff": "A − B"})
     else:
         st.plotly_chart(charts.per_class_grouped_figure({names[r]: evs[r] for r in ids}, shared), key="cmp_grouped")
+        frames = [charts.per_class_frame(evs[r]).set_index("label").loc[[str(l) for l in shared]] for r in ids]
+        table = frames[0][["name"]].assign(**{names[r]: f["acc"] for r, f in zip(ids, frames)}).reset_index()
+    query = st.text_input("Find a shared class", key="cmp_class_query", placeholder="part of a name or label")
+    with st.expander("Per-class table (click a column to sort)", expanded=bool(query)):
+        st.dataframe(charts.find_classes(table, query), hide_index=True, key="cmp_per_class_table",
+                     column_config={c: st.column_config.NumberColumn(c, format="%.3f") for c in table.columns
+                                    if c not in ("label", "name", "images A", "images B")})
 
 
 def confusion_section(evs: dict, shared: list, names: dict) -> None:
@@ -146,11 +164,11 @@ def confusion_section(evs: dict, shared: list, names: dict) -> None:
     labels = shared
     if len(shared) > charts.FULL_MATRIX_MAX:
         k = st.slider("Most-confused shared classes shown", 5, charts.FULL_MATRIX_MAX, key="cmp_top_k")
-        total = sum(charts.restrict_confusion(ev, shared)[0][:len(shared), :len(shared)] for ev in evs.values())
-        labels = [shared[i] for i in charts.most_confused(total, k)]
-        st.caption(f"{k} of {len(shared)} shared classes with the most mistakes over the runs; **(other)** sums the rest.")
+        labels = charts.shared_most_confused(evs.values(), shared, k)
+        st.caption(f"{k} of {len(shared):,} shared classes with the most mistakes over the runs.")
     if any(len(ev["labels"]) > len(labels) for ev in evs.values()):
-        st.caption("**(other)** collects each run's classes that are not shown here.")
+        st.caption("**(other)** collects each run's classes that are not shown here; their own right answers "
+                   "are left out of it, so (other) → (other) counts only mistakes among them.")
     ids = list(evs)
     for key in ("cmp_cm_run", "cmp_cm_a", "cmp_cm_b"):      # runs removed from the comparison
         if st.session_state.get(key) not in (None, *ids):
@@ -159,6 +177,10 @@ def confusion_section(evs: dict, shared: list, names: dict) -> None:
                                  required=True)
     cm, cm_names = charts.restrict_confusion(evs[shown], labels)
     st.plotly_chart(charts.confusion_figure(cm, cm_names, normalize=normalize, title=names[shown]), key="cmp_cm")
+    with st.expander(f"Most-confused pairs of {names[shown]}"):
+        st.dataframe(charts.confusion_pairs(evs[shown], charts.PAIRS_SHOWN), hide_index=True, key="cmp_pairs",
+                     column_config={"share": st.column_config.NumberColumn("share of the true class",
+                                                                           format="percent")})
     if not st.toggle("Difference of two runs (A − B)", key="cmp_cm_diff",
                      help="Blue cells: run A has more images there (on the diagonal: A is right more often); "
                           "red cells: run B has."):
@@ -267,8 +289,11 @@ st.plotly_chart(charts.step_curves_figure({names[r["run_id"]]: load_steps(home_k
 st.subheader("Per-class accuracy")
 labels = split_labels([r["config"] for r in runs])
 split = st.radio("Split", SPLITS, format_func=labels.get, horizontal=True, key="cmp_split")
-evs = {r: evals[r].get(split) for r in run_ids}
-if not all(ev and "confusion" in ev for ev in evs.values()):
+evs = {r["run_id"]: evals[r["run_id"]].get(split) for r in runs}
+cells = {r["run_id"]: load_confusion(home_key(), r["run_id"], split, r["finished"]) if (evs[r["run_id"]] or {}).get("n")
+         else None for r in runs}
+evs = {r: {**ev, "cells": cells[r]} for r, ev in evs.items() if cells[r] is not None}
+if len(evs) < len(run_ids):
     st.info(f"Not every run has {labels[split].lower()} images to compare on.", icon="ℹ️")
 else:
     shared = overlap_note(evs, names)

@@ -18,6 +18,8 @@ st.session_state.setdefault("eval_split", "holdout")
 st.session_state.setdefault("eval_normalize", False)
 st.session_state.setdefault("eval_top_k", 30)
 st.session_state.setdefault("eval_mistakes", 12)
+st.session_state.setdefault("eval_worst_k", 20)
+st.session_state.setdefault("eval_class_query", "")
 
 PCT = "%.3f"
 
@@ -26,6 +28,13 @@ PCT = "%.3f"
 def load_evals(home: str, run_id: str, finished) -> dict:
     """A finished run's final evaluation (cache key: the run's finish time, new after a resume)."""
     return store().evals(run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_confusion(home: str, run_id: str, split: str, finished):
+    """The split's confusion cells (a parquet file; a run evaluated before issue 20: its dense matrix)."""
+    run = store().run(run_id)
+    return run.read_confusion(split, store().evals(run_id).get(split, {}))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -91,36 +100,88 @@ def split_metrics(ev: dict, split: str) -> None:
         st.caption(f"The holdout set has only {n} images: each one moves accuracy by {1 / max(n, 1):.1%}.")
 
 
+PER_CLASS_COLUMNS = {
+    "acc": st.column_config.ProgressColumn("accuracy", format="%.3f", min_value=0, max_value=1),
+    "support": st.column_config.NumberColumn("images", format="%d"),
+    "correct": st.column_config.NumberColumn("right", format="%d"),
+    "predicted": st.column_config.NumberColumn("predicted as it", format="%d"),
+    "f1": st.column_config.NumberColumn("F1", format="%.3f")}
+
+
 def per_class_section(ev: dict, label: str) -> None:
     st.subheader("Accuracy per class")
     df = charts.per_class_frame(ev)
     st.plotly_chart(charts.per_class_figure(df), key="eval_per_class")
     missing = int(df["acc"].isna().sum())
-    st.caption(f"Sorted; the number in a bar is the class's {label.lower()} images (its support)."
-               + (f" {missing} class(es) have no image in this split and are left out." if missing else ""))
-    with st.expander("Per-class table"):
-        st.dataframe(df.sort_values(["acc", "support"], ascending=[True, False]), hide_index=True,
-                     key="eval_per_class_table", column_config={
-                         "acc": st.column_config.ProgressColumn("accuracy", format="%.3f", min_value=0, max_value=1),
-                         "support": st.column_config.NumberColumn("images", format="%d")})
+    gone = f" {missing} class(es) have no image in this split and are left out." if missing else ""
+    if len(df) - missing <= charts.BARS_MAX:
+        st.caption(f"Sorted; the number in a bar is the class's {label.lower()} images (its support)." + gone)
+    else:
+        st.caption(f"How many of the {len(df) - missing:,} classes reach each accuracy; the worst are listed "
+                   "below, and the table finds any class." + gone)
+        k = st.slider("Worst classes listed", 5, 100, step=5, key="eval_worst_k")
+        st.dataframe(charts.worst_classes(df, k), hide_index=True, key="eval_worst",
+                     column_config=PER_CLASS_COLUMNS)
+    query = st.text_input("Find a class", key="eval_class_query", placeholder="part of a name or label")
+    with st.expander("Per-class table (click a column to sort)", expanded=bool(query)):
+        found = charts.find_classes(df, query)
+        if query:
+            st.caption(f"{len(found):,} of {len(df):,} classes match “{query}”.")
+        st.dataframe(found.sort_values(["acc", "support"], ascending=[True, False]), hide_index=True,
+                     key="eval_per_class_table", column_config=PER_CLASS_COLUMNS)
+
+
+PAIR_COLUMNS = {"true": "true class", "true_label": "true label", "predicted": "predicted as",
+                "predicted_label": "predicted label", "images": st.column_config.NumberColumn("images", format="%d"),
+                "share": st.column_config.NumberColumn("share of the true class", format="percent")}
 
 
 def confusion_section(ev: dict, run_id: str, split: str) -> None:
-    st.subheader("Confusion matrix")
-    cm, names = np.asarray(ev["confusion"]), ev["names"]
+    st.subheader("Confusion")
+    conf, names = ev["cells"], ev["names"]
     n = len(names)
+    pairs = charts.confusion_pairs(ev, charts.PAIRS_SHOWN)
+    mistakes = conf.total() - int(conf.correct().sum())
+    kinds = int((conf.true != conf.pred).sum())
+    st.markdown("**Most-confused pairs**")
+    if pairs.empty:
+        st.caption("No image of this split is misclassified.")
+    else:
+        st.dataframe(pairs, hide_index=True, key="eval_pairs", column_config=PAIR_COLUMNS)
+        st.caption(f"{mistakes:,} misclassified images in {kinds:,} (true, predicted) pairs, the most frequent "
+                   f"first{f' (the first {len(pairs)})' if kinds > len(pairs) else ''}; every cell is in the CSV.")
     c1, c2 = st.columns([1, 2])
     normalize = c1.toggle("Row-normalised", key="eval_normalize", help="Each true class's row sums to 1.")
     if n > charts.FULL_MATRIX_MAX:
         k = c2.slider("Most-confused classes shown", 5, charts.FULL_MATRIX_MAX, key="eval_top_k")
-        shown, shown_names = charts.reduce_confusion(cm, charts.most_confused(cm, k), names)
-        st.caption(f"{k} of {n} classes with the most off-diagonal mass; **(other)** sums the remaining {n - k}. "
-                   "The full matrix is in the CSV.")
+        shown, shown_names = charts.reduce_confusion(conf, charts.most_confused(conf, k), names)
+        st.caption(f"{k} of {n:,} classes with the most mistakes. **(other)** sums the remaining {n - k:,}; "
+                   "their own right answers are left out of it, so (other) → (other) counts only mistakes "
+                   "among them.")
     else:
-        shown, shown_names = cm, names
+        shown, shown_names = conf.dense(range(n), other=False), names
     st.plotly_chart(charts.confusion_figure(shown, shown_names, normalize=normalize), key="eval_confusion")
-    st.download_button("Download the full matrix (CSV)", charts.confusion_csv(cm, names),
+    st.download_button("Download every non-zero cell (CSV)", charts.confusion_csv(ev),
                        file_name=f"confusion_{run_id}_{split}.csv", mime="text/csv", key="eval_confusion_csv")
+    one_class(ev)
+
+
+def one_class(ev: dict) -> None:
+    """A class picked by name (the list searches as you type): its figures and its mistakes."""
+    options = charts.class_options(ev)
+    i = st.selectbox("Look at one class", list(options), format_func=options.get, index=None,
+                     key="eval_class", placeholder="type to search the classes")
+    if i is None:
+        return
+    acc, support = ev["per_class"][i], ev["support"][i]
+    out, into = charts.class_confusions(ev, i)
+    st.caption(f"{options[i]}: " + ("no image in this split." if not support else
+                                    f"accuracy {acc:.1%} on {support} image(s)."))
+    c1, c2 = st.columns(2)
+    c1.markdown("**Its images were taken for**")
+    c1.dataframe(out, hide_index=True, key="eval_class_out", column_config=PAIR_COLUMNS)
+    c2.markdown("**Taken for it**")
+    c2.dataframe(into, hide_index=True, key="eval_class_into", column_config=PAIR_COLUMNS)
 
 
 def mistakes_section(ev: dict, run_id: str, split: str, label: str) -> None:
@@ -173,9 +234,11 @@ labels = split_labels([store().get(run_id)["config"]])
 split = c2.radio("Split", SPLITS, format_func=labels.get, horizontal=True, key="eval_split")
 finished = runs.set_index("run_id").loc[run_id, "finished"]
 ev = load_evals(home_key(), run_id, finished).get(split)
-if not ev or "confusion" not in ev:
+confusion = load_confusion(home_key(), run_id, split, finished) if ev and ev.get("n") else None
+if confusion is None:
     st.info(f"Run {run_id} has no {labels[split].lower()} images to evaluate.", icon="ℹ️")
     st.stop()
+ev = {**ev, "cells": confusion}
 split_metrics(ev, split)
 per_class_section(ev, labels[split])
 confusion_section(ev, run_id, split)

@@ -54,7 +54,9 @@ def test_summarize():
     scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     s = metrics.summarize([0, 1, 1], scores, 2)
     assert s["acc"] == pytest.approx(2 / 3)
-    assert s["confusion"] == [[1, 0], [1, 1]]
+    assert "confusion" not in s                       # the cells go to a file beside (issue 20)
+    _, cells = metrics.evaluation(metrics.Outputs.from_scores([0, 1, 1], scores), 2)
+    assert cells.cells() == [[0, 0, 1], [1, 0, 1], [1, 1, 1]]
     assert s["support"] == [1, 2]
     # ranked: 0.9 correct, 0.8 correct, 0.6 wrong -> (1 + 1) / 3
     assert s["gap"] == pytest.approx(2 / 3)
@@ -114,7 +116,7 @@ def test_summarize_reports_balanced_accuracy_and_macro_f1_beside_accuracy():
     # 4 of class 0 all right, 1 of class 1 wrong: accuracy 0.8 hides that class 1 is never found
     scores = np.array([[0.9, 0.1]] * 5)
     s = metrics.summarize([0, 0, 0, 0, 1], scores, 2)
-    assert {"n", "acc", "top5", "gap", "per_class", "support", "confusion"} <= set(s)   # old keys kept
+    assert {"n", "acc", "top5", "gap", "per_class", "support"} <= set(s)   # old keys kept (confusion: a file)
     assert s["acc"] == pytest.approx(0.8)
     assert s["balanced_acc"] == pytest.approx(0.5)
     assert s["macro_f1"] == pytest.approx((8 / 9 + 0) / 2)        # class 0: 2*4/(8+1+0)

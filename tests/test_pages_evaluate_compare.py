@@ -13,13 +13,20 @@ EVALUATE, COMPARE = "../pages/evaluate.py", "../pages/compare.py"   # relative t
 
 
 def _ev(labels, cm, names=None):
-    """An eval dict as core.engine.final_evaluation writes it, from a confusion matrix."""
+    """An eval dict as a run evaluated before issue 20 stored it (a dense confusion matrix), with
+    its `cells` as the pages load them."""
+    from core.train.metrics import Confusion
     cm = np.asarray(cm)
     support = cm.sum(axis=1)
     per_class = [None if s == 0 else float(cm[i, i] / s) for i, s in enumerate(support)]
     return {"n": int(cm.sum()), "acc": float(np.trace(cm) / cm.sum()), "labels": [str(l) for l in labels],
             "names": names or [f"class {l}" for l in labels], "per_class": per_class,
-            "support": support.tolist(), "confusion": cm.tolist()}
+            "support": support.tolist(), "confusion": cm.tolist(), "cells": Confusion.from_dense(cm)}
+
+
+def _stored(ev):
+    """What a run evaluated before issue 20 has in its evals.json (no cells file)."""
+    return {k: v for k, v in ev.items() if k != "cells"}
 
 
 # ------------------------------------------------------------------ charts (pure)
@@ -34,19 +41,20 @@ def test_most_confused_ranks_by_off_diagonal_mass():
     assert charts.most_confused(cm, 4) == [2, 1, 3, 0]
 
 
-def test_reduce_confusion_keeps_total_and_buckets_the_rest():
+def test_reduce_confusion_keeps_mistakes_and_buckets_the_rest_without_its_diagonal():
     rng = np.random.default_rng(0)
     cm = rng.integers(0, 20, size=(60, 60))
     names = [f"c{i}" for i in range(60)]
     keep = charts.most_confused(cm, 30)
     out, out_names = charts.reduce_confusion(cm, keep, names)
     assert out.shape == (31, 31) and out_names[-1] == charts.OTHER
-    assert out.sum() == cm.sum()
     rest = np.setdiff1d(np.arange(60), keep)
-    assert out[-1, -1] == cm[np.ix_(rest, rest)].sum()
+    assert out.sum() == cm.sum() - np.trace(cm[np.ix_(rest, rest)])    # the rest's right answers left out
+    assert out[-1, -1] == cm[np.ix_(rest, rest)].sum() - np.trace(cm[np.ix_(rest, rest)])
     assert out[0, 1] == cm[keep[0], keep[1]]
     assert out[0, -1] == cm[keep[0], rest].sum()
     np.testing.assert_array_equal(out.sum(axis=1)[:-1], cm[keep].sum(axis=1))   # rows keep their support
+    np.testing.assert_array_equal(out[:-1, :-1], cm[np.ix_(keep, keep)])
 
 
 def test_reduce_confusion_without_rest_has_no_other_bucket():
@@ -76,11 +84,11 @@ def test_per_class_difference_on_shared_labels():
     assert list(df["label"]) == ["30", "20"]   # largest difference first
 
 
-def test_restrict_confusion_matches_labels_and_keeps_total():
+def test_restrict_confusion_matches_labels_and_leaves_out_the_rests_right_answers():
     b = _ev(["30", "20", "50"], [[1, 1, 0], [0, 4, 0], [1, 0, 2]])
     cm, names = charts.restrict_confusion(b, ["20", "30"])
-    np.testing.assert_array_equal(cm, [[4, 0, 0], [1, 1, 0], [0, 1, 2]])
-    assert names == ["class 20", "class 30", charts.OTHER] and cm.sum() == 9
+    np.testing.assert_array_equal(cm, [[4, 0, 0], [1, 1, 0], [0, 1, 0]])     # 50 → 50 (2 right) not counted
+    assert names == ["class 20", "class 30", charts.OTHER] and cm.sum() == 7
 
 
 def test_figures_build_for_many_classes_and_csv_round_trips():
@@ -90,8 +98,11 @@ def test_figures_build_for_many_classes_and_csv_round_trips():
     fig = charts.confusion_figure(*charts.reduce_confusion(cm, charts.most_confused(cm, 30), ev["names"]), normalize=True)
     assert len(fig.layout.yaxis.ticktext) == 31 and fig.layout.height >= 500
     assert len(charts.per_class_figure(charts.per_class_frame(ev)).data[0].y) == 55
-    back = pd.read_csv(io.BytesIO(charts.confusion_csv(cm, ev["names"])), index_col=0)
-    np.testing.assert_array_equal(back.to_numpy(), cm)
+    back = pd.read_csv(io.BytesIO(charts.confusion_csv(ev)), dtype={"true_label": str, "predicted_label": str})
+    dense = np.zeros_like(cm)
+    dense[back["true_label"].astype(int), back["predicted_label"].astype(int)] = back["images"]
+    np.testing.assert_array_equal(dense, cm)                     # every non-zero cell, by label
+    assert (back["images"] > 0).all() and len(back) == np.count_nonzero(cm)
 
 
 def test_tick_labels_drop_shared_leading_words_and_truncate():
@@ -200,7 +211,10 @@ def test_evaluate_with_two_runs(use_trained_home):
     assert all("🧪 synthetic" in o for o in at.selectbox(key="eval_run").options)
     (table,) = [d.value for d in at.dataframe if "support" in d.value.columns]     # per-class table
     from core.runs.store import RunStore
-    assert len(table) == RunStore().get(at.selectbox(key="eval_run").value)["classes"]
+    run_id = at.selectbox(key="eval_run").value
+    assert len(table) == RunStore().get(run_id)["classes"]
+    conf = RunStore().run(run_id).read_confusion("holdout")               # the cells file beside the predictions
+    assert table.set_index("label")["correct"].sum() == int(conf.correct().sum())
     assert table["acc"].is_monotonic_increasing                                   # worst class first
     assert len(at.dataframe[0].value) == 2                 # the holdout table: one row per run
     assert len(_charts(at)) == 2                           # per-class bars + confusion heatmap
@@ -213,7 +227,7 @@ def test_evaluate_with_two_runs(use_trained_home):
 
 
 def test_shared_accuracy_counts_predictions_outside_the_shared_classes_as_wrong():
-    ev = {"labels": ["a", "b", "c"], "confusion": [[5, 1, 0], [2, 3, 1], [0, 0, 9]]}
+    ev = _ev(["a", "b", "c"], [[5, 1, 0], [2, 3, 1], [0, 0, 9]])
     assert charts.shared_accuracy(ev, ["b", "a"]) == (8 / 12, 12)
     assert charts.shared_accuracy(ev, ["z"]) == (None, 0)
 
@@ -261,13 +275,16 @@ def test_evaluate_many_classes_shows_top_k_with_other_bucket(tmp_path):
     cm = np.random.default_rng(2).integers(0, 4, size=(60, 60)) + np.eye(60, dtype=int) * 20
     ev = _ev([str(100 + i) for i in range(60)], cm, names=[f"Landmark number {i}" for i in range(60)])
     for split in ("train", "val", "holdout"):
-        store.log_eval(run_id, split, ev)
+        store.log_eval(run_id, split, _stored(ev))
     store.set(run_id, summary={"holdout_acc": ev["acc"]}, finished=1.0)
     at = _page(EVALUATE)
     assert not at.exception, at.exception
     assert at.slider(key="eval_top_k").value == 30
     z, ticks = _heatmap(at, 1)
-    assert z.shape == (31, 31) and z.sum() == cm.sum() and ticks[-1] == charts.OTHER
+    keep = charts.most_confused(cm, 30)
+    rest = np.setdiff1d(np.arange(60), keep)
+    assert z.shape == (31, 31) and ticks[-1] == charts.OTHER
+    assert z.sum() == cm.sum() - np.trace(cm[np.ix_(rest, rest)])   # (other) without its right answers
     assert ticks[0].isdigit()                             # the shared "Landmark number " is dropped on axes
     at.slider(key="eval_top_k").set_value(10).run()
     assert _heatmap(at, 1)[0].shape == (11, 11)
@@ -306,7 +323,7 @@ def test_compare_confusion_one_run_at_a_time_and_the_difference_is_a_minus_b(use
     at = _page(COMPARE)
     assert not at.exception, at.exception
     a, b = at.multiselect(key="cmp_runs").value
-    evs = {r: store.evals(r)["val"] for r in (a, b)}              # the default split
+    evs = {r: {**store.evals(r)["val"], "cells": store.run(r).read_confusion("val")} for r in (a, b)}  # default split
     shared = charts.shared_labels([ev["labels"] for ev in evs.values()])
     cm = {r: charts.restrict_confusion(evs[r], shared)[0] for r in (a, b)}
     assert len(cm[a]) != len(cm[b])                               # 4 vs 3 classes: one has an "(other)" row
@@ -388,7 +405,7 @@ def test_evaluate_and_compare_axes_with_colliding_class_names(tmp_path):
         cm = np.random.default_rng(seed).integers(0, 3, size=(44, 44)) + np.eye(44, dtype=int) * 10
         ev = _ev([str(i) for i in range(44)], cm, names=names)
         for split in ("train", "val", "holdout"):
-            store.log_eval(run_id, split, ev)
+            store.log_eval(run_id, split, _stored(ev))
         store.set(run_id, summary={"holdout_acc": ev["acc"]}, finished=1.0)
     import json
     for page, n_charts in ((EVALUATE, 2), (COMPARE, 4)):
