@@ -32,7 +32,8 @@ def test_training_raises_accuracy_and_records_everything(use_trained_home):
     ev = store.evals(run_id)
     assert set(ev) == {"train", "val", "holdout"}
     assert all(out[f"{s}_acc"] == pytest.approx(ev[s]["acc"]) for s in ev)   # the summary is the final evaluation
-    assert np.array(ev["val"]["confusion"]).sum() == ev["val"]["n"]
+    cells = store.run(run_id).read_confusion("val")                # confusion_val.parquet (issue 20)
+    assert cells.total() == ev["val"]["n"] and "confusion" not in ev["val"]
     d = store.run(run_id).dir
     assert (d / "split.csv").exists() and (d / "checkpoints" / "last.pt").exists()
     assert not list(d.rglob("*.tmp"))

@@ -145,7 +145,7 @@ def cmd_eval(a) -> dict:
     if a.split not in evals:
         raise UserError(f"Run {a.run_id} has no {a.split} evaluation (status {run['status']}); "
                         f"evaluations are written when a run finishes.")
-    _fill_balanced(evals)
+    _fill_balanced(evals, store.run(a.run_id))
     m = evals[a.split]
     hist = store.epochs(a.run_id)[["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]]
     per_class = [{"label": l, "name": n, "acc": acc, "support": s}
@@ -161,9 +161,11 @@ def cmd_eval(a) -> dict:
     return out
 
 
-def _fill_balanced(evals: dict) -> None:
-    """Runs evaluated before balanced_acc/macro_f1 were stored: both from the stored confusion matrix."""
+def _fill_balanced(evals: dict, run) -> None:
+    """Runs evaluated before balanced_acc/macro_f1 were stored: both from the split's confusion."""
     from core.train import metrics
-    for e in evals.values():
-        if e.get("n") and e.get("confusion") and e.get("balanced_acc") is None:
-            e.update(balanced_acc=metrics.balanced_accuracy(e["confusion"]), macro_f1=metrics.macro_f1(e["confusion"]))
+    for split, e in evals.items():
+        if e.get("n") and e.get("balanced_acc") is None:
+            confusion = run.read_confusion(split, e)
+            if confusion is not None:
+                e.update(balanced_acc=metrics.balanced_accuracy(confusion), macro_f1=metrics.macro_f1(confusion))

@@ -64,6 +64,12 @@ class RunFolder:
     def write_evals(self, evals: dict) -> None:
         atomic_write(self.evals_file, json.dumps(evals))
 
+    def write_confusion(self, split: str, confusion) -> None:
+        """A split's confusion matrix (a metrics.Confusion) as its non-zero cells: true, pred, count."""
+        from core.files import atomic_output
+        with atomic_output(self.confusion_file(split)) as tmp:
+            confusion.frame().to_parquet(tmp, index=False)
+
     def append_event(self, t: float, kind: str, message: str) -> None:
         if self.dir.is_dir():
             append(self.events_file, json.dumps({"t": t, "kind": kind, "message": message}) + "\n")

@@ -520,7 +520,7 @@ def final_evaluation(model, cfg, data: Data, device, folder, sink, ddp=None) -> 
         if not ddp.is_main:
             continue
         if confusion is not None:
-            save_confusion(folder.confusion_file(split), confusion)
+            folder.write_confusion(split, confusion)
         if split != "train" and len(out):
             save_predictions(folder.predictions_file(split), data.manifest, split, out)
         m["labels"], m["names"] = list(data.labels), list(data.names)
@@ -528,12 +528,6 @@ def final_evaluation(model, cfg, data: Data, device, folder, sink, ddp=None) -> 
         for k in ("acc", "top5", "gap", "balanced_acc", "macro_f1"):
             summary[f"{split}_{k}"] = m.get(k)
     return summary
-
-
-def save_confusion(path: Path, confusion: metrics.Confusion) -> None:
-    """The split's confusion matrix as its non-zero cells (true, pred, count)."""
-    with atomic_output(path) as tmp:
-        confusion.frame().to_parquet(tmp, index=False)
 
 
 def save_predictions(path: Path, manifest, split: str, out: metrics.Outputs) -> None:
