@@ -9,7 +9,6 @@ C×C matrix: a heatmap shows at most FULL_MATRIX_MAX classes plus "(other)" (iss
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections import Counter
