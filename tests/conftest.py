@@ -190,6 +190,17 @@ def trained_home(tmp_path_factory, demo_root):
     return Path(made["home"]), made["ids"]
 
 
+def train_here(monkeypatch):
+    """Started jobs run in this very process, at once (a real job, without a worker process that
+    imports torch again): for tests of what drives jobs (sweeps, reproduce), not of worker processes
+    (tests/test_jobs.py has those)."""
+    from core.runs import jobs
+
+    def spawn(store, job_id, slot=None):
+        jobs.run_job(store, job_id)
+    monkeypatch.setattr(jobs, "spawn", spawn)
+
+
 @pytest.fixture
 def use_trained_home(trained_home, monkeypatch, tmp_path):
     """A private copy of trained_home set as LANDMARKS_HOME; returns (home, run_ids)."""

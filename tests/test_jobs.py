@@ -28,49 +28,61 @@ def wait_for(store, run_id, statuses, timeout=240):
                          + (store.run(run_id).dir / "log.txt").read_text()[-3000:])
 
 
-def test_worker_survives_the_process_that_launched_it(demo_root, home):
+def test_a_worker_outlives_its_launcher_queues_dies_is_cancelled_and_resumes(demo_root, home):
+    """Two real workers through a run's whole life (each worker is a process that imports torch: one
+    scenario instead of three keeps the suite fast):
+    (1) run A is launched by a process that exits at once: A's worker trains on by itself;
+    (2) run B waits in the queue while A holds the device;
+    (3) A's worker is SIGKILLed mid-run (no chance to clean up): A shows as interrupted, and B starts
+        on the next schedule (what every page load does);
+    (4) B is cancelled while it runs: it stops at its next step, keeping its checkpoint and epochs;
+    (5) A resumes from its last checkpoint with every epoch exactly once and one row per step."""
+    import signal
     code = ("import sys; sys.path.insert(0, %r)\n"
             "from core.runs.jobs import launch; from core.runs.store import RunStore; from core.train.config import TrainConfig\n"
-            "cfg = TrainConfig(data=%r, model='small_cnn', weights='none', classes=3, epochs=1, batch_size=32,"
-            " image_size=32, holdout=0.05)\n"
+            "cfg = TrainConfig(data=%r, model='small_cnn', weights='none', classes=3, epochs=30, batch_size=32,"
+            " image_size=24, holdout=0.05)\n"
             "print(launch(cfg, RunStore()))\n") % (str(ROOT), str(demo_root))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, LANDMARKS_HOME=str(home)))
     assert p.returncode == 0, p.stderr
-    run_id = p.stdout.strip().splitlines()[-1]
+    a = p.stdout.strip().splitlines()[-1]                          # (1) its launcher has exited
     store = RunStore()
-    run = wait_for(store, run_id, ("done", "failed"))
-    assert run["status"] == "done", run["error"]
-    assert run["summary"]["holdout_acc"] is not None
-
-
-def test_queue_runs_one_at_a_time_per_device_and_cancel_resume(demo_root):
-    store = RunStore()
-    a = jobs.launch(tiny_config(demo_root, epochs=30, classes=3), store)
-    b = jobs.launch(tiny_config(demo_root, epochs=1, classes=3), store)
-    assert store.get(b)["status"] == "queued"
-    wait_for(store, a, ("running",))
-    # wait for one epoch, then cancel: the worker stops at its next step
+    b = jobs.launch(tiny_config(demo_root, epochs=30, classes=3, image_size=24), store)
+    assert store.get(b)["status"] == "queued"                      # (2)
+    _until_an_epoch(store, a)
+    os.killpg(store.get(a)["pid"], signal.SIGKILL)                 # (3)
     t0 = time.time()
-    while store.epochs(a).empty and time.time() - t0 < 180:
-        time.sleep(0.3)
-    jobs.cancel(store, a)
-    run = wait_for(store, a, ("cancelled", "failed"))
-    assert run["status"] == "cancelled"
-    assert (store.run(a).dir / "checkpoints" / "last.pt").exists()
-    done_epochs = store.epochs(a)["epoch"].tolist()
-    assert done_epochs and done_epochs == list(range(1, len(done_epochs) + 1))
-    # the queued run starts by itself once the device is free
-    assert wait_for(store, b, ("done", "failed"))["status"] == "done"
-    # resume the cancelled run with fewer remaining epochs: shrink its config for test speed
-    cfg = store.get(a)["config"]
-    cfg["epochs"] = len(done_epochs) + 1
-    from core.train.config import TrainConfig
-    store.run(a).update_config(TrainConfig.from_dict(cfg))
+    while time.time() - t0 < 60 and store.get(a)["status"] != "interrupted":
+        jobs.reap(store)
+        time.sleep(0.2)
+    assert store.get(a)["status"] == "interrupted"
+    done_a = store.epochs(a)["epoch"].tolist()
+    assert done_a and done_a == list(range(1, len(done_a) + 1))
+    assert jobs.schedule(store) == [b]                             # the device is free again
+    _until_an_epoch(store, b)
+    assert jobs.cancel(store, b) == "requested"                    # (4)
+    run = wait_for(store, b, ("cancelled", "failed"))
+    assert run["status"] == "cancelled", run["error"]
+    assert store.run(b).has_checkpoint()
+    done_b = store.epochs(b)["epoch"].tolist()
+    assert done_b and done_b == list(range(1, len(done_b) + 1))
+    from core.train.config import TrainConfig                      # (5) a short remainder, for speed
+    store.run(a).update_config(TrainConfig.from_dict({**store.get(a)["config"], "epochs": len(done_a) + 1}))
     jobs.resume(store, a)
     run = wait_for(store, a, ("done", "failed"))
     assert run["status"] == "done", run["error"]
-    assert store.epochs(a)["epoch"].tolist() == list(range(1, len(done_epochs) + 2))
+    assert run["summary"]["holdout_acc"] is not None
+    assert store.epochs(a)["epoch"].tolist() == list(range(1, len(done_a) + 2))
+    steps = store.steps(a)
+    assert steps["step"].is_unique and steps["step"].tolist() == list(range(1, len(steps) + 1))
+
+
+def _until_an_epoch(store, run_id, timeout=120):
+    t0 = time.time()
+    while store.epochs(run_id).empty:
+        assert time.time() - t0 < timeout, (store.run(run_id).dir / "log.txt").read_text()[-3000:]
+        time.sleep(0.1)
 
 
 def test_dead_worker_shows_as_interrupted(demo_root):
@@ -165,29 +177,3 @@ def test_a_two_gpu_run_holds_both_gpus_and_waits_for_both(demo_root, monkeypatch
         jobs.launch(tiny_config(demo_root, seed=3, nproc=4), store)
 
 
-def test_a_killed_worker_resumes_without_losing_or_repeating_an_epoch(demo_root):
-    """SIGKILL mid-run (no chance to clean up): the run shows as interrupted, and resume goes on
-    from the last checkpoint with every epoch exactly once and one row per step."""
-    import signal
-    store = RunStore()
-    run_id = jobs.launch(tiny_config(demo_root, epochs=4, image_size=24), store)
-    t0 = time.time()
-    while store.epochs(run_id).empty and time.time() - t0 < 120:
-        time.sleep(0.1)
-    pid = store.get(run_id)["pid"]
-    os.killpg(pid, signal.SIGKILL)
-    while time.time() - t0 < 150 and store.get(run_id)["status"] not in ("interrupted", "done"):
-        jobs.reap(store)
-        time.sleep(0.3)
-    run = store.get(run_id)
-    if run["status"] == "done":
-        pytest.skip("the run finished before the kill landed")
-    assert run["status"] == "interrupted"
-    done_before = store.epochs(run_id)["epoch"].tolist()
-    assert done_before and done_before == list(range(1, len(done_before) + 1))
-    jobs.resume(store, run_id)
-    run = wait_for(store, run_id, ("done", "failed"))
-    assert run["status"] == "done", run["error"]
-    assert store.epochs(run_id)["epoch"].tolist() == [1, 2, 3, 4]
-    steps = store.steps(run_id)
-    assert steps["step"].is_unique and steps["step"].tolist() == list(range(1, len(steps) + 1))

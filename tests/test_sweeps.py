@@ -149,9 +149,13 @@ def test_cancelled_sweep_stops_its_queued_and_running_trials(demo_root):
     assert all(c["error"] == "the sweep was cancelled" for c in info["configs"] if c["state"] == "failed")
 
 
-def test_reproduce_quick_fills_its_table(demo_root, monkeypatch):
-    out = _last_json(_cli("reproduce", "--data", str(demo_root), "--classes", "3", "--models", "small_cnn",
-                          "--quick", "--json"))
+def test_reproduce_quick_fills_its_table(demo_root, monkeypatch, capsys):
+    from core.cli import main
+    from tests.conftest import train_here
+    train_here(monkeypatch)                   # real training, in this process (the grid sweep above has workers)
+    assert main(["reproduce", "--data", str(demo_root), "--classes", "3", "--models", "small_cnn", "--quick",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["quick"] and len(out["rows"]) == 1
     for row in out["rows"]:
         assert row["status"] == "done" and row["this"]["holdout"] is not None and row["this"]["train"] > 0
