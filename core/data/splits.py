@@ -29,6 +29,41 @@ def _take(n: int, frac: float, minimum: int) -> int:
     return min(max(k, minimum), n)
 
 
+def class_sizes(n: int, holdout: float, val: float) -> tuple[int, int, int]:
+    """(holdout, val, train) images of one class of n images: what split() gives it."""
+    n_hold = _take(n, holdout, 1 if (n >= 3 and holdout > 0) else 0)
+    n_val = _take(n - n_hold, val, 1 if n - n_hold >= 2 else 0)
+    return n_hold, n_val, n - n_hold - n_val
+
+
+def split_sizes(counts: pd.Series, classes: int, holdout: float, val: float, max_images: int = 0) -> dict[str, int]:
+    """Images per split of the top `classes` classes (0 = all), without splitting anything: what
+    split() will give them (the Train form warns with it before a run exists). With `max_images`
+    (a random sample of that many), each class keeps its expected share."""
+    labels = set(top_classes(counts, classes))
+    chosen = counts[counts.index.astype(str).isin(labels)].to_numpy()
+    if max_images and chosen.sum() > max_images:
+        chosen = np.round(chosen * (max_images / chosen.sum())).astype(int)
+    per = np.array([class_sizes(int(n), holdout, val) for n in chosen]).reshape(-1, 3)
+    return {"classes": len(labels), **dict(zip(("holdout", "val", "train"), map(int, per.sum(axis=0))))}
+
+
+# A holdout figure over fewer images per class than this is mostly noise: with 4 images of a class
+# one mistake moves its accuracy by 25 points, and the binomial standard error of a headline accuracy
+# of 0.9 over n images is sqrt(0.09 / n): 0.067 at 20 images (4 classes x 5), 0.15 at 4.
+MIN_HOLDOUT_PER_CLASS = 5
+
+
+def thin_holdout(n: int, classes: int, planned: bool = False) -> str | None:
+    """One sentence when a holdout of n images over `classes` classes is too small to read, else None.
+    `planned`: said of a run not trained yet."""
+    if not n or not classes or n >= MIN_HOLDOUT_PER_CLASS * classes:
+        return None      # no holdout (a fraction of 0) has no figures to doubt
+    return (f"The holdout {'will hold' if planned else 'holds'} {n} image{'s' if n != 1 else ''} for {classes} classes (fewer than "
+            f"{MIN_HOLDOUT_PER_CLASS} per class): one image moves its accuracy by {1 / max(n, 1):.0%}, so read its "
+            f"figures as a rough check; a larger holdout fraction (or more images per class) makes them firmer.")
+
+
 def split(samples: pd.DataFrame, holdout: float, val: float, seed: int) -> pd.DataFrame:
     """Add a `split` column (train/val/holdout), stratified per label."""
     rng = np.random.default_rng(seed)
@@ -36,10 +71,8 @@ def split(samples: pd.DataFrame, holdout: float, val: float, seed: int) -> pd.Da
     for label, g in samples.groupby("label", sort=True):
         idx = g.index.to_numpy().copy()
         rng.shuffle(idx)
-        n = len(idx)
-        n_hold = _take(n, holdout, 1 if (n >= 3 and holdout > 0) else 0)
-        n_val = _take(n - n_hold, val, 1 if n - n_hold >= 2 else 0)
-        parts = ["holdout"] * n_hold + ["val"] * n_val + ["train"] * (n - n_hold - n_val)
+        n_hold, n_val, n_train = class_sizes(len(idx), holdout, val)
+        parts = ["holdout"] * n_hold + ["val"] * n_val + ["train"] * n_train
         out.append(pd.Series(parts, index=idx))
     result = samples.copy()
     result["split"] = pd.concat(out).reindex(samples.index)
