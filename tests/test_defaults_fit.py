@@ -182,3 +182,17 @@ def test_sweep_and_reproduce_forms_fit_a_4_class_set(home, demo_root, monkeypatc
     assert info["meta"]["note"] in [i.value for i in at.info]
     table = at.dataframe[0].value
     assert table["shared"].fillna("").tolist() == ["", f"same run as resnet18: both fell back to {STAND_IN}"]
+
+
+def test_cli_train_and_sweep_default_to_the_data_sets_classes(demo_root):
+    """Without --classes, `train` and `sweep` take the poster's 10 or, on the 4-class demo, its 4
+    (an explicit --classes past what the set has is still refused: test_cli)."""
+    from core.cli import build_parser
+    from core.cli.sweeps import _create_sweep
+    from core.cli.training import _open_run
+    from core.train.distributed import Distributed
+    tiny = ["--data", str(demo_root), "--model", "small_cnn", "--weights", "none"]
+    store, run_id = _open_run(build_parser().parse_args(["train", *tiny]), Distributed())
+    assert store.get(run_id)["config"]["classes"] == 4
+    name = _create_sweep(build_parser().parse_args(["sweep", *tiny, "--grid", "lr=0.01,0.001", "--name", "fit"]))
+    assert sweeps.info(name)["base"]["classes"] == 4

@@ -1,6 +1,11 @@
 """The poster's holdout table as one action: its configurations as a sweep of explicit runs
 (the poster's recipe: Adam, constant lr 0.001, 10 epochs, 1% holdout then 80/20), and the
-table with the poster's numbers beside this run's."""
+table with the poster's numbers beside this run's.
+
+The rows fit the data set in use (`fit`): those needing more classes than it has are skipped and
+named in one sentence; a set smaller than every row trains each model on all its classes. Rows
+that train one configuration (ResNet-18 and VGG-16 both falling back to the stand-in offline)
+share one run, and the table says so."""
 from __future__ import annotations
 
 from core.errors import UserError
