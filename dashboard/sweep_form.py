@@ -11,7 +11,7 @@ import streamlit as st
 
 from core.errors import UserError
 from core.runs import jobs, reproduce, sweeps
-from core.train.config import DEFAULT_MODEL, DEVICES, OPTIMIZERS, TrainConfig, spec
+from core.train.config import DEFAULT_MODEL, DEVICES, OPTIMIZERS, TrainConfig, default_classes, spec
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS
 from dashboard.common import counts_of, dataset_picker, store, synthetic_note, user_error
 from dashboard.sweep_charts import PCT
@@ -43,6 +43,18 @@ def session_defaults() -> None:
 def imagenet_ok(model: str) -> bool:
     from core.train.models import imagenet_available
     return bool(imagenet_available(model)[0])
+
+
+def fit_classes(root: Path) -> None:
+    """The class count follows the data set in use (core.train.config.default_classes: the poster's 10,
+    or every class of a smaller set) until someone types a value of their own, as on the Train page."""
+    ss = st.session_state
+    try:
+        n = len(counts_of(root))
+    except UserError:
+        return                                   # an unreadable folder: Launch says why
+    if ss.setdefault("sw_classes_auto", CONFIG_DEFAULTS["classes"]) == ss["sw_classes"]:
+        ss["sw_classes"] = ss["sw_classes_auto"] = default_classes(n)
 
 
 def on_model_change() -> None:
@@ -111,6 +123,7 @@ def new_sweep_tab() -> None:
     root = _pick_root("sweep_dataset")
     if root is None:
         return
+    fit_classes(root)
     st.selectbox("Model", list(REGISTRY), key="sw_model", on_change=on_model_change, persist_state="session")
     st.button("📋 Poster's grid (Fig. 2)", key="sw_poster_grid", on_click=apply_poster_grid,
               help="lr 0.01/0.005/0.001 × Adam/SGD × batch 16/24/32/48/96 × epochs 1/3/5/10.")
@@ -165,6 +178,8 @@ def poster_tab() -> None:
     ss = st.session_state
     st.markdown("The poster's holdout table as one action: ResNet-18 at 10/20/30/50 classes and VGG-16 at 10/20 "
                 "(Adam, lr 0.001, 10 epochs, 1% holdout then 80/20), with the poster's numbers beside this run's. "
+                "Rows that need more classes than the data set has are skipped, and the table names them; "
+                "on a set smaller than every row, each model trains on all its classes. "
                 "The table fills in on the **Results** tab as its runs finish.")
     rows = [{"model": m, "classes": c, "train": p[0], "val": p[1], "holdout": p[2]}
             for (m, c), p in reproduce.POSTER.items()]
@@ -197,9 +212,8 @@ def poster_tab() -> None:
         full = classes == POSTER_CLASSES and models is not None and set(models) == set(POSTER_MODELS)
         with st.spinner("Checking which models' ImageNet weights can be had…"):
             name, cfg, configs, meta = reproduce.plan(str(root), None if full else classes, None if full else models,
-                                                      int(ss["rp_epochs"]), bool(ss["rp_quick"]))
-        from core.data.splits import top_classes
-        top_classes(counts_of(root), max(c["classes"] for c in configs))
+                                                      int(ss["rp_epochs"]), bool(ss["rp_quick"]),
+                                                      available=len(counts_of(root)))   # the rows it can hold
         start(name, lambda: sweeps.create(name, cfg, configs=configs, kind="reproduce", meta=meta))
     except UserError as e:
         user_error(e)

@@ -224,13 +224,20 @@ def poster_table(info: dict) -> None:
     rows = reproduce.table(info, store(), [tuple(r) for r in meta.get("rows") or []] or None, meta.get("stand_in"))
     st.subheader("The poster's table, reproduced")
     df = sc.table_frame(rows)
+    df.insert(df.columns.get_loc("holdout") + 1, "holdout_n", [r["this"].get("holdout_n") for r in rows])
+    df["shared"] = [reproduce.row_note(r) or None for r in rows]
     num = st.column_config.NumberColumn
     st.dataframe(df, hide_index=True, width="stretch", key="sweeps_poster_table", column_config={
         "model": "Model", "classes": "Classes", "trained": "Trained", "state": "State",
         "poster_train": num("Poster train", format=PCT), "poster_val": num("Poster val", format=PCT),
         "poster_holdout": num("Poster holdout", format=PCT), "train": num("Train", format=PCT),
         "val": num("Val", format=PCT), "holdout": num("Holdout", format=PCT),
-        "holdout_diff": num("Holdout − poster", format="%+.3f"), "run_id": "Run"})
+        "holdout_n": num("Holdout images", format="%d", help="The images the holdout figure rests on."),
+        "holdout_diff": num("Holdout − poster", format="%+.3f"), "run_id": "Run",
+        "shared": st.column_config.TextColumn("Shared run", help="Rows that train the same configuration (two "
+                                                                 "models with one stand-in) share one run.")})
+    if meta.get("note"):
+        st.info(meta["note"], icon="✂️")
     if meta.get("quick"):
         st.caption(f"Quick mode: {reproduce.QUICK['image_size']} px and {reproduce.QUICK['epochs']} epochs, not the "
                    "poster's 224 px and 10 epochs, so lower numbers are expected.")
@@ -257,7 +264,7 @@ def poster_table(info: dict) -> None:
     c, d, _ = st.columns([1, 1, 3])
     c.download_button("⬇️ CSV", sc.table_csv(rows), file_name=f"{info['name']}.csv", mime="text/csv",
                       key="sweeps_table_csv")
-    d.download_button("⬇️ Markdown", reproduce.markdown(rows, bool(meta.get("quick"))),
+    d.download_button("⬇️ Markdown", reproduce.markdown(rows, bool(meta.get("quick")), meta.get("note")),
                       file_name=f"{info['name']}.md", mime="text/markdown", key="sweeps_table_md")
 
 

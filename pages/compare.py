@@ -79,15 +79,19 @@ def short_names(runs: list[dict]) -> dict:
 def metrics_table(runs: list[dict], evals: dict, names: dict) -> None:
     rows = []
     for r in runs:
-        s, ho = r["summary"] or {}, evals[r["run_id"]].get("holdout", {})
+        s, ev = r["summary"] or {}, evals[r["run_id"]]
         rows.append({"run": names[r["run_id"]], "train": s.get("train_acc"), "val": s.get("val_acc"),
-                     "holdout": s.get("holdout_acc"), "holdout_n": ho.get("n"), "top5": s.get("holdout_top5"),
+                     "val_n": ev.get("val", {}).get("n"), "holdout": s.get("holdout_acc"),
+                     "holdout_n": ev.get("holdout", {}).get("n"), "top5": s.get("holdout_top5"),
                      "gap": s.get("holdout_gap"), "epochs": s.get("epochs_completed", r["config"].get("epochs")),
                      "ips": s.get("images_per_s"), "seconds": s.get("seconds")})
     num = st.column_config.NumberColumn
     st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
         "run": "Run", "train": num("Train acc", format=PCT), "val": num("Val acc", format=PCT),
-        "holdout": num("Holdout acc", format=PCT), "holdout_n": num("Holdout n", format="%d"),
+        "val_n": num("Val images", format="%d", help="The images the validation accuracy rests on."),
+        "holdout": num("Holdout acc", format=PCT),
+        "holdout_n": num("Holdout images", format="%d", help="The images the holdout accuracy, top-5 and GAP rest "
+                                                             "on: one image moves accuracy by 1/n."),
         "top5": num("Holdout top-5", format=PCT), "gap": num("Holdout GAP", format=PCT),
         "epochs": num("Epochs", format="%d"), "ips": num("Images/s", format="%.0f"),
         "seconds": num("Duration (s)", format="%.0f")})

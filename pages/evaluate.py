@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from core.data.readers import open_image
+from core.data.splits import thin_holdout
 from core.train import metrics
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS
 from dashboard import charts, nav
@@ -79,8 +80,9 @@ def holdout_table(runs: pd.DataFrame) -> None:
                                                                    "accuracies (recall), every class counting the same."),
         "holdout_macro_f1": st.column_config.NumberColumn("Holdout macro-F1", format=PCT,
                                                           help="The unweighted mean of the per-class F1 scores."),
-        "holdout_n": st.column_config.NumberColumn("Holdout n", format="%d",
-                                                   help=f"Holdout images: the set is a small share of the data "
+        "holdout_n": st.column_config.NumberColumn("Holdout images", format="%d",
+                                                   help=f"The images the holdout figures rest on: a small share "
+                                                        f"of the data "
                                                         f"({100 * CONFIG_DEFAULTS['holdout']:.3g}% by default), so "
                                                         "one image moves the holdout numbers by 1/n."),
         "holdout_top5": st.column_config.NumberColumn("Holdout top-5", format=PCT),
@@ -96,8 +98,11 @@ def split_metrics(ev: dict, split: str) -> None:
     for col, (key, label) in zip(st.columns(len(shown)), shown):
         v = imbalance_metric(ev, key) if key in ("balanced_acc", "macro_f1") else ev.get(key)
         col.metric(f"{label} (n={n})", "—" if v is None else f"{v:.3f}")
-    if split == "holdout":
-        st.caption(f"The holdout set has only {n} images: each one moves accuracy by {1 / max(n, 1):.1%}.")
+    classes = len(ev.get("labels") or [])
+    st.caption(f"These figures rest on {n:,} {split} image{'s' if n != 1 else ''} over {classes:,} classes: "
+               f"one image moves accuracy by {1 / max(n, 1):.1%}.")
+    if split == "holdout" and (warning := thin_holdout(n, classes)):
+        st.warning(warning, icon="⚠️")
 
 
 PER_CLASS_COLUMNS = {

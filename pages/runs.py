@@ -7,6 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.data.splits import thin_holdout
 from core.runs import jobs
 from core.runs.store import ACTIVE, FINAL
 from dashboard import charts, nav
@@ -206,17 +207,27 @@ def plot_curves(run_id: str) -> None:
 
 # ------------------------------------------------------------------ final state and controls
 
+def on_images(n) -> str:
+    """' (on 4 images)': how many images a figure rests on ('' where the run did not record it)."""
+    return f" (on {n:,} image{'s' if n != 1 else ''})" if n else ""
+
+
 def final_metrics(run: dict) -> None:
     s = run["summary"] or {}
+    evals = store().evals(run["run_id"])
+    n = {split: (evals.get(split) or {}).get("n") for split in ("train", "val", "holdout")}
     cols = st.columns(5)
-    for col, (label, key) in zip(cols, [("Train accuracy", "train_acc"), ("Val accuracy", "val_acc"),
-                                        ("Holdout accuracy", "holdout_acc"), ("Holdout top-5", "holdout_top5"),
-                                        ("Holdout GAP", "holdout_gap")]):
-        col.metric(label, fmt_acc(s.get(key)))
-    n = (store().evals(run["run_id"]).get("holdout") or {}).get("n")
-    st.caption(f"Final evaluation of the last checkpoint{f' · holdout: {n} images' if n else ''} · "
-               f"training time {fmt_secs(s.get('seconds'))}"
+    for col, (label, key, split) in zip(cols, [("Train accuracy", "train_acc", "train"),
+                                               ("Val accuracy", "val_acc", "val"),
+                                               ("Holdout accuracy", "holdout_acc", "holdout"),
+                                               ("Holdout top-5", "holdout_top5", "holdout"),
+                                               ("Holdout GAP", "holdout_gap", "holdout")]):
+        col.metric(label + on_images(n[split]), fmt_acc(s.get(key)))
+    st.caption(f"Final evaluation of the last checkpoint · training time {fmt_secs(s.get('seconds'))}"
                + (f" · {s['images_per_s']:.0f} images/s" if s.get("images_per_s") else ""))
+    holdout = evals.get("holdout") or {}
+    if warning := thin_holdout(int(holdout.get("n") or 0), len(holdout.get("labels") or [])):
+        st.warning(warning, icon="⚠️")
     if st.button("Confusion matrix, per-class accuracy and mistakes on the Evaluate page", icon="🎯",
                  type="tertiary", key=f"runs_evaluate_{run['run_id']}"):
         st.session_state["eval_run"] = run["run_id"]       # open Evaluate on this run, not the best one

@@ -13,8 +13,9 @@ import streamlit as st
 from core.data.readers import detect_layout, has_clean
 from core.errors import UserError
 from core.runs.store import ACTIVE
+from core.data.splits import split_sizes, thin_holdout, top_classes
 from core.train.config import (AUGMENTATIONS, BALANCES, DEFAULT_MODEL, DEVICES, OPTIMIZERS, PIPELINES, PRECISIONS,
-                               RECIPES, SWITCHES, TrainConfig, spec)
+                               RECIPES, SWITCHES, TrainConfig, default_classes, spec)
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS
 from core.train.models import REGISTRY, imagenet_available
 from dashboard import common as ui  # as a module: tests replace ui.internet_reachable
@@ -113,14 +114,43 @@ def apply_preset(n_classes: int) -> None:
     """Quick demo run: small and fast on a CPU (a minute or two on the demo data set)."""
     model = DEFAULT_MODEL if weights_status(DEFAULT_MODEL)[0] else "small_cnn"
     st.session_state.update({**DEFAULTS, "train_weights_path": st.session_state.get("train_weights_path", "")})
-    st.session_state.update(train_model=model, train_weights=default_weights(model),
-                            train_classes=min(10, n_classes), train_size=64, train_epochs=3)
+    classes = default_classes(n_classes)
+    st.session_state.update(train_model=model, train_weights=default_weights(model), train_classes=classes,
+                            train_classes_auto=classes, train_size=64, train_epochs=3)
     st.session_state["train_preset_note"] = True
 
 
 # ------------------------------------------------------------------ sections
 
-def form(n_classes: int) -> bool:
+def fit_classes(n_classes: int) -> None:
+    """The class count follows the data set in use (core.train.config.default_classes: the poster's
+    10, or every class of a smaller set) until someone sets a value of their own: typed in the form,
+    or a run's configuration brought by "Train again"."""
+    ss = st.session_state
+    if ss.get("train_again_note"):
+        ss["train_classes_auto"] = None
+    elif ss.setdefault("train_classes_auto", CONFIG_DEFAULTS["classes"]) == ss["train_classes"]:
+        ss["train_classes"] = ss["train_classes_auto"] = default_classes(n_classes)
+
+
+def split_note(counts: pd.Series) -> None:
+    """The images each split will hold with the form's settings (core.data.splits, as training splits),
+    and a warning when the holdout will be too small to read. Says nothing when the class count is
+    refused (Launch says why)."""
+    ss = st.session_state
+    try:
+        n = split_sizes(counts, int(ss["train_classes"]), float(ss["train_holdout"]), float(ss["train_val"]),
+                        int(ss["train_max_images"]))
+    except UserError:
+        return
+    st.caption(f"With these settings: {n['train']:,} training, {n['val']:,} validation and {n['holdout']:,} holdout "
+               f"images over {n['classes']:,} classes.")
+    if warning := thin_holdout(n["holdout"], n["classes"], planned=True):
+        st.warning(warning, icon="⚠️")
+
+
+def form(counts: pd.Series) -> bool:
+    n_classes = len(counts)
     ss = st.session_state
     ok, note = weights_status(ss["train_model"])
     if not ok and REGISTRY[ss["train_model"]].imagenet is not None:
@@ -174,6 +204,7 @@ def form(n_classes: int) -> bool:
                         help=spec("fused")["help"])
             g.selectbox("torch.compile", SWITCHES, key="train_compile", persist_state="session",
                         help=spec("compile")["help"])
+        split_note(counts)
         return st.form_submit_button("🚀 Launch training run", type="primary", key="train_launch")
 
 
@@ -205,7 +236,6 @@ def build_config(root: Path) -> TrainConfig:
 def submit(root: Path, counts: pd.Series) -> None:
     """Validate, then queue the run; bad input shows one sentence and creates nothing."""
     from core.runs.jobs import launch
-    from core.data.splits import top_classes
     try:
         cfg = build_config(root)
         top_classes(counts, cfg.classes)
@@ -302,6 +332,7 @@ else:
     except UserError as e:
         user_error(e)
 if counts is not None:
+    fit_classes(len(counts))
     synthetic_note(root)
     st.caption(f"{len(counts):,} classes, {int(counts.sum()):,} images.")
     st.selectbox("Model", list(REGISTRY), key="train_model", on_change=on_model_change, persist_state="session")
@@ -315,7 +346,7 @@ if counts is not None:
         st.info(f"{fixed} Press **Launch training run**.", icon="✅")
     if st.session_state.pop("train_preset_note", False):
         st.info("Preset filled in: small images, 3 epochs. Press **Launch training run**.", icon="⚡")
-    if form(len(counts)):
+    if form(counts):
         submit(root, counts)
 
 live(not active_runs().empty)

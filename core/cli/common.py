@@ -31,8 +31,13 @@ def _runs_and_json(p) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _counts(data: str, clean: bool = False):
+    """Images per class of a data set (one sentence if it cannot be read)."""
+    from core.data.readers import load_index
+    return load_index(data, clean=clean).counts()
+
+
 def _check_classes(data: str, classes: int, clean: bool = False) -> None:
     """Fail fast, before a run or a sweep exists, when the data set has fewer than `classes` classes."""
-    from core.data.readers import load_index
     from core.data.splits import top_classes
-    top_classes(load_index(data, clean=clean).counts(), classes)
+    top_classes(_counts(data, clean), classes)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 
-from core.cli.common import _abs, _check_classes, _runs_and_json
+from core.cli.common import _abs, _check_classes, _counts, _runs_and_json
 from core.errors import UserError
-from core.train.config import DEFAULT_MODEL, add_arguments, from_arguments
+from core.train.config import DEFAULT_MODEL, add_arguments, default_classes, from_arguments
 
 
 def add_sweep(sub) -> None:
@@ -65,6 +66,8 @@ def _create_sweep(a) -> str:
         raise UserError("sweep needs --data DIR and --grid NAME=V1,V2 … (or --join/--status/--cancel NAME).")
     space = sweeps.parse_space(a.grid)
     cfg = from_arguments(a, data=_abs(a.data), model=a.model or DEFAULT_MODEL).validate()
+    if a.classes is None and "classes" not in space:   # the poster's 10, or every class of a smaller set
+        cfg = replace(cfg, classes=default_classes(len(_counts(cfg.data, cfg.clean)))).validate()
     if "classes" not in space:
         _check_classes(cfg.data, cfg.classes, cfg.clean)
     name = a.name or time.strftime("sweep-%Y%m%d-%H%M%S")
@@ -79,17 +82,19 @@ def cmd_reproduce(a) -> dict:
     ints = [int(c) for c in a.classes.split(",") if c.strip()] if a.classes else None
     models = [m.strip() for m in a.models.split(",") if m.strip()] if a.models else None
     data = _abs(a.data)
-    name, cfg, configs, meta = reproduce.plan(data, ints, models, a.epochs, a.quick)
-    _check_classes(data, max(c["classes"] for c in configs))
+    name, cfg, configs, meta = reproduce.plan(data, ints, models, a.epochs, a.quick, available=len(_counts(data)))
+    if meta["note"]:
+        print(meta["note"], file=sys.stderr)
     for m, s in meta["stand_in"].items():
         print(f"{m}'s ImageNet weights cannot be had here: {s} stands in for it (the table says so)", file=sys.stderr)
     sweeps.create(name, cfg, configs=configs, storage=a.storage, kind="reproduce", meta=meta)
     info = _drive(a, name, store)
     rows = reproduce.table(info, store, [tuple(r) for r in meta["rows"]], meta["stand_in"])
     if not a.json:
-        print(reproduce.markdown(rows, a.quick))
+        print(reproduce.markdown(rows, a.quick, meta["note"]))
         return {}
-    return {"name": name, "quick": a.quick, "rows": rows}
+    return {"name": name, "quick": a.quick, "finished": info["finished"], "rows": rows,
+            "skipped": meta["skipped"], "note": meta["note"]}
 
 
 def _drive(a, name: str, store) -> dict:

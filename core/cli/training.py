@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 
-from core.cli.common import _abs, _check_classes, _runs_and_json
+from core.cli.common import _abs, _counts, _runs_and_json
 from core.errors import UserError
-from core.train.config import add_arguments, from_arguments
+from core.train.config import add_arguments, default_classes, from_arguments
 
 
 def add_train(sub) -> None:
@@ -81,10 +82,14 @@ def _open_run(a, ddp):
             raise UserError(f"--nproc {a.nproc} disagrees with torchrun's {ddp.world_size} process(es); leave "
                             "--nproc out under torchrun.")
         fixed["nproc"] = ddp.world_size
+    from core.data.splits import top_classes
     cfg = from_arguments(a, data=_abs(a.data), model=a.model, **fixed).validate()
     if not torchrun:
         check_gpus(cfg.device, cfg.nproc)
-    _check_classes(cfg.data, cfg.classes, cfg.clean)  # fail fast, before a run folder exists
+    counts = _counts(cfg.data, cfg.clean)
+    if a.classes is None:            # the poster's 10, or every class of a smaller data set
+        cfg = replace(cfg, classes=default_classes(len(counts))).validate()
+    top_classes(counts, cfg.classes)  # fail fast, before a run folder exists
     run_id = store.create(cfg, status="running", device=foreground_device(cfg.device, local or cfg.nproc))
     return store, run_id
 

@@ -14,19 +14,62 @@ from core.errors import UserError
 from core.files import atomic_output
 
 
-def top_classes(counts: pd.Series, n: int) -> list[str]:
-    """The n most frequent labels (ties broken by label so the choice is deterministic)."""
+def _top(counts: pd.Series, n: int) -> pd.DataFrame:
+    """(label, count) of the n most frequent classes, most frequent first (ties broken by label so
+    the choice is deterministic); 0 = all."""
     if n and n > len(counts):
         raise UserError(f"Asked for the {n} most frequent classes, but the data set has only "
                         f"{len(counts)}; choose {len(counts)} or fewer.")
     df = pd.DataFrame({"label": counts.index.astype(str), "count": counts.to_numpy()})
     df = df.sort_values(["count", "label"], ascending=[False, True], kind="stable")
-    return df["label"].head(n if n else len(df)).tolist()
+    return df.head(n if n else len(df))
 
 
-def _take(n: int, frac: float, minimum: int) -> int:
-    k = int(round(n * frac))
-    return min(max(k, minimum), n)
+def top_classes(counts: pd.Series, n: int) -> list[str]:
+    """The n most frequent labels (ties broken by label so the choice is deterministic)."""
+    return _top(counts, n)["label"].tolist()
+
+
+def _take(n, frac: float, minimum):
+    k = np.rint(n * frac).astype(int)          # round half to even, as round() did
+    return np.minimum(np.maximum(k, minimum), n)
+
+
+def class_sizes(n, holdout: float, val: float) -> tuple:
+    """(holdout, val, train) images of a class of n images, as split() gives it; n may be an array
+    of class sizes (numpy, so a data set of 81,313 classes is counted at once)."""
+    n = np.asarray(n)
+    n_hold = _take(n, holdout, np.where((n >= 3) & (holdout > 0), 1, 0))
+    n_val = _take(n - n_hold, val, np.where(n - n_hold >= 2, 1, 0))
+    return n_hold, n_val, n - n_hold - n_val
+
+
+def split_sizes(counts: pd.Series, classes: int, holdout: float, val: float, max_images: int = 0) -> dict[str, int]:
+    """Images per split of the top `classes` classes (0 = all), without splitting anything: what
+    split() will give them (the Train form warns with it before a run exists). With `max_images`
+    (a random sample of that many), each class keeps its expected share."""
+    chosen = _top(counts, classes)["count"].to_numpy().astype(int)
+    if max_images and chosen.sum() > max_images:
+        chosen = np.round(chosen * (max_images / chosen.sum())).astype(int)
+    sizes = class_sizes(chosen, holdout, val)
+    return {"classes": len(chosen), **{s: int(v.sum()) for s, v in zip(("holdout", "val", "train"), sizes)}}
+
+
+# A holdout figure over fewer images per class than this is mostly noise: with 4 images of a class
+# one mistake moves its accuracy by 25 points, and the binomial standard error of a headline accuracy
+# of 0.9 over n images is sqrt(0.09 / n): 0.067 at 20 images (4 classes x 5), 0.15 at 4.
+MIN_HOLDOUT_PER_CLASS = 5
+
+
+def thin_holdout(n: int, classes: int, planned: bool = False) -> str | None:
+    """One sentence when a holdout of n images over `classes` classes is too small to read, else None.
+    `planned`: said of a run not trained yet."""
+    if not n or not classes or n >= MIN_HOLDOUT_PER_CLASS * classes:
+        return None      # no holdout (a fraction of 0) has no figures to doubt
+    holds = "will hold" if planned else "holds"
+    return (f"The holdout {holds} {n} image{'s' if n != 1 else ''} for {classes} classes (fewer than "
+            f"{MIN_HOLDOUT_PER_CLASS} per class): one image moves its accuracy by {1 / n:.0%}, so read its "
+            f"figures as a rough check; a larger holdout fraction (or more images per class) makes them firmer.")
 
 
 def split(samples: pd.DataFrame, holdout: float, val: float, seed: int) -> pd.DataFrame:
@@ -36,10 +79,8 @@ def split(samples: pd.DataFrame, holdout: float, val: float, seed: int) -> pd.Da
     for label, g in samples.groupby("label", sort=True):
         idx = g.index.to_numpy().copy()
         rng.shuffle(idx)
-        n = len(idx)
-        n_hold = _take(n, holdout, 1 if (n >= 3 and holdout > 0) else 0)
-        n_val = _take(n - n_hold, val, 1 if n - n_hold >= 2 else 0)
-        parts = ["holdout"] * n_hold + ["val"] * n_val + ["train"] * (n - n_hold - n_val)
+        n_hold, n_val, n_train = map(int, class_sizes(len(idx), holdout, val))
+        parts = ["holdout"] * n_hold + ["val"] * n_val + ["train"] * n_train
         out.append(pd.Series(parts, index=idx))
     result = samples.copy()
     result["split"] = pd.concat(out).reindex(samples.index)

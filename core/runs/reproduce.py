@@ -1,6 +1,11 @@
 """The poster's holdout table as one action: its configurations as a sweep of explicit runs
 (the poster's recipe: Adam, constant lr 0.001, 10 epochs, 1% holdout then 80/20), and the
-table with the poster's numbers beside this run's."""
+table with the poster's numbers beside this run's.
+
+The rows fit the data set in use (`fit`): those needing more classes than it has are skipped and
+named in one sentence; a set smaller than every row trains each model on all its classes. Rows
+that train one configuration (ResNet-18 and VGG-16 both falling back to the stand-in offline)
+share one run, and the table says so."""
 from __future__ import annotations
 
 from core.errors import UserError
@@ -27,10 +32,43 @@ def _imagenet_ok(model: str) -> bool:
         return False
 
 
+def fit(rows: list[tuple], available: int) -> tuple[list[tuple], list[tuple], bool]:
+    """(rows a data set of `available` classes can hold, rows it skips, fell back). Where it holds
+    none (a 4-class set and the poster's 10-50), each model trains on all its classes instead."""
+    if available < 2:
+        raise UserError(f"The data set has {available} class{'es' if available != 1 else ''}; the poster's table "
+                        "needs at least 2.")
+    kept = [(m, c) for m, c in rows if c <= available]
+    skipped = [(m, c) for m, c in rows if c > available]
+    if kept:
+        return kept, skipped, False
+    return [(m, available) for m in dict.fromkeys(m for m, _ in rows)], skipped, True
+
+
+def skip_note(skipped: list[tuple], kept: list[tuple], available: int, fell_back: bool) -> str | None:
+    """One sentence naming the rows a data set cannot hold (None when it holds every one)."""
+    if not skipped:
+        return None
+    models = list(dict.fromkeys(m for m, _ in skipped))
+    named = " and ".join(f"{m} at {_and([c for mm, c in skipped if mm == m])}" for m in models)
+    instead = (f"; {_and(list(dict.fromkeys(m for m, _ in kept)))} train on all {available} classes instead "
+               f"(the poster has no numbers at {available})") if fell_back else ""
+    return f"The data set has {available} classes, so the table skips {named} classes{instead}."
+
+
+def _and(items: list) -> str:
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def plan(data: str, classes: list[int] | None = None, models: list[str] | None = None, epochs: int = 10,
-         quick: bool = False, extra: dict | None = None) -> tuple[str, TrainConfig, list[dict], dict]:
-    """(sweep name, base config, one params dict per table row, meta {rows, stand_in, quick}).
-    Without `classes` and `models`: the poster's six rows; with them, every combination."""
+         quick: bool = False, extra: dict | None = None,
+         available: int | None = None) -> tuple[str, TrainConfig, list[dict], dict]:
+    """(sweep name, base config, one params dict per configuration to train, meta {rows, stand_in,
+    quick, skipped, note}). Without `classes` and `models`: the poster's six rows; with them, every
+    combination. `available`: the data set's class count; rows needing more are skipped (see fit).
+    Rows that train the same configuration (two models with one stand-in) share one trial: Optuna
+    keeps one of two equal enqueued trials, and a study planned for both would wait for ever."""
     from core.train.models import REGISTRY
     bad = [m for m in models or [] if m not in REGISTRY]
     if bad:
@@ -42,51 +80,78 @@ def plan(data: str, classes: list[int] | None = None, models: list[str] | None =
         rows = [(m, c) for m in models for c in classes]
     if not rows:
         raise UserError("Those models and classes match no row of the poster's table; give both --models and --classes.")
+    skipped, note = [], None
+    if available is not None:
+        rows, skipped, fell_back = fit(rows, available)
+        note = skip_note(skipped, rows, available, fell_back)
     stand = {m: STAND_IN for m in dict.fromkeys(m for m, _ in rows) if not _imagenet_ok(m)}
     base = dict(data=data, weights="imagenet", epochs=epochs, recipe="poster", optimizer="adam", lr=1e-3,
                 batch_size=32, holdout=0.01, val=0.2, seed=0, **(extra or {}))
     if quick:
         base.update(image_size=QUICK["image_size"], epochs=min(epochs, QUICK["epochs"]))
     cfg = TrainConfig.from_dict({**base, "model": rows[0][0], "classes": rows[0][1]})
-    configs = [{"model": stand.get(m, m), "classes": c} for m, c in rows]
+    configs = list({(stand.get(m, m), c): {"model": stand.get(m, m), "classes": c} for m, c in rows}.values())
     tag = "quick" if quick else f"{cfg.epochs}ep"
     name = f"poster-table-{tag}-" + "-".join(sorted({str(c) for _, c in rows}, key=int))
-    return name, cfg, configs, {"rows": [list(r) for r in rows], "stand_in": stand, "quick": quick}
+    return name, cfg, configs, {"rows": [list(r) for r in rows], "stand_in": stand, "quick": quick,
+                                "skipped": [list(r) for r in skipped], "note": note}
 
 
 def table(sweep: dict, store, rows: list[tuple] | None = None, stand_in: dict | None = None) -> list[dict]:
-    """One row per (model, classes): the poster's train/val/holdout and this run's."""
+    """One row per (model, classes): the poster's train/val/holdout and this run's (with the holdout's
+    image count). A row that trained the same configuration as an earlier one (both fell back to one
+    stand-in) shares its run and names it in `same_as`."""
     stand_in = stand_in or {}
     by_params = {(c["params"].get("model"), int(c["params"].get("classes", 0))): c for c in sweep["configs"]}
     rows = rows or [(m, c) for (m, c) in by_params]
-    out = []
+    out, first = [], {}
     for model, classes in rows:
         used = stand_in.get(model, model)
+        owner = first.setdefault((used, classes), model)
         c = by_params.get((used, classes)) or {}
         run = store.get(c["run_id"]) if c.get("run_id") else None
         s = (run or {}).get("summary") or {}
         p = POSTER.get((model, classes), (None, None, None))
-        out.append({"model": model, "classes": classes, "trained": used,
-                    "stand_in": used != model, "state": c.get("state", "waiting"), "run_id": c.get("run_id"),
+        n = (store.evals(c["run_id"]).get("holdout") or {}).get("n") if (run or {}).get("status") == "done" else None
+        out.append({"model": model, "classes": classes, "trained": used, "stand_in": used != model,
+                    "same_as": owner if owner != model else None,
+                    "state": c.get("state", "waiting"), "run_id": c.get("run_id"),
                     "status": (run or {}).get("status"),
                     "poster": {"train": p[0], "val": p[1], "holdout": p[2]},
-                    "this": {"train": s.get("train_acc"), "val": s.get("val_acc"), "holdout": s.get("holdout_acc")}})
+                    "this": {"train": s.get("train_acc"), "val": s.get("val_acc"), "holdout": s.get("holdout_acc"),
+                             "holdout_n": n}})
     return out
 
 
-def markdown(rows: list[dict], quick: bool = False) -> str:
+def row_note(r: dict) -> str:
+    """Why a row shares another row's run ('' when it has its own)."""
+    if not r.get("same_as"):
+        return ""
+    if r["same_as"] == r["trained"]:
+        return f"same run as {r['same_as']}: {r['model']} fell back to it"
+    return f"same run as {r['same_as']}: both fell back to {r['trained']}"
+
+
+def markdown(rows: list[dict], quick: bool = False, note: str | None = None) -> str:
+    """The table as Markdown; `note`: plan()'s sentence naming the rows the data set skips."""
     def f(v):
         return "—" if v is None else f"{v:.3f}"
+
+    def holdout(t):
+        return f(t["holdout"]) + (f" (on {t['holdout_n']} images)" if t.get("holdout_n") else "")
     lines = ["| Model | Classes | Poster train | Poster val | Poster holdout | Train | Val | Holdout | Run |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         model = r["model"] + (f" (stand-in: {r['trained']})" if r["stand_in"] else "")
+        run = (r["run_id"] or r["state"]) + (f" ({row_note(r)})" if r.get("same_as") else "")
         lines.append(f"| {model} | {r['classes']} | {f(r['poster']['train'])} | {f(r['poster']['val'])} | "
                      f"{f(r['poster']['holdout'])} | {f(r['this']['train'])} | {f(r['this']['val'])} | "
-                     f"{f(r['this']['holdout'])} | {r['run_id'] or r['state']} |")
+                     f"{holdout(r['this'])} | {run} |")
     if quick:
         lines.append(f"\n--quick: {QUICK['image_size']} px, {QUICK['epochs']} epochs: not the poster's "
                      f"224 px and 10 epochs, so lower numbers are expected.")
     if any(r["stand_in"] for r in rows):
         lines.append("\nA stand-in model trained where the poster's ImageNet weights could not be had here.")
+    if note:
+        lines.append("\n" + note)
     return "\n".join(lines)

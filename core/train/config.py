@@ -48,7 +48,7 @@ class TrainConfig:
     data: str = _f("", "data set folder (any supported layout)", flag=False)
     model: str = _f(DEFAULT_MODEL, "model name (see core.train.models.REGISTRY)", flag=False)
     weights: str = _f("imagenet", "imagenet | none | PATH of a state dict or a run's checkpoint")
-    classes: int = _f(10, "the N most frequent classes; 0 = all", lo=0)
+    classes: int = _f(10, "the N most frequent classes (a data set with fewer takes all of its own); 0 = all", lo=0)
     epochs: int = _f(10, "passes over the training split", lo=1, hi=10000)
     batch_size: int = _f(32, "images per step", lo=1, hi=65536)
     recipe: str = _f("finetune", "finetune (AdamW, weight decay 0.05, warm-up then cosine decay, label smoothing "
@@ -140,6 +140,12 @@ LEGACY = {"recipe": "poster", "nproc": 1}
 
 DEFAULTS = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
             for f in dataclasses.fields(TrainConfig)}
+
+
+def default_classes(available: int) -> int:
+    """The class count a new run or sweep starts from on a data set of `available` classes: the
+    poster's (the field's default, 10), or every class of a smaller set (a 4-class set trains on 4)."""
+    return min(DEFAULTS["classes"], available) if available else DEFAULTS["classes"]
 
 
 def spec(name: str) -> dict:
