@@ -160,6 +160,7 @@ def test_reproduce_quick_fills_its_table(demo_root, monkeypatch, capsys):
     for row in out["rows"]:
         assert row["status"] == "done" and row["this"]["holdout"] is not None and row["this"]["train"] > 0
         assert row["poster"]["holdout"] is None                               # the poster has no small_cnn row
+        assert row["trained"] == "small_cnn" and row["scratch"] and not row["stand_in"]   # itself, from scratch
     from core.runs import reproduce
     from core.train import models
     fetched = []                      # offline as on a machine without internet: nothing is downloaded

@@ -84,16 +84,21 @@ def plan(data: str, classes: list[int] | None = None, models: list[str] | None =
     if available is not None:
         rows, skipped, fell_back = fit(rows, available)
         note = skip_note(skipped, rows, available, fell_back)
-    stand = {m: STAND_IN for m in dict.fromkeys(m for m, _ in rows) if not _imagenet_ok(m)}
+    # a model without ImageNet weights at all (the small CNN) trains from scratch as itself; one whose
+    # weights cannot be had here (offline) has the stand-in train in its place, and the table says so
+    scratch = [m for m in dict.fromkeys(m for m, _ in rows) if REGISTRY[m].imagenet is None]
+    stand = {m: STAND_IN for m in dict.fromkeys(m for m, _ in rows) if m not in scratch and not _imagenet_ok(m)}
     base = dict(data=data, weights="imagenet", epochs=epochs, recipe="poster", optimizer="adam", lr=1e-3,
                 batch_size=32, holdout=0.01, val=0.2, seed=0, **(extra or {}))
     if quick:
         base.update(image_size=QUICK["image_size"], epochs=min(epochs, QUICK["epochs"]))
     cfg = TrainConfig.from_dict({**base, "model": rows[0][0], "classes": rows[0][1]})
-    configs = list({(stand.get(m, m), c): {"model": stand.get(m, m), "classes": c} for m, c in rows}.values())
+    configs = list({(stand.get(m, m), c): {"model": stand.get(m, m), "classes": c,
+                                           **({"weights": "none"} if m in scratch else {})}
+                    for m, c in rows}.values())
     tag = "quick" if quick else f"{cfg.epochs}ep"
     name = f"poster-table-{tag}-" + "-".join(sorted({str(c) for _, c in rows}, key=int))
-    return name, cfg, configs, {"rows": [list(r) for r in rows], "stand_in": stand, "quick": quick,
+    return name, cfg, configs, {"rows": [list(r) for r in rows], "stand_in": stand, "scratch": scratch, "quick": quick,
                                 "skipped": [list(r) for r in skipped], "note": note}
 
 
@@ -114,6 +119,7 @@ def table(sweep: dict, store, rows: list[tuple] | None = None, stand_in: dict | 
         p = POSTER.get((model, classes), (None, None, None))
         n = (store.evals(c["run_id"]).get("holdout") or {}).get("n") if (run or {}).get("status") == "done" else None
         out.append({"model": model, "classes": classes, "trained": used, "stand_in": used != model,
+                    "scratch": (c.get("params") or {}).get("weights") == "none",
                     "same_as": owner if owner != model else None,
                     "state": c.get("state", "waiting"), "run_id": c.get("run_id"),
                     "status": (run or {}).get("status"),
@@ -143,6 +149,7 @@ def markdown(rows: list[dict], quick: bool = False, note: str | None = None) -> 
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         model = r["model"] + (f" (stand-in: {r['trained']})" if r["stand_in"] else "")
+        model += " (from scratch: it has no ImageNet weights)" if r.get("scratch") else ""
         run = (r["run_id"] or r["state"]) + (f" ({row_note(r)})" if r.get("same_as") else "")
         lines.append(f"| {model} | {r['classes']} | {f(r['poster']['train'])} | {f(r['poster']['val'])} | "
                      f"{f(r['poster']['holdout'])} | {f(r['this']['train'])} | {f(r['this']['val'])} | "
