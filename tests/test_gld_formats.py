@@ -35,9 +35,10 @@ def jpeg(k: int) -> bytes:
     return buf.getvalue()
 
 
-def write_gld(root: Path, url: bool = True, names: bool = True, missing: int = 0) -> list[tuple[str, int]]:
+def write_gld(root: Path, url: bool = True, names: dict | None = CATEGORIES, missing: int = 0) -> list[tuple[str, int]]:
     """A train.csv in GLDv2's (id,url,landmark_id) or the 2019-2021 Kaggle format (id,landmark_id),
-    images at train/a/b/c/<id>.jpg except the first `missing`; returns the (id, landmark_id) rows."""
+    images at train/a/b/c/<id>.jpg except the first `missing`, and `names` (landmark_id -> category)
+    as train_label_to_category.csv; returns the (id, landmark_id) rows."""
     labels = [lab for lab, n in COUNTS.items() for _ in range(n)]
     rows = [(image_id(k + 1), lab) for k, lab in enumerate(labels)]
     root.mkdir(parents=True)
@@ -50,7 +51,7 @@ def write_gld(root: Path, url: bool = True, names: bool = True, missing: int = 0
         with open(root / "train_label_to_category.csv", "w", newline="") as f:
             w = csv.writer(f)                        # quotes the category with a comma, as Google's file does
             w.writerow(["landmark_id", "category"])
-            w.writerows(CATEGORIES.items())
+            w.writerows(names.items())
     for k, (i, _) in enumerate(rows[missing:], start=missing):
         p = root / "train" / i[0] / i[1] / i[2] / f"{i}.jpg"
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +96,7 @@ def test_the_kaggle_2020_layout_is_read_counted_and_extracted_from_tars(tmp_path
     from core.data import download as dl
     from core.data.readers import load_index
     root = tmp_path / "kaggle"
-    rows = write_gld(root, url=False, names=False)
+    rows = write_gld(root, url=False, names=None)
     index = load_index(root)
     assert len(index.samples) == len(rows) and index.layout == "gldv2"
     assert index.samples["label"].value_counts().to_dict() == {str(k): v for k, v in COUNTS.items()}
