@@ -20,10 +20,20 @@ def _header(path: Path) -> list[str]:
     return list(parse_csv(path, lambda: pd.read_csv(path, nrows=0)).columns)
 
 
+def _columns(path: Path) -> list[str]:
+    """The CSV's header, with id and landmark_id (every Google Landmarks train.csv has them)."""
+    cols = _header(path)
+    missing = [c for c in ("id", "landmark_id") if c not in cols]
+    if missing:
+        raise UserError(f"{path} is missing column(s) {', '.join(missing)}; expected columns id,url,landmark_id "
+                        f"(or id,landmark_id with --tars).")
+    return cols
+
+
 def needs_urls(path: Path, cols: list[str] | None = None) -> None:
     """A CSV to fetch URLs from must have a url column: the 2019-2021 Kaggle train.csv
     (id,landmark_id) has none, and its images come from the tars."""
-    if "url" not in (cols if cols is not None else _header(path)):
+    if "url" not in (cols if cols is not None else _columns(path)):
         raise UserError(f"{path} has no url column (the 2019-2021 Kaggle train.csv lists id,landmark_id only), "
                         f"so there is nothing to fetch; extract the images from GLDv2's tar files with --tars, "
                         f"or use GLDv2's train.csv (id,url,landmark_id).")
@@ -75,11 +85,7 @@ def pick_top(csv, top: int, clean: bool = False, block_size: int = 4 << 20, urls
     top = int(top)
     if top < 1:
         raise UserError(f"--top must be at least 1 (the number of most frequent classes to get); got {top}.")
-    cols = _header(path)
-    missing = [c for c in ("id", "landmark_id") if c not in cols]
-    if missing:
-        raise UserError(f"{path} is missing column(s) {', '.join(missing)}; expected columns id,url,landmark_id "
-                        f"(or id,landmark_id with --tars).")
+    cols = _columns(path)
     if urls:
         needs_urls(path, cols)
     columns = [c for c in ("id", "url", "landmark_id") if c in cols]
