@@ -84,6 +84,21 @@ def tick_labels(names) -> list[str]:
     return short_labels([s if s == OTHER else s[cut:] for s in names])
 
 
+# ------------------------------------------------------------------ class axes
+
+def class_axis_labels(labels) -> list[str]:
+    """Class labels as the strings an axis shows: GLDv2's landmark ids are integers, and plotly
+    draws numbers (or numeric strings) at their values unless the axis is told they are names."""
+    return [str(label) for label in labels]
+
+
+def category_axis(labels, **layout) -> dict:
+    """A plotly axis (layout dict) that treats `labels` as categories, in the order given (issue 20:
+    integer landmark ids drew Fig. 1's bars at x = 20409, 138982 … on a 0-200k numeric axis,
+    hairlines instead of bars in frequency order). Use for any axis whose values are classes."""
+    return dict(type="category", categoryorder="array", categoryarray=class_axis_labels(labels), **layout)
+
+
 # ------------------------------------------------------------------ confusion matrices
 
 def row_normalize(cm) -> np.ndarray:

@@ -13,8 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.data.readers import (detect_layout, imbalance, load_index, open_image, readable_names, resize_square,
-                               signature)
+from core.data.readers import (detect_layout, imbalance, load_index, missing_note, open_image, readable_names,
+                               resize_square, scan_index, signature)
 from core.errors import UserError
 from core.runs.tasks import SCAN_SIZE
 from dashboard import charts
@@ -60,10 +60,21 @@ def index_of(root: str, sig: str, clean: bool = False):
         return None, str(e)
 
 
+@st.cache_resource(show_spinner="Looking for the images on disk…", max_entries=2)
+def on_disk_of(root: str, sig: str, labels: tuple, clean: bool = False):
+    """(index of `labels`' images on disk, {"images": missing, "paths": [...]}, None) or
+    (None, None, sentence): for a train.csv listing images not on disk, which load_index refuses."""
+    try:
+        return (*scan_index(root, labels, clean), None)
+    except UserError as e:
+        return None, None, str(e)
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
-def sample_paths(root: str, sig: str, labels: tuple, per: int, clean: bool = False) -> dict:
-    """A few random image paths for each label (deterministic)."""
-    index, _ = index_of(root, sig, clean)
+def sample_paths(root: str, sig: str, labels: tuple, per: int, clean: bool = False, _index=None) -> dict:
+    """A few random image paths for each label (deterministic); `_index` (not hashed: it follows
+    from root, sig and clean) is where they are looked up."""
+    index = _index if _index is not None else index_of(root, sig, clean)[0]
     s = index.samples[index.samples["label"].isin(set(labels))].sample(frac=1.0, random_state=0)
     return {str(k): g["path"].head(per).tolist() for k, g in s.groupby("label", sort=False)}
 
@@ -96,7 +107,7 @@ def display_names(labels, names: dict) -> list[str]:
 def distribution_figure(counts: pd.Series, names: dict, n: int) -> go.Figure:
     """Fig. 1: horizontal bars (readable names) up to 60 classes, vertical bars beyond."""
     top = counts.head(min(n, BAR_LIMIT))
-    names = display_names(top.index, names)
+    names = charts.class_axis_labels(display_names(top.index, names))   # most frequent first, as categories
     hover = "%{customdata[0]}<br>label %{customdata[1]}<br>%{value:,} images<extra></extra>"
     data = np.stack([names, np.asarray(top.index.astype(str))], axis=1)
     title = f"Class distribution of the {len(top)} most frequent classes"
@@ -104,12 +115,12 @@ def distribution_figure(counts: pd.Series, names: dict, n: int) -> go.Figure:
         bar = go.Bar(y=names, x=top.to_numpy(), orientation="h", customdata=data, marker_color="#1f6feb",
                      hovertemplate=hover.replace("%{value", "%{x"))
         fig = go.Figure(bar).update_layout(title=title, xaxis_title="images", height=max(320, 120 + 20 * len(top)),
-                                           yaxis=dict(autorange="reversed", automargin=True))
+                                           yaxis=charts.category_axis(names, autorange="reversed", automargin=True))
     else:
         bar = go.Bar(x=names, y=top.to_numpy(), customdata=data, marker_color="#1f6feb",
                      hovertemplate=hover.replace("%{value", "%{y"))
         fig = go.Figure(bar).update_layout(title=title, yaxis_title="images", xaxis_title="class (hover for names)",
-                                           xaxis_showticklabels=False, height=480)
+                                           xaxis=charts.category_axis(names, showticklabels=False), height=480)
     return fig.update_layout(margin=dict(t=50, b=10))
 
 
@@ -168,17 +179,23 @@ def thumbnails(root: str, sig: str, counts: pd.Series, names: dict, n: int, clea
                      key=f"dataset_thumbs_{sig}",
                      help="Reads the image list once per data set version (a few seconds for millions of images)."):
         return
-    index, err = index_of(root, sig, clean)
-    if err:
-        st.warning(f"No sample images: {err}")
-        return
     options = [str(l) for l in counts.head(max(min(n, BAR_LIMIT), THUMB_CLASSES)).index]
+    index, err = index_of(root, sig, clean)
+    if err:   # e.g. a train.csv listing more than is on disk: show what is there (issue 20)
+        index, missing, err = on_disk_of(root, sig, tuple(options), clean)
+        if err:
+            st.warning(f"No sample images: {err}")
+            return
+        note = missing_note(missing["images"], len(index.samples), missing["paths"],
+                            then="the samples come from the {present:,} that are")
+        if note:
+            st.warning(note, icon="⚠️")
     shown = dict(zip(options, display_names(options, names)))
     labels = tuple(st.multiselect(
         "Classes to show", options, default=options[:THUMB_CLASSES], key=f"dataset_thumb_classes_{sig}_{n}",
         format_func=lambda l: f"{shown[l]} ({int(counts[l]):,})",
         help=f"Any of the {len(options):,} classes above; the {THUMB_CLASSES} most frequent to start."))
-    per_label = sample_paths(root, sig, labels, THUMB_PER_CLASS, clean)
+    per_label = sample_paths(root, sig, labels, THUMB_PER_CLASS, clean, index)
     for label, name in zip(labels, display_names(labels, names)):
         st.markdown(f"**{name}** · {int(counts[label]):,} images")
         cols = st.columns(THUMB_PER_CLASS)
@@ -223,10 +240,18 @@ def scan_report(result: dict) -> None:
            else f"{fresh:,} decoded now, the rest from the cache")
     msg = f"Checked {result['checked']:,} files ({how}): {len(bad):,} unreadable."
     (st.warning if bad else st.success)(msg + (" Training skips them." if bad else ""))
+    missing = missing_sentence(result)
+    if missing:
+        st.warning(missing, icon="⚠️")
     if bad:
         st.dataframe(pd.DataFrame(bad, columns=["path", "reason"]), hide_index=True,
                      column_config={"path": st.column_config.TextColumn("file", width="large"),
                                     "reason": st.column_config.TextColumn("why it was skipped")})
+
+
+def missing_sentence(result: dict) -> str | None:
+    """What a scan found listed but not on disk, in one sentence (None when nothing is missing)."""
+    return missing_note(result.get("missing") or 0, result["checked"], result.get("missing_examples") or [])
 
 
 def manage_datasets(path: str | None) -> None:

@@ -62,7 +62,7 @@ def cmd_demo_data(a) -> dict:
 
 def cmd_stats(a) -> dict:
     from core.data.prepared import AUTO_SCAN_IMAGES
-    from core.data.readers import imbalance, label_counts
+    from core.data.readers import imbalance, label_counts, missing_note
     counts, dups = label_counts(a.data, clean=a.clean)
     out = imbalance(counts, a.top)
     out["top"] = [{"label": str(l), "count": int(c)} for l, c in counts.head(a.top).items()]
@@ -71,6 +71,10 @@ def cmd_stats(a) -> dict:
     scan = a.scan or (not a.no_scan and out["top_n_images"] <= AUTO_SCAN_IMAGES)
     if scan:
         out["scan"] = _scan(a, counts.head(a.top).index)
+        s = out["scan"]
+        note = missing_note(s["missing"], s["checked"], s["missing_examples"])
+        if note:   # on stderr: a warning, not a failure (stdout stays the report or the JSON)
+            print(f"warning: {note}", file=sys.stderr)
     if not a.json:
         _print_stats(out, scan)
         return {}

@@ -1,7 +1,8 @@
 """Dataset readers (a registry keyed by layout), safe image opening and class statistics.
 
 Layouts:
-  gldv2    train.csv (id,url,landmark_id) + train|images/<a>/<b>/<c>/<id>.jpg
+  gldv2    train.csv (id,url,landmark_id) + train|images/<a>/<b>/<c>/<id>.jpg; also the 2019-2021
+           Kaggle train.csv (id,landmark_id, no url): the same images, and nothing here reads a URL
   gldv1    train.csv (id,url,landmark_id) + <dir>/<id>.jpg  (Kaggle 2018)
   folders  <class>/<image> with jpg/jpeg/png/webp
 The embedded demo data set (core.data.demo) is written in the gldv2 layout.
@@ -16,6 +17,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -28,7 +30,7 @@ from core.paths import cache_dir
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp"}
 NO_DUPLICATES = {"rows": 0, "ids": []}
 DUPLICATE_EXAMPLES = 5  # ids a report names
-CSV_COLUMNS = ("id", "url", "landmark_id")
+CSV_COLUMNS = ("id", "landmark_id")  # what a train.csv must have: GLDv2's url is optional (Kaggle 2019-2021 has none)
 MAX_PIXELS = 50_000_000  # decompression-bomb guard for dataset images and uploads
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
@@ -123,7 +125,8 @@ def _read_csv(path: Path, required=CSV_COLUMNS) -> tuple[pd.DataFrame, dict]:
     head = parse_csv(path, lambda: pd.read_csv(path, nrows=0))
     missing = [c for c in required if c not in head.columns]
     if missing:
-        raise UserError(f"{path} is missing column(s) {', '.join(missing)}; expected columns id,url,landmark_id.")
+        raise UserError(f"{path} is missing column(s) {', '.join(missing)}; expected columns id,landmark_id "
+                        f"(and url, as in GLDv2's id,url,landmark_id).")
     df = parse_csv(path, lambda: pd.read_csv(path, usecols=["id", "landmark_id"], dtype={"id": str, "landmark_id": str},
                                              engine="pyarrow", keep_default_na=False))
     _check_ids(path, df["id"])
@@ -242,9 +245,22 @@ def _category_names(root: Path) -> dict:
 
 def readable_names(df: pd.DataFrame) -> dict:
     """landmark_id -> name from a (landmark_id, category) frame. GLDv2 categories are Wikimedia
-    URLs: keep the readable tail."""
-    names = df["category"].str.replace(r"^.*Category:", "", regex=True).str.replace("_", " ")
-    return dict(zip(df["landmark_id"], names))
+    URLs, percent-encoded: keep the readable tail, decoded (".../Category:Marb%C3%A4cks_kyrka,_Sm%C3%A5land"
+    -> "Marbäcks kyrka, Småland")."""
+    tail = df["category"].str.replace(r"^.*Category:", "", regex=True)
+    return dict(zip(df["landmark_id"], [decode_name(t.replace("_", " ")) for t in tail]))
+
+
+def decode_name(name) -> str:
+    """A class name percent-decoded (UTF-8; an invalid escape stays as it is). A name without '%'
+    is returned unchanged, so names decoded before are safe to decode again."""
+    s = str(name)
+    if "%" not in s:
+        return s
+    try:
+        return unquote(s, errors="strict")
+    except UnicodeDecodeError:        # "%E9" alone is Latin-1, not UTF-8: leave it as written
+        return s
 
 
 def _listed(root: Path, clean: bool = False, required=CSV_COLUMNS) -> tuple[pd.DataFrame, dict]:
@@ -377,6 +393,16 @@ def scan_index(root, labels, clean: bool = False) -> tuple[DatasetIndex, dict]:
     index = DatasetIndex(root, "gldv2" if nested else "gldv1", samples, _category_names(root),
                          synthetic=(root / "SYNTHETIC.txt").exists(), duplicates=dups)
     return index, {"images": int((~here).sum()), "paths": paths[~here].head(DUPLICATE_EXAMPLES).tolist()}
+
+
+def missing_note(missing: int, present: int, examples=(), then: str = "the scan checked the {present:,} that are") -> str | None:
+    """One sentence on the images of the classes looked at that a train.csv lists but the disk
+    lacks, ending with what was done with the `present` ones; None when none is missing."""
+    if not missing:
+        return None
+    eg = f" (e.g. {examples[0]})" if len(examples) else ""
+    return (f"{missing:,} of the {missing + present:,} images train.csv lists in these classes are not on disk{eg}; "
+            f"{then.format(present=present)}.")
 
 
 # ---------------------------------------------------------------- statistics (cached)

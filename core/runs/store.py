@@ -71,12 +71,15 @@ class Run(RunFolder):
             return 0.0
 
     def class_names(self) -> dict:
-        """label -> readable name, as chosen when the run started."""
+        """label -> readable name, as chosen when the run started; percent-decoded, as runs made
+        before issue 20 stored GLDv2's names encoded ("Marb%C3%A4cks kyrka")."""
         if not self.classes_file.exists():
             return {}
         import pandas as pd
+
+        from core.data.readers import decode_name
         df = pd.read_json(self.classes_file)
-        return dict(zip(df["label"].astype(str), df["name"].astype(str)))
+        return dict(zip(df["label"].astype(str), map(decode_name, df["name"].astype(str))))
 
     def class_count(self) -> int | None:
         """How many classes the run trains on (known once it has started), from classes.json."""

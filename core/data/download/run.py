@@ -18,7 +18,7 @@ from core.data.download.base import DEFAULTS, MAX_BYTES, OK, REPORT, SHARD_SIZE,
 from core.data.download.client import fetch_all
 from core.data.download.guard import Policy, allowed_by_env
 from core.data.download.images import clean_leftovers
-from core.data.download.select import pick_top
+from core.data.download.select import needs_urls, pick_top
 from core.data.download.shards import Run, Shard, carry_over, plan_key, state_dir, still_there, url_shards, write_json
 from core.data.download.tars import import_tars, tar_files
 from core.errors import UserError, write_error
@@ -27,7 +27,8 @@ from core.paths import ensure_dir
 
 def check(csv, out, top, clean: bool = False, max_side: int = DEFAULTS["max_side"],
           workers: int = DEFAULTS["workers"], shard=DEFAULTS["shard"], tars=None) -> tuple[Path, Path, list[Path]]:
-    """Validate the arguments cheaply (no CSV body is read): (csv, out, tar files) or a UserError."""
+    """Validate the arguments cheaply (no CSV body is read, only its header): (csv, out, tar files) or
+    a UserError."""
     if not csv or not str(csv).strip():
         raise UserError("Give the Google Landmarks train.csv to download from (--csv).")
     csv = Path(str(csv).strip()).expanduser()
@@ -49,6 +50,8 @@ def check(csv, out, top, clean: bool = False, max_side: int = DEFAULTS["max_side
         raise UserError(f"--clean needs GLDv2's train_clean.csv beside {csv.name} in {csv.parent}; "
                         f"download it too, or leave --clean off.")
     files = tar_files(tars) if tars else []
+    if not files:
+        needs_urls(csv)
     out = Path(str(out).strip()).expanduser()
     if out.exists() and not out.is_dir():
         raise UserError(f"Cannot write the download folder {out} (it is a file); choose a folder.")
@@ -75,7 +78,7 @@ def download(csv, out, top: int, clean: bool = False, max_side: int = DEFAULTS["
     k, n = parse_shard(shard)
     ensure_dir(out, "download", "choose a folder you can write to")
     policy = Policy(allowed_by_env() if allow_private is None else allow_private)
-    work = pick_top(csv, top, clean)
+    work = pick_top(csv, top, clean, urls=not files)
     classes = work.attrs["classes"]
     source = "tars" if files else "urls"
     threads = threads or min(8, max(2, os.cpu_count() or 2))

@@ -20,6 +20,25 @@ def _header(path: Path) -> list[str]:
     return list(parse_csv(path, lambda: pd.read_csv(path, nrows=0)).columns)
 
 
+def _columns(path: Path) -> list[str]:
+    """The CSV's header, with id and landmark_id (every Google Landmarks train.csv has them)."""
+    cols = _header(path)
+    missing = [c for c in ("id", "landmark_id") if c not in cols]
+    if missing:
+        raise UserError(f"{path} is missing column(s) {', '.join(missing)}; expected columns id,url,landmark_id "
+                        f"(or id,landmark_id with --tars).")
+    return cols
+
+
+def needs_urls(path: Path, cols: list[str] | None = None) -> None:
+    """A CSV to fetch URLs from must have a url column: the 2019-2021 Kaggle train.csv
+    (id,landmark_id) has none, and its images come from the tars."""
+    if "url" not in (cols if cols is not None else _columns(path)):
+        raise UserError(f"{path} has no url column (the 2019-2021 Kaggle train.csv lists id,landmark_id only), "
+                        f"so there is nothing to fetch; extract the images from GLDv2's tar files with --tars, "
+                        f"or use GLDv2's train.csv (id,url,landmark_id).")
+
+
 def _order(counts: pd.Series, top: int) -> pd.Series:
     """The `top` largest counts, ties broken by label (as splits.top_classes does)."""
     df = pd.DataFrame({"label": counts.index.astype(str), "count": counts.to_numpy()})
@@ -47,13 +66,14 @@ def _clean_ids(path: Path, top: int) -> tuple[pd.Series, pd.DataFrame]:
     return chosen, rows[["id", "landmark_id"]].reset_index(drop=True)
 
 
-def pick_top(csv, top: int, clean: bool = False, block_size: int = 4 << 20) -> pd.DataFrame:
+def pick_top(csv, top: int, clean: bool = False, block_size: int = 4 << 20, urls: bool = True) -> pd.DataFrame:
     """The rows (id, url, landmark_id; strings, CSV order) of the `top` most frequent classes.
 
     Reads only the landmark_id column to count, then streams the CSV keeping the chosen rows.
     `clean`: counts and ids from train_clean.csv beside the CSV (ids it lists that the CSV lacks
-    come with url ""). The chosen classes, most frequent first, are in `df.attrs["classes"]`
-    (label -> count)."""
+    come with url ""). `urls=False` (images from tars): a CSV without a url column (the 2019-2021
+    Kaggle train.csv, id,landmark_id) is read too, every url "". The chosen classes, most
+    frequent first, are in `df.attrs["classes"]` (label -> count)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
@@ -65,11 +85,11 @@ def pick_top(csv, top: int, clean: bool = False, block_size: int = 4 << 20) -> p
     top = int(top)
     if top < 1:
         raise UserError(f"--top must be at least 1 (the number of most frequent classes to get); got {top}.")
-    cols = _header(path)
-    missing = [c for c in ("id", "url", "landmark_id") if c not in cols]
-    if missing:
-        raise UserError(f"{path} is missing column(s) {', '.join(missing)}; expected columns id,url,landmark_id.")
-    types = {c: pa.string() for c in ("id", "url", "landmark_id")}
+    cols = _columns(path)
+    if urls:
+        needs_urls(path, cols)
+    columns = [c for c in ("id", "url", "landmark_id") if c in cols]
+    types = {c: pa.string() for c in columns}
     read = pacsv.ReadOptions(block_size=block_size)
     if clean:
         chosen, clean_rows = _clean_ids(path, top)
@@ -97,7 +117,7 @@ def pick_top(csv, top: int, clean: bool = False, block_size: int = 4 << 20) -> p
     def stream() -> list:
         parts = []
         reader = pacsv.open_csv(path, read_options=read,
-                                convert_options=pacsv.ConvertOptions(include_columns=["id", "url", "landmark_id"],
+                                convert_options=pacsv.ConvertOptions(include_columns=columns,
                                                                      column_types=types))
         for batch in reader:
             mask = pc.is_in(batch.column(key), value_set=value_set)
@@ -105,10 +125,12 @@ def pick_top(csv, top: int, clean: bool = False, block_size: int = 4 << 20) -> p
                 parts.append(batch.filter(mask))
         return parts
     parts = parse_csv(path, stream)
-    schema = pa.schema([(c, types[c]) for c in ("id", "url", "landmark_id")])
+    schema = pa.schema([(c, types[c]) for c in columns])
     df = pa.Table.from_batches(parts, schema=schema).to_pandas() if parts else pd.DataFrame(
-        {c: pd.Series([], dtype=object) for c in ("id", "url", "landmark_id")})
+        {c: pd.Series([], dtype=object) for c in columns})
     df["landmark_id"] = df["landmark_id"].astype(str) if len(df) else df["landmark_id"]
+    if "url" not in df:
+        df["url"] = ""
     df = df[["id", "url", "landmark_id"]]
     if clean:
         label_of = dict(zip(clean_rows["id"], clean_rows["landmark_id"]))
