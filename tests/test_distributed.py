@@ -66,14 +66,53 @@ def _processes_of(arg: str) -> list[int]:
     return pids
 
 
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [e for e in env if e.startswith(b"RANK=")]
+    return int(ranks[0][5:]) if ranks else None
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    for _ in range(10):
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+        if pid == ancestor:
+            return True
+    return False
+
+
+def _kill_rank_1_after_an_epoch(store, run_id: str, done: int, killed: list) -> None:
+    """(In a thread) once the resumed run stores a new epoch, SIGKILL its process of rank 1."""
+    t0 = time.time()
+    while time.time() - t0 < 180 and not killed:
+        if len(store.epochs(run_id)) > done:
+            victim = next((int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()
+                           and _rank_of(int(d.name)) == 1 and _descends_from(int(d.name), os.getpid())), None)
+            if victim:
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+        time.sleep(0.2)
+
+
 @needs_gloo
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the run's processes in /proc")
-def test_a_two_process_run_killed_resumed_and_finished(home, demo_root):
+def test_a_two_process_run_killed_two_ways_resumed_and_finished(home, demo_root, capfd):
     """(1) torchrun starts a run directly (every process runs `python -m core train`, rank 0 makes
     the run); (2) SIGKILL of torchrun's process group after the first checkpoint: its processes,
-    in sessions of their own, notice and leave; (3) `python -m core train --resume` finishes it on
-    2 processes (the run's nproc: its train job starts torchrun); (4) every epoch is stored once, the
-    evaluations are gathered whole, and the Runs page says how it trained."""
+    in sessions of their own, notice and leave; (3) `train --resume` (the CLI, run in this process:
+    each process of a distributed run imports torch, and the suite pays for every one) goes on with
+    2 processes (the run's nproc: its job starts torchrun), and one of them is killed: the CLI ends
+    with one sentence and exit 2 (no traceback on the terminal; the processes' tracebacks go to the
+    run's log) and leaves nothing in /tmp; (4) resumed again it finishes: every epoch stored once,
+    the evaluations gathered whole, and the Runs page says how it trained."""
+    import threading
+    from core.cli import main
+    tmp_before = set(Path("/tmp").glob("landmarks-ddp-*"))
     p = _popen(home, ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "core", "train",
                       "--data", str(demo_root), *_flags(**RUN), "--batch-size", "16"])
     store, t0, run_id = RunStore(), time.time(), None
@@ -82,7 +121,7 @@ def test_a_two_process_run_killed_resumed_and_finished(home, demo_root):
             if r["config"]["nproc"] == 2 and store.run(r["run_id"]).has_checkpoint():
                 run_id = r["run_id"]
         time.sleep(0.1)
-    os.killpg(p.pid, signal.SIGKILL)               # torchrun, with no chance to stop its processes
+    os.killpg(p.pid, signal.SIGKILL)               # (2) torchrun, with no chance to stop its processes
     err = p.communicate()[1]
     assert run_id, "no checkpoint: " + err[-3000:]
     run = store.run(run_id)
@@ -91,12 +130,28 @@ def test_a_two_process_run_killed_resumed_and_finished(home, demo_root):
         time.sleep(0.2)
     assert not _processes_of(str(demo_root))       # none goes on training into the run
     assert run.config().nproc == 2
-    done = int(store.epochs(run_id)["epoch"].max())
-    epochs = done + 2                              # whenever the kill landed: 2 epochs left to resume
-    run.update_config(dataclasses.replace(run.config(), epochs=epochs))
 
-    q = _popen(home, ["-m", "core", "train", "--resume", run_id, "--json"])
-    two, err = _finish(q)
+    killed: list = []                              # (3) resumed, and one process of two killed
+    done = len(store.epochs(run_id))
+    killer = threading.Thread(target=_kill_rank_1_after_an_epoch, args=(store, run_id, done, killed), daemon=True)
+    killer.start()
+    capfd.readouterr()
+    assert main(["train", "--resume", run_id]) == 2
+    killer.join(5)
+    err = capfd.readouterr().err
+    assert killed, "no process of rank 1 was found to kill"
+    assert "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]            # (a progress bar may still hold the start of the line)
+    assert "error: Process 1 of 2 stopped without a report (killed by SIGKILL)" in last, err[-1000:]
+    assert store.get(run_id)["status"] == "failed" and store.get(run_id)["error"].startswith("Process 1 of 2")
+    assert set(Path("/tmp").glob("landmarks-ddp-*")) == tmp_before
+    assert not run.ddp_dir.exists()                # the launch's reports are cleaned
+
+    epochs = int(store.epochs(run_id)["epoch"].max()) + 1     # (4) one epoch left, whenever the kill landed
+    run.update_config(dataclasses.replace(run.config(), epochs=epochs))
+    assert main(["train", "--resume", run_id, "--json"]) == 0
+    out, err = capfd.readouterr()
+    two = json.loads(out.strip().splitlines()[-1])
     assert two["status"] == "done", err[-3000:]
     assert two["epochs_completed"] == epochs and store.get(run_id)["status"] == "done"
     split = pd.read_csv(run.split_file)
@@ -108,7 +163,7 @@ def test_a_two_process_run_killed_resumed_and_finished(home, demo_root):
     assert steps["step"].tolist() == list(range(1, epochs * -(-n_train // 32) + 1))
     kinds = [(e["kind"], e["message"]) for e in store.events(run_id)]
     assert sum(m.startswith("distributed: 2 processes (gloo; cpu, cpu)") and "32 images" in m
-               for _, m in kinds) == 2             # the first segment and the resumed one
+               for _, m in kinds) == 3             # the first segment and the two resumed ones
     assert ("resume", "resumed from the command line") in kinds
     assert store.get(run_id)["summary"]["processes"] == 2
     # evaluations gathered whole, in the split's order, as one process writes them
