@@ -48,13 +48,15 @@ def test_parse_space_types_and_one_sentence_errors():
         sweeps.parse_space(["lr"])
 
 
-def test_grid_sweep_runs_every_configuration_once_and_prunes_one_that_cannot_learn(demo_root):
+def test_grid_sweep_runs_every_configuration_once_and_prunes_one_that_cannot_learn(demo_root, capsys):
     # lr 5 cannot learn: the CPU runs the trials in order, so after two finished trials it is pruned
-    # at epoch 2 (warm-up), not trained to the end. The one real end-to-end sweep (the driver's other
-    # cases run against an instant stand-in in test_runs_attacks).
-    p = _cli("sweep", "--data", str(demo_root), *TINY, "--epochs", "3", "--grid", "lr=0.002,0.003,5",
-             "--prune", "--name", "grid4", "--json")
-    out = _last_json(p)
+    # at epoch 2 (warm-up), not trained to the end. The one real end-to-end sweep: every trial in a
+    # worker process of its own (the driver's other cases run against an instant stand-in in
+    # test_runs_attacks); the CLI that drives it runs in the test's process.
+    from core.cli import main
+    assert main(["sweep", "--data", str(demo_root), *TINY, "--epochs", "3", "--grid", "lr=0.002,0.003,5",
+                 "--prune", "--name", "grid4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(out["configs"]) == 3
     states = {c["params"]["lr"]: c["state"] for c in out["configs"]}
     assert states[0.002] == states[0.003] == "complete" and states[5.0] == "pruned"
@@ -71,7 +73,8 @@ def test_grid_sweep_runs_every_configuration_once_and_prunes_one_that_cannot_lea
         if c["state"] == "pruned":
             assert r["status"] == "pruned" and len(store.epochs(c["run_id"])) < 3
             assert any(e["kind"] == "pruned" for e in store.events(c["run_id"]))
-    status = _last_json(_cli("sweep", "--status", "grid4", "--json"))
+    assert main(["sweep", "--status", "grid4", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert status["finished"] and status["best"]["run_id"] == out["best"]["run_id"]
 
 
