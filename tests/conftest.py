@@ -190,15 +190,42 @@ def trained_home(tmp_path_factory, demo_root):
     return Path(made["home"]), made["ids"]
 
 
-def train_here(monkeypatch):
-    """Started jobs run in this very process, at once (a real job, without a worker process that
-    imports torch again): for tests of what drives jobs (sweeps, reproduce), not of worker processes
-    (tests/test_jobs.py has those)."""
-    from core.runs import jobs
+class Here:
+    """Jobs started while a test runs, run in the test's process (see jobs_here)."""
 
-    def spawn(store, job_id, slot=None):
+    def __init__(self, defer: bool):
+        self.defer, self.waiting = defer, []
+
+    def spawn(self, store, job_id, slot=None):
+        if self.defer:
+            self.waiting.append((store, job_id))
+        else:
+            self.run_one(store, job_id)
+
+    @staticmethod
+    def run_one(store, job_id):
+        from core.runs import jobs
+        store.set_job(job_id, pid=os.getpid())
         jobs.run_job(store, job_id)
-    monkeypatch.setattr(jobs, "spawn", spawn)
+
+    def run(self) -> int:
+        """Run the jobs started so far (deferred), in order; returns how many ran."""
+        n = 0
+        while self.waiting:
+            self.run_one(*self.waiting.pop(0))
+            n += 1
+        return n
+
+
+def jobs_here(monkeypatch, defer: bool = False) -> Here:
+    """Started jobs run in this very process (a real job, without a worker process that imports torch
+    again): for tests of what starts and drives jobs (pages, sweeps, reproduce), not of worker
+    processes (tests/test_jobs.py and the browser journey have those). With `defer`, a started job
+    stays claimed, as a worker still importing torch leaves it, until the test calls `.run()`."""
+    from core.runs import jobs
+    here = Here(defer)
+    monkeypatch.setattr(jobs, "spawn", here.spawn)
+    return here
 
 
 @pytest.fixture

@@ -91,8 +91,10 @@ def test_train_queue_offers_cancel(demo_home):
 
 # ------------------------------------------------------------------ Class model: all classes, downloads
 
-def test_class_model_all_classes_and_downloads(use_trained_home):
+def test_class_model_all_classes_and_downloads(use_trained_home, monkeypatch):
     import time
+    from tests.conftest import jobs_here
+    here = jobs_here(monkeypatch, defer=True)            # the job the page starts runs here, once checked
     from core.serve.predictor import load_predictor
     from core.runs import jobs
     store = RunStore()
@@ -110,6 +112,7 @@ def test_class_model_all_classes_and_downloads(use_trained_home):
     at.button(key="cm_generate").click().run()
     job = jobs.latest(store, "class_models", run_id=run)
     assert job["args"]["classes"] == load_predictor(store.require(run)).labels   # every class of the run
+    assert here.run() == 1
     deadline = time.time() + 120
     while (job := jobs.latest(store, "class_models", run_id=run))["active"] and time.time() < deadline:
         time.sleep(0.3)

@@ -90,7 +90,9 @@ def test_classify_uploads_sample_and_explanations(use_trained_home):
                for im in at.image for c in im.captions)
 
 
-def test_class_model_background_job(use_trained_home):
+def test_class_model_background_job(use_trained_home, monkeypatch):
+    from tests.conftest import jobs_here
+    here = jobs_here(monkeypatch, defer=True)            # the job the page starts runs here, once checked
     home, run_ids = use_trained_home
     store = RunStore()
     with pytest.raises(UserError, match="no run 'nope'"):
@@ -110,9 +112,10 @@ def test_class_model_background_job(use_trained_home):
     assert at.button(key="cm_generate").label == "Generate 1 class model"
     at.button(key="cm_generate").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    # the child needs seconds to import torch, so the page sees the job running
+    # started, not yet running (a worker takes seconds to import torch): the page says so
     assert at.get("progress")[0].proto.text.startswith("class 1/1 (")
     assert at.button(key="cm_generate").disabled and at.info[0].value.endswith(": queued…")
+    assert here.run() == 1
 
     deadline = time.time() + 120
     while (s := jobs.latest(store, "class_models", run_id=run)) and s["active"] and time.time() < deadline:

@@ -1,13 +1,12 @@
 """AppTest of the Dataset and Train pages on a fresh LANDMARKS_HOME holding a tiny demo data set."""
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.runs.store import ACTIVE, FINAL, RunStore
+from core.runs.store import ACTIVE, RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "dashboard" / "app.py"
@@ -31,23 +30,6 @@ def metrics(at) -> dict:
     return {m.label: m.value for m in at.metric}
 
 
-def wait_until_stopped(store: RunStore, run_id: str, timeout: float = 240) -> str:
-    """Poll until the worker is done; cancel it on timeout so it never outlives the temp dir."""
-    end = time.time() + timeout
-    while time.time() < end:
-        status = store.get(run_id)["status"]
-        if status in FINAL:
-            return status
-        time.sleep(0.5)
-    from core.runs.jobs import cancel
-    cancel(store, run_id)
-    while store.get(run_id)["status"] in ACTIVE and time.time() < end + 60:
-        time.sleep(0.5)
-    return f"timed out ({store.get(run_id)['status']})"
-
-
-# ------------------------------------------------------------------ Dataset page
-
 def wait_for_jobs(kind: str, timeout: float = 120) -> None:
     """Until no job of `kind` is queued or running (scans and demo generation run in workers)."""
     import time
@@ -63,7 +45,9 @@ def wait_for_jobs(kind: str, timeout: float = 120) -> None:
     raise AssertionError(f"{kind} jobs still active: {store.jobs(kind=kind)}")
 
 
-def test_dataset_page_demo_numbers_figures_thumbnails_and_scan(demo_home):
+def test_dataset_page_demo_numbers_figures_thumbnails_and_scan(demo_home, monkeypatch):
+    from tests.conftest import jobs_here
+    jobs_here(monkeypatch)                          # the scans the page starts run here, at once
     # one unreadable file among the images: the scan must name it and say why
     bad = sorted((demo_home / "datasets" / "demo" / "train").rglob("*.jpg"))[0]
     bad.write_bytes(b"not a jpeg")
@@ -166,7 +150,9 @@ def test_train_page_rejects_too_many_classes_without_creating_a_run(demo_home):
     assert RunStore().list() == []
 
 
-def test_train_page_preset_then_launch_queues_a_worker(demo_home):
+def test_train_page_preset_then_launch_queues_a_worker(demo_home, monkeypatch):
+    from tests.conftest import jobs_here
+    here = jobs_here(monkeypatch, defer=True)            # the job the page starts runs here, once checked
     at = page("train.py").run()
     at.button(key="train_preset").click().run()          # click 1: small values
     assert at.number_input(key="train_size").value == 64 and at.number_input(key="train_epochs").value == 3
@@ -186,8 +172,8 @@ def test_train_page_preset_then_launch_queues_a_worker(demo_home):
         assert run["config"]["weights"] == "none" and run["config"]["model"] == "small_cnn"
         assert any(run["run_id"] in s.value for s in at.success)
     finally:
-        status = wait_until_stopped(store, run["run_id"])
-    assert status == "done", store.get(run["run_id"])["error"]
+        assert here.run() == 1
+    assert store.get(run["run_id"])["status"] == "done", store.get(run["run_id"])["error"]
     at.run()
     assert not at.exception
     assert any("done" in s.value for s in at.success)

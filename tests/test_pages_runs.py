@@ -47,19 +47,6 @@ def button(at, key: str):
     return at.button(key=key)
 
 
-def wait_final(store, run_id, timeout=120):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        run = store.get(run_id)
-        if run["status"] not in ACTIVE:
-            return run
-        time.sleep(0.3)
-    pid = store.get(run_id)["pid"]
-    if pid:  # never leave the worker this test started behind
-        os.kill(int(pid), signal.SIGTERM)
-    raise AssertionError((store.run(run_id).dir / "log.txt").read_text()[-2000:])
-
-
 def test_empty_home_shows_friendly_info():
     at = open_runs()
     assert "No runs yet" in texts(at, "info")
@@ -81,7 +68,9 @@ def test_table_lists_runs_and_selected_run_shows_curves_and_final_metrics(use_tr
     assert at.selectbox(key="runs_pick").value == a
 
 
-def test_resume_a_cancelled_run_continues_without_duplicate_epochs(use_trained_home):
+def test_resume_a_cancelled_run_continues_without_duplicate_epochs(use_trained_home, monkeypatch):
+    from tests.conftest import jobs_here
+    here = jobs_here(monkeypatch, defer=True)            # the job the page starts runs here, once checked
     _, (_, b) = use_trained_home
     store = RunStore()
     epochs = store.epochs(b)["epoch"].tolist()
@@ -92,7 +81,8 @@ def test_resume_a_cancelled_run_continues_without_duplicate_epochs(use_trained_h
     assert not at.exception, at.exception
     assert store.get(b)["status"] in ACTIVE
     assert "runs_cancel" in [w.key for w in at.button]
-    run = wait_final(store, b)  # all epochs are done: the worker only re-evaluates
+    assert here.run() == 1
+    run = store.get(b)          # all epochs are done: the job only re-evaluates
     assert run["status"] == "done", run["error"]
     assert store.epochs(b)["epoch"].tolist() == epochs
     at.run()

@@ -154,8 +154,8 @@ def test_cancelled_sweep_stops_its_queued_and_running_trials(demo_root):
 
 def test_reproduce_quick_fills_its_table(demo_root, monkeypatch, capsys):
     from core.cli import main
-    from tests.conftest import train_here
-    train_here(monkeypatch)                   # real training, in this process (the grid sweep above has workers)
+    from tests.conftest import jobs_here
+    jobs_here(monkeypatch)                   # real training, in this process (the grid sweep above has workers)
     assert main(["reproduce", "--data", str(demo_root), "--classes", "3", "--models", "small_cnn", "--quick",
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
