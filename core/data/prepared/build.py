@@ -51,7 +51,7 @@ def prepare(paths: list[str], size: int, key: str, workers: int = 0, progress=No
         raise RuntimeError("prepare() called while a worker process starts; guard the script's top level "
                            "with `if __name__ == \"__main__\":`.")
     if store == "jpeg":
-        return prepare_jpeg(paths, size, key, workers, progress)
+        return prepare_jpeg(paths, size, key, workers, progress, CHUNK, POOL_MIN)
     d = store_dir(key, size)
     workers = workers or usable_cores()
     if isinstance(device, str) and device == "auto":

@@ -213,9 +213,10 @@ def _compact(d, index: pd.DataFrame) -> pd.DataFrame:
     return index
 
 
-def prepare_jpeg(paths: list[str], size: int, key: str, workers: int = 0, progress=None) -> Prepared:
-    """As build.prepare, into the compressed store: -> Prepared whose `store` is a JpegStore."""
-    from core.data.prepared import build
+def prepare_jpeg(paths: list[str], size: int, key: str, workers: int = 0, progress=None,
+                 chunk: int = 512, pool_min: int = 256) -> Prepared:
+    """As build.prepare (which passes its CHUNK and POOL_MIN), into the compressed store:
+    -> Prepared whose `store` is a JpegStore."""
     d = store_dir(key, size, "jpeg")
     workers = workers or cpu_pool.usable_cores()
     with writing(d, "prepared-image cache", CACHE_FIX), _locked(d):
@@ -224,7 +225,7 @@ def prepare_jpeg(paths: list[str], size: int, key: str, workers: int = 0, progre
         index = _verified(d, _open(d))
         sig = _file_sig(list(dict.fromkeys(paths)))
         todo = _stale(index, sig)
-        index = _encode_into(d, index, sig, todo, size, workers, progress, build.CHUNK, build.POOL_MIN)
+        index = _encode_into(d, index, sig, todo, size, workers, progress, chunk, pool_min)
         if todo:
             index = _compact(d, index)
             _renew_stamp(d, DATA)
