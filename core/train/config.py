@@ -78,7 +78,7 @@ class TrainConfig:
     pipeline: str = _f("prepared", "prepared (decode once, batched augmentation on the device) | "
                                    "plain (PIL per epoch, DataLoader)", choices=PIPELINES)
     store: str = _f("auto", "the prepared pipeline's store: raw (uint8, 147 KB an image at 224 px, no decoding) | "
-                            "jpeg (re-encoded at quality 90, ~8-17x smaller, decoded per batch: on the GPU with "
+                            "jpeg (re-encoded at quality 90, 7-18x smaller, decoded per batch: on the GPU with "
                             "nvJPEG, else on the CPU) | auto (raw while it takes at most 32 GiB, else jpeg)",
                     choices=STORES)
     workers: int = _f(-1, "DataLoader workers for the plain pipeline; -1 = auto", lo=-1, hi=256)

@@ -20,7 +20,7 @@ CHUNK = 512  # images decoded between index commits (at least; see _decode_into)
 POOL_MIN = 256  # fewer images than this are decoded in this process (a pool's start costs ~0.3 s)
 # "auto" keeps the raw store up to this size (2 x 10^5 images at 224 px, 2.8 M at 64 px): below it
 # the store stays in a training machine's page cache and needs no decoding; above it the JPEG
-# store is 8-17x smaller (docs/BENCHMARKS.md) and decodes faster than a disk reads raw rows
+# store is 7-18x smaller (docs/BENCHMARKS.md): an epoch reads that many fewer bytes from disk
 RAW_MAX_BYTES = 32 * 2 ** 30
 STORES = ("raw", "jpeg")
 

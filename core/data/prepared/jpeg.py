@@ -3,10 +3,10 @@
 Each image is decoded exactly as for the raw store (pool._decode: DCT-domain draft, EXIF
 orientation, shorter side resized, centre-cropped to size x size), then encoded once as a JPEG
 at quality 90 (4:2:0, what the source photos already are) and appended to images.jpg. At 224 px
-that is ~9-25 KB an image instead of the raw store's 147 KB (docs/BENCHMARKS.md): GLDv2-clean's
-1.6 M images take ~15-40 GB instead of 240 GB. Training decodes each batch on the GPU with
-nvJPEG (torchvision.io.decode_jpeg(device="cuda") takes the list of byte tensors), or on the
-CPU in the batch-gathering threads.
+that was 8.2 KB an image instead of the raw store's 147 KB on generated photos (bench/store.py;
+real photos hold more detail): GLDv2-clean's 1.6 M images, 238 GB raw, take 13 GB at that
+rate. Training decodes each batch on the GPU with nvJPEG (torchvision.io.decode_jpeg(device=
+"cuda") takes the list of byte tensors), or on the CPU in the batch-gathering threads.
 
 Why not WebDataset or LitData (both read tars/chunks a user at that scale may know): training
 here needs random access by row (a seeded permutation, or a class-balanced draw with
