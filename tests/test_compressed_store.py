@@ -60,10 +60,10 @@ def test_jpeg_store_holds_the_raw_stores_pixels_and_feeds_batches(tmp_path):
     targets = ok % 3
     for device_decode in (False, True):
         batches = PreparedBatches(jpg.store, targets, batch_size=5, shuffle=True, seed=1, device_decode=device_decode)
-        wrong_pos = PreparedBatches(_Rows(jpg.store, jpg.rows[ok]), targets, 5, shuffle=True, seed=1,
+        split = PreparedBatches(_Rows(jpg.store, jpg.rows[ok]), targets, 5, shuffle=True, seed=1,
                                     device_decode=device_decode)
         seen = 0
-        for x, y in wrong_pos.epoch(0):
+        for x, y in split.epoch(0):
             assert isinstance(x, list) == device_decode
             img = to_float(x, "cpu", channels_last=False)
             assert img.shape[1:] == (3, SIZE, SIZE)
