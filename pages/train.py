@@ -15,7 +15,7 @@ from core.errors import UserError
 from core.runs.store import ACTIVE
 from core.data.splits import split_sizes, thin_holdout, top_classes
 from core.train.config import (AUGMENTATIONS, BALANCES, DEFAULT_MODEL, DEVICES, OPTIMIZERS, PIPELINES, PRECISIONS,
-                               RECIPES, SWITCHES, TrainConfig, default_classes, spec)
+                               RECIPES, STORES, SWITCHES, TrainConfig, default_classes, spec)
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS
 from core.train.models import REGISTRY, imagenet_available
 from dashboard import common as ui  # as a module: tests replace ui.internet_reachable
@@ -195,6 +195,8 @@ def form(counts: pd.Series) -> bool:
                             "size per step. It waits until N GPUs are free and holds them all.")
             f.selectbox("Pipeline", PIPELINES, key="train_pipeline", persist_state="session",
                         help=spec("pipeline")["help"])
+            f.selectbox("Prepared store", STORES, key="train_store", persist_state="session",
+                        help=spec("store")["help"])
             number(f, "Max images (0 = all)", "train_max_images", step=100)
             g.selectbox("Precision", PRECISIONS, key="train_precision", persist_state="session",
                         help=spec("precision")["help"])

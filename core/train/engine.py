@@ -28,9 +28,10 @@ from core.data.readers import load_index
 from core.errors import UserError
 from core.files import atomic_output
 from core.train.models import build_model, class_probs
-from core.train.pipeline import PreparedBatches, augment_batch, class_counts, class_weights, plain_loader, to_float
+from core.train.pipeline import (PreparedBatches, augment_batch, class_counts, class_weights, decode_on_device,
+                                 plain_loader, to_float)
 from core.train import recipes, speed
-from core.data.prepared import SCAN_SIZE, prepare  # SCAN_SIZE: the plain pipeline checks every file once at it
+from core.data.prepared import SCAN_SIZE, choose_store, prepare  # SCAN_SIZE: the plain pipeline checks every file once at it
 from core.train.sinks import Cancelled, NullSink
 from core.data.splits import load_manifest, make_manifest, save_manifest, top_classes
 
@@ -50,7 +51,7 @@ class Data:
     manifest: pd.DataFrame
     labels: list            # class labels in target order
     names: list             # readable class names in target order
-    store: np.ndarray | None    # prepared uint8 store (None for the plain pipeline)
+    store: np.ndarray | None    # prepared uint8 store, or a JpegStore (None for the plain pipeline)
     rows: np.ndarray | None     # row in `store` of each manifest entry
     skipped: list           # (path, reason) unreadable files left out
     synthetic: bool
@@ -69,8 +70,10 @@ def load_data(cfg: TrainConfig, folder, sink=NullSink(), ddp=None, device=None) 
     if cfg.max_images and len(chosen) > cfg.max_images:
         chosen = chosen.sample(n=cfg.max_images, random_state=cfg.seed).sort_values("path", kind="stable")
     size = cfg.image_size if cfg.pipeline == "prepared" else SCAN_SIZE
-    sink.emit("info", {"message": f"preparing {len(chosen)} images at {size}px (decoded once, cached)"})
-    prep = prepare(chosen["path"].tolist(), size, key=str(index.root), workers=0,
+    kind, why = choose_store(cfg.store, len(chosen), size) if cfg.pipeline == "prepared" else ("raw", "")
+    sink.emit("info", {"message": f"preparing {len(chosen)} images at {size}px (decoded once, cached"
+                                  f"{'; ' + why if why else ''})"})
+    prep = prepare(chosen["path"].tolist(), size, key=str(index.root), workers=0, store=kind,
                    device=device if device is not None and device.type == "cuda" else None,   # nvJPEG
                    progress=lambda d, t: sink.emit("prepare", {"message": f"prepared {d}/{t}"}) if d % 2000 == 0 else None)
     rows = pd.Series(prep.rows, index=chosen["path"].to_numpy())
@@ -126,7 +129,7 @@ def _loader(cfg, data: Data, split: str, train: bool, device, augment=None, ddp=
     if cfg.pipeline == "prepared":
         return PreparedBatches(_LazyRows(data.store, data.rows[sel]), m["target"].to_numpy()[sel],
                                cfg.batch_size, shuffle=train, seed=cfg.seed, pin=pin, balanced=balanced,
-                               rank=rank, world=world)
+                               rank=rank, world=world, device_decode=decode_on_device(data.store, device))
     return plain_loader(m["path"][sel].tolist(), m["target"][sel].tolist(), cfg.image_size,
                         (cfg.augment if augment is None else augment) if train else (), cfg.batch_size, train,
                         cfg.workers, pin, cfg.seed, balanced=balanced, rank=rank, world=world)
@@ -140,6 +143,10 @@ class _LazyRows:
 
     def __getitem__(self, idx):
         return self.images[self.rows[idx]]
+
+    def encoded(self, idx):
+        """The compressed store's JPEG bytes of the selected rows (decoded on the device)."""
+        return self.images.encoded(self.rows[idx])
 
 
 def _batches(loader, epoch: int):

@@ -58,10 +58,36 @@ AUGMENT = {
 }
 
 
-def to_float(batch_u8: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
-    """uint8 NHWC on the host -> float NCHW in [0,1] on the device."""
-    x = batch_u8.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+def to_float(batch_u8, device, channels_last: bool) -> torch.Tensor:
+    """uint8 NHWC on the host -> float NCHW in [0,1] on the device. A list of JPEG byte tensors
+    (the compressed store's batch, PreparedBatches(device_decode=True)) is decoded there first."""
+    if isinstance(batch_u8, list):
+        x = decode_jpegs(batch_u8, device).float().div_(255)
+    else:
+        x = batch_u8.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def decode_jpegs(data: list, device) -> torch.Tensor:
+    """Same-size JPEGs (uint8 byte tensors on the host) -> uint8 NCHW on `device`: one batched
+    torchvision.io.decode_jpeg call, nvJPEG on CUDA."""
+    import warnings
+    from torchvision.io import ImageReadMode, decode_jpeg
+    device = torch.device(device)
+    if device.type == "cuda":  # nvJPEG's stream does not wait for ours (pytorch/vision#9606; see prepared.gpu)
+        torch.cuda.current_stream(device).synchronize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")            # torchvision 0.29 deprecates its image io for TorchCodec
+        imgs = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    return torch.stack(imgs)
+
+
+def decode_on_device(store, device) -> bool:
+    """Whether training batches from `store` are decoded on `device`: the compressed store's
+    (it has `encoded`) on a CUDA device whose torchvision has nvJPEG; else the gathering threads
+    decode on the CPU. (prepared.gpu.BATCHED_ON_CPU sends them here on the CPU too, for tests.)"""
+    from core.data.prepared.gpu import _cuda_ok
+    return hasattr(store, "encoded") and device is not None and _cuda_ok(device)
 
 
 def augment_batch(x: torch.Tensor, augment, gen: torch.Generator) -> torch.Tensor:
@@ -152,12 +178,16 @@ class BalancedSampler(torch.utils.data.Sampler):
 class PreparedBatches:
     """Iterates (uint8 NHWC batch, targets) from a memmap, gathered by a prefetch thread.
     `rank`/`world`: this process's shard of every epoch's order (core.train.distributed.shard),
-    padded for training (every process takes the same number of steps), not for evaluation."""
+    padded for training (every process takes the same number of steps), not for evaluation.
+    `device_decode`: batches of the compressed store leave as lists of JPEG byte tensors, for
+    to_float to decode on the device (`images.encoded(idx)`); otherwise `images[idx]` decodes
+    them here, in the gathering threads."""
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, batch_size: int, shuffle: bool,
                  seed: int = 0, pin: bool = False, prefetch: int = 4, threads: int = 0, balanced: bool = False,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, device_decode: bool = False):
         self.images, self.targets, self.balanced = images, np.asarray(targets, dtype=np.int64), balanced
+        self.device_decode = device_decode
         self.batch_size, self.shuffle, self.seed, self.pin, self.prefetch = batch_size, shuffle, seed, pin, prefetch
         self.threads = threads or min(4, os.cpu_count() or 1)
         self.rank, self.world = rank, world
@@ -172,8 +202,10 @@ class PreparedBatches:
 
     def _gather(self, idx):
         idx = np.sort(idx)  # sorted reads are sequential in the memmap
-        x = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
         y = torch.from_numpy(self.targets[idx])
+        if self.device_decode:
+            return self.images.encoded(idx), (y.pin_memory() if self.pin else y)
+        x = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
         return (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
 
     def epoch(self, epoch: int):

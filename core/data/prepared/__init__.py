@@ -13,7 +13,8 @@ By concern (issue 18):
   store   the store on disk and its index: lock, commit, checks, compaction
   pool    decoding on the CPU: one image, runs of rows, the worker-process pool
   gpu     decoding JPEGs on the GPU (nvJPEG), as the CPU path would
-  build   prepare(): what the store lacks, decoded by one of the above
+  jpeg    the compressed store (issue 20): the same images re-encoded as JPEG, decoded per batch
+  build   prepare(): what the store lacks, decoded by one of the above; which store ("auto")
 Every name is also an attribute of this package, as when it was one module.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sys
 import types
 
 # by concern, in the order a name is looked for; the first holds no library (the CLI reads it)
-_PARTS = ("scans", "store", "pool", "gpu", "build")
+_PARTS = ("scans", "store", "pool", "gpu", "jpeg", "build")
 
 
 def _part(name: str) -> types.ModuleType:

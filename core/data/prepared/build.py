@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from core.data.prepared.gpu import _cuda_ok, _gpu_rows
+from core.data.prepared.jpeg import prepare_jpeg
 from core.data.prepared.pool import _pool_rows, _serial_rows, last_stats, usable_cores
 from core.data.prepared.store import (CACHE_FIX, Prepared, _commit, _committed, _compact, _file_sig, _locked,
                                       _open_store, _recover, _recover_others, _renew_stamp, _stale, _verified, store_dir)
@@ -17,20 +18,40 @@ from core.errors import writing
 
 CHUNK = 512  # images decoded between index commits (at least; see _decode_into)
 POOL_MIN = 256  # fewer images than this are decoded in this process (a pool's start costs ~0.3 s)
+# "auto" keeps the raw store up to this size (2 x 10^5 images at 224 px, 2.8 M at 64 px): below it
+# the store stays in a training machine's page cache and needs no decoding; above it the JPEG
+# store is 7-18x smaller (docs/BENCHMARKS.md): an epoch reads that many fewer bytes from disk
+RAW_MAX_BYTES = 32 * 2 ** 30
+STORES = ("raw", "jpeg")
 
 
-def prepare(paths: list[str], size: int, key: str, workers: int = 0, progress=None, device=None) -> Prepared:
+def choose_store(setting: str, images: int, size: int) -> tuple[str, str]:
+    """(store, why): "raw" or "jpeg" as set, or by RAW_MAX_BYTES for "auto"."""
+    raw = images * size * size * 3
+    gb = f"{raw / 1e9:.3g} GB"
+    if setting in STORES:
+        return setting, f"{setting} store (as set; the raw store would take {gb})"
+    if raw <= RAW_MAX_BYTES:
+        return "raw", f"raw store (auto: {gb}, up to {RAW_MAX_BYTES / 2 ** 30:.0f} GiB)"
+    return "jpeg", f"jpeg store (auto: the raw store would take {gb}, over {RAW_MAX_BYTES / 2 ** 30:.0f} GiB)"
+
+
+def prepare(paths: list[str], size: int, key: str, workers: int = 0, progress=None, device=None,
+            store: str = "raw") -> Prepared:
     """Make sure every path is decoded at `size` in the store for `key`; return aligned rows.
     `workers`: CPU processes (0 = one per usable core). `device`: a CUDA device (torch.device or
     "cuda"/"cuda:N") decodes JPEGs there with nvJPEG; None, the CPU or a machine without CUDA
     decodes on the CPU (today's behaviour). Pass it only from a process that holds CUDA anyway
-    (training): creating a CUDA context costs seconds and GPU memory for the process's life."""
+    (training): creating a CUDA context costs seconds and GPU memory for the process's life.
+    `store` "jpeg": the compressed store (core.data.prepared.jpeg; prepared on the CPU)."""
     if getattr(mp.current_process(), "_inheriting", False):
         # a decoding worker is importing the caller's script (no `if __name__ == "__main__":`):
         # waiting for the store's lock, which the caller holds, would hang both; the worker dies
         # instead, and the caller decodes in its own process
         raise RuntimeError("prepare() called while a worker process starts; guard the script's top level "
                            "with `if __name__ == \"__main__\":`.")
+    if store == "jpeg":
+        return prepare_jpeg(paths, size, key, workers, progress, CHUNK, POOL_MIN)
     d = store_dir(key, size)
     workers = workers or usable_cores()
     if isinstance(device, str) and device == "auto":

@@ -23,7 +23,7 @@ from core.paths import cache_dir, ensure_dir
 
 COMPACT_MIN_ROWS = 1024  # stores smaller than this are never compacted
 NO_CRC = -1  # rows from before checksums were kept: not trusted, decoded again when asked for
-TEMP_FILES = ("index.parquet.tmp", "images.u8.tmp", "verified.tmp")  # this package's, written under the lock
+TEMP_FILES = ("index.parquet.tmp", "images.u8.tmp", "images.jpg.tmp", "verified.tmp")  # this package's, written under the lock
 CACHE_FIX = "make it writable or set LANDMARKS_HOME to a writable folder"
 
 
@@ -41,9 +41,11 @@ class Prepared:
         return np.asarray(self.store[r])
 
 
-def store_dir(key: str, size: int) -> Path:
+def store_dir(key: str, size: int, kind: str = "raw") -> Path:
+    """The folder of the store of data set `key` at `size` px; `kind` "jpeg": the compressed store's."""
     h = hashlib.sha1(str(key).encode()).hexdigest()[:12]
-    return ensure_dir(cache_dir() / "prepared" / f"{h}_{size}", "prepared-image cache", CACHE_FIX)
+    name = f"{h}_{size}" if kind == "raw" else f"{h}_{size}_{kind}"
+    return ensure_dir(cache_dir() / "prepared" / name, "prepared-image cache", CACHE_FIX)
 
 
 def _locked(d: Path, wait: bool = True):
@@ -58,7 +60,7 @@ def _recover(d: Path) -> None:
     are only ever written under the lock, so any found now is a dead writer's (issue 19 #12;
     a compaction's copy is as large as the store)."""
     if (d / "compacting").exists():
-        for f in ("images.u8", "index.parquet", "compacting"):
+        for f in ("images.u8", "images.jpg", "index.parquet", "compacting"):
             (d / f).unlink(missing_ok=True)
     for name in TEMP_FILES:
         (d / name).unlink(missing_ok=True)
@@ -154,8 +156,8 @@ def _verified(d: Path, index: pd.DataFrame, row_bytes: int) -> pd.DataFrame:
     return index
 
 
-def _renew_stamp(d: Path) -> None:
-    data = d / "images.u8"
+def _renew_stamp(d: Path, name: str = "images.u8") -> None:
+    data = d / name
     if data.exists():
         atomic_write(d / "verified", _file_stamp(data), tmp=d / "verified.tmp")
 
