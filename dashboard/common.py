@@ -318,14 +318,14 @@ def classes_count(run: dict | pd.Series):
 
 def run_names(runs: list[dict] | pd.DataFrame) -> dict[str, str]:
     """Run id -> what legends and tables call it: its name, else a short label (the model and the
-    first digits of the id's random part); digits are added where two would read the same."""
+    last digits of the id, random); digits are added where two would read the same."""
     from collections import Counter
     rows = runs.to_dict("records") if isinstance(runs, pd.DataFrame) else list(runs)
     named = Counter(r.get("name") for r in rows if r.get("name"))
     for digits in (4, 6, 8):
         names = {}
         for r in rows:
-            tag = r["run_id"].rsplit("-", 1)[-1][:digits]
+            tag = r["run_id"][-digits:]          # the id's last digits, as its end is what differs
             name = r.get("name")
             names[r["run_id"]] = (name if named[name] == 1 else f"{name} · {tag}") if name else f"{r['model']} · {tag}"
         if len(set(names.values())) == len(names):

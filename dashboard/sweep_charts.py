@@ -272,24 +272,6 @@ def importance_figure(imp: dict[str, float]) -> go.Figure:
 
 # ------------------------------------------------------------------ the poster's table
 
-def dashes(df: pd.DataFrame, config: dict) -> tuple[pd.DataFrame, dict]:
-    """A table and its st.dataframe column_config with "—" where a value is missing (the grid draws
-    a literal "None"). A number column with a missing value becomes text, written with its column's
-    format ("%g" without one); a complete number column stays numeric and sorts as numbers."""
-    out, config = df.copy(), dict(config)
-    for c in out.columns:
-        missing = out[c].isna()
-        if not missing.any():
-            continue
-        cfg = config.get(c) if isinstance(config.get(c), dict) else None
-        f = ((cfg or {}).get("type_config") or {}).get("format") or "%g"
-        out[c] = [BLANK if m else (f % v if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
-                                   else str(v)) for v, m in zip(out[c], missing)]
-        if cfg and cfg.get("type_config", {}).get("type") == "number":
-            config[c] = {**cfg, "type_config": {"type": "text", "max_chars": None, "validate": None}}
-    return out, config
-
-
 def table_frame(rows: list[dict]) -> pd.DataFrame:
     """reproduce.table() rows flattened: the poster's train/val/holdout beside this run's."""
     out = []

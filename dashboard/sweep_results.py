@@ -189,13 +189,13 @@ def trial_table(df, params: list[str], info: dict) -> None:
     show = show.sort_values(["val_acc", "trial"], ascending=[False, True], na_position="last")
     num = st.column_config.NumberColumn
     cols = ["trial", "state", "val_acc", *params, "stopped_at", "epochs_done", "seconds", "run_id", "host", "error"]
-    st.dataframe(*sc.dashes(show[cols], {
+    st.dataframe(show[cols], hide_index=True, width="stretch", key="sweeps_table", placeholder=sc.BLANK,
+                 column_config={
         "trial": num("Trial", format="#%d"), "state": "State",
         "val_acc": num(charts.VAL_ACC, format=PCT, help=charts.VAL_ACC_HELP),
         "stopped_at": num("Stopped at epoch", format="%d"), "epochs_done": num("Epochs", format="%d"),
         "seconds": num("Seconds", format="%.0f"), "run_id": "Run", "host": "Host", "error": "Error",
-        **{p: num(p, format="%g") for p in params if sc.is_number_column(show[p])}}),
-                 hide_index=True, width="stretch", key="sweeps_table")
+        **{p: num(p, format="%g") for p in params if sc.is_number_column(show[p])}})
     with_runs = [int(t) for t in show.loc[show["run_id"].notna(), "trial"]]
     if not with_runs:
         return
@@ -229,7 +229,8 @@ def poster_table(info: dict) -> None:
     df.insert(df.columns.get_loc("holdout") + 1, "holdout_n", [r["this"].get("holdout_n") for r in rows])
     df["shared"] = [reproduce.row_note(r) or None for r in rows]
     num = st.column_config.NumberColumn
-    st.dataframe(*sc.dashes(df, {
+    st.dataframe(df, hide_index=True, width="stretch", key="sweeps_poster_table", placeholder=sc.BLANK,
+                 column_config={
         "model": "Model", "classes": "Classes", "trained": "Trained", "state": "State",
         "poster_train": num("Poster train", format=PCT), "poster_val": num("Poster val", format=PCT),
         "poster_holdout": num("Poster holdout", format=PCT), "train": num("Train", format=PCT),
@@ -237,8 +238,7 @@ def poster_table(info: dict) -> None:
         "holdout_n": num("Holdout images", format="%d", help="The images the holdout figure rests on."),
         "holdout_diff": num("Holdout − poster", format="%+.3f"), "run_id": "Run",
         "shared": st.column_config.TextColumn("Shared run", help="Rows that train the same configuration (two "
-                                                                 "models with one stand-in) share one run.")}),
-                 hide_index=True, width="stretch", key="sweeps_poster_table")
+                                                                 "models with one stand-in) share one run.")})
     if meta.get("note"):
         st.info(meta["note"], icon="✂️")
     if meta.get("quick"):

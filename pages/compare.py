@@ -86,7 +86,7 @@ def metrics_table(runs: list[dict], evals: dict, names: dict) -> None:
                      "gap": s.get("holdout_gap"), "epochs": s.get("epochs_completed", r["config"].get("epochs")),
                      "ips": s.get("images_per_s"), "seconds": s.get("seconds")})
     num = st.column_config.NumberColumn
-    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+    st.dataframe(pd.DataFrame(rows), hide_index=True, placeholder="—", column_config={
         "run": "Run", "train": num("Train acc", format=PCT), "val": num(charts.VAL_ACC, format=PCT,
                                                                       help=charts.VAL_ACC_HELP),
         "val_n": num("Val images", format="%d", help="The images the validation accuracy rests on."),

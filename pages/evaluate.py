@@ -72,7 +72,7 @@ def holdout_table(runs: pd.DataFrame) -> None:
     cols = ["label", "model", "dataset", "classes", "train_acc", "val_acc", "holdout_acc", "holdout_balanced_acc",
             "holdout_macro_f1", "holdout_n", "holdout_top5", "holdout_gap", "run_id"]
     small = dict(width="small")     # thirteen columns in 1,400 px: numbers narrow, the name pinned
-    st.dataframe(df[cols], hide_index=True, width="stretch", column_config={
+    st.dataframe(df[cols], hide_index=True, width="stretch", placeholder="—", column_config={
         "label": st.column_config.TextColumn("Name", pinned=True, help="The run's name (set on the Runs page), "
                                              "or its model and the first digits of its id."),
         "model": "Model", "dataset": "Data set", "classes": st.column_config.NumberColumn("Classes", **small),
