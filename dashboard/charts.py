@@ -28,6 +28,11 @@ PAIRS_SHOWN = 200          # rows of the most-confused pairs table (every pair i
 TICK_CHARS = 18            # class names are cut to this many characters on axes
 TRAIN_COLOR = "#1f77b4"    # training curves: solid blue
 VAL_COLOR = "#ff7f0e"      # validation curves: dashed orange (tells apart from blue in colour-blind eyes too)
+# one "validation accuracy" on every page: the last epoch's model, the checkpoint (last.pt) that the
+# final evaluation, Evaluate, Classify and exports use, and the value a sweep's study ranks trials by
+VAL_ACC = "Val acc (last epoch)"
+VAL_ACC_HELP = ("Validation accuracy of the last epoch's model: the checkpoint that the holdout evaluation, "
+                "Evaluate, Classify and exports use, and what sweeps rank trials by.")
 RAW_COLOR = "#a0a7b4"      # raw per-step loss: faint grey under its bold smoothed line
 SMOOTHING = 0.9            # default EMA weight of the per-step loss (TensorBoard's slider, 0 = raw)
 STEP_POINTS = 4000         # raw step points drawn per run (the smoothed line uses every step)

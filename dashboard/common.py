@@ -228,11 +228,16 @@ TRAIN_FIELDS = dict(train_classes="classes", train_lr="lr", train_epochs="epochs
                     train_store="store")
 
 
-def train_again(config: dict) -> None:
-    """Copy a run's whole configuration into the Train form (data set included) and open it."""
+PARENT = "parent"     # TrainConfig.extra key: the run a "Train again like this" run was made from
+
+
+def train_again(config: dict, parent: str | None = None) -> None:
+    """Copy a run's whole configuration into the Train form (data set included) and open it;
+    `parent` (that run's id) is recorded in the runs launched from the form (config extra)."""
     from core.data import registry
     from core.train.config import AUGMENTATIONS
     ss = st.session_state
+    ss["train_parent"] = parent
     for key, field in TRAIN_FIELDS.items():
         ss[key] = config_value(config, field)
     if isinstance(ss["train_compile"], bool):  # stored before compile had "auto"
@@ -301,6 +306,32 @@ def classes_text(run: dict | pd.Series) -> str:
         return str(int(run["classes"]))
     n = run.get("classes_all")
     return f"all {int(n)}" if n is not None and not pd.isna(n) else "all"
+
+
+def classes_count(run: dict | pd.Series):
+    """How many classes a run trains on, one number whether it took the top N or every class
+    (None before a run on every class has started)."""
+    if run.get("classes"):
+        return int(run["classes"])
+    n = run.get("classes_all")
+    return int(n) if n is not None and not pd.isna(n) else None
+
+
+def run_names(runs: list[dict] | pd.DataFrame) -> dict[str, str]:
+    """Run id -> what legends and tables call it: its name, else a short label (the model and the
+    last digits of the id, random); digits are added where two would read the same."""
+    from collections import Counter
+    rows = runs.to_dict("records") if isinstance(runs, pd.DataFrame) else list(runs)
+    named = Counter(r.get("name") for r in rows if r.get("name"))
+    for digits in (4, 6, 8):
+        names = {}
+        for r in rows:
+            tag = r["run_id"][-digits:]          # the id's last digits, as its end is what differs
+            name = r.get("name")
+            names[r["run_id"]] = (name if named[name] == 1 else f"{name} · {tag}") if name else f"{r['model']} · {tag}"
+        if len(set(names.values())) == len(names):
+            return names
+    return {r["run_id"]: r["run_id"] for r in rows}
 
 
 def run_label(run: dict | pd.Series) -> str:

@@ -106,24 +106,25 @@ def _summary(job: dict) -> None:
 def _args() -> dict | None:
     """The form; the job's arguments when the button is pressed and the paths are allowed."""
     from core.data.download import DEFAULTS
-    csv = st.text_input("Google Landmarks train.csv", key="download_csv",
+    keep = dict(persist_state="session")    # the form stays filled while a job runs and after it ends
+    csv = st.text_input("Google Landmarks train.csv", key="download_csv", **keep,
                         placeholder="/data/google-landmarks-v2/train.csv",
                         help="GLDv2 (id,url,landmark_id) or the 2018 Kaggle CSV. train_clean.csv and "
                              "train_label_to_category.csv are read from the same folder.")
     c = st.columns(4)
     top = int(c[0].number_input("Top N classes", min_value=1, max_value=20_000, value=100, step=10,
-                                key="download_top", help="The N most frequent classes; only their images are fetched."))
+                                key="download_top", **keep, help="The N most frequent classes; only their images are fetched."))
     max_side = int(c[1].number_input("Longest side (px)", min_value=0, max_value=8192, value=DEFAULTS["max_side"], step=64,
-                                     key="download_max_side", help="Images are shrunk on the fly; 0 keeps them as "
+                                     key="download_max_side", **keep, help="Images are shrunk on the fly; 0 keeps them as "
                                      "they are (uses far more disk)."))
     workers = int(c[2].number_input("Parallel requests", min_value=1, max_value=256, value=DEFAULTS["workers"], step=8,
-                                    key="download_workers"))
-    clean = c[3].toggle("Cleaned subset only", key="download_clean",
+                                    key="download_workers", **keep))
+    clean = c[3].toggle("Cleaned subset only", key="download_clean", **keep,
                         help="GLDv2's train_clean.csv: fewer images, far fewer wrong labels.")
     default = paths.datasets_dir() / f"gldv2-{'clean-' if clean else ''}top{top}"
-    out = st.text_input("Output folder", key="download_out", placeholder=str(default),
+    out = st.text_input("Output folder", key="download_out", **keep, placeholder=str(default),
                         help=f"Empty: {default}. Downloading again into the same folder resumes.")
-    tars = st.text_input("GLDv2 tar shards (optional)", key="download_tars", placeholder="/data/gldv2/tars",
+    tars = st.text_input("GLDv2 tar shards (optional)", key="download_tars", **keep, placeholder="/data/gldv2/tars",
                          help="A folder of images_000.tar …: the images are extracted from them instead of fetched.")
     if not st.button("Start the download", key="download_start", type="primary", icon="⬇️"):
         return None
@@ -141,12 +142,21 @@ def _args() -> dict | None:
         return None
 
 
+OPEN = "download_open"   # the panel's expander state: opened by a download, closed only by the user
+
+
 def download_panel(expanded: bool = False) -> None:
-    """Render the "Get Google Landmarks" panel (an expander, opened while a download runs)."""
+    """Render the "Get Google Landmarks" panel. It opens while a download runs and stays open on
+    its result when the job ends (the user closes it), with the form still filled in, so starting
+    the same download again (to resume it) is one click."""
     from core.runs import jobs
     job = jobs.latest(store(), "download")
     active = bool(job and job["active"])
-    with st.expander("⬇️ Get Google Landmarks", expanded=expanded or active):
+    if active or (expanded and OPEN not in st.session_state):
+        st.session_state[OPEN] = True
+    # stateful (a key and on_change): its identity does not change with the job, so a job's end
+    # does not collapse it
+    with st.expander("⬇️ Get Google Landmarks", key=OPEN, on_change="rerun"):
         st.caption(WHERE)
         if active:
             a = job.get("args") or {}
@@ -154,6 +164,8 @@ def download_panel(expanded: bool = False) -> None:
                         + (" (cleaned subset)" if a.get("clean") else "") + ".")
             _progress(job["job_id"])
             return
+        if job is not None:
+            _summary(job)         # the last download's result above the form that can start it again
         args = _args()
         if args is not None:
             try:
@@ -162,8 +174,6 @@ def download_panel(expanded: bool = False) -> None:
                 user_error(e)
             else:
                 st.rerun()
-        elif job is not None:
-            _summary(job)
 
 
 __all__ = ["download_panel"]

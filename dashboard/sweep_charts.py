@@ -20,9 +20,14 @@ LEGEND_CURVES = 20         # above this many trials the curve plot has no per-tr
 PCT = "%.3f"                # accuracies in the Sweeps page's tables
 
 
+BLANK = "—"        # a missing value in tables and labels (never a literal "None")
+
+
 def fmt(v) -> str:
-    """A parameter value as a short text: 0.001, 1e-05, adam, 32."""
-    if isinstance(v, bool) or v is None:
+    """A parameter value as a short text: 0.001, 1e-05, adam, 32; a missing one as "—"."""
+    if v is None or isinstance(v, float) and np.isnan(v):
+        return BLANK
+    if isinstance(v, bool):
         return str(v)
     if isinstance(v, float):
         return f"{v:.3g}" if v == 0 or 1e-3 <= abs(v) < 1e4 else f"{v:.2e}"
@@ -51,7 +56,7 @@ def frame(info: dict) -> tuple[pd.DataFrame, list[str]]:
                 "running": f"running, epoch {max(c['curve'])} so far" if c["curve"] else "running"}.get(state, state)
         acc = c["val_acc"]
         hover = (f"<b>#{c['number']}</b>{' ★ best' if c['number'] == best else ''}<br>{text.replace(' · ', '<br>')}"
-                 f"<br>val acc: {'—' if acc is None else f'{acc:.3f}'}<br>{note}"
+                 f"<br>val acc (last epoch): {'—' if acc is None else f'{acc:.3f}'}<br>{note}"
                  + (f"<br>run {c['run_id']}" if c.get("run_id") else ""))
         rows.append({"trial": c["number"], "state": state, "val_acc": acc, "stopped_at": stop,
                      "epochs_done": max(c["curve"]) if c["curve"] else None, "seconds": c.get("seconds"),
@@ -142,7 +147,7 @@ def bars_figure(df: pd.DataFrame, color_by: str) -> go.Figure:
                       xaxis=dict(title="configuration (trial), best first", range=[-0.6, len(d) - 0.4],
                                  tickvals=d["rank"].tolist() if ticks else [], ticktext=d["label"].tolist() if ticks
                                  else [], showticklabels=ticks, zeroline=False),
-                      yaxis=dict(title="validation accuracy", range=[0, min(1.0, d["val_acc"].max() * 1.08 + 0.02)]),
+                      yaxis=dict(title="val acc (last epoch)", range=[0, min(1.0, d["val_acc"].max() * 1.08 + 0.02)]),
                       legend=dict(orientation="h", y=1.12))
     return fig
 

@@ -12,7 +12,7 @@ import streamlit as st
 from core.errors import UserError
 from core.runs import jobs, reproduce, sweeps
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS
-from dashboard import nav
+from dashboard import charts, nav
 from dashboard import sweep_charts as sc
 from dashboard.common import store, to_url, url_pick, user_error
 from dashboard.sweep_study import POLL_S, driver_job, importance, is_live, load_info, sweep_list
@@ -101,7 +101,7 @@ def best_section(name: str, info: dict) -> None:
     if best is None:
         st.caption("No trial has finished yet; the best configuration shows here once one has.")
         return
-    st.success(f"**Best: trial #{best['number']}** · validation accuracy **{best['val_acc']:.3f}** · "
+    st.success(f"**Best: trial #{best['number']}** · {charts.VAL_ACC.lower()} **{best['val_acc']:.3f}** · "
                f"{params_text(best['params'])}", icon="🏆")
     a, b, c = st.columns([2, 1, 1])
     with b:
@@ -185,12 +185,14 @@ def trial_table(df, params: list[str], info: dict) -> None:
                             for s, b in zip(df["state"], df["best"])])
     for p in params:        # text, booleans, mixed types: as text (one Arrow column type); numbers stay numbers
         if not sc.is_number_column(show[p]):
-            show[p] = [sc.fmt(v) if v is not None else None for v in show[p]]
+            show[p] = [sc.fmt(v) for v in show[p]]
     show = show.sort_values(["val_acc", "trial"], ascending=[False, True], na_position="last")
     num = st.column_config.NumberColumn
-    st.dataframe(show[["trial", "state", "val_acc", *params, "stopped_at", "epochs_done", "seconds", "run_id",
-                       "host", "error"]], hide_index=True, width="stretch", key="sweeps_table", column_config={
-        "trial": num("Trial", format="#%d"), "state": "State", "val_acc": num("Val acc", format=PCT),
+    cols = ["trial", "state", "val_acc", *params, "stopped_at", "epochs_done", "seconds", "run_id", "host", "error"]
+    st.dataframe(show[cols], hide_index=True, width="stretch", key="sweeps_table", placeholder=sc.BLANK,
+                 column_config={
+        "trial": num("Trial", format="#%d"), "state": "State",
+        "val_acc": num(charts.VAL_ACC, format=PCT, help=charts.VAL_ACC_HELP),
         "stopped_at": num("Stopped at epoch", format="%d"), "epochs_done": num("Epochs", format="%d"),
         "seconds": num("Seconds", format="%.0f"), "run_id": "Run", "host": "Host", "error": "Error",
         **{p: num(p, format="%g") for p in params if sc.is_number_column(show[p])}})
@@ -227,7 +229,8 @@ def poster_table(info: dict) -> None:
     df.insert(df.columns.get_loc("holdout") + 1, "holdout_n", [r["this"].get("holdout_n") for r in rows])
     df["shared"] = [reproduce.row_note(r) or None for r in rows]
     num = st.column_config.NumberColumn
-    st.dataframe(df, hide_index=True, width="stretch", key="sweeps_poster_table", column_config={
+    st.dataframe(df, hide_index=True, width="stretch", key="sweeps_poster_table", placeholder=sc.BLANK,
+                 column_config={
         "model": "Model", "classes": "Classes", "trained": "Trained", "state": "State",
         "poster_train": num("Poster train", format=PCT), "poster_val": num("Poster val", format=PCT),
         "poster_holdout": num("Poster holdout", format=PCT), "train": num("Train", format=PCT),

@@ -158,9 +158,9 @@ def explain_controls() -> tuple[int, list[str], float, int]:
         st.session_state["clf_target"] = TOP_CLASS
     target = c2.selectbox("Explain class", opts, key="clf_target",
                           format_func=lambda i: "Top class (the prediction)" if i == TOP_CLASS else pred.names[i])
-    methods = st.multiselect("Methods (shown side by side)", list(METHODS), key="clf_methods",
+    methods = st.multiselect("Methods (shown side by side)", list(METHODS), key="clf_methods", persist_state="session",
                              format_func=lambda m: METHODS[m].label, help=cost_help())
-    alpha = st.slider("Heat-map opacity", 0.0, 1.0, step=0.05, key="clf_alpha",
+    alpha = st.slider("Heat-map opacity", 0.0, 1.0, step=0.05, key="clf_alpha", persist_state="session",
                       help="How strongly the map covers the photo (0: the photo only). Red and blue maps "
                            "cover it in proportion to their strength, so where they are 0 the photo shows.")
     return target, methods, alpha, chosen

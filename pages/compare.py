@@ -13,7 +13,7 @@ from core.data.uploads import UPLOAD_TYPES, limits_text, load_upload
 from core.errors import UserError
 from core.explain import METHODS, explain_one
 from dashboard import charts, nav
-from dashboard.common import (classes_text, home_key, loss_controls, predictor, run_picker, runs_frame, split_labels,
+from dashboard.common import (home_key, loss_controls, predictor, run_names, run_picker, runs_frame, split_labels,
                               store, user_error)
 
 SPLITS = ("val", "holdout", "train")       # in the order of the split picker; labels from the runs' configs
@@ -72,8 +72,8 @@ def upscale(img: np.ndarray, size: int = 256) -> np.ndarray:
 
 
 def short_names(runs: list[dict]) -> dict:
-    names = {r["run_id"]: f"{r['model']} · {classes_text(r)} cls · {r['run_id'][-4:]}" for r in runs}
-    return names if len(set(names.values())) == len(names) else {k: k for k in names}
+    """Run id -> its name in legends and tables: the run's name, or a short unique label."""
+    return run_names(runs)
 
 
 def metrics_table(runs: list[dict], evals: dict, names: dict) -> None:
@@ -86,8 +86,9 @@ def metrics_table(runs: list[dict], evals: dict, names: dict) -> None:
                      "gap": s.get("holdout_gap"), "epochs": s.get("epochs_completed", r["config"].get("epochs")),
                      "ips": s.get("images_per_s"), "seconds": s.get("seconds")})
     num = st.column_config.NumberColumn
-    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
-        "run": "Run", "train": num("Train acc", format=PCT), "val": num("Val acc", format=PCT),
+    st.dataframe(pd.DataFrame(rows), hide_index=True, placeholder="—", column_config={
+        "run": "Run", "train": num("Train acc", format=PCT), "val": num(charts.VAL_ACC, format=PCT,
+                                                                      help=charts.VAL_ACC_HELP),
         "val_n": num("Val images", format="%d", help="The images the validation accuracy rests on."),
         "holdout": num("Holdout acc", format=PCT),
         "holdout_n": num("Holdout images", format="%d", help="The images the holdout accuracy, top-5 and GAP rest "

@@ -261,9 +261,11 @@ def manage_datasets(path: str | None) -> None:
     if entry is None:
         return
     with st.expander(f"Data set “{entry['name']}”: {entry['path']}"):
-        c1, c2 = st.columns([3, 1])
-        new = c1.text_input("Name", value=entry["name"], key="dataset_rename")
-        if c2.button("Rename", key="dataset_rename_go", disabled=new.strip() == entry["name"]):
+        with st.form("dataset_rename_form", border=False):   # one click: the typed name is sent with it
+            c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+            new = c1.text_input("Name", value=entry["name"], key="dataset_rename")
+            go = c2.form_submit_button("Rename", key="dataset_rename_go")
+        if go and new.strip() != entry["name"]:
             try:
                 registry.rename(entry["name"], new)
                 st.query_params["data"] = st.session_state["data_in_use"] = new.strip()

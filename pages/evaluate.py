@@ -11,7 +11,7 @@ from core.data.splits import thin_holdout
 from core.train import metrics
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS
 from dashboard import charts, nav
-from dashboard.common import home_key, run_picker, runs_frame, split_labels, store
+from dashboard.common import classes_count, home_key, run_names, run_picker, runs_frame, split_labels, store
 from dashboard.export_panel import export_panel
 
 SPLITS = ("holdout", "val", "train")      # in the order of the split picker; labels from the run's config
@@ -67,14 +67,18 @@ def holdout_table(runs: pd.DataFrame) -> None:
     df["holdout_balanced_acc"] = [imbalance_metric(h, "balanced_acc") for h in holdouts]
     df["holdout_macro_f1"] = [imbalance_metric(h, "macro_f1") for h in holdouts]
     df = df.sort_values(["holdout_acc", "val_acc"], ascending=False, na_position="last")
-    df["classes"] = df["classes_text"]
-    cols = ["model", "dataset", "classes", "train_acc", "val_acc", "holdout_acc", "holdout_balanced_acc", "holdout_macro_f1",
-            "holdout_n", "holdout_top5", "holdout_gap", "run_id"]
-    st.dataframe(df[cols], hide_index=True, column_config={
-        "model": "Model", "dataset": "Data set", "classes": st.column_config.TextColumn("No. classes"),
-        "train_acc": st.column_config.NumberColumn("Train", format=PCT),
-        "val_acc": st.column_config.NumberColumn("Validation", format=PCT),
-        "holdout_acc": st.column_config.NumberColumn("Holdout", format=PCT),
+    df["classes"] = [classes_count(r) for _, r in df.iterrows()]
+    df["label"] = df["run_id"].map(run_names(df))           # the run's name, or a short unique label
+    cols = ["label", "model", "dataset", "classes", "train_acc", "val_acc", "holdout_acc", "holdout_balanced_acc",
+            "holdout_macro_f1", "holdout_n", "holdout_top5", "holdout_gap", "run_id"]
+    small = dict(width="small")     # thirteen columns in 1,400 px: numbers narrow, the name pinned
+    st.dataframe(df[cols], hide_index=True, width="stretch", placeholder="—", column_config={
+        "label": st.column_config.TextColumn("Name", pinned=True, help="The run's name (set on the Runs page), "
+                                             "or its model and the first digits of its id."),
+        "model": "Model", "dataset": "Data set", "classes": st.column_config.NumberColumn("Classes", **small),
+        "train_acc": st.column_config.NumberColumn("Train", format=PCT, **small),
+        "val_acc": st.column_config.NumberColumn(charts.VAL_ACC, format=PCT, help=charts.VAL_ACC_HELP, **small),
+        "holdout_acc": st.column_config.NumberColumn("Holdout", format=PCT, **small),
         "holdout_balanced_acc": st.column_config.NumberColumn("Holdout balanced", format=PCT,
                                                               help="Balanced accuracy: the mean of the per-class "
                                                                    "accuracies (recall), every class counting the same."),
@@ -85,7 +89,7 @@ def holdout_table(runs: pd.DataFrame) -> None:
                                                         f"of the data "
                                                         f"({100 * CONFIG_DEFAULTS['holdout']:.3g}% by default), so "
                                                         "one image moves the holdout numbers by 1/n."),
-        "holdout_top5": st.column_config.NumberColumn("Holdout top-5", format=PCT),
+        "holdout_top5": st.column_config.NumberColumn("Holdout top-5", format=PCT, **small),
         "holdout_gap": st.column_config.NumberColumn("Holdout GAP", format=PCT,
                                                      help="Global Average Precision (Kaggle landmark recognition metric)."),
         "run_id": "Run"})

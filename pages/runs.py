@@ -11,13 +11,13 @@ from core.data.splits import thin_holdout
 from core.runs import jobs
 from core.runs.store import ACTIVE, FINAL
 from dashboard import charts, nav
-from dashboard.common import (STATUS_ICON, classes_text, home_key, loss_controls, run_label, runs_frame, store,
-                              train_again)
+from dashboard.common import (PARENT, STATUS_ICON, classes_count, classes_text, home_key, loss_controls, run_label,
+                              run_names, runs_frame, store, train_again)
 from dashboard.export_panel import export_panel
 
 # ------------------------------------------------------------------ session keys
 st.session_state.setdefault("runs_selected", None)   # run id shown below the table (survives page switches)
-st.session_state.setdefault("runs_seen", [])          # run ids seen before: a new active run gets selected
+st.session_state.setdefault("runs_seen", [])          # run ids seen before: a run launched here gets selected
 st.session_state.setdefault("runs_flash", None)       # (kind, message) left by a button callback
 
 POLL_S = 2            # live refresh interval of the selected run, seconds
@@ -49,11 +49,15 @@ def flash() -> None:
 # ------------------------------------------------------------------ data
 
 def table() -> pd.DataFrame:
-    """runs_frame plus best val accuracy (max over epochs) and a duration for live runs too."""
+    """runs_frame plus the validation accuracy of the last epoch (charts.VAL_ACC: the final evaluation's
+    where the run has one, else the last finished epoch's) and a duration for live runs too."""
     df = runs_frame()
     if df.empty:
         return df
-    df["best_val_acc"] = df["run_id"].map(store().best_val_accs())
+    last = store().last_val_accs()
+    df["val_last"] = [v if v is not None and not pd.isna(v) else last.get(r)
+                      for r, v in zip(df["run_id"], df["val_acc"])]
+    df["classes_n"] = [classes_count(r) for _, r in df.iterrows()]
     live = [time.time() - t if st_ in ("starting", "running") and t else None
             for st_, t in zip(df["status"], df["started"])]
     df["duration"] = [fmt_secs(s if s is not None and not pd.isna(s) else l)
@@ -81,12 +85,15 @@ def runs_table(any_active: bool) -> None:
     df = table()
     if df.empty or any_active and not df["status"].isin(ACTIVE).any():
         st.rerun()  # the last active run just ended: refresh everything once, then stop polling
-    main = df.assign(name=df["name"].replace("", "—"), best_val_acc=df["best_val_acc"].map(fmt_acc),
-                     holdout_acc=df["holdout_acc"].map(fmt_acc), classes=df["classes_text"])
-    cols = ["status_label", "name", "dataset", "model", "classes", "best_val_acc", "holdout_acc", "duration", "run_id"]
+    main = df.assign(name=df["name"].replace("", "—"), val_last=df["val_last"].map(fmt_acc),
+                     holdout_acc=df["holdout_acc"].map(fmt_acc),
+                     classes=[str(int(n)) if n is not None and not pd.isna(n) else "—" for n in df["classes_n"]])
+    cols = ["status_label", "name", "dataset", "model", "classes", "val_last", "holdout_acc", "duration", "run_id"]
     st.dataframe(main[cols], hide_index=True, width="stretch", column_config={
-        "status_label": "Status", "name": "Name", "dataset": "Data set", "model": "Model", "classes": "Classes",
-        "best_val_acc": st.column_config.TextColumn("Best val acc", help="The best epoch's validation accuracy."),
+        "status_label": "Status", "name": "Name", "dataset": "Data set", "model": "Model",
+        "classes": st.column_config.TextColumn("Classes", help="How many classes the run trains on (the run's "
+                                               "title says “all” where it took every class of its data set)."),
+        "val_last": st.column_config.TextColumn(charts.VAL_ACC, help=charts.VAL_ACC_HELP),
         "holdout_acc": st.column_config.TextColumn("Holdout acc", help="The final model on the holdout split."),
         "duration": "Duration", "run_id": "Run"})
     with st.expander("Every setting of every run"):
@@ -98,20 +105,26 @@ def runs_table(any_active: bool) -> None:
         st.dataframe(detail[cols].fillna("—"), hide_index=True, width="stretch", column_config={
             "run_id": "Run", "name": "Name", "epochs": "Epochs", "lr": "LR", "batch": "Batch",
             "optimizer": "Optimizer", "image_size": "Image size", "augment": "Augment",
-            "freeze": st.column_config.CheckboxColumn("Frozen"), "train_acc": "Train acc", "val_acc": "Val acc",
+            "freeze": st.column_config.CheckboxColumn("Frozen"), "train_acc": "Train acc",
+            "val_acc": st.column_config.TextColumn(charts.VAL_ACC, help=charts.VAL_ACC_HELP),
             "holdout_top5": "Holdout top-5", "holdout_gap": "Holdout GAP", "data": "Data folder"})
 
 
 def pick_run(df: pd.DataFrame) -> str:
-    """Select box over runs (newest first). Default: the newest active run, else the newest run."""
+    """Select box over runs (newest first). The selection changes only when the user changes it: by
+    the picker, a link or bookmark (?run=), or launching a run on the Train page (that run is shown
+    once). Runs queued by others (a sweep's next trial) never take it. Without a selection: the
+    newest active run, else the newest run."""
     ids = df["run_id"].tolist()
     active = df.loc[df["status"].isin(ACTIVE), "run_id"].tolist()
-    fresh = [i for i in active if i not in st.session_state["runs_seen"]]
+    launched = st.session_state.get("train_last_run")
     linked = st.query_params.get("run")        # a bookmark or a reload keeps its run
     if linked in ids and linked != st.session_state.get("runs_linked"):
         st.session_state["runs_selected"] = st.session_state["runs_linked"] = linked
-    elif fresh or st.session_state["runs_selected"] not in ids:
-        st.session_state["runs_selected"] = (fresh or active or ids)[0]
+    elif launched in ids and launched not in st.session_state["runs_seen"]:
+        st.session_state["runs_selected"] = launched
+    elif st.session_state["runs_selected"] not in ids:
+        st.session_state["runs_selected"] = (active or ids)[0]
     st.session_state["runs_seen"] = ids
     st.session_state["runs_pick"] = st.session_state["runs_selected"]  # widget state is dropped on page switch
     labels = {r["run_id"]: run_label(r) for _, r in df.iterrows()}
@@ -218,7 +231,7 @@ def final_metrics(run: dict) -> None:
     n = {split: (evals.get(split) or {}).get("n") for split in ("train", "val", "holdout")}
     cols = st.columns(5)
     for col, (label, key, split) in zip(cols, [("Train accuracy", "train_acc", "train"),
-                                               ("Val accuracy", "val_acc", "val"),
+                                               (charts.VAL_ACC, "val_acc", "val"),
                                                ("Holdout accuracy", "holdout_acc", "holdout"),
                                                ("Holdout top-5", "holdout_top5", "holdout"),
                                                ("Holdout GAP", "holdout_gap", "holdout")]):
@@ -333,7 +346,7 @@ def details(run: dict) -> None:
     controls(run)
     if st.button("🔁 Train again like this", key="runs_again",
                  help="Opens the Train page with this run's whole configuration filled in (data set included)."):
-        train_again(run["config"])
+        train_again(run["config"], parent=run["run_id"])
     with st.expander("Name and notes", expanded=bool(run.get("notes"))):
         name_and_notes(run)
     if has_checkpoint(run["run_id"]):
@@ -348,6 +361,19 @@ def details(run: dict) -> None:
             ev["t"] = pd.to_datetime(ev["t"], unit="s")
             st.dataframe(ev[["t", "kind", "message"]], hide_index=True, width="stretch",
                          column_config={"t": st.column_config.DatetimeColumn("Time", format="YYYY-MM-DD HH:mm:ss")})
+
+
+def parent_link(run: dict) -> None:
+    """“Trained again from <parent>”, a link to the parent run, for a run made by “Train again”."""
+    parent = (run["config"].get("extra") or {}).get(PARENT)
+    if not parent:
+        return
+    prun = store().get(parent)
+    if prun is None:
+        st.caption(f"🔁 Trained again from {parent} (since deleted).")
+        return
+    st.page_link(nav.RUNS.page(), label=f"Trained again from {run_names([prun])[parent]}", icon="🔁",
+                 query_params={"run": parent}, help=f"Open the run it was made from ({parent}).")
 
 
 # ------------------------------------------------------------------ page
@@ -366,4 +392,5 @@ else:
     if run is None:
         st.rerun()
     st.subheader(run_label(run))
+    parent_link(run)
     details(run)

@@ -37,6 +37,9 @@ RECIPE_LINES = {  # one line each, what core.train.recipes does
     "poster": "Adam at a constant learning rate, plain cross-entropy, only the augmentations ticked: "
               "exactly the poster's recipe.",
 }
+# every field kept for the session (page switches) and in the page's address (a reload, a bookmark);
+# the URL carries a field under its widget key (?train_lr=0.01), only where it differs from the default
+KEEP = dict(persist_state="session", bind="query-params")
 FIELDS = TRAIN_FIELDS  # form widget key -> TrainConfig field (shared with the Runs page's “train again”)
 DEFAULTS = {"train_weights_path": "", **{k: CONFIG_DEFAULTS[f] for k, f in FIELDS.items()},
             **{f"train_aug_{a}": a in CONFIG_DEFAULTS["augment"] for a in AUGMENTATIONS}}
@@ -45,7 +48,7 @@ DEFAULTS = {"train_weights_path": "", **{k: CONFIG_DEFAULTS[f] for k, f in FIELD
 def number(col, label: str, key: str, **kw):
     """A number input whose bounds are the config field's (so the form and validate() agree)."""
     s = spec(FIELDS[key])
-    return col.number_input(label, min_value=s["lo"], max_value=s["hi"], key=key, persist_state="session",
+    return col.number_input(label, min_value=s["lo"], max_value=s["hi"], key=key, **KEEP,
                             help=kw.pop("help", s["help"]), **kw)
 
 
@@ -118,6 +121,7 @@ def apply_preset(n_classes: int) -> None:
     st.session_state.update(train_model=model, train_weights=default_weights(model), train_classes=classes,
                             train_classes_auto=classes, train_size=64, train_epochs=3)
     st.session_state["train_preset_note"] = True
+    st.session_state["train_parent"] = None      # a preset is no longer the run "Train again" copied
 
 
 # ------------------------------------------------------------------ sections
@@ -158,53 +162,53 @@ def form(counts: pd.Series) -> bool:
     with st.form("train_form", border=True):
         a, b, c = st.columns(3)
         a.radio("Weights", list(WEIGHT_LABELS), format_func=WEIGHT_LABELS.get, key="train_weights",
-                horizontal=True, persist_state="session")
+                horizontal=True, **KEEP)
         a.caption(("✅ " if ok else "⚠️ ") + note)
-        a.text_input("Weight file (for “Weight file…”)", key="train_weights_path", persist_state="session",
+        a.text_input("Weight file (for “Weight file…”)", key="train_weights_path", **KEEP,
                      placeholder="/path/to/state_dict.pt or a run's checkpoints/last.pt")
         number(a, f"N most frequent classes (0 = all {n_classes:,})", "train_classes", step=1,
                help="The poster this app follows trains on the 10, 20, 30 and 50 most frequent classes.")
         a.selectbox("Class imbalance", BALANCES, format_func=BALANCE_LABELS.get, key="train_balance",
-                    persist_state="session", help=spec("balance")["help"])
-        b.selectbox("Recipe", RECIPES, format_func=RECIPE_LABELS.get, key="train_recipe", persist_state="session",
+                    **KEEP, help=spec("balance")["help"])
+        b.selectbox("Recipe", RECIPES, format_func=RECIPE_LABELS.get, key="train_recipe", **KEEP,
                     help=spec("recipe")["help"])
         b.caption("  \n".join(f"**{RECIPE_LABELS[r]}**: {RECIPE_LINES[r]}" for r in RECIPES))
         number(b, "Learning rate", "train_lr", step=1e-4, format="%.5f",
                help="Fine-tune: the new head's (pretrained layers 0.3×); poster: every layer's.")
         number(b, "Epochs", "train_epochs", step=1)
         b.selectbox("Optimizer", OPTIMIZERS, format_func=OPT_LABELS.get, key="train_optimizer",
-                    persist_state="session")
+                    **KEEP)
         number(b, "Batch size", "train_batch", step=8)
         number(c, "Image size (px, square)", "train_size", step=16,
                help="224 px is the poster's size (for a GPU); 64 px is plenty for the demo on a CPU.")
         c.markdown("**Augmentation**")
         for aug in AUGMENTATIONS:
-            c.checkbox(AUG_LABELS[aug], key=f"train_aug_{aug}", persist_state="session")
-        c.checkbox("Frozen feature extractor (train only the head)", key="train_freeze", persist_state="session")
-        c.checkbox("Test-time flip averaging (evaluation)", key="train_tta", persist_state="session",
+            c.checkbox(AUG_LABELS[aug], key=f"train_aug_{aug}", **KEEP)
+        c.checkbox("Frozen feature extractor (train only the head)", key="train_freeze", **KEEP)
+        c.checkbox("Test-time flip averaging (evaluation)", key="train_tta", **KEEP,
                    help=spec("tta")["help"])
         with st.expander("Splits, device, pipeline and speed"):
             d, e, f, g = st.columns(4)
             number(d, "Holdout fraction (split off first)", "train_holdout", step=0.01, format="%.3f")
             number(d, "Validation fraction (of the rest)", "train_val", step=0.05, format="%.3f")
             number(e, "Seed", "train_seed", step=1)
-            e.selectbox("Device", DEVICES, key="train_device", persist_state="session")
+            e.selectbox("Device", DEVICES, key="train_device", **KEEP)
             if (gpus := gpu_count()) > 1:      # one run on several GPUs (torch.distributed); else one process
                 number(e, f"GPUs (this machine has {gpus})", "train_nproc", step=1,
                        help="Train this run on N GPUs at once (DistributedDataParallel): each takes the batch "
                             "size per step. It waits until N GPUs are free and holds them all.")
-            f.selectbox("Pipeline", PIPELINES, key="train_pipeline", persist_state="session",
+            f.selectbox("Pipeline", PIPELINES, key="train_pipeline", **KEEP,
                         help=spec("pipeline")["help"])
             f.selectbox("Prepared store", STORES, key="train_store", persist_state="session",
                         help=spec("store")["help"])
             number(f, "Max images (0 = all)", "train_max_images", step=100)
-            g.selectbox("Precision", PRECISIONS, key="train_precision", persist_state="session",
+            g.selectbox("Precision", PRECISIONS, key="train_precision", **KEEP,
                         help=spec("precision")["help"])
-            g.selectbox("Channels last", SWITCHES, key="train_channels_last", persist_state="session",
+            g.selectbox("Channels last", SWITCHES, key="train_channels_last", **KEEP,
                         help=spec("channels_last")["help"])
-            g.selectbox("Fused optimizer", SWITCHES, key="train_fused", persist_state="session",
+            g.selectbox("Fused optimizer", SWITCHES, key="train_fused", **KEEP,
                         help=spec("fused")["help"])
-            g.selectbox("torch.compile", SWITCHES, key="train_compile", persist_state="session",
+            g.selectbox("torch.compile", SWITCHES, key="train_compile", **KEEP,
                         help=spec("compile")["help"])
         split_note(counts)
         return st.form_submit_button("🚀 Launch training run", type="primary", key="train_launch")
@@ -232,6 +236,7 @@ def build_config(root: Path) -> TrainConfig:
         data=str(root), model=ss["train_model"], weights=weights, **values,
         augment=tuple(a for a in AUGMENTATIONS if ss[f"train_aug_{a}"]),
         clean=bool(ss.get("train_clean")) and has_clean(root),
+        extra={ui.PARENT: ss["train_parent"]} if ss.get("train_parent") else {},   # "Train again like this"
     ).validate()
 
 
@@ -337,7 +342,7 @@ if counts is not None:
     fit_classes(len(counts))
     synthetic_note(root)
     st.caption(f"{len(counts):,} classes, {int(counts.sum()):,} images.")
-    st.selectbox("Model", list(REGISTRY), key="train_model", on_change=on_model_change, persist_state="session")
+    st.selectbox("Model", list(REGISTRY), key="train_model", on_change=on_model_change, **KEEP)
     st.caption(REGISTRY[st.session_state["train_model"]].about)
     st.button("⚡ Quick demo run preset", on_click=apply_preset, args=(len(counts),), key="train_preset",
               help="Fills small values (64 px, 3 epochs, up to 10 classes) so a run finishes in minutes on a CPU.")

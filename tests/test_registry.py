@@ -115,7 +115,7 @@ def test_rename_and_forget_on_the_dataset_page():
     _folder_set(paths_datasets() / "paris")
     at = AppTest.from_file(DATASET, default_timeout=60).run()
     assert at.selectbox(key="dataset").value == "paris"
-    at.text_input(key="dataset_rename").input("Paris landmarks").run()
+    at.text_input(key="dataset_rename").input("Paris landmarks")     # a form: sent with the one click below
     at.button(key="dataset_rename_go").click().run()
     assert not at.exception and not at.error
     assert at.selectbox(key="dataset").value == "Paris landmarks"

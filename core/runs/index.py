@@ -348,6 +348,12 @@ class RunIndex:
         return {r["run_id"]: r["best"] for r in self._query(
             "SELECT run_id, MAX(val_acc) AS best FROM epochs GROUP BY run_id")}
 
+    def last_val_accs(self) -> dict:
+        """Run id -> the last epoch's validation accuracy (the checkpoint's; SQLite takes the bare
+        column from the row that holds the MAX)."""
+        return {r["run_id"]: r["val_acc"] for r in self._query(
+            "SELECT run_id, val_acc, MAX(epoch) FROM epochs GROUP BY run_id")}
+
     def curve_stamp(self, run_id: str) -> tuple:
         e = self._query("SELECT COUNT(*) AS n, TOTAL(seconds) AS s FROM epochs WHERE run_id=?", (run_id,))[0]
         s = self._query("SELECT COUNT(*) AS n, MAX(t) AS t FROM steps WHERE run_id=?", (run_id,))[0]
