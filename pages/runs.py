@@ -231,7 +231,7 @@ def final_metrics(run: dict) -> None:
     n = {split: (evals.get(split) or {}).get("n") for split in ("train", "val", "holdout")}
     cols = st.columns(5)
     for col, (label, key, split) in zip(cols, [("Train accuracy", "train_acc", "train"),
-                                               (charts.VAL_ACC, "val_acc", "val"),
+                                               ("Val accuracy", "val_acc", "val"),   # (of the last epoch: see caption)
                                                ("Holdout accuracy", "holdout_acc", "holdout"),
                                                ("Holdout top-5", "holdout_top5", "holdout"),
                                                ("Holdout GAP", "holdout_gap", "holdout")]):

@@ -119,6 +119,27 @@ def home(tmp_path, monkeypatch):
     return h
 
 
+# ------------------------------------------------------------------ jobs: in this process unless asked
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "workers: jobs this test starts run in worker processes of their own, "
+                                       "as in the product (the default in tests: they wait, see `started_jobs`)")
+
+
+@pytest.fixture(autouse=True)
+def started_jobs(request, monkeypatch):
+    """A job a test starts (a page's Launch, the Dataset page's automatic scan…) is claimed and then
+    waits: a worker process of its own would import torch again (seconds of CPU each) for work that
+    most tests never look at. A test that wants the job done calls `started_jobs.run()` (it runs in this
+    process) or uses `jobs_here`; a test of worker processes themselves is marked `workers`."""
+    if request.node.get_closest_marker("workers"):
+        return None
+    from core.runs import jobs as jobs_module
+    here = Here(defer=True)
+    monkeypatch.setattr(jobs_module, "spawn", here.spawn)
+    return here
+
+
 # ------------------------------------------------------------------ made once, shared by every worker
 
 @contextmanager

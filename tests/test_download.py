@@ -783,7 +783,7 @@ def test_a_cancelled_download_job_is_cancelled_and_keeps_its_files(tmp_path, mon
         server.close()
 
 
-def test_download_panel_renders_and_submits(tmp_path, server, home, monkeypatch):
+def test_download_panel_renders_and_submits(tmp_path, server, home, monkeypatch, started_jobs):
     from streamlit.testing.v1 import AppTest
     from core.runs.store import RunStore
     monkeypatch.setenv("LANDMARKS_DATA_ROOTS", str(tmp_path))
@@ -808,10 +808,7 @@ def test_download_panel_renders_and_submits(tmp_path, server, home, monkeypatch)
     store = RunStore()
     job = store.jobs(kind="download")[0]
     assert job["args"]["top"] == 1 and job["args"]["out"] == str((home / "datasets" / "panel-set").resolve())
-    from core.runs.store import FINAL
-    t0 = time.time()
-    while store.job(job["job_id"])["status"] not in FINAL and time.time() - t0 < 60:
-        time.sleep(0.2)
+    assert started_jobs.run() == 1                       # the job the panel started, run here
     assert store.job(job["job_id"])["status"] == "done", store.job(job["job_id"])
     at.run()
     assert not at.exception, at.exception
