@@ -152,13 +152,13 @@ def test_resume_drops_images_that_vanished_instead_of_training_on_blanks(tmp_pat
     shutil.rmtree(data)
 
 
-def _two_runs(store, demo_root):
-    ids = []
-    for epochs in (1, 2):
-        run_id = store.create(tiny_config(demo_root, epochs=epochs, image_size=24), status="running")
-        assert jobs.run_job(store, run_id)["status"] == "done"
-        ids.append(run_id)
-    return ids
+def _here(capsys, *args):
+    """`python -m core ARGS` in this process: (exit code, stdout, stderr)."""
+    from core.cli import main
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def _snapshot(store, run_id):
@@ -169,9 +169,8 @@ def _snapshot(store, run_id):
 
 
 @pytest.mark.parametrize("damage", ["missing", "empty", "garbage", "corrupt_page"])
-def test_a_lost_or_damaged_index_is_reported_and_rebuilt_from_the_folders(home, demo_root, damage):
-    store = RunStore()
-    ids = _two_runs(store, demo_root)
+def test_a_lost_or_damaged_index_is_reported_and_rebuilt_from_the_folders(use_trained_home, capsys, damage):
+    store, ids = RunStore(), use_trained_home[1]          # two finished runs
     before = {i: _snapshot(store, i) for i in ids}
     db = store.db
     for suffix in ("-wal", "-shm"):
@@ -188,10 +187,10 @@ def test_a_lost_or_damaged_index_is_reported_and_rebuilt_from_the_folders(home, 
         db.write_bytes(bytes(data))
     with pytest.raises(IndexDamaged, match=r"rebuild it.*python -m core runs rebuild"):
         RunStore().list()
-    code, _, err = cli(home, "runs", "list")                        # the CLI says so too, exit 2
+    code, _, err = _here(capsys, "runs", "list")                    # the CLI says so too, exit 2
     assert code == 2 and "rebuild" in err and "Traceback" not in err
     assert db.exists() or damage == "missing"                        # never silently replaced by an empty one
-    code, out, err = cli(home, "runs", "rebuild", "--json")
+    code, out, err = _here(capsys, "runs", "rebuild", "--json")
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["runs"] == 2
     store = RunStore()
@@ -200,10 +199,9 @@ def test_a_lost_or_damaged_index_is_reported_and_rebuilt_from_the_folders(home, 
         assert list(db.parent.glob("runs.db.damaged-*"))             # the damaged file is kept aside
 
 
-def test_an_old_index_is_migrated_and_its_runs_get_their_folder_files(home, demo_root):
+def test_an_old_index_is_migrated_and_its_runs_get_their_folder_files(use_trained_home):
     import sqlite3
-    store = RunStore()
-    (run_id,) = _two_runs(store, demo_root)[:1]
+    store, run_id = RunStore(), use_trained_home[1][0]
     with sqlite3.connect(store.db) as c:                             # turn it back into a schema-2 database
         c.executescript("DROP TABLE jobs; DROP TABLE runs;"
                         "CREATE TABLE runs (run_id TEXT PRIMARY KEY, created REAL, status TEXT, model TEXT, data TEXT,"
@@ -218,7 +216,7 @@ def test_an_old_index_is_migrated_and_its_runs_get_their_folder_files(home, demo
     store = RunStore()
     assert store.get(run_id)["status"] == "done" and store.get(run_id)["summary"] == {"val_acc": 0.5}
     assert json.loads(store.run(run_id).record_file.read_text())["status"] == "done"
-    assert len(json.loads(store.run(run_id).epochs_file.read_text())) == 1
+    assert len(json.loads(store.run(run_id).epochs_file.read_text())) == 3     # the shared run trained 3 epochs
 
 
 def test_a_failed_run_creation_leaves_no_orphan_folder(monkeypatch):
@@ -258,10 +256,9 @@ def test_a_new_job_kind_is_one_function_and_one_line(monkeypatch):
         jobs.KINDS.pop("count", None)
 
 
-def test_the_app_says_the_index_is_damaged_and_rebuilds_it_with_one_click(home, demo_root):
+def test_the_app_says_the_index_is_damaged_and_rebuilds_it_with_one_click(use_trained_home):
     from streamlit.testing.v1 import AppTest
-    store = RunStore()
-    ids = _two_runs(store, demo_root)
+    store, ids = RunStore(), use_trained_home[1]
     for suffix in ("", "-wal", "-shm"):
         Path(str(store.db) + suffix).unlink(missing_ok=True)
     at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60).run()
