@@ -70,3 +70,24 @@ def test_small_cnn_head_at_81313_classes():
     with torch.no_grad():
         out = model(torch.rand(2, 3, 32, 32))
     assert out.shape == (2, GLDV2_CLEAN) and torch.isfinite(out).all()
+
+
+def test_dataset_page_search_reaches_a_class_beyond_the_ones_drawn(home):
+    """The sample-image picker lists the classes drawn (the 50 most frequent to start, 1,000 at most);
+    a search finds any class, and a class found and picked stays when the search is cleared."""
+    from PIL import Image
+    from streamlit.testing.v1 import AppTest
+    for i in range(52):                                    # c00 .. c51, one image each: c50 and c51 not drawn
+        (home / "datasets" / "many" / f"c{i:02d}").mkdir(parents=True)
+        Image.new("RGB", (8, 8), (4 * i, 9, 99)).save(home / "datasets" / "many" / f"c{i:02d}" / "0.png")
+    at = AppTest.from_file("../pages/dataset.py", default_timeout=60).run()
+    picker = next(m for m in at.multiselect if m.label == "Classes to show")
+    assert len(picker.options) == 50 and "c49 (1)" in picker.options
+    at.text_input(key="dataset_thumb_query").input("C5").run()       # c50, c51 (c05 does not hold "c5")
+    assert "2 classes found: pick them below." in [c.value for c in at.caption]
+    picker = next(m for m in at.multiselect if m.label == "Classes to show")
+    assert picker.options[-3:] == ["c49 (1)", "c50 (1)", "c51 (1)"]
+    picker.select("c51").run()
+    at.text_input(key="dataset_thumb_query").input("").run()
+    assert not at.exception
+    assert "**c51** · 1 images" in [m.value for m in at.markdown]
