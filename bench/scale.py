@@ -5,6 +5,7 @@ their run files weighed and every page rendered with that run and data set selec
     python bench/scale.py                        # 1,000, 15,000 and 81,313 classes
     python bench/scale.py --classes 1000,15000
     python bench/scale.py --quick                # 1,000 classes only
+    python bench/scale.py --steps 50 --threads 1 # 81,313 capped at 50 steps (see capped_run); one torch thread
 
 For each set it reports: the `train` command (one epoch, wall time, images/s of the epoch, peak RSS of
 the process), the evaluation of the trained run over its three splits in a process of its own (images/s,
