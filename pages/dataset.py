@@ -48,15 +48,17 @@ def categories(root: str, mtime: float) -> pd.DataFrame | None:
 def find_classes(root: str, mtime: float, labels: tuple, query: str, limit: int = FOUND_LIMIT) -> list[str]:
     """The `limit` most frequent of `labels` (most frequent first) whose label or readable name
     holds `query` (any case): one vectorised pass over every class, so 81,313 or 200 k stay quick.
-    GLDv2's names are matched as written in train_label_to_category.csv (underscores, percent escapes)."""
+    GLDv2's names are matched in train_label_to_category.csv without decoding all of them: a space
+    is an underscore there, and a query with accents is matched percent-encoded."""
     q = query.strip().lower()
     s = pd.Series(labels, dtype=str)
     hit = s.str.lower().str.contains(q, regex=False)
     df = categories(root, mtime) if mtime else None
-    if df is not None:
-        raw = df["category"].str.lower()
-        named = raw.str.contains(q.replace(" ", "_"), regex=False) | raw.str.contains(
-            quote(q.replace(" ", "_"), safe=",()'").lower(), regex=False)
+    if df is not None:      # the name after "Category:"; an ASCII query is not matched inside "%C3"
+        tail = df["category"].str.replace(r"^.*Category:", "", regex=True).str.lower()
+        want = q.replace(" ", "_")
+        named = (tail.str.contains(quote(want, safe=",()'").lower(), regex=False) if not want.isascii()
+                 else tail.str.replace(r"%[0-9a-f]{2}", "\x00", regex=True).str.contains(want, regex=False))
         hit |= s.isin(df.loc[named, "landmark_id"])
     return s[hit].head(limit).tolist()
 
