@@ -7,6 +7,7 @@ keyed the same way, readable names are looked up only for the classes shown, and
 image index is only built when the thumbnails or the scan ask for it, once per data set version.
 """
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,7 @@ N_CHOICES = (10, 20, 30, 50, 100, 200, 500, 1000)
 BAR_LIMIT = 1000          # bars drawn at most; the long-tail plot shows every class
 TAIL_POINTS = 2000        # log-spaced ranks drawn in the long-tail plot
 THUMB_CLASSES, THUMB_PER_CLASS, THUMB_PX = 6, 4, 96
+FOUND_LIMIT = 200         # classes a search adds to the sample-image picker at most
 
 
 
@@ -40,6 +42,25 @@ def categories(root: str, mtime: float) -> pd.DataFrame | None:
     except Exception:  # noqa: BLE001 - a broken names file only costs the readable names
         return None
     return df if {"landmark_id", "category"} <= set(df.columns) else None
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def find_classes(root: str, mtime: float, labels: tuple, query: str, limit: int = FOUND_LIMIT) -> list[str]:
+    """The `limit` most frequent of `labels` (most frequent first) whose label or readable name
+    holds `query` (any case): one vectorised pass over every class, so 81,313 or 200 k stay quick.
+    GLDv2's names are matched in train_label_to_category.csv without decoding all of them: a space
+    is an underscore there, and a query with accents is matched percent-encoded."""
+    q = query.strip().lower()
+    s = pd.Series(labels, dtype=str)
+    hit = s.str.lower().str.contains(q, regex=False)
+    df = categories(root, mtime) if mtime else None
+    if df is not None:      # the name after "Category:"; an ASCII query is not matched inside "%C3"
+        tail = df["category"].str.replace(r"^.*Category:", "", regex=True).str.lower()
+        want = q.replace(" ", "_")
+        named = (tail.str.contains(quote(want, safe=",()'").lower(), regex=False) if not want.isascii()
+                 else tail.str.replace(r"%[0-9a-f]{2}", "\x00", regex=True).str.contains(want, regex=False))
+        hit |= s.isin(df.loc[named, "landmark_id"])
+    return s[hit].head(limit).tolist()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -93,6 +114,12 @@ def mtime_ns(path: str) -> int:
         return Path(path).stat().st_mtime_ns
     except OSError:
         return 0
+
+
+def names_mtime(root: str) -> float:
+    """train_label_to_category.csv's mtime (the names' cache key), 0.0 when there is none."""
+    f = Path(root) / "train_label_to_category.csv"
+    return f.stat().st_mtime if f.exists() else 0.0
 
 
 def display_names(labels, names: dict) -> list[str]:
@@ -190,11 +217,25 @@ def thumbnails(root: str, sig: str, counts: pd.Series, names: dict, n: int, clea
                             then="the samples come from the {present:,} that are")
         if note:
             st.warning(note, icon="⚠️")
+    key = f"dataset_thumb_classes_{sig}_{n}"
+    if len(counts) > len(options):    # the picker lists the classes drawn above; a search reaches every class
+        query = st.text_input(f"Find a class among all {len(counts):,}", key="dataset_thumb_query",
+                              placeholder="part of a label or name")
+        picked = [l for l in st.session_state.get(key, []) if l not in set(options)]     # found before: kept
+        found = find_classes(root, names_mtime(root), tuple(map(str, counts.index)), query) if query.strip() else []
+        if query.strip():
+            st.caption(f"{len(found):,} class{'es' if len(found) != 1 else ''} found"
+                       + (f" (the {FOUND_LIMIT} most frequent shown)" if len(found) == FOUND_LIMIT else "")
+                       + (": pick them below." if found else "."))
+        extra = list(dict.fromkeys(picked + [l for l in found if l not in set(options)]))
+        names = {**names, **names_of(root, names_mtime(root), tuple(extra))}
+        options = options + extra
     shown = dict(zip(options, display_names(options, names)))
     labels = tuple(st.multiselect(
-        "Classes to show", options, default=options[:THUMB_CLASSES], key=f"dataset_thumb_classes_{sig}_{n}",
+        "Classes to show", options, default=options[:THUMB_CLASSES], key=key,
         format_func=lambda l: f"{shown[l]} ({int(counts[l]):,})",
-        help=f"Any of the {len(options):,} classes above; the {THUMB_CLASSES} most frequent to start."))
+        help=f"The {len(options):,} classes above (and those a search found); the {THUMB_CLASSES} most "
+             "frequent to start."))
     per_label = sample_paths(root, sig, labels, THUMB_PER_CLASS, clean, index)
     for label, name in zip(labels, display_names(labels, names)):
         st.markdown(f"**{name}** · {int(counts[label]):,} images")
@@ -309,9 +350,8 @@ if counts.empty:
     st.stop()
 synthetic_note(root)
 n = pick_n(len(counts))
-names_file = root / "train_label_to_category.csv"
 shown = counts.index[:max(min(n, BAR_LIMIT), THUMB_CLASSES)]
-names = names_of(str(root), names_file.stat().st_mtime if names_file.exists() else 0.0, tuple(map(str, shown)))
+names = names_of(str(root), names_mtime(str(root)), tuple(map(str, shown)))
 metric_tiles(counts, n)
 left, right = st.columns([3, 2])
 left.plotly_chart(distribution_figure(counts, names, n), key="dataset_bars")

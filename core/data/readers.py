@@ -333,8 +333,9 @@ def detect_layout(root: Path) -> str:
             return "csv"
     except PermissionError:
         raise UserError(f"Cannot read the data set folder {root} (permission denied); fix its permissions.") from None
-    for d in _subfolders(root):
-        if any(Path(e.name).suffix.lower() in IMAGE_EXTS for e in _entries(d)):
+    for e in _entries(root, "data set folder", "make it readable"):   # up to the first class folder with an image
+        if e.is_dir() and not e.name.startswith(".") and any(
+                Path(f.name).suffix.lower() in IMAGE_EXTS for f in _entries(Path(e.path))):
             return "folders"
     raise UserError(f"{root} is not a data set: expected train.csv (Google Landmarks layout) "
                     f"or one folder of images per class.")
@@ -416,8 +417,10 @@ def signature(root: Path, clean: bool = False) -> str:
     files = [f for f in (root / "train.csv", root / CLEAN_CSV if clean else None) if f is not None and f.exists()]
     if files:
         sig = "|".join(f"{f}|{st.st_size}|{st.st_mtime_ns}" for f in files for st in [f.stat()])
-    else:  # folders: the class folders' mtimes change when files are added or removed
-        sig = "|".join(f"{d}:{d.stat().st_mtime_ns}" for d in sorted(root.iterdir()) if d.is_dir())
+    else:  # folders: the class folders' mtimes change when files are added or removed (scandir: one
+        # stat per folder, no Path objects; 81,313 class folders took 2 stats and a Path each, seconds a page)
+        with os.scandir(root) as it:
+            sig = "|".join(f"{e.path}:{e.stat().st_mtime_ns}" for e in sorted(it, key=lambda e: e.name) if e.is_dir())
     return hashlib.sha1(sig.encode()).hexdigest()[:16]
 
 

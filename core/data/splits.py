@@ -73,26 +73,34 @@ def thin_holdout(n: int, classes: int, planned: bool = False) -> str | None:
 
 
 def split(samples: pd.DataFrame, holdout: float, val: float, seed: int) -> pd.DataFrame:
-    """Add a `split` column (train/val/holdout), stratified per label."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for label, g in samples.groupby("label", sort=True):
-        idx = g.index.to_numpy().copy()
-        rng.shuffle(idx)
-        n_hold, n_val, n_train = map(int, class_sizes(len(idx), holdout, val))
-        parts = ["holdout"] * n_hold + ["val"] * n_val + ["train"] * n_train
-        out.append(pd.Series(parts, index=idx))
+    """Add a `split` column (train/val/holdout), stratified per label: each class's images in a
+    seeded random order, the first class_sizes() of them holdout, then val, the rest train.
+    Done for all classes at once (one permutation, one stable sort): a loop over the classes
+    took 48 s at GLDv2-clean's 81,313 classes, this takes well under a second (issue 20)."""
+    codes, _ = pd.factorize(samples["label"], sort=True)
+    n = len(codes)
+    order = np.random.default_rng(seed).permutation(n)
+    order = order[np.argsort(codes[order], kind="stable")]      # grouped by class, random within
+    per_class = np.bincount(codes, minlength=codes.max() + 1 if n else 0)
+    first = np.cumsum(per_class) - per_class                     # where each class starts in `order`
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - np.repeat(first, per_class)     # position within its class
+    n_hold, n_val, _ = class_sizes(per_class, holdout, val)
+    parts = np.where(rank < n_hold[codes], "holdout", np.where(rank < (n_hold + n_val)[codes], "val", "train"))
     result = samples.copy()
-    result["split"] = pd.concat(out).reindex(samples.index)
+    result["split"] = parts
     return result
 
 
 def make_manifest(samples: pd.DataFrame, classes: int, holdout: float, val: float, seed: int) -> tuple[pd.DataFrame, list[str]]:
     """Select the top-N classes and split them; returns (manifest, ordered class labels)."""
     labels = top_classes(samples["label"].value_counts(), classes)
-    chosen = samples[samples["label"].isin(set(labels))].sort_values("path", kind="stable").reset_index(drop=True)
-    manifest = split(chosen, holdout, val, seed)
-    manifest["target"] = manifest["label"].map({l: i for i, l in enumerate(labels)}).astype(int)
+    # one hash lookup per row gives both the choice and the target (isin + map over a dict of
+    # 81,313 labels cost 1.2 s with pandas' Arrow strings)
+    target = pd.Index(labels).get_indexer(samples["label"].astype(str))
+    chosen = samples.assign(target=target)[target >= 0].sort_values("path", kind="stable").reset_index(drop=True)
+    manifest = split(chosen.drop(columns="target"), holdout, val, seed)
+    manifest["target"] = chosen["target"].to_numpy().astype(int)
     return manifest, labels
 
 
