@@ -124,6 +124,9 @@ def home(tmp_path, monkeypatch):
 def pytest_configure(config):
     config.addinivalue_line("markers", "workers: jobs this test starts run in worker processes of their own, "
                                        "as in the product (the default in tests: they wait, see `started_jobs`)")
+    config.addinivalue_line("markers", "e2e: a scenario across real processes (workers, the CLI, torchrun, a "
+                                       "server and a browser) killed, resumed and finished; `make e2e` runs them, "
+                                       "`make test` the rest (see the README)")
 
 
 @pytest.fixture(autouse=True)

@@ -217,6 +217,7 @@ def new_user_path(page, app, tmp_path):
             shutil.copy(tmp_path / f, Path(shots) / f)
 
 
+@pytest.mark.e2e
 def test_a_new_users_first_hour(app, home, tmp_path):
     from playwright.sync_api import expect, sync_playwright
     with sync_playwright() as pw:

@@ -101,6 +101,7 @@ def _kill_rank_1_after_an_epoch(store, run_id: str, done: int, killed: list) -> 
 
 @needs_gloo
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the run's processes in /proc")
+@pytest.mark.e2e
 def test_a_two_process_run_killed_two_ways_resumed_and_finished(home, demo_root, capfd):
     """(1) torchrun starts a run directly (every process runs `python -m core train`, rank 0 makes
     the run); (2) SIGKILL of torchrun's process group after the first checkpoint: its processes,

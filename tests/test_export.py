@@ -28,15 +28,20 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "classify_onnx.py"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def exported(trained_home, tmp_path_factory):
-    """A private copy of trained_home with run 0 exported as ONNX and TorchScript (once)."""
-    h = tmp_path_factory.mktemp("export_home")
-    shutil.copytree(trained_home[0], h, dirs_exist_ok=True)
-    store = RunStore(h / "runs")
+    """A copy of trained_home with run 0 exported as ONNX and TorchScript, made once for every
+    xdist worker (read-only for tests: copy a file before changing it)."""
+    from tests.conftest import shared
     run_id = trained_home[1][0]
-    out = {fmt: export_run(store.require(run_id), fmt) for fmt in ("onnx", "torchscript")}
-    return store, run_id, out
+
+    def make(h):
+        shutil.copytree(trained_home[0], h, dirs_exist_ok=True)
+        return {fmt: export_run(RunStore(h / "runs").require(run_id), fmt) for fmt in ("onnx", "torchscript")}
+    out = shared(tmp_path_factory, "exported", make)
+    home = Path(out["onnx"]["path"]).parents[3]              # <home>/runs/<run>/exports/<file>
+    assert (home / "runs" / run_id).is_dir(), out["onnx"]["path"]
+    return RunStore(home / "runs"), run_id, out
 
 
 @pytest.fixture(scope="module")
@@ -164,17 +169,16 @@ def test_cache_reuse_and_staleness(use_trained_home):
     assert Path(custom["path"]).is_file() and Path(custom["path"] + ".json").is_file() and not custom["cached"]
 
 
-def test_cli_json(use_trained_home):
+def test_cli_json(use_trained_home, capsys):
+    from core.cli import main
     home, ids = use_trained_home
     out = home / "out" / "model.pt"
-    env = dict(os.environ, LANDMARKS_HOME=str(home), OMP_NUM_THREADS="2")
-    p = subprocess.run([sys.executable, "-m", "core", "export", ids[1], "--format", "torchscript", "--out", str(out),
-                        "--json"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert main(["export", ids[1], "--format", "torchscript", "--out", str(out), "--json"]) == 0
+    printed = capsys.readouterr()
+    r = json.loads(printed.out.strip().splitlines()[-1])
     assert r["path"] == str(out) and out.is_file() and r["format"] == "torchscript" and r["classes"] == 3
     assert r["max_abs_diff"] <= TOLERANCE and r["top1_agree"] == 1.0 and r["bytes"] == out.stat().st_size
-    assert "checking it against PyTorch" in p.stderr
+    assert "checking it against PyTorch" in printed.err
 
 
 def test_cli_errors_are_one_sentence(use_trained_home, capsys):

@@ -65,6 +65,7 @@ def _next_epoch(p, store, run_id, after: int):
         time.sleep(0.2)
 
 
+@pytest.mark.e2e
 def test_a_cli_run_stopped_by_ctrl_c_sigterm_or_kill_resumes_from_the_cli(home, demo_root, capsys):
     """One run through every way a terminal stops it (each CLI run is a process that imports torch:
     one scenario, three processes): Ctrl-C ends the run interrupted; `train --resume` goes on and

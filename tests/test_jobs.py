@@ -29,6 +29,7 @@ def wait_for(store, run_id, statuses, timeout=240):
 
 
 @pytest.mark.workers
+@pytest.mark.e2e
 def test_a_worker_outlives_its_launcher_queues_dies_is_cancelled_and_resumes(demo_root, home):
     """Two real workers through a run's whole life (each worker is a process that imports torch: one
     scenario instead of three keeps the suite fast):

@@ -49,6 +49,7 @@ def test_parse_space_types_and_one_sentence_errors():
 
 
 @pytest.mark.workers
+@pytest.mark.e2e
 def test_grid_sweep_runs_every_configuration_once_and_prunes_one_that_cannot_learn(demo_root, capsys):
     # lr 5 cannot learn: the CPU runs the trials in order, so after two finished trials it is pruned
     # at epoch 2 (warm-up), not trained to the end. The one real end-to-end sweep: every trial in a
@@ -135,6 +136,7 @@ def test_create_refuses_other_settings_under_the_same_name_and_bad_combinations(
 
 
 @pytest.mark.workers
+@pytest.mark.e2e
 def test_cancelled_sweep_stops_its_queued_and_running_trials(demo_root):
     from core.runs import jobs
     sweeps.create("stopme", _base(demo_root, epochs=30), {"seed": [0, 1, 2]})
