@@ -5,7 +5,6 @@ renders quickly; a reproduce-kind study shows the poster's table beside this run
 import json
 import random
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -189,7 +188,7 @@ def test_launch_form_creates_the_sweep_and_shows_it(home, demo_root, monkeypatch
     assert at.query_params["sweep"] in ("mine", ["mine"])
 
 
-def test_a_200_trial_study_renders_fast(demo_root):
+def test_a_200_trial_study_renders_and_is_cached(demo_root, monkeypatch):
     from optuna.trial import TrialState as TS
     from optuna.trial import create_trial
     space = sweeps.parse_space(["lr=0.0001:0.1", "optimizer=adam,sgd", "batch_size=16,24,32,48,96"])
@@ -207,14 +206,15 @@ def test_a_200_trial_study_renders_fast(demo_root):
         trials.append(create_trial(params=params, distributions=dists, intermediate_values=curve, state=state,
                                    value=curve[3] if state == TS.COMPLETE else None, user_attrs=attrs))
     study.add_trials(trials)
-    at = open_sweeps("big")          # cold: imports, the study read, fANOVA importance
+    estimated = []
+    real = sweeps.importance
+    monkeypatch.setattr(sweeps, "importance", lambda name, *a, **k: estimated.append(name) or real(name, *a, **k))
+    at = open_sweeps("big")          # cold: the study read, fANOVA importance
     assert "**200/200** ended" in texts(at, "markdown")
     assert len(at.dataframe[0].value) == 200 and len(at.get("plotly_chart")) == 5
-    t0 = time.perf_counter()
-    at.run()                          # warm: the study is cached until it changes
-    warm = time.perf_counter() - t0
-    assert not at.exception
-    assert warm < 2.0, f"a warm render of 200 trials took {warm:.2f} s"
+    at.run()                          # warm: nothing estimated again until the study changes
+    assert not at.exception and estimated == ["big"]
+    # (how long a warm render of 200 trials takes is a benchmark's business: bench/sweeps.py)
 
 
 def test_reproduce_sweep_shows_the_table_beside_the_posters(demo_root):
