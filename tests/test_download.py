@@ -347,6 +347,7 @@ def test_stopped_download_reruns_without_fetching_anything_twice(tmp_path):
         server.close()
 
 
+@pytest.mark.e2e
 def test_a_killed_cli_download_resumes_where_it_stopped(tmp_path):
     """SIGTERM in the middle of a CLI download: train.csv is written on the way out; the rerun does
     not fetch again any image that was on disk."""

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from PIL import Image
 
 from core.data.prepared import prepare, store_dir
@@ -57,6 +59,7 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
+@pytest.mark.e2e
 def test_pool_workers_die_with_a_killed_caller(tmp_path):
     paths = _images(tmp_path / "img", 300)                     # >= POOL_MIN: decoded by a pool of 2
     script = tmp_path / "child.py"

@@ -82,6 +82,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.e2e
 def test_the_dashboard_listens_on_loopback_when_started_from_another_folder(tmp_path):
     """The attack: `streamlit run /abs/path/dashboard/app.py` from a folder without .streamlit/
     served on every interface. Only 127.0.0.1 is ever contacted here."""

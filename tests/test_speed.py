@@ -262,6 +262,7 @@ def test_usable_cores():
     assert 1 <= P.usable_cores() <= (os.cpu_count() or 1)
 
 
+@pytest.mark.e2e
 def test_a_script_without_a_main_guard_still_finishes(tmp_path):
     """A caller script without `if __name__ == "__main__":` is re-run by each decoding worker as it
     starts: those workers stop at once (they used to wait for the caller's lock: a hang), and the
