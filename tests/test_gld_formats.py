@@ -152,3 +152,12 @@ def test_dataset_page_integer_ids_are_categories_in_frequency_order_with_decoded
     assert any("7 of the 11 images train.csv lists in these classes are not on disk" in w.value
                and "the samples come from the 4 that are" in w.value for w in at.warning)
     assert len(at.get("image")) == 4
+
+
+def test_an_old_runs_encoded_names_in_its_evaluation_read_decoded(tmp_path):
+    """evals of a run evaluated before names were decoded: Evaluate and Compare read them decoded."""
+    from core.runs.store import RunStore
+    store = RunStore(tmp_path / "runs")
+    store.upsert_eval("old", "holdout", {"n": 2, "acc": 0.5, "labels": ["20409", "83"],
+                                        "names": ["Marb%C3%A4cks kyrka, Sm%C3%A5land", "Eiffel Tower"]})
+    assert store.evals("old")["holdout"]["names"] == ["Marbäcks kyrka, Småland", "Eiffel Tower"]

@@ -341,8 +341,17 @@ class RunIndex:
                 self._query("SELECT * FROM epochs WHERE run_id=? ORDER BY epoch", (run_id,))]
 
     def evals(self, run_id: str) -> dict:
-        return {r["split"]: json.loads(r["metrics"])
-                for r in self._query("SELECT * FROM evals WHERE run_id=?", (run_id,))}
+        """split -> its evaluation; class names percent-decoded (runs evaluated before issue 20
+        stored GLDv2's names encoded, as Run.class_names reads them too)."""
+        from core.data.readers import decode_name
+        out = {r["split"]: json.loads(r["metrics"]) for r in self._query("SELECT * FROM evals WHERE run_id=?", (run_id,))}
+        for ev in out.values():
+            names = ev.get("names")
+            if isinstance(names, list):
+                ev["names"] = [decode_name(n) for n in names]
+            elif isinstance(names, dict):
+                ev["names"] = {k: decode_name(n) for k, n in names.items()}
+        return out
 
     def best_val_accs(self) -> dict:
         return {r["run_id"]: r["best"] for r in self._query(
