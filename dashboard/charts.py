@@ -533,3 +533,56 @@ def _palette(i: int) -> str:
     import plotly.express as px
     colors = px.colors.qualitative.Plotly
     return colors[i % len(colors)]
+
+
+# ------------------------------------------------------------------ several runs on one chart (Runs page)
+
+OVERLAY = {   # what -> (title, y axis title, hover format)
+    "val_acc": ("Validation accuracy per epoch", "val acc", ".1%"),
+    "loss": ("Loss per epoch: validation (dashed), training (solid)", "loss", ".4f"),
+    "lr": ("Learning rate per epoch", "learning rate", ".3g"),
+}
+
+
+def overlay_figure(epochs: dict, what: str, log: bool = False) -> go.Figure:
+    """One metric of several runs on one chart (name -> epochs frame, as the run store gives it),
+    as TensorBoard and W&B overlay runs: one colour per run, the legend says the run's name.
+    `what`: "val_acc", "loss" (validation dashed and training solid, one legend entry per run) or
+    "lr" (the learning rate each epoch trained with). `log`: a log y axis (loss and lr only)."""
+    title, ytitle, fmt = OVERLAY[what]
+    metrics = (("val_loss", "dash", "val loss"), ("train_loss", "solid", "train loss")) if what == "loss" \
+        else ((what, "solid", ytitle),)
+    fig = go.Figure()
+    for i, (name, df) in enumerate(epochs.items()):
+        color = _palette(i)
+        shown = False
+        for metric, dash, label in metrics:
+            if metric not in df or df[metric].isna().all():
+                continue
+            fig.add_trace(go.Scatter(x=df["epoch"], y=df[metric], mode="lines+markers", name=name,
+                                     legendgroup=name, showlegend=not shown, line=dict(color=color, dash=dash),
+                                     hovertemplate=f"{name}<br>{label}, epoch %{{x}}: %{{y:{fmt}}}<extra></extra>"))
+            shown = True
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=ytitle, height=320,
+                      yaxis_type="log" if log and what != "val_acc" else "linear",
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    if what == "val_acc":
+        fig.update_yaxes(tickformat=".0%")
+    elif what == "lr":
+        fig.update_yaxes(exponentformat="e")
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+def filter_runs(df: pd.DataFrame, query: str = "", statuses=()) -> pd.DataFrame:
+    """The runs whose name, run id, model or data set contains `query` (any case; every word of it
+    somewhere), and whose status is one of `statuses` (all when none are given)."""
+    keep = pd.Series(True, index=df.index)
+    if statuses:
+        keep &= df["status"].isin(list(statuses))
+    fields = [c for c in ("name", "run_id", "model", "dataset") if c in df]
+    text = df[fields].fillna("").astype(str).agg(" ".join, axis=1).str.lower() if fields and len(df) else \
+        pd.Series("", index=df.index)
+    for word in (query or "").lower().split():
+        keep &= text.str.contains(word, regex=False)
+    return df[keep]

@@ -85,6 +85,7 @@ def runs_table(any_active: bool) -> None:
     df = table()
     if df.empty or any_active and not df["status"].isin(ACTIVE).any():
         st.rerun()  # the last active run just ended: refresh everything once, then stop polling
+    df = table_filter(df)
     main = df.assign(name=df["name"].replace("", "—"), val_last=df["val_last"].map(fmt_acc),
                      holdout_acc=df["holdout_acc"].map(fmt_acc),
                      classes=[str(int(n)) if n is not None and not pd.isna(n) else "—" for n in df["classes_n"]])
@@ -108,6 +109,20 @@ def runs_table(any_active: bool) -> None:
             "freeze": st.column_config.CheckboxColumn("Frozen"), "train_acc": "Train acc",
             "val_acc": st.column_config.TextColumn(charts.VAL_ACC, help=charts.VAL_ACC_HELP),
             "holdout_top5": "Holdout top-5", "holdout_gap": "Holdout GAP", "data": "Data folder"})
+
+
+def table_filter(df: pd.DataFrame) -> pd.DataFrame:
+    """A search box (name, run id, model, data set) and a status filter over the runs table, kept
+    for the session; says how many runs they leave. The run picker below still offers every run."""
+    c1, c2 = st.columns([2, 1])
+    query = c1.text_input("Search runs", key="runs_search", persist_state="session",
+                          placeholder="name, run id, model or data set",
+                          help="Shows the runs whose name, run id, model or data set contains every word typed.")
+    statuses = c2.multiselect("Status", list(ACTIVE) + list(FINAL), key="runs_status", persist_state="session",
+                              format_func=lambda s: f"{STATUS_ICON.get(s, '')} {s}", placeholder="every status")
+    shown = charts.filter_runs(df, query, statuses)
+    st.caption(f"{len(shown)} of {len(df)} runs shown")
+    return shown
 
 
 def pick_run(df: pd.DataFrame) -> str:
@@ -202,20 +217,69 @@ def step_figure(steps: pd.DataFrame, weight: float = charts.SMOOTHING, log: bool
     return charts.step_curves_figure({"train": steps}, weight=weight, log=log)
 
 
+def overlay_pick(run_id: str) -> tuple[list[str], dict[str, str]]:
+    """The "Overlay runs" picker: which runs' curves share the charts (as in TensorBoard or W&B).
+    It follows the selected run until the user changes it; then it keeps the user's runs (deleted
+    ones dropped; none left: the selected run). Returns the run ids, the selected run's first."""
+    runs = store().list()
+    ids = [r["run_id"] for r in runs]
+    mine = [r for r in st.session_state.get("runs_overlay_ids") or [] if r in ids]
+    if not st.session_state.get("runs_overlay_own") or not mine:
+        mine = [run_id]
+        st.session_state["runs_overlay_own"] = False
+    st.session_state["runs_overlay_ids"] = st.session_state["runs_overlay"] = mine  # survives page switches
+    names = run_names(runs)
+    picked = st.multiselect("Overlay runs", ids, key="runs_overlay", format_func=names.get, on_change=_keep_overlay,
+                            placeholder="pick runs to draw on the same charts",
+                            help="Draw the curves of several runs on one chart each, one colour per run.")
+    picked = picked or [run_id]
+    return sorted(picked, key=lambda r: r != run_id), names
+
+
+def _keep_overlay() -> None:
+    st.session_state["runs_overlay_ids"] = st.session_state["runs_overlay"]
+    st.session_state["runs_overlay_own"] = True
+
+
 def plot_curves(run_id: str) -> None:
+    picked, names = overlay_pick(run_id)
     ep, steps = curves(run_id, curve_stamp(run_id), home_key())
-    if ep.empty and steps.empty:
+    if picked == [run_id] and ep.empty and steps.empty:
         st.caption("No metrics yet: curves appear after the first training steps.")
         return
     log, weight = loss_controls("runs")
+    if picked != [run_id]:
+        overlay_curves(run_id, picked, names, log, weight)
+        return
     left, right = st.columns(2)
     if not ep.empty:
         left.plotly_chart(epoch_figure(ep, "acc"), key=f"runs_acc_{run_id}")
         right.plotly_chart(epoch_figure(ep, "loss", log=log), key=f"runs_loss_{run_id}")
     else:
         left.caption("Epoch curves appear when the first epoch ends.")
+    low_left, low_right = st.columns([2, 1])
     if not steps.empty:
-        st.plotly_chart(step_figure(steps, weight, log), key=f"runs_steps_{run_id}")
+        low_left.plotly_chart(step_figure(steps, weight, log), key=f"runs_steps_{run_id}")
+    if not ep.empty:
+        low_right.plotly_chart(charts.overlay_figure({names[run_id]: ep}, "lr"), key=f"runs_lr_{run_id}")
+
+
+def overlay_curves(run_id: str, picked: list[str], names: dict, log: bool, weight: float) -> None:
+    """Validation accuracy, loss, learning rate and per-step loss of every picked run, one chart each."""
+    rows = {r: curves(r, curve_stamp(r), home_key()) for r in picked}
+    epochs = {names[r]: ep for r, (ep, _) in rows.items() if not ep.empty}
+    steps = {names[r]: s for r, (_, s) in rows.items() if not s.empty}
+    left, right = st.columns(2)
+    if epochs:
+        left.plotly_chart(charts.overlay_figure(epochs, "val_acc"), key=f"runs_acc_{run_id}")
+        right.plotly_chart(charts.overlay_figure(epochs, "loss", log=log), key=f"runs_loss_{run_id}")
+    else:
+        left.caption("Epoch curves appear when the first epoch ends.")
+    low_left, low_right = st.columns([2, 1])
+    if steps:
+        low_left.plotly_chart(charts.step_curves_figure(steps, weight=weight, log=log), key=f"runs_steps_{run_id}")
+    if epochs:
+        low_right.plotly_chart(charts.overlay_figure(epochs, "lr"), key=f"runs_lr_{run_id}")
 
 
 # ------------------------------------------------------------------ final state and controls

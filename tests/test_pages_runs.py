@@ -61,7 +61,7 @@ def test_table_lists_runs_and_selected_run_shows_curves_and_final_metrics(use_tr
     # one validation accuracy (issue 21): the last epoch's, the checkpoint's, as the final evaluation reports it
     assert at.dataframe[0].value.set_index("run_id").loc[a, "val_last"] == f"{store.get(a)['summary']['val_acc']:.3f}"
     assert at.selectbox(key="runs_pick").value == b  # newest run, none active
-    assert len(at.get("plotly_chart")) == 3  # accuracy and loss per epoch, loss per step
+    assert len(at.get("plotly_chart")) == 4  # accuracy and loss per epoch, loss per step, learning rate
     pick(at, a)
     assert metric(at, "Holdout accuracy") == f"{store.get(a)['summary']['holdout_acc']:.3f}"
     assert metric(at, "Holdout GAP") == f"{store.get(a)['summary']['holdout_gap']:.3f}"
