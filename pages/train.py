@@ -153,16 +153,19 @@ def split_note(counts: pd.Series) -> None:
         st.warning(warning, icon="⚠️")
 
 
-def form(counts: pd.Series) -> bool:
+def form(counts: pd.Series, model: str) -> str | None:
+    """The form; returns the Weights the radio holds in this run when Launch was pressed, else None.
+    Launch checks that value, the radio's own, never a copy kept elsewhere (issue 21: a copy could
+    say ImageNet while the radio showed None)."""
     n_classes = len(counts)
     ss = st.session_state
-    ok, note = weights_status(ss["train_model"])
-    if not ok and REGISTRY[ss["train_model"]].imagenet is not None:
-        note = imagenet_refusal(ss["train_model"]) or note   # offline: say so before anyone presses Launch
+    ok, note = weights_status(model)
+    if not ok and REGISTRY[model].imagenet is not None:
+        note = imagenet_refusal(model) or note   # offline: say so before anyone presses Launch
     with st.form("train_form", border=True):
         a, b, c = st.columns(3)
-        a.radio("Weights", list(WEIGHT_LABELS), format_func=WEIGHT_LABELS.get, key="train_weights",
-                horizontal=True, **KEEP)
+        weights = a.radio("Weights", list(WEIGHT_LABELS), format_func=WEIGHT_LABELS.get, key="train_weights",
+                          horizontal=True, **KEEP)
         a.caption(("✅ " if ok else "⚠️ ") + note)
         a.text_input("Weight file (for “Weight file…”)", key="train_weights_path", **KEEP,
                      placeholder="/path/to/state_dict.pt or a run's checkpoints/last.pt")
@@ -211,17 +214,18 @@ def form(counts: pd.Series) -> bool:
             g.selectbox("torch.compile", SWITCHES, key="train_compile", **KEEP,
                         help=spec("compile")["help"])
         split_note(counts)
-        return st.form_submit_button("🚀 Launch training run", type="primary", key="train_launch")
+        launched = st.form_submit_button("🚀 Launch training run", type="primary", key="train_launch")
+    return weights if launched else None
 
 
 class ImageNetRefused(UserError):
     """ImageNet weights chosen where they cannot be had: refused before anything is queued."""
 
 
-def build_config(root: Path) -> TrainConfig:
+def build_config(root: Path, model: str, weights: str) -> TrainConfig:
+    """`model` and `weights`: the values the Model select box and the Weights radio returned in this run."""
     ss = st.session_state
-    weights = ss["train_weights"]
-    if weights == "imagenet" and (refusal := imagenet_refusal(ss["train_model"])):
+    if weights == "imagenet" and (refusal := imagenet_refusal(model)):
         raise ImageNetRefused(refusal)
     if weights == "path":
         weights = ss["train_weights_path"].strip()
@@ -233,23 +237,23 @@ def build_config(root: Path) -> TrainConfig:
             raise UserError(f"Weight file {weights} does not exist.")
     values = {f: type(CONFIG_DEFAULTS[f])(ss[k]) for k, f in FIELDS.items()}
     return TrainConfig(
-        data=str(root), model=ss["train_model"], weights=weights, **values,
+        data=str(root), model=model, weights=weights, **values,
         augment=tuple(a for a in AUGMENTATIONS if ss[f"train_aug_{a}"]),
         clean=bool(ss.get("train_clean")) and has_clean(root),
         extra={ui.PARENT: ss["train_parent"]} if ss.get("train_parent") else {},   # "Train again like this"
     ).validate()
 
 
-def submit(root: Path, counts: pd.Series) -> None:
+def submit(root: Path, counts: pd.Series, model: str, weights: str) -> None:
     """Validate, then queue the run; bad input shows one sentence and creates nothing."""
     from core.runs.jobs import launch
     try:
-        cfg = build_config(root)
+        cfg = build_config(root, model, weights)
         top_classes(counts, cfg.classes)
         st.session_state["train_last_run"] = launch(cfg, store())
     except ImageNetRefused as e:
         user_error(e)
-        offer_fixes(st.session_state["train_model"])
+        offer_fixes(model)
     except UserError as e:
         user_error(e)
     except Exception as e:  # noqa: BLE001 - e.g. the store is not writable: say so, keep the page
@@ -342,8 +346,8 @@ if counts is not None:
     fit_classes(len(counts))
     synthetic_note(root)
     st.caption(f"{len(counts):,} classes, {int(counts.sum()):,} images.")
-    st.selectbox("Model", list(REGISTRY), key="train_model", on_change=on_model_change, **KEEP)
-    st.caption(REGISTRY[st.session_state["train_model"]].about)
+    model = st.selectbox("Model", list(REGISTRY), key="train_model", on_change=on_model_change, **KEEP)
+    st.caption(REGISTRY[model].about)
     st.button("⚡ Quick demo run preset", on_click=apply_preset, args=(len(counts),), key="train_preset",
               help="Fills small values (64 px, 3 epochs, up to 10 classes) so a run finishes in minutes on a CPU.")
     if st.session_state.pop("train_again_note", False):
@@ -353,7 +357,7 @@ if counts is not None:
         st.info(f"{fixed} Press **Launch training run**.", icon="✅")
     if st.session_state.pop("train_preset_note", False):
         st.info("Preset filled in: small images, 3 epochs. Press **Launch training run**.", icon="⚡")
-    if form(counts):
-        submit(root, counts)
+    if (weights := form(counts, model)) is not None:
+        submit(root, counts, model, weights)
 
 live(not active_runs().empty)
