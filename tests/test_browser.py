@@ -4,7 +4,8 @@ One journey through a new user's first hour, in one server and one browser (each
 CPU to start; the suite has one of each):
 1. ImageNet weights that cannot be had offline are refused in the Train form;
 2. a run on every class says how many, a reload keeps the selected run and the data set in use,
-   the Runs table fits 1,400 px without a horizontal scroll;
+   the Runs table fits 1,400 px without a horizontal scroll; two runs overlaid on one chart, each
+   under its name in the legend;
 3. the new user's path: the Dataset page shows the (synthetic) demo, the Train page launches a run
    from the preset (with the small CNN, so it trains in seconds), the Runs page shows its curve and
    final accuracy, and the Classify page takes an uploaded photo and shows the top-5 and a saliency
@@ -174,6 +175,31 @@ def all_classes_count_reload_keeps_run_and_table_fits(page, app, home):
     assert "data=demo" in page.url
 
 
+LEGENDS = """() => [...document.querySelectorAll('.js-plotly-plot')]
+  .filter(g => ((g.layout.title || {}).text || '').toLowerCase().includes('val'))
+  .map(g => [...g.querySelectorAll('.legendtext')].map(t => t.textContent))"""
+
+
+def several_runs_overlaid_with_their_names(page, app):
+    """Issue 21: the Runs page draws several runs' curves on one chart, each under its name."""
+    from playwright.sync_api import expect
+
+    from core.runs.store import RunStore
+    from dashboard.common import run_names
+    runs = RunStore().list()
+    names = run_names(runs)
+    first, other = runs[0]["run_id"], runs[1]["run_id"]
+    page.goto(app + f"/runs?run={first}")
+    box = page.get_by_test_id("stMultiSelect").filter(has_text="Overlay runs").first
+    expect(box).to_be_visible()
+    box.click()
+    page.get_by_role("option", name=names[other], exact=True).click()
+    page.keyboard.press("Escape")
+    page.wait_for_function(f"({LEGENDS})().some(l => l.length >= 2)")
+    legends = [sorted(set(l)) for l in page.evaluate(LEGENDS) if len(l) >= 2]
+    assert legends and all(l == sorted({names[first], names[other]}) for l in legends), (legends, names)
+
+
 def new_user_path(page, app, tmp_path):
     from playwright.sync_api import expect
     from PIL import Image
@@ -227,6 +253,7 @@ def test_a_new_users_first_hour(app, home, tmp_path):
         expect.set_options(timeout=120_000)  # a loaded 2-core CI machine is slow; expect's default is 5 s
         imagenet_without_internet_is_refused(page, app)
         all_classes_count_reload_keeps_run_and_table_fits(page, app, home)
+        several_runs_overlaid_with_their_names(page, app)
         new_user_path(page, app, tmp_path)
         integer_ids_in_frequency_order(page, app, home)     # last: the data set in use becomes this one
         browser.close()
