@@ -11,6 +11,7 @@ from core.data.prepared.jpeg import DATA, JpegStore
 from core.errors import UserError
 from core.runs.jobs import run_job
 from core.runs.store import RunStore
+from core.train.engine import _LazyRows  # the engine's view of one split's rows
 from core.train.pipeline import PreparedBatches, decode_on_device, to_float
 from tests.conftest import tiny_config
 
@@ -60,7 +61,7 @@ def test_jpeg_store_holds_the_raw_stores_pixels_and_feeds_batches(tmp_path):
     targets = ok % 3
     for device_decode in (False, True):
         batches = PreparedBatches(jpg.store, targets, batch_size=5, shuffle=True, seed=1, device_decode=device_decode)
-        split = PreparedBatches(_Rows(jpg.store, jpg.rows[ok]), targets, 5, shuffle=True, seed=1,
+        split = PreparedBatches(_LazyRows(jpg.store, jpg.rows[ok]), targets, 5, shuffle=True, seed=1,
                                     device_decode=device_decode)
         seen = 0
         for x, y in split.epoch(0):
@@ -70,19 +71,6 @@ def test_jpeg_store_holds_the_raw_stores_pixels_and_feeds_batches(tmp_path):
             assert torch.equal(img.mean((2, 3)).argmax(1), y)
             seen += len(y)
         assert seen == 12 and len(batches) == 3
-
-
-class _Rows:
-    """As the engine's view of the rows of one split."""
-
-    def __init__(self, images, rows):
-        self.images, self.rows = images, rows
-
-    def __getitem__(self, idx):
-        return self.images[self.rows[idx]]
-
-    def encoded(self, idx):
-        return self.images.encoded(self.rows[idx])
 
 
 def test_an_interrupted_jpeg_store_resumes_and_repairs_itself(tmp_path, monkeypatch):
