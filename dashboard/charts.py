@@ -16,6 +16,7 @@ from itertools import count
 
 import numpy as np
 import pandas as pd
+import plotly.colors as pcolors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -261,6 +262,13 @@ def class_options(ev: dict) -> dict[int, str]:
     return {i: f"{n} · {l}" if str(n) != str(l) else str(l) for i, (n, l) in enumerate(zip(ev["names"], ev["labels"]))}
 
 
+def accuracy_colors(acc) -> list[str]:
+    """Red (0 %) through yellow to green (100 %) as colour strings: plotly.js reads numbers given as
+    bar colours as invalid colour specifiers when it picks the inside text's contrast (issue 21)."""
+    return pcolors.sample_colorscale("RdYlGn", np.clip(np.asarray(acc, dtype=np.float64), 0, 1).tolist()) \
+        if len(acc) else []
+
+
 def per_class_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
     """Per-class accuracy: sorted bars (the seed's Fig. 4) up to BARS_MAX classes, above it a
     histogram of how many classes reach each accuracy; classes without images are left out."""
@@ -268,7 +276,7 @@ def per_class_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
     if len(d) > BARS_MAX:
         return _histogram({"classes": d["acc"]}, "accuracy", title, (0, 1))
     fig = go.Figure(go.Bar(
-        x=list(range(len(d))), y=d["acc"], marker=dict(color=d["acc"], colorscale="RdYlGn", cmin=0, cmax=1),
+        x=list(range(len(d))), y=d["acc"], marker_color=accuracy_colors(d["acc"]),
         customdata=np.stack([d["name"], d["label"], d["support"], d["correct"]], axis=1) if len(d) else None,
         hovertemplate="%{customdata[0]} (label %{customdata[1]})<br>accuracy %{y:.1%} "
                       "= %{customdata[3]}/%{customdata[2]} images<extra></extra>",

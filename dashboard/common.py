@@ -421,6 +421,32 @@ def user_error(e: Exception) -> None:
     st.error(str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}", icon="🚫")
 
 
+# ------------------------------------------------------------------ what runs vs what waits for a slot
+
+def trial_slots(configs: list[dict], run_status) -> tuple[int, int]:
+    """(trials whose run really runs, trials that wait for a slot) among a sweep's trials in Optuna's
+    RUNNING state: the driver asks for the next trial before a slot is free, so Optuna's count of
+    running trials can exceed the device's slots (issue 21: "2 running" with one CPU slot). A run runs
+    once its job has a worker ("starting" or "running"); one queued, or not created yet, waits.
+    `run_status(run_id)` -> the run's job status, or None."""
+    running = waiting = 0
+    for c in configs:
+        if c.get("state") != "running":
+            continue
+        status = run_status(c["run_id"]) if c.get("run_id") else None
+        if status in ("starting", "running"):
+            running += 1
+        elif status in (None, "queued"):
+            waiting += 1
+    return running, waiting
+
+
+def run_status(run_id: str) -> str | None:
+    """A run's job status from the store (None when the run is unknown)."""
+    run = store().get(run_id)
+    return run.get("status") if run else None
+
+
 # ------------------------------------------------------------------ the internet, for ImageNet weights
 
 @st.cache_data(show_spinner=False, ttl=60)

@@ -202,11 +202,11 @@ def parallel_figure(df: pd.DataFrame, params: list[str]) -> go.Figure:
     for p in [*params, "state"]:
         s = d[p]
         if is_categorical(s):
-            vals = ordered_values(s)
-            idx = {fmt(v): i for i, v in enumerate(vals)}
-            dims.append(dict(label=p, values=[idx.get(fmt(v), -1) for v in s], tickvals=list(range(len(vals))),
-                             ticktext=[fmt(v) for v in vals], range=[-0.3, len(vals) - 0.7] if len(vals) > 1 else
-                             [-1, 1]))
+            # one tick per shown label: values that print alike (0.001 and 0.0010001, True and 1) share it
+            labels = list(dict.fromkeys([fmt(v) for v in ordered_values(s)] + [fmt(v) for v in s.dropna()]))
+            idx = {t: i for i, t in enumerate(labels)}
+            dims.append(dict(label=p, values=[idx.get(fmt(v), -1) for v in s], tickvals=list(range(len(labels))),
+                             ticktext=labels, range=[-0.3, len(labels) - 0.7] if len(labels) > 1 else [-1, 1]))
         else:
             v = pd.to_numeric(s, errors="coerce")
             log = _log_scale(v)

@@ -14,7 +14,7 @@ from core.runs import jobs, reproduce, sweeps
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS
 from dashboard import charts, nav
 from dashboard import sweep_charts as sc
-from dashboard.common import store, to_url, url_pick, user_error
+from dashboard.common import run_status, store, to_url, trial_slots, url_pick, user_error
 from dashboard.sweep_study import POLL_S, driver_job, importance, is_live, load_info, sweep_list
 
 PCT = sc.PCT
@@ -57,8 +57,10 @@ def pick_sweep(names: list[dict]) -> str:
 
 def status_line(info: dict, job: dict | None) -> None:
     c = info["counts"]
+    running, queued = trial_slots(info["configs"], run_status)   # what runs vs what waits for a slot
     parts = [f"**{c['ended']}/{info['planned']}** ended", f"✅ {c['complete']} complete", f"✂️ {c['pruned']} pruned",
-             f"❌ {c['failed']} failed", f"🏃 {c['running']} running", f"⏳ {c['waiting']} waiting"]
+             f"❌ {c['failed']} failed", f"🏃 {running} running",
+             f"⏳ {c['waiting'] + queued} waiting" + (f" ({queued} for a free slot)" if queued else "")]
     st.markdown(" · ".join(parts))
     driver = ("driver job " + job["status"] + (f" ({job['job_id']})" if job.get("job_id") else "")) if job \
         else "no driver job on this machine"
