@@ -5,10 +5,8 @@ itself, so all attributions live in image space. Pixel methods return (N, 3, H, 
 Grad-CAM returns (N, 1, H, W) upsampled to the input size.
 
 Attribution borrows the model: it is switched to eval mode, in-place ReLUs are made
-out-of-place, its parameters stop requiring grad (every method needs gradients with respect to the
-input or a layer's output only; computing the weights' gradients too made each backward pass about
-three times slower on the CPU) and captum registers hooks. ``model_guard`` gives all of that back,
-on success and on error alike (hooks are resources too).
+out-of-place and captum registers hooks. ``model_guard`` gives all of that back, on
+success and on error alike (hooks are resources too).
 
 Saliency and vanilla backpropagation are the same gradient (its size and its sign): ``input_gradient``
 computes it once per model, image and class and both methods read it (a small cache, dropped when the
@@ -87,8 +85,7 @@ def _drop_new_hooks(model: nn.Module, before: dict) -> None:
 
 @contextmanager
 def model_guard(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode, out-of-place ReLUs, frozen parameters and grad enabled for the block; everything
-    restored after.
+    """Eval mode, out-of-place ReLUs and grad enabled for the block; everything restored after.
 
     ReLUs: captum's GuidedBackprop hooks nn.ReLU modules and in-place ReLU (torchvision
     ResNet/VGG use ``ReLU(inplace=True)``) breaks its tensor hooks, so ``inplace`` is
@@ -104,8 +101,6 @@ def model_guard(model: nn.Module) -> Iterator[nn.Module]:
             model.eval()
             for m in relus:
                 m.inplace = False
-            for p, _ in grads:
-                p.requires_grad_(False)   # gradients w.r.t. the input only: no weight gradients
             with torch.enable_grad(), warnings.catch_warnings():
                 # captum warns about every hook it sets and every input it marks as
                 # requiring grad; core never prints, and these are expected here.
