@@ -13,7 +13,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
-from core.explain import METHODS, explain
+from core.explain import METHODS, explain, explain_one
 from core.serve.predictor import Predictor
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
@@ -67,6 +67,25 @@ def test_saliency_and_vanilla_share_one_gradient_and_keep_their_maps(model):
     explain(model, x, 1, "vanilla")            # another class, another image: new gradients
     explain(model, torch.rand(1, 3, 32, 32), 2, "saliency")
     assert CountBackward.calls == 2
+
+
+def test_vanilla_after_saliency_makes_no_pass_at_all_in_explain_one(model):
+    class Pred:  # what explain_one reads of a predictor
+        names = ["a", "b", "c"]
+
+    pred = Pred()
+    pred.model = model
+    model.cam_layer, model.submodule = "net.0", lambda path: model.net[0]
+    forwards = []
+    model.register_forward_hook(lambda m, i, o: forwards.append(i[0].shape[0]))
+    x = torch.rand(1, 3, 32, 32)
+    sal = explain_one(pred, x, "saliency", target=1)
+    assert forwards == [1, 17, 17]             # one gradient, then deletion and insertion (16 steps + 1)
+    van = explain_one(pred, x, "vanilla", target=1)
+    assert forwards == [1, 17, 17]             # the same gradient and the same map's faithfulness
+    assert van["faithfulness"] == sal["faithfulness"] and (van["attr"] < 0).any()
+    explain_one(pred, x, "guided", target=1)   # another map: its own passes
+    assert forwards == [1, 17, 17, 1, 17, 17]
 
 
 def test_new_weights_drop_the_shared_gradient(model):
