@@ -109,11 +109,29 @@ tta = st.toggle("Average with the mirror image", value=bool(pred.cfg.tta), key=f
                      "(on by default where the run evaluated that way). Two forward passes instead of one.")
 
 
-def top5(image) -> tuple[object, list[dict], float]:
+def model_key() -> str:
+    return f"{run_id}:{store().run(run_id).checkpoint_mtime()}"
+
+
+def image_key(image) -> str:
+    """sha1 of the photo's pixels, size and mode: the same photo on every rerun, whatever else changed."""
+    h = hashlib.sha1(f"{image.mode}:{image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def prediction(model_key: str, image_key: str, tta: bool, _image) -> tuple[object, list[dict], float]:
+    """Input tensor, top-5 and its time, once per run, checkpoint, photo and TTA: changing the explanation
+    methods, the class or the opacity reruns the page without another forward pass."""
     t0 = time.perf_counter()
-    x = pred.tensor(image)
+    x = pred.tensor(_image)
     rows = pred.top(x, 5, tta=tta)
     return x, rows, (time.perf_counter() - t0) * 1000
+
+
+def top5(image) -> tuple[object, list[dict], float]:
+    return prediction(model_key(), image_key(image), bool(tta), image)
 
 
 def show_top5(name: str, image, rows: list[dict], ms: float) -> None:
@@ -127,11 +145,11 @@ def show_top5(name: str, image, rows: list[dict], ms: float) -> None:
 
 
 st.subheader("Top-5 classes")
-inputs = []
+inputs = []  # (name, tensor, top class)
 for name, image in images:
     x, rows, ms = top5(image)
     show_top5(name, image, rows, ms)
-    inputs.append((name, x))
+    inputs.append((name, x, rows[0]["class"]))
 
 
 # ------------------------------------------------------------------ explanations
@@ -141,10 +159,6 @@ def attribution(model_key: str, image_key: str, method: str, target: int, _x) ->
     """explain_one once per model, image, method and class; the overlay is redrawn per alpha."""
     r = explain_one(pred, _x, method, target)
     return {k: r[k] for k in ("attr", "map", "ms", "name", "faithfulness", "deletion_auc", "insertion_auc")}
-
-
-def model_key() -> str:
-    return f"{run_id}:{store().run(run_id).checkpoint_mtime()}"
 
 
 def explain_controls() -> tuple[int, list[str], float, int]:
@@ -192,18 +206,19 @@ def show_legend(col, method: str) -> None:
     col.caption(legend(method)[1])
 
 
-def show_explanations(name: str, x, target: int, methods: list[str], alpha: float, photo) -> None:
+def show_explanations(name: str, x, top: int, target: int, methods: list[str], alpha: float, photo) -> None:
     key_img = hashlib.sha1(x.numpy().tobytes()).hexdigest()
     base = display_photo(photo)
     if target == TOP_CLASS:
-        target = int(pred.probs(x, tta)[0].argmax())
+        target = top  # the top-5's first row: no second forward pass
     results, cols = [], st.columns(min(3, len(methods)))
     for i, m in enumerate(methods):
         with st.spinner(f"{METHODS[m].label} ({passes(m)})…"):
             r = attribution(model_key(), key_img, m, target, x)
         img = render(m, base, r["attr"][0], alpha=alpha)
         col = cols[i % len(cols)]
-        col.image(img, caption=f"{METHODS[m].label} · class “{r['name']}” · {r['ms']:.0f} ms",
+        note = f" · {METHODS[m].note}" if METHODS[m].note else ""  # e.g. SmoothGrad's sample count
+        col.image(img, caption=f"{METHODS[m].label}{note} · class “{r['name']}” · {r['ms']:.0f} ms",
                   width="stretch")
         stem = name.rsplit(".", 1)[0].replace(" ", "_").replace(":", "")
         col.download_button("Download PNG", to_png_bytes(img), file_name=f"{stem}_{m}.png", mime="image/png",
@@ -223,7 +238,7 @@ def show_explanations(name: str, x, target: int, methods: list[str], alpha: floa
 
 st.subheader("Why? Explanations")
 target, methods, alpha, chosen = explain_controls()
-name, x = inputs[chosen]
+name, x, top = inputs[chosen]
 coarse = [METHODS[m].label for m in methods if not METHODS[m].pixel]
 if coarse and min(pred.cam_grid()) <= 4:
     h, w = pred.cam_grid()
@@ -234,6 +249,6 @@ if not methods:
     st.info("Choose at least one explanation method.")
 else:
     try:
-        show_explanations(name, x, target, methods, alpha, images[chosen][1])
+        show_explanations(name, x, top, target, methods, alpha, images[chosen][1])
     except UserError as e:
         user_error(e)

@@ -7,14 +7,16 @@ A predictor is anything with ``model`` (a LandmarkNet: ``cam_layer``, ``submodul
 """
 from __future__ import annotations
 
+import hashlib
 import time
+import weakref
 
 import numpy as np
 from torch import Tensor, nn
 
 from core.errors import UserError
 from core.explain.faithfulness import faithfulness
-from core.explain.methods import Target, get_method
+from core.explain.methods import Target, _weights_version, get_method
 from core.explain.render import render, to_map
 
 
@@ -34,8 +36,26 @@ def image_uint8(x) -> np.ndarray:
     return (x[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
 
 
+_FAITH: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _shared_faithfulness(model: nn.Module, x: Tensor, target: int, m: np.ndarray):
+    """faithfulness() once per model weights, image, class and map: the score depends on the map's
+    ranking only, so saliency and vanilla backpropagation (the same |gradient| map) share one."""
+    h = hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(np.ascontiguousarray(m, dtype=np.float32).tobytes())
+    key = (_weights_version(model), int(target), tuple(x.shape), h.hexdigest())
+    cache = _FAITH.setdefault(model, {})
+    if key not in cache:
+        if len(cache) >= 16 or any(k[0] != key[0] for k in cache):
+            cache.clear()
+        cache[key] = faithfulness(model, x, target, m)
+    return cache[key]
+
+
 def explain_one(pred, x, method: str, target: int | None = None, alpha: float = 0.5) -> dict:
-    """Attribution, its rendering and its faithfulness score for one image (1,3,H,W)."""
+    """Attribution, its rendering and its faithfulness score for one image (1,3,H,W). Work shared
+    between methods (the input gradient, the faithfulness of one map) is done once."""
     get_method(method)  # an unknown name: one sentence, before the forward pass
     target = int(pred.probs(x)[0].argmax()) if target is None else int(target)
     layer = pred.model.submodule(pred.model.cam_layer)
@@ -43,7 +63,7 @@ def explain_one(pred, x, method: str, target: int | None = None, alpha: float = 
     attr = explain(pred.model, x, target, method, target_layer=layer)
     ms = (time.perf_counter() - t0) * 1000
     m = to_map(attr[0])
-    faith = faithfulness(pred.model, x, target, m)
+    faith = _shared_faithfulness(pred.model, x, target, m)
     return {"method": method, "target": target, "name": pred.names[target], "attr": attr, "map": m,
             "image": render(method, image_uint8(x), attr[0], alpha=alpha), "ms": ms,
             "faithfulness": faith.score, "deletion_auc": faith.deletion_auc, "insertion_auc": faith.insertion_auc}

@@ -8,6 +8,10 @@ Attribution borrows the model: it is switched to eval mode, in-place ReLUs are m
 out-of-place and captum registers hooks. ``model_guard`` gives all of that back, on
 success and on error alike (hooks are resources too).
 
+Saliency and vanilla backpropagation are the same gradient (its size and its sign): ``input_gradient``
+computes it once per model, image and class and both methods read it (a small cache, dropped when the
+model's weights change).
+
 Each method is one class that also says how it is shown (label, kind, legend, cost);
 ``@register`` puts it in ``METHODS``, which the CLI, the renderer and the Classify page read.
 Adding a method is one decorated class here (or in any module imported before use).
@@ -133,6 +137,38 @@ def default_target_layer(model: nn.Module) -> nn.Module:
     return convs[-1]
 
 
+_GRADS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_GRADS_PER_MODEL = 8  # (image, class) pairs kept per model; the Classify page explains one at a time
+
+
+def _weights_version(model: nn.Module) -> int:
+    """Grows whenever a parameter or buffer is changed in place (optimizer step, load_state_dict)."""
+    return sum(t._version for t in model.parameters()) + sum(t._version for t in model.buffers())
+
+
+def _grad_key(model: nn.Module, x: Tensor, target: Target) -> tuple:
+    t = target.detach().cpu().numpy().tobytes() if isinstance(target, Tensor) else target
+    data = x.detach().cpu().contiguous().numpy().tobytes()
+    return (_weights_version(model), tuple(x.shape), str(x.device), hash(data), data, repr(t))
+
+
+def input_gradient(model: nn.Module, x: Tensor, target: Target) -> Tensor:
+    """The signed gradient dS_target/dx (captum's Saliency with abs=False), computed once per model,
+    image batch and target: saliency (its size) and vanilla backpropagation (it, signed) share it.
+    ``x`` as ``Method.attribute`` passes it (on the model's device, requiring grad; the caller holds
+    ``model_guard``). Returns a detached tensor that callers must not modify in place."""
+    key = _grad_key(model, x, target)
+    with _lock_for(model):
+        cache = _GRADS.setdefault(model, {})
+        hit = cache.get(key)
+        if hit is None:
+            hit = Saliency(model).attribute(x, target=target, abs=False).detach()
+            if len(cache) >= _GRADS_PER_MODEL or any(k[0] != key[0] for k in cache):
+                cache.clear()      # new weights make every entry stale; otherwise keep it small
+            cache[key] = hit
+        return hit
+
+
 KINDS = ("signed", "heat")
 """How a method's map is drawn: "signed" has a sign (more or less of the class score), drawn as a
 diverging map centred on zero; "heat" is a magnitude (|gradient|, Grad-CAM's ReLU), dark to bright."""
@@ -181,6 +217,7 @@ class Method:
     cost = 1     # forward+backward passes through the model per image (Classify's help and spinner say it)
     pixel = True  # False: a layer's coarse map upsampled (Grad-CAM, (N, 1, H, W)); True: (N, 3, H, W)
     same_ranking_as = ""  # a method whose map ranks pixels identically, so faithfulness scores match
+    note = ""    # a short count shown after the label in captions, e.g. "16 noisy samples"
 
     def __init__(self, model: nn.Module, target_layer: nn.Module | None = None) -> None:
         self.model = model
@@ -216,7 +253,7 @@ class SaliencyMethod(Method):
               "largest over the colour channels); dark: it hardly matters.")
 
     def _attribute(self, x, target):
-        return Saliency(self.model).attribute(x, target=target, abs=True)
+        return input_gradient(self.model, x, target).abs()   # = Saliency(model).attribute(abs=True)
 
 
 @register
@@ -232,7 +269,7 @@ class VanillaMethod(Method):
     same_ranking_as = "saliency"
 
     def _attribute(self, x, target):
-        return Saliency(self.model).attribute(x, target=target, abs=False)
+        return input_gradient(self.model, x, target).clone()  # = Saliency(model).attribute(abs=False)
 
 
 class _GuidedBackprop(GuidedBackprop):
@@ -290,6 +327,7 @@ class IntegratedGradientsMethod(Method):
     legend = ("Red: the pixel adds to the class score compared with a black image; blue: it takes away; "
               "no colour: no part (summed over the colour channels; the total is the score difference).")
     cost = N_STEPS
+    note = f"{N_STEPS} steps"
 
     def __init__(self, model, target_layer=None, n_steps: int = N_STEPS, internal_batch_size: int = 32):
         super().__init__(model, target_layer)
@@ -314,6 +352,7 @@ class SmoothGradMethod(Method):
     legend = (f"Bright: as the saliency map (size of the gradient), averaged over {NT_SAMPLES} noisy copies "
               "of the image, so less speckled; dark: it hardly matters.")
     cost = NT_SAMPLES
+    note = f"{NT_SAMPLES} noisy samples"
 
     def __init__(self, model, target_layer=None, nt_samples: int = NT_SAMPLES, stdev_frac: float = 0.15,
                  batch_size: int = 16, seed: int | None = 0):
