@@ -129,7 +129,7 @@ def test_short_labels_keep_colliding_cuts_apart():
 def test_short_labels_unique_and_bounded_for_any_names():
     from hypothesis import given, settings, strategies as hs
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=100, deadline=None)
     @given(names=hs.lists(hs.text(alphabet="ab_ …#1", max_size=30) | hs.text(max_size=30), unique=True, max_size=60),
            width=hs.integers(1, 30))
     def check(names, width):

@@ -235,6 +235,7 @@ def test_pool_writes_the_same_bytes_as_one_process(tmp_path, monkeypatch):
     assert P.prepare(paths, 24, key="many", workers=3).decoded == 0
 
 
+@pytest.mark.e2e
 def test_a_cancelled_pool_leaves_a_store_that_finishes_right(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "POOL_MIN", 8)
     monkeypatch.setattr(P, "TASK", 2)
