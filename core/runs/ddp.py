@@ -33,6 +33,7 @@ from core.runs.jobs import Context, failure
 # ------------------------------------------------------------------ every process torchrun starts
 
 def _interrupt(*_):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # once: a second stop must not break off the report
     raise KeyboardInterrupt()
 
 
@@ -83,6 +84,9 @@ def main(argv=None) -> int:
     except BaseException as e:  # noqa: BLE001 - every failure becomes this process's report
         report = _failure(e)
     finally:
+        # torchrun's stop (SIGTERM) arriving while the report is written would leave a traceback on the
+        # terminal and no report: the report is written first, then a stop ends us quietly
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             atomic_write(Path(a.reports) / f"rank{rank}.json", json.dumps(report, default=float))
         except OSError:
