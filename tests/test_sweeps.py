@@ -161,14 +161,20 @@ def test_cancelled_sweep_stops_its_queued_and_running_trials(demo_root):
 
 def test_reproduce_quick_fills_its_table(demo_root, monkeypatch, capsys):
     from core.cli import main
-    from tests.conftest import jobs_here
-    jobs_here(monkeypatch)                   # real training, in this process (the grid sweep above has workers)
+    from core.runs import jobs
+
+    def trained(store, job_id, slot=None):   # a stand-in for the worker: the real trials' training is the
+        store.set(job_id, status="done", finished=time.time(),   # grid sweep's (make e2e); here, the table
+                  summary={"train_acc": 0.9, "val_acc": 0.8, "holdout_acc": 0.7})
+    monkeypatch.setattr(jobs, "spawn", trained)
     assert main(["reproduce", "--data", str(demo_root), "--classes", "3", "--models", "small_cnn", "--quick",
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["quick"] and len(out["rows"]) == 1
     for row in out["rows"]:
-        assert row["status"] == "done" and row["this"]["holdout"] is not None and row["this"]["train"] > 0
+        assert row["status"] == "done" and row["this"] == {"train": 0.9, "val": 0.8, "holdout": 0.7, "holdout_n": None}
+        run = RunStore().get(row["run_id"])["config"]            # the trial trained the quick recipe, as itself
+        assert (run["model"], run["weights"], run["image_size"], run["epochs"]) == ("small_cnn", "none", 64, 2)
         assert row["poster"]["holdout"] is None                               # the poster has no small_cnn row
         assert row["trained"] == "small_cnn" and row["scratch"] and not row["stand_in"]   # itself, from scratch
     from core.runs import reproduce
