@@ -154,7 +154,7 @@ def _keep_pick() -> None:
 
 # ------------------------------------------------------------------ live view
 
-def live_view(run_id: str, was_active: bool) -> None:
+def live_view(run_id: str, was_active: bool, runs: pd.DataFrame) -> None:
     jobs.reap(store())  # a worker that died mid-run shows as interrupted
     run = store().get(run_id)
     if run is None or (was_active and run["status"] not in ACTIVE):
@@ -162,7 +162,7 @@ def live_view(run_id: str, was_active: bool) -> None:
     status_line(run)
     if run["status"] in ACTIVE:
         progress_bar(run)
-    plot_curves(run_id)
+    plot_curves(run_id, runs)
 
 
 def status_line(run: dict) -> None:
@@ -217,12 +217,12 @@ def step_figure(steps: pd.DataFrame, weight: float = charts.SMOOTHING, log: bool
     return charts.step_curves_figure({"train": steps}, weight=weight, log=log)
 
 
-def overlay_pick(run_id: str) -> tuple[list[str], dict[str, str]]:
+def overlay_pick(run_id: str, runs: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
     """The "Overlay runs" picker: which runs' curves share the charts (as in TensorBoard or W&B).
     It follows the selected run until the user changes it; then it keeps the user's runs (deleted
-    ones dropped; none left: the selected run). Returns the run ids, the selected run's first."""
-    runs = store().list()
-    ids = [r["run_id"] for r in runs]
+    ones dropped; none left: the selected run). `runs`: the page's runs frame (read once a rerun, not
+    again at every poll). Returns the run ids, the selected run's first."""
+    ids = runs["run_id"].tolist()
     mine = [r for r in st.session_state.get("runs_overlay_ids") or [] if r in ids]
     if not st.session_state.get("runs_overlay_own") or not mine:
         mine = [run_id]
@@ -241,8 +241,8 @@ def _keep_overlay() -> None:
     st.session_state["runs_overlay_own"] = True
 
 
-def plot_curves(run_id: str) -> None:
-    picked, names = overlay_pick(run_id)
+def plot_curves(run_id: str, runs: pd.DataFrame) -> None:
+    picked, names = overlay_pick(run_id, runs)
     ep, steps = curves(run_id, curve_stamp(run_id), home_key())
     if picked == [run_id] and ep.empty and steps.empty:
         st.caption("No metrics yet: curves appear after the first training steps.")
@@ -393,13 +393,13 @@ def name_and_notes(run: dict) -> None:
         st.form_submit_button("Save name and notes", on_click=on_rename, args=(run_id,))
 
 
-def details(run: dict) -> None:
+def details(run: dict, runs: pd.DataFrame) -> None:
     status = run["status"]
     if status == "interrupted":
         st.warning("The worker process stopped (killed, or the machine restarted) before the run finished. "
                    "**Resume** continues from its last checkpoint.", icon="⚠️")
     live = st.fragment(run_every=POLL_S if status in ACTIVE else None)(live_view)
-    live(run["run_id"], status in ACTIVE)
+    live(run["run_id"], status in ACTIVE, runs)
     if status == "done":
         final_metrics(run)
     elif status == "failed":
@@ -457,4 +457,4 @@ else:
         st.rerun()
     st.subheader(run_label(run))
     parent_link(run)
-    details(run)
+    details(run, frame)
