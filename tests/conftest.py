@@ -20,11 +20,26 @@ THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 os.environ.setdefault("STREAMLIT_CLIENT_SHOW_ERROR_DETAILS", "full")  # tests see tracebacks; users do not
 
-import torch  # noqa: E402
 
-import core.runs.tasks  # noqa: E402,F401 - the job kinds register themselves (as the app, CLI and worker do)
+def _worker_setup():
+    """What every process that runs tests needs (not the xdist controller, which only hands tests out:
+    importing torch there would delay every worker's start by seconds)."""
+    import torch
 
-torch.set_num_threads(THREADS)
+    import core.runs.tasks  # noqa: F401 - the job kinds register themselves (as the app, CLI and worker do)
+    torch.set_num_threads(THREADS)
+    _scan_components_once()
+
+
+def _scan_components_once():
+    """Streamlit's AppTest scans the metadata of every installed package for custom components
+    each time a test app first runs (~0.65 s on this venv: a third of a typical page test's CPU).
+    The installed packages cannot change during a test session: scan once per process."""
+    import functools
+
+    from streamlit.components.v2 import manifest_scanner
+    if not hasattr(manifest_scanner.scan_component_manifests, "cache_info"):
+        manifest_scanner.scan_component_manifests = functools.cache(manifest_scanner.scan_component_manifests)
 
 
 # ------------------------------------------------------------------ no network
@@ -99,6 +114,7 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
     # ImageNet weights are never downloaded here, with or without internet: torch.hub refuses before
     # connecting, as it does offline (so core.runs.reproduce.plan picks its stand-in, deterministically)
+    import torch
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
     for k, v in OFFLINE_ENV.items():
         monkeypatch.setenv(k, v)
@@ -111,6 +127,34 @@ def no_network(monkeypatch):
 
 # ------------------------------------------------------------------ a fresh home per test
 
+def pytest_sessionstart(session):
+    """The xdist controller is idle while its workers start: it deletes now the old sessions' temporary
+    folders that pytest would delete at the very end, after the last test (~0.8 GB of small files
+    each: seconds of I/O at the end of every run). In a thread; each folder is first renamed to
+    pytest's own garbage- prefix, so that pytest's cleanup and this one never delete the same tree."""
+    config = session.config
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
+        return
+    import threading
+    import uuid
+    current = config._tmp_path_factory.getbasetemp()
+    keep = int(config.getini("tmp_path_retention_count"))
+    try:
+        number = int(current.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):               # --basetemp given: nothing numbered to clean
+        return
+    old = []
+    for d in current.parent.glob("pytest-*"):
+        suffix = d.name.rsplit("-", 1)[1]
+        if suffix.isdigit() and int(suffix) <= number - keep and not (d / ".lock").exists():
+            try:
+                old.append(d.rename(d.with_name(f"garbage-{uuid.uuid4()}")))
+            except OSError:
+                pass
+    if old:
+        threading.Thread(target=lambda: [shutil.rmtree(d, ignore_errors=True) for d in old], daemon=True).start()
+
+
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch):
     h = tmp_path / "home"
@@ -122,6 +166,8 @@ def home(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ jobs: in this process unless asked
 
 def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
+        _worker_setup()
     config.addinivalue_line("markers", "workers: jobs this test starts run in worker processes of their own, "
                                        "as in the product (the default in tests: they wait, see `started_jobs`)")
     config.addinivalue_line("markers", "e2e: a scenario across real processes (workers, the CLI, torchrun, a "

@@ -20,12 +20,13 @@ import struct
 import warnings
 import zlib
 from collections import deque
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 
 from core.data.prepared import pool as cpu_pool
-from core.data.prepared.pool import _decode_rows, _pool, _pwrite, last_stats
+from core.data.prepared.pool import _decode_rows, _executor, _pwrite, last_stats
 
 GPU_BATCH = 256  # images per nvJPEG batch
 GPU_BATCH_PIXELS = 100_000_000  # and at most this many decoded pixels per batch (GPU memory)
@@ -274,8 +275,8 @@ def _gpu_rows(fd: int, data: Path, todo: list[str], first: int, size: int, worke
 
 class _GpuRun:
     """The state of one _gpu_rows call. `plan`: batches started, (batch, "read", [read futures])
-    or (batch, "pool", AsyncResult); `done`: batches decoded whose rows are being written,
-    (batch, "gpu", [write futures], {k: CPU result}) or (batch, "pool", AsyncResult)."""
+    or (batch, "pool", _PoolBatch); `done`: batches decoded whose rows are being written,
+    (batch, "gpu", [write futures], {k: CPU result}) or (batch, "pool", _PoolBatch)."""
 
     def __init__(self, fd: int, data: Path, todo: list[str], first: int, size: int, workers: int, device):
         from concurrent.futures import ThreadPoolExecutor
@@ -284,7 +285,7 @@ class _GpuRun:
         self.row_bytes = size * size * 3
         self.threads = ThreadPoolExecutor(max(4, min(32, workers)))
         share = GPU_WITH_POOL and workers >= 4 and len(todo) >= 4 * GPU_BATCH
-        self.pool = _pool(workers - 2) if share else None
+        self.pool = _executor(workers - 2) if share else None
         self.pool_ahead = -(-(workers - 2) * cpu_pool.TASK // GPU_BATCH) + 1 if share else 0  # batches that keep it busy
         self.starts = list(range(0, len(todo), GPU_BATCH))
         self.plan: deque = deque()
@@ -315,7 +316,7 @@ class _GpuRun:
                     r.cancel()
         self.threads.shutdown(wait=True)
         if self.pool is not None:
-            self.pool.terminate()
+            self.pool.shutdown(wait=True, cancel_futures=True)   # tasks are a few images each
 
     def paths(self, b):
         return self.todo[self.starts[b]:self.starts[b] + GPU_BATCH]
@@ -331,7 +332,7 @@ class _GpuRun:
             if self.pool is not None and self.pool_busy() < self.pool_ahead:
                 its, task = self.items(self.nxt), cpu_pool.TASK
                 tasks = [(str(self.data), self.size, its[i:i + task]) for i in range(0, len(its), task)]
-                self.plan.append((self.nxt, "pool", self.pool.map_async(_decode_rows, tasks)))
+                self.plan.append((self.nxt, "pool", _PoolBatch(self.pool, tasks)))
             else:
                 self.plan.append((self.nxt, "read", [self.threads.submit(_read, p) for p in self.paths(self.nxt)]))
             self.nxt += 1
@@ -371,9 +372,9 @@ class _GpuRun:
         """The CPU decoder writes rows `rest` of the batch at `start` itself: -> their results."""
         its = [(self.first + start + k, os.path.abspath(self.todo[start + k])) for k in rest]
         if len(rest) > 8 and self.workers > 1:
-            self.pool = self.pool or _pool(self.workers)
+            self.pool = self.pool or _executor(self.workers)
             tasks = [(str(self.data), self.size, its[i:i + 4]) for i in range(0, len(its), 4)]
-            return [r for chunk in self.pool.map(_decode_rows, tasks) for r in chunk]
+            return [r for chunk in _PoolBatch(self.pool, tasks).get() for r in chunk]
         return _decode_rows((str(self.data), self.size, its))
 
     def write(self, out, gpu_ok, start, lo, hi):
@@ -404,6 +405,32 @@ class _GpuRun:
         crcs = [c for fut in e[2] for c in fut.result()]
         for k, crc in enumerate(crcs):
             yield (True, "", crc) if crc is not None else e[3][k]
+
+
+class _PoolBatch:
+    """One batch's tasks in the CPU pool. The pool is an executor, not mp.Pool: a worker that dies
+    breaks it with an error (mp.Pool replaced dead workers for ever while the batch waited: a hang seen
+    in the test suite); the tasks it did not finish are then decoded in this process (each task writes
+    its own rows, so decoding one again is harmless)."""
+
+    def __init__(self, pool, tasks: list):
+        self.tasks = tasks
+        try:
+            self.futures = [pool.submit(_decode_rows, t) for t in tasks]
+        except BrokenProcessPool:
+            self.futures = []
+
+    def ready(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def get(self) -> list:
+        out = []
+        for k, task in enumerate(self.tasks):
+            try:
+                out.append(self.futures[k].result() if k < len(self.futures) else _decode_rows(task))
+            except BrokenProcessPool:
+                out.append(_decode_rows(task))
+        return out
 
 
 def _pixel_batches(infos: list) -> list[tuple[int, int]]:

@@ -97,13 +97,8 @@ def _context():
     return ctx
 
 
-def _pool(workers: int):
-    """A multiprocessing pool (the GPU path shares whole batches with it)."""
-    return _context().Pool(workers, initializer=_die_with, initargs=(os.getpid(),))
-
-
 def _executor(workers: int):
-    """The CPU path's pool. An executor, not mp.Pool: a worker that dies (a caller script without
+    """The CPU pool (the GPU path shares whole batches with it). An executor, not mp.Pool: a worker that dies (a caller script without
     `if __name__ == "__main__":` kills each one at start) breaks it with an error, where mp.Pool
     would replace it for ever and hang."""
     return ProcessPoolExecutor(workers, mp_context=_context(), initializer=_die_with, initargs=(os.getpid(),))
