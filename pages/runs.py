@@ -457,7 +457,9 @@ def provenance_panel(run_id: str) -> None:
                    "are unknown.")
     code, data, hw = rec["code"], rec["data"], rec["hardware"]
     if isinstance(code, dict):
-        dirty = {True: f"yes (diff sha256 {str(code['diff_sha256'])[:12]})", False: "no"}.get(code["dirty"], code["dirty"])
+        dirty = code["dirty"]
+        if isinstance(dirty, bool):
+            dirty = f"yes (diff sha256 `{str(code['diff_sha256'])[:12]}`)" if dirty else "no"
         st.markdown(f"**Commit** `{code['commit']}` · **dirty** {dirty}")
     if isinstance(data, dict):
         files = data["files"] if not isinstance(data["files"], int) else f"{data['files']:,} images"

@@ -72,7 +72,8 @@ def test_like_refuses_a_changed_data_set_and_trains_with_force(tmp_path, demo_ro
     data = tmp_path / "data"
     shutil.copytree(demo_root, data)
     store = RunStore()
-    parent = store.create(tiny_config(data, epochs=1, max_images=48, image_size=16, batch_size=64, seed=3), status="done")
+    cfg = tiny_config(data, epochs=1, max_images=48, image_size=16, batch_size=64, seed=3)
+    parent = store.create(cfg, status="done")
     csv = data / "train.csv"
     rows = csv.read_text().splitlines(keepends=True)
     csv.write_text("".join(rows[:-2]))                 # two images fewer

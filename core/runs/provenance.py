@@ -29,7 +29,7 @@ from core.files import atomic_write
 from core.paths import cache_dir
 
 UNKNOWN = "unknown"
-PARENT = "parent"     # TrainConfig.extra key: the run a run was trained again from (train --like, "Train again like this")
+PARENT = "parent"     # TrainConfig.extra key: the run this one was trained again from (train --like, "Train again")
 KEYS = ("code", "packages", "hardware", "data", "seed", "config")
 PACKAGES = ("torch", "torchvision", "streamlit", "numpy", "pandas", "pillow", "optuna", "timm")
 CODE_ROOT = Path(__file__).resolve().parents[2]      # the project's checkout (core/runs/ -> the root)
@@ -276,7 +276,8 @@ def _code(old, new, run_id: str):
     if not isinstance(old, dict) or old.get("commit") == UNKNOWN:
         return None
     if new.get("commit") == UNKNOWN:
-        return "code", f"The code's version cannot be known now (no git checkout); run {run_id} was made at {old['commit'][:12]}."
+        return "code", (f"The code's version cannot be known now (no git checkout); run {run_id} was made at "
+                        f"{old['commit'][:12]}.")
     if (old["commit"], old.get("diff_sha256")) == (new["commit"], new.get("diff_sha256")):
         return None
     state = lambda c: c["commit"][:12] + (" with uncommitted changes" if c.get("dirty") else "")  # noqa: E731
