@@ -123,3 +123,17 @@ def test_code_version_in_a_checkout_and_unknown_outside_or_without_git(tmp_path,
     monkeypatch.setattr(provenance, "CODE_ROOT", plain)          # a run made outside a checkout
     rec = provenance.collect(tiny_config(tmp_path / "gone"))
     assert rec["code"] == unknown and rec["data"]["files_sha256"] == "unknown" and rec["seed"] == 0
+
+
+def test_gpus_are_read_from_nvidia_smi_without_initialising_cuda(tmp_path, monkeypatch):
+    import torch
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    smi = bin_ / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H200, 143771'\necho 'NVIDIA H200, 143771'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: 1 / 0)   # would initialise CUDA here
+    hw = provenance.hardware()
+    assert hw["gpus"] == [{"name": "NVIDIA H200", "memory_gb": 140.4}] * 2 and hw["cuda"] == torch.version.cuda
