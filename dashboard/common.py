@@ -12,6 +12,7 @@ from core import access, paths
 from core.data.demo import DEMO_DEFAULTS
 from core.errors import UserError
 import core.runs.tasks  # noqa: F401 - the job kinds register themselves (pages submit them)
+from core.runs.provenance import PARENT  # TrainConfig.extra key: the run a "Train again like this" run was made from
 from core.runs.store import RunStore
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS
 from core.train.config import LEGACY
@@ -228,7 +229,6 @@ TRAIN_FIELDS = dict(train_classes="classes", train_lr="lr", train_epochs="epochs
                     train_store="store")
 
 
-PARENT = "parent"     # TrainConfig.extra key: the run a "Train again like this" run was made from
 
 
 def train_again(config: dict, parent: str | None = None) -> None:

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data.splits import thin_holdout
-from core.runs import jobs
+from core.runs import jobs, provenance
 from core.runs.store import ACTIVE, FINAL
 from dashboard import charts, nav
 from dashboard.common import (PARENT, STATUS_ICON, classes_count, classes_text, home_key, loss_controls, run_label,
@@ -19,6 +19,7 @@ from dashboard.export_panel import export_panel
 st.session_state.setdefault("runs_selected", None)   # run id shown below the table (survives page switches)
 st.session_state.setdefault("runs_seen", [])          # run ids seen before: a run launched here gets selected
 st.session_state.setdefault("runs_flash", None)       # (kind, message) left by a button callback
+st.session_state.setdefault("runs_again_check", None) # {"run", "found"}: what differs now from the run to train again
 
 POLL_S = 2            # live refresh interval of the selected run, seconds
 LOG_LINES = 40        # log tail shown for a failed run
@@ -408,13 +409,13 @@ def details(run: dict, runs: pd.DataFrame) -> None:
         why = [e["message"] for e in store().events(run["run_id"]) if e["kind"] == "pruned"]
         st.info((why[-1] if why else "Pruned by its sweep.") + " Its curves above are what it trained.", icon="✂️")
     controls(run)
-    if st.button("🔁 Train again like this", key="runs_again",
-                 help="Opens the Train page with this run's whole configuration filled in (data set included)."):
-        train_again(run["config"], parent=run["run_id"])
+    again(run)
     with st.expander("Name and notes", expanded=bool(run.get("notes"))):
         name_and_notes(run)
     if has_checkpoint(run["run_id"]):
         export_panel(run["run_id"], key="runs_export")
+    with st.expander("Provenance"):
+        provenance_panel(run["run_id"])
     with st.expander("Configuration"):
         st.json(run["config"])
     with st.expander("Events"):
@@ -425,6 +426,54 @@ def details(run: dict, runs: pd.DataFrame) -> None:
             ev["t"] = pd.to_datetime(ev["t"], unit="s")
             st.dataframe(ev[["t", "kind", "message"]], hide_index=True, width="stretch",
                          column_config={"t": st.column_config.DatetimeColumn("Time", format="YYYY-MM-DD HH:mm:ss")})
+
+
+def again(run: dict) -> None:
+    """“Train again like this”: first says what differs now from the run's provenance (data set,
+    packages, code: as `train --like` does), and then trains again only when asked once more."""
+    run_id = run["run_id"]
+    if st.button("🔁 Train again like this", key="runs_again",
+                 help="Opens the Train page with this run's whole configuration filled in (data set included)."):
+        found = provenance.like(store().run(run_id))[1]
+        if not found:
+            train_again(run["config"], parent=run_id)
+        st.session_state["runs_again_check"] = {"run": run_id, "found": found}
+    check = st.session_state["runs_again_check"]
+    if not check or check["run"] != run_id:
+        return
+    for kind, sentence in check["found"]:
+        (st.error if kind == "data" else st.warning)(sentence, icon="⚠️")
+    if st.button("Train again anyway", key="runs_again_anyway",
+                 help="Opens the Train page with this run's configuration, on the data set as it is now."):
+        st.session_state["runs_again_check"] = None
+        train_again(run["config"], parent=run_id)
+
+
+def provenance_panel(run_id: str) -> None:
+    """What the run was made from (core.runs.provenance): code, packages, hardware, data set."""
+    rec = provenance.read(store().run(run_id))
+    if not rec["recorded"]:
+        st.caption("This run was made before runs recorded their provenance: its code, packages and hardware "
+                   "are unknown.")
+    code, data, hw = rec["code"], rec["data"], rec["hardware"]
+    if isinstance(code, dict):
+        dirty = code["dirty"]
+        if isinstance(dirty, bool):
+            dirty = f"yes (diff sha256 `{str(code['diff_sha256'])[:12]}`)" if dirty else "no"
+        st.markdown(f"**Commit** `{code['commit']}` · **dirty** {dirty}")
+    if isinstance(data, dict):
+        files = data["files"] if not isinstance(data["files"], int) else f"{data['files']:,} images"
+        split = f" · **split** `{data['split_sha256'][:12]}`" if data.get("split_sha256") else ""
+        st.markdown(f"**Data** {data['name']} ({data['layout']}), {files} · **files sha256** "
+                    f"`{str(data['files_sha256'])[:16]}`{split}")
+    if isinstance(hw, dict):
+        gpus = ", ".join(f"{g['name']} ({g['memory_gb']} GB)" for g in hw["gpus"]) if isinstance(hw["gpus"], list) \
+            else hw["gpus"]
+        st.markdown(f"**Hardware** {hw['cpu']}, {hw['cores']} cores · **GPU** {gpus or 'none'} · "
+                    f"**CUDA** {hw['cuda'] or 'none'}")
+    if isinstance(rec["packages"], dict):
+        st.markdown("**Packages** " + ", ".join(f"{k} {v or '—'}" for k, v in rec["packages"].items()))
+    st.caption(f"`python -m core runs show {run_id} --json` prints the whole record.")
 
 
 def parent_link(run: dict) -> None:

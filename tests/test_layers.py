@@ -2,7 +2,7 @@
 
 Imports inside functions count too: a function-level import that closes a cycle is still a cycle.
 Layers, bottom to top: the shared base (errors, files, paths) → data → train → explain/serve → runs → cli.
-Inside core/runs the modules are layered as well (RUNS_ORDER): the run folder, process liveness, the
+Inside core/runs the modules are layered as well (RUNS_ORDER): the run folder, provenance, process liveness, the
 index, the store, jobs, the launcher, sweeps, reproduce, the kinds, and the processes that run them.
 """
 import ast
@@ -11,8 +11,8 @@ from pathlib import Path
 CORE = Path(__file__).resolve().parent.parent / "core"
 LAYERS = {"errors": 0, "files": 0, "paths": 0, "access": 0, "data": 1, "train": 2, "explain": 3, "serve": 3, "runs": 4,
           "cli": 5, "__main__": 6, "__init__": 0}
-RUNS_ORDER = ["folder", "proc", "eta", "index", "store", "launcher", "jobs", "sweeps", "reproduce", "tasks",
-              "worker", "ddp", "__init__"]
+RUNS_ORDER = ["folder", "provenance", "proc", "eta", "index", "store", "launcher", "jobs", "sweeps", "reproduce",
+              "tasks", "worker", "ddp", "__init__"]
 
 
 def _modules() -> dict[str, Path]:

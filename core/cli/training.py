@@ -17,13 +17,18 @@ def add_train(sub) -> None:
     add_arguments(p)                     # one flag per TrainConfig field, defaults from the dataclass
     p.add_argument("--runs", default=None)
     p.add_argument("--resume", default=None, metavar="RUN_ID")
+    p.add_argument("--like", default=None, metavar="RUN_ID", help="a new run with RUN_ID's configuration (flags "
+                   "given override it); refuses when RUN_ID's data set changed or is gone, unless --force")
+    p.add_argument("--force", action="store_true", help="with --like: train even though the data set changed")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_train)
 
 
 def add_runs(sub) -> None:
-    p = sub.add_parser("runs", help="list runs, or rebuild the run index from the run folders")
-    p.add_argument("action", nargs="?", choices=["list", "rebuild"], default="list")
+    p = sub.add_parser("runs", help="list runs, rebuild the run index from the run folders, or show a run's "
+                                    "provenance (runs show RUN_ID)")
+    p.add_argument("action", nargs="?", choices=["list", "rebuild", "show"], default="list")
+    p.add_argument("run_id", nargs="?", help="with show: the run")
     _runs_and_json(p)
     p.set_defaults(fn=cmd_runs)
 
@@ -74,9 +79,9 @@ def _open_run(a, ddp):
     local = int(os.environ.get("LOCAL_WORLD_SIZE", ddp.world_size)) if torchrun else None  # this machine's GPUs
     if a.resume:
         return store, _resume(a, ddp, store, torchrun, local)
+    fixed = _like(a, store) if a.like else {}
     if not a.data or not a.model:
-        raise UserError("train needs --data DIR and --model NAME (or --resume RUN_ID).")
-    fixed = {}
+        raise UserError("train needs --data DIR and --model NAME (or --resume RUN_ID, or --like RUN_ID).")
     if torchrun:
         if a.nproc not in (None, ddp.world_size):
             raise UserError(f"--nproc {a.nproc} disagrees with torchrun's {ddp.world_size} process(es); leave "
@@ -92,6 +97,28 @@ def _open_run(a, ddp):
     top_classes(counts, cfg.classes)  # fail fast, before a run folder exists
     run_id = store.create(cfg, status="running", device=foreground_device(cfg.device, local or cfg.nproc))
     return store, run_id
+
+
+def _like(a, store) -> dict:
+    """--like RUN_ID: RUN_ID's stored configuration under the flags not given, its id as the parent
+    (config extra, as the Runs page's "Train again like this"); what differs from its provenance now
+    is warned, a changed or missing data set refused unless --force. Returns the fields to fix."""
+    from dataclasses import fields
+
+    from core.runs import provenance
+    from core.train.config import TrainConfig
+    if a.resume or a.data or a.model:
+        raise UserError("--like takes the data set and model from its run; leave out --resume, --data and --model.")
+    cfg, found = provenance.like(store.require(a.like))
+    for kind, sentence in found:
+        if kind == "data" and not a.force:
+            raise UserError(f"{sentence} Train on it as it is now with --force.")
+        print(f"warning: {sentence}", file=sys.stderr)
+    a.data, a.model = cfg.get("data"), cfg.get("model")
+    for f in fields(TrainConfig):      # what the command line did not give comes from the run
+        if f.metadata.get("flag") and f.name in cfg and getattr(a, f.name, None) is None:
+            setattr(a, f.name, cfg[f.name])
+    return {"extra": {**(cfg.get("extra") or {}), provenance.PARENT: a.like}}
 
 
 def _resume(a, ddp, store, torchrun: bool, local: int | None) -> str:
@@ -125,6 +152,10 @@ def _follow(ddp) -> dict:
 
 def cmd_runs(a) -> dict:
     from core.runs.store import RunStore
+    if a.action == "show":
+        return _show(a)
+    if a.run_id:
+        raise UserError(f"runs {a.action} takes no run id (runs show RUN_ID shows one run's provenance).")
     if a.action == "rebuild":
         out = RunStore.rebuild(a.runs)
         if not a.json:
@@ -138,6 +169,19 @@ def cmd_runs(a) -> dict:
             print(f"{r['run_id']}  {r['status']:<11} {r['model']:<18} {acc}")
         return {}
     return {"runs": rows}
+
+
+def _show(a) -> dict:
+    """runs show RUN_ID: the run's provenance (core.runs.provenance)."""
+    from core.runs import provenance
+    from core.runs.store import RunStore
+    if not a.run_id:
+        raise UserError("runs show needs a run id: python -m core runs show RUN_ID.")
+    rec = provenance.read(RunStore(a.runs).require(a.run_id))
+    if a.json:
+        return {"run_id": a.run_id, **rec}
+    print("\n".join(provenance.lines(rec)))
+    return {}
 
 
 def cmd_eval(a) -> dict:

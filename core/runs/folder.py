@@ -3,7 +3,8 @@ reading a folder back (what `runs rebuild` and the index's reconciliation insert
 
 A run folder alone is enough to show, resume or rebuild its run: config.json (the one stored
 configuration), run.json (status and summary), epochs.json, steps.csv, evals.json, events.jsonl,
-split.csv, classes.json, checkpoints/last.pt, log.txt, and per split confusion_<split>.parquet (the
+split.csv, classes.json, provenance.json (what the run was made from: core.runs.provenance),
+checkpoints/last.pt, log.txt, and per split confusion_<split>.parquet (the
 confusion matrix's non-zero cells) and predictions_<split>.parquet. Only this class spells those names.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ class RunFolder:
     events_file = property(lambda self: self.dir / "events.jsonl")
     split_file = property(lambda self: self.dir / "split.csv")
     classes_file = property(lambda self: self.dir / "classes.json")
+    provenance_file = property(lambda self: self.dir / "provenance.json")
     checkpoint = property(lambda self: self.dir / "checkpoints" / "last.pt")
     log_file = property(lambda self: self.dir / "log.txt")
     class_models_dir = property(lambda self: self.dir / "class_models")
@@ -64,6 +66,9 @@ class RunFolder:
     def write_evals(self, evals: dict) -> None:
         atomic_write(self.evals_file, json.dumps(evals))
 
+    def write_provenance(self, record: dict) -> None:
+        atomic_write(self.provenance_file, json.dumps(record, indent=1, default=str))
+
     def write_confusion(self, split: str, confusion) -> None:
         """A split's confusion matrix (a metrics.Confusion) as its non-zero cells: true, pred, count."""
         from core.files import atomic_output
@@ -87,6 +92,9 @@ class RunFolder:
 
     def read_epochs(self) -> list[dict]:
         return _read_json(self.epochs_file, [])
+
+    def read_provenance(self) -> dict:
+        return _read_json(self.provenance_file, {})
 
     def read_evals(self) -> dict:
         return _read_json(self.evals_file, {})

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from core.errors import UserError
 from core.files import atomic_write
 from core.paths import runs_dir
+from core.runs import provenance
 from core.runs.folder import EPOCH_KEYS, RECORD_FIELDS, STEP_KEYS, RunFolder  # noqa: F401 - re-exported
 from core.runs.index import (ACTIVE, FINAL, JOB_FIELDS, RUN_FIELDS, SCHEMA, SCHEMA_VERSION,  # noqa: F401
                              IdTaken, IndexDamaged, RunIndex, is_run_job)
@@ -150,7 +151,8 @@ class RunStore(RunIndex):
 
     def create(self, config, device: str = "cpu", status: str = "queued", args: dict | None = None,
                kind: str = "train") -> str:
-        """A new run: its folder (config.json, run.json) first, then its index rows. Returns its id."""
+        """A new run: its folder (config.json, provenance.json, run.json) first, then its index rows. Returns its id."""
+        record = provenance.collect(config)   # what the run is made from (issue 24); never fails
         for _ in range(16):
             run_id = new_run_id(config.model)
             run = self.run(run_id)
@@ -163,6 +165,7 @@ class RunStore(RunIndex):
             now = time.time()
             try:
                 atomic_write(run.config_file, config.to_json())
+                run.write_provenance(record)
                 run.write_record({"run_id": run_id, "created": now, "model": config.model, "data": config.data,
                                   "classes": config.classes, "summary": {}, "name": None, "notes": None,
                                   "status": status, "device": device, "queued_at": now, "kind": kind,
