@@ -22,8 +22,12 @@ def add_train(sub) -> None:
 
 
 def add_runs(sub) -> None:
-    p = sub.add_parser("runs", help="list runs, or rebuild the run index from the run folders")
-    p.add_argument("action", nargs="?", choices=["list", "rebuild"], default="list")
+    p = sub.add_parser("runs", help="list runs, rebuild the run index from the run folders, or tag a run "
+                                    "(runs tag RUN TAG [--remove])")
+    p.add_argument("action", nargs="?", choices=["list", "rebuild", "tag"], default="list")
+    p.add_argument("run_id", nargs="?", help="runs tag: the run")
+    p.add_argument("tag", nargs="?", help="runs tag: the tag to add (or remove)")
+    p.add_argument("--remove", action="store_true", help="runs tag: remove the tag instead")
     _runs_and_json(p)
     p.set_defaults(fn=cmd_runs)
 
@@ -125,6 +129,11 @@ def _follow(ddp) -> dict:
 
 def cmd_runs(a) -> dict:
     from core.runs.store import RunStore
+    if a.action == "tag":
+        return cmd_tag(a)
+    if a.run_id is not None or a.remove:
+        raise UserError(f"`runs {a.action}` takes no run id or --remove; to tag a run: "
+                        "python -m core runs tag RUN TAG [--remove].")
     if a.action == "rebuild":
         out = RunStore.rebuild(a.runs)
         if not a.json:
@@ -138,6 +147,18 @@ def cmd_runs(a) -> dict:
             print(f"{r['run_id']}  {r['status']:<11} {r['model']:<18} {acc}")
         return {}
     return {"runs": rows}
+
+
+def cmd_tag(a) -> dict:
+    """runs tag RUN TAG [--remove]: the run's tags afterwards."""
+    from core.runs.store import RunStore
+    if not a.run_id or a.tag is None:
+        raise UserError("Give a run and a tag: python -m core runs tag RUN TAG [--remove].")
+    tags = RunStore(a.runs).tag(a.run_id, a.tag, remove=a.remove)
+    if not a.json:
+        print(f"{a.run_id}: {', '.join(tags) or 'no tags'}")
+        return {}
+    return {"run_id": a.run_id, "tags": tags}
 
 
 def cmd_eval(a) -> dict:
