@@ -54,16 +54,16 @@ def test_tags_by_cli_survive_rebuild_and_filter_and_group_the_runs_page(tmp_path
     at = open_page("runs", runs_tags_filter=["baseline"])
     assert at.dataframe[0].value["run_id"].tolist() == [b]
     assert at.dataframe[0].value["tags"].tolist() == ["baseline, keep"]
-    at.multiselect(key="runs_tags_filter").set_value([]).run()
-    at.selectbox(key="runs_group").set_value("model").run()
+    assert at.selectbox(key="runs_pick").value == c          # the newest run: its resource use and tags field
+    assert any("CPU 6s (1.5 cores busy)" in m.value and "peak memory 512 MiB" in m.value for m in at.markdown)
+    at.multiselect(key="runs_tags_filter").set_value([])
+    at.selectbox(key="runs_group").set_value("model")
+    at.multiselect(key=f"runs_tags_{c}").set_value(["new one"]).run()
+    assert not at.exception, at.exception
+    assert RunStore().get(c)["tags"] == ["new one"]
     groups = at.dataframe[0].value.set_index("model")
     assert groups.loc["small_cnn", "runs"] == 2 and groups.loc["small_cnn", "best_val"] == pytest.approx(0.75)
     assert groups.loc["resnet18", "runs"] == 1 and groups.loc["resnet18", "best_val"] == pytest.approx(0.6)
-    # the selected run's tags field and its resource use (newest run: c)
-    assert at.selectbox(key="runs_pick").value == c
-    at.multiselect(key=f"runs_tags_{c}").set_value(["new one"]).run()
-    assert not at.exception and RunStore().get(c)["tags"] == ["new one"]
-    assert any("CPU 6s" in m.value and "peak memory 512 MiB" in m.value for m in at.markdown)
 
 
 def test_resource_use_counts_cpu_seconds_and_peak_memory():
@@ -92,11 +92,10 @@ def small_study(demo_root):
 
 
 def test_history_slice_contour_on_demand_and_a_trial_note(small_study):
-    at = open_page("sweeps", sweeps_pick=small_study)
-    assert len(at.get("plotly_chart")) == 5                # closed: Optuna's plots are not drawn
+    # (closed, the expander draws nothing: test_pages_sweeps counts the charts of a 120-trial study)
     at = open_page("sweeps", sweeps_pick=small_study, sweeps_optuna=True)
     figs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    assert len(figs) == 8                                  # and history, slices, contour
+    assert len(figs) == 8                                  # the page's five, then history, slices, contour
     history = next(f for f in figs if any(t.get("name") == "Best Value" for t in f["data"]))
     best = next(t for t in history["data"] if t.get("name") == "Best Value")
     assert best["y"] == [0.5, 0.7, 0.7, 0.7, 0.9, 0.9]      # the best so far, trial by trial
@@ -107,7 +106,7 @@ def test_history_slice_contour_on_demand_and_a_trial_note(small_study):
     assert {contour["layout"]["xaxis"]["title"]["text"], contour["layout"]["yaxis"]["title"]["text"]} == \
         {"lr", "batch_size"}
 
-    at.selectbox(key="sweeps_open").set_value(4).run()
+    assert at.selectbox(key="sweeps_open").value == 4       # the best trial is picked first
     at.text_area(key="sweeps_note_small_4").set_value("  best: try lr 0.002 next  ")
     at.button(key="FormSubmitter:sweeps_note_form_small_4-Save note").click().run()
     assert not at.exception, at.exception
