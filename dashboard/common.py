@@ -293,7 +293,8 @@ def runs_frame(statuses: tuple[str, ...] | None = None) -> pd.DataFrame:
                      "holdout_gap": s.get("holdout_gap"),
                      "seconds": s.get("seconds") or (r["finished"] - r["started"]
                                                      if r["finished"] and r["started"] else None),
-                     "started": r["started"],
+                     "started": r["started"], "tags": r.get("tags") or [],
+                     "sweep": (r.get("args") or {}).get("sweep") or (c.get("extra") or {}).get("sweep"),
                      "data": data, "dataset": DEMO if data == demo else names.get(data, Path(data).name or "—"),
                      "synthetic": bool(data) and is_synthetic(data),
                      "created": pd.to_datetime(r["created"], unit="s")})

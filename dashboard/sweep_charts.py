@@ -2,7 +2,7 @@
 `core.runs.sweeps.info()` to a trial frame and plotly figures; no Streamlit here.
 
 A trial frame has one row per trial: trial, state, val_acc, stopped_at, epochs_done, seconds,
-run_id, host, error, label, hover, then one column per searched parameter (in `params`)."""
+run_id, host, error, note, label, hover, then one column per searched parameter (in `params`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -61,10 +61,10 @@ def frame(info: dict) -> tuple[pd.DataFrame, list[str]]:
         rows.append({"trial": c["number"], "state": state, "val_acc": acc, "stopped_at": stop,
                      "epochs_done": max(c["curve"]) if c["curve"] else None, "seconds": c.get("seconds"),
                      "run_id": c.get("run_id"), "host": c.get("host"), "error": c.get("error"),
-                     "best": c["number"] == best, "label": f"#{c['number']}", "hover": hover,
+                     "note": c.get("note"), "best": c["number"] == best, "label": f"#{c['number']}", "hover": hover,
                      **{k: p.get(k) for k in params}})
     cols = ["trial", "state", "val_acc", "stopped_at", "epochs_done", "seconds", "run_id", "host", "error",
-            "best", "label", "hover"]
+            "note", "best", "label", "hover"]
     return pd.DataFrame(rows, columns=cols + params), params
 
 
@@ -268,6 +268,25 @@ def importance_figure(imp: dict[str, float]) -> go.Figure:
     fig.update_layout(height=max(180, 50 * len(items) + 80), margin=dict(l=40, r=20, t=30, b=40),
                       xaxis=dict(title="importance (fANOVA, sums to 1)", range=[0, 1]))
     return fig
+
+
+# ------------------------------------------------------------------ Optuna's own plots (as optuna-dashboard draws them)
+
+OBJECTIVE = "val acc (last epoch)"      # what the study's objective value is
+
+
+def optuna_figures(study, x: str | None = None, y: str | None = None) -> dict[str, go.Figure]:
+    """optuna.visualization's optimization history (each finished trial's objective and the best so
+    far), slice plots (the objective against each parameter) and, given two parameters, their
+    contour; sized for the page. Plots with nothing to draw yet come back empty, as Optuna draws them."""
+    import optuna.visualization as ov
+    figs = {"history": ov.plot_optimization_history(study, target_name=OBJECTIVE),
+            "slice": ov.plot_slice(study, target_name=OBJECTIVE)}
+    if x and y:
+        figs["contour"] = ov.plot_contour(study, params=[x, y], target_name=OBJECTIVE)
+    for fig in figs.values():
+        fig.update_layout(height=360, margin=dict(l=40, r=20, t=50, b=40))
+    return figs
 
 
 # ------------------------------------------------------------------ the poster's table

@@ -15,7 +15,7 @@ from core.train.config import DEFAULTS as CONFIG_DEFAULTS
 from dashboard import charts, nav
 from dashboard import sweep_charts as sc
 from dashboard.common import run_status, store, to_url, trial_slots, url_pick, user_error
-from dashboard.sweep_study import POLL_S, driver_job, importance, is_live, load_info, sweep_list
+from dashboard.sweep_study import POLL_S, driver_job, importance, is_live, load_info, stamp, storage_key, sweep_list
 
 PCT = sc.PCT
 
@@ -173,12 +173,40 @@ def charts_section(name: str, info: dict) -> None:
             st.caption("Optuna cannot tell which parameter mattered yet: it needs at least three finished trials "
                        "with different parameters.")
 
+    optuna_plots(name, params)
     st.subheader("All trials")
     st.plotly_chart(sc.parallel_figure(df, params), key="sweeps_parallel")
     st.caption("One line per trial with a validation accuracy; drag along an axis to filter.")
     st.subheader("Validation accuracy per epoch")
     st.plotly_chart(sc.curves_figure(info), key="sweeps_curves")
     trial_table(df, params, info)
+
+
+@st.cache_data(show_spinner="Drawing Optuna's plots…", max_entries=16)
+def _optuna_figures(url: str, name: str, stamp_: tuple, x: str | None, y: str | None) -> dict:
+    return sc.optuna_figures(sweeps.load(name), x, y)
+
+
+def optuna_plots(name: str, params: list[str]) -> None:
+    """Optuna's optimization history, slice and contour plots, drawn only while their expander is
+    open (a 120-trial study stays quick), again only when the study changes."""
+    box = st.expander("Optuna's plots: optimization history, slices, contour", key="sweeps_optuna",
+                      on_change="rerun", icon=":material/insights:")
+    if not box.open:
+        return
+    with box:
+        x, y = (st.session_state.get("sweeps_heat_x"), st.session_state.get("sweeps_heat_y")) \
+            if len(params) >= 2 else (None, None)
+        figs = _optuna_figures(storage_key(), name, stamp(name), x, y)
+        st.plotly_chart(figs["history"], key="sweeps_history")
+        st.caption("Each finished trial's validation accuracy in the order it ran, and the best so far.")
+        st.plotly_chart(figs["slice"], key="sweeps_slice")
+        st.caption("The validation accuracy against each parameter, one panel per parameter.")
+        if "contour" in figs:
+            st.plotly_chart(figs["contour"], key="sweeps_contour")
+            st.caption(f"Contour over {x} and {y}, the two parameters picked for the heatmap above.")
+        else:
+            st.caption("A contour needs two searched parameters; this sweep searches one.")
 
 
 def trial_table(df, params: list[str], info: dict) -> None:
@@ -190,13 +218,14 @@ def trial_table(df, params: list[str], info: dict) -> None:
             show[p] = [sc.fmt(v) for v in show[p]]
     show = show.sort_values(["val_acc", "trial"], ascending=[False, True], na_position="last")
     num = st.column_config.NumberColumn
-    cols = ["trial", "state", "val_acc", *params, "stopped_at", "epochs_done", "seconds", "run_id", "host", "error"]
+    cols = ["trial", "state", "val_acc", *params, "note", "stopped_at", "epochs_done", "seconds", "run_id", "host",
+            "error"]
     st.dataframe(show[cols], hide_index=True, width="stretch", key="sweeps_table", placeholder=sc.BLANK,
                  column_config={
         "trial": num("Trial", format="#%d"), "state": "State",
         "val_acc": num(charts.VAL_ACC, format=PCT, help=charts.VAL_ACC_HELP),
         "stopped_at": num("Stopped at epoch", format="%d"), "epochs_done": num("Epochs", format="%d"),
-        "seconds": num("Seconds", format="%.0f"), "run_id": "Run", "host": "Host", "error": "Error",
+        "seconds": num("Seconds", format="%.0f"), "run_id": "Run", "host": "Host", "error": "Error", "note": "Note",
         **{p: num(p, format="%g") for p in params if sc.is_number_column(show[p])}})
     with_runs = [int(t) for t in show.loc[show["run_id"].notna(), "trial"]]
     if not with_runs:
@@ -219,6 +248,25 @@ def trial_table(df, params: list[str], info: dict) -> None:
              runs=f"{best_run},{r['run_id']}" if other else None)
     with c:
         link(nav.RUNS, "Runs page", run=r["run_id"])
+    trial_note(info["name"], pick, r["note"])
+
+
+def trial_note(name: str, number: int, note: str | None) -> None:
+    """The picked trial's note (kept in the study: core.runs.sweeps.set_note), shown in the table."""
+    key = f"sweeps_note_{name}_{number}"
+    with st.form(f"sweeps_note_form_{name}_{number}", border=False):
+        st.text_area(f"Note on trial #{number}", value=note or "", key=key, max_chars=sweeps.NOTE_MAX, height=68,
+                     placeholder="what this trial shows, what to try next")
+        st.form_submit_button("Save note", on_click=_save_note, args=(name, number, key))
+
+
+def _save_note(name: str, number: int, key: str) -> None:
+    try:
+        note = sweeps.set_note(name, number, st.session_state[key])
+        st.session_state["sweeps_flash"] = ("success", f"Saved the note on trial #{number}." if note else
+                                            f"Cleared the note on trial #{number}.")
+    except UserError as e:
+        st.session_state["sweeps_flash"] = ("error", str(e))
 
 
 # ------------------------------------------------------------------ the poster's table

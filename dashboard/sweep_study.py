@@ -32,14 +32,15 @@ SELECT COUNT(*), MAX(t.datetime_complete),
          WHERE t2.study_id = s.study_id),
        (SELECT COUNT(*) FROM trial_user_attributes a JOIN trials t3 ON a.trial_id = t3.trial_id
          WHERE t3.study_id = s.study_id),
-       (SELECT MAX(u.value_json) FROM study_user_attributes u WHERE u.study_id = s.study_id AND u.key = 'cancelled')
+       (SELECT MAX(u.value_json) FROM study_user_attributes u WHERE u.study_id = s.study_id AND u.key = 'cancelled'),
+       (SELECT MAX(n.value_json) FROM study_user_attributes n WHERE n.study_id = s.study_id AND n.key = 'notes_at')
 FROM studies s LEFT JOIN trials t ON t.study_id = s.study_id
 WHERE s.study_name = :name GROUP BY s.study_id"""
 
 
 def stamp(name: str) -> tuple:
     """Changes whenever the study does (a trial asked, reported, told; an attribute set; the sweep
-    cancelled): one read-only aggregate query, no lock held beyond it. Falls back to a 2 s clock."""
+    cancelled, a note written): one read-only aggregate query, no lock held beyond it. Falls back to a 2 s clock."""
     try:
         import sqlalchemy
         with _rdb(storage_key()).engine.connect() as c:

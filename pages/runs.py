@@ -8,8 +8,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data.splits import thin_holdout
+from core.errors import UserError
 from core.runs import jobs, provenance
-from core.runs.store import ACTIVE, FINAL
+from core.runs.store import ACTIVE, FINAL, check_tag
 from dashboard import charts, nav
 from dashboard.common import (PARENT, STATUS_ICON, classes_count, classes_text, home_key, loss_controls, run_label,
                               run_names, runs_frame, store, train_again)
@@ -87,17 +88,21 @@ def runs_table(any_active: bool) -> None:
     if df.empty or any_active and not df["status"].isin(ACTIVE).any():
         st.rerun()  # the last active run just ended: refresh everything once, then stop polling
     df = table_filter(df)
+    if grouped_table(df):
+        return
     main = df.assign(name=df["name"].replace("", "—"), val_last=df["val_last"].map(fmt_acc),
                      holdout_acc=df["holdout_acc"].map(fmt_acc),
-                     classes=[str(int(n)) if n is not None and not pd.isna(n) else "—" for n in df["classes_n"]])
-    cols = ["status_label", "name", "dataset", "model", "classes", "val_last", "holdout_acc", "duration", "run_id"]
+                     classes=[str(int(n)) if n is not None and not pd.isna(n) else "—" for n in df["classes_n"]],
+                     tags=[", ".join(t) for t in df["tags"]])
+    cols = ["status_label", "name", "dataset", "model", "classes", "val_last", "holdout_acc", "duration", "tags",
+            "run_id"]
     st.dataframe(main[cols], hide_index=True, width="stretch", column_config={
         "status_label": "Status", "name": "Name", "dataset": "Data set", "model": "Model",
         "classes": st.column_config.TextColumn("Classes", help="How many classes the run trains on (the run's "
                                                "title says “all” where it took every class of its data set)."),
         "val_last": st.column_config.TextColumn(charts.VAL_ACC, help=charts.VAL_ACC_HELP),
         "holdout_acc": st.column_config.TextColumn("Holdout acc", help="The final model on the holdout split."),
-        "duration": "Duration", "run_id": "Run"})
+        "duration": "Duration", "tags": "Tags", "run_id": "Run"})
     with st.expander("Every setting of every run"):
         detail = df.assign(augment=df["augment"], lr=df["lr"].map(lambda v: "—" if v is None or pd.isna(v) else f"{v:g}"))
         cols = ["run_id", "name", "epochs", "lr", "batch", "optimizer", "image_size", "augment", "freeze",
@@ -122,8 +127,65 @@ def table_filter(df: pd.DataFrame) -> pd.DataFrame:
     statuses = c2.multiselect("Status", list(ACTIVE) + list(FINAL), key="runs_status", persist_state="session",
                               format_func=lambda s: f"{STATUS_ICON.get(s, '')} {s}", placeholder="every status")
     shown = charts.filter_runs(df, query, statuses)
+    shown = tag_filter(shown, sorted({t for ts in df["tags"] for t in ts}))
     st.caption(f"{len(shown)} of {len(df)} runs shown")
     return shown
+
+
+# ------------------------------------------------------------------ tags and groups (issue 21: as in W&B)
+
+GROUPS = {"": "no grouping", "dataset": "data set", "sweep": "sweep", "model": "model", "tag": "tag",
+          "status": "status"}
+
+
+def tag_filter(df: pd.DataFrame, known: list[str]) -> pd.DataFrame:
+    """Runs with any of the picked tags (all runs when none is picked), and the "group by" choice."""
+    c1, c2 = st.columns([2, 1])
+    picked = c1.multiselect("Tags", known, key="runs_tags_filter", persist_state="session",
+                            placeholder="every tag" if known else "no run has a tag yet",
+                            help="Shows the runs that carry any of these tags (tag a run below, or "
+                                 "`python -m core runs tag RUN TAG`).")
+    c2.selectbox("Group by", list(GROUPS), format_func=GROUPS.get, key="runs_group", persist_state="session",
+                 help="One row per group: how many runs, and the best validation accuracy among them.")
+    picked = [t for t in picked if t in known]
+    return df[[bool(set(ts) & set(picked)) for ts in df["tags"]]] if picked else df
+
+
+def grouped_table(df: pd.DataFrame) -> bool:
+    """The runs table grouped by st.session_state["runs_group"]: runs per group and their best
+    validation accuracy (charts.VAL_ACC); False when no grouping is chosen."""
+    by = st.session_state.get("runs_group") or ""
+    if by not in GROUPS or not by:
+        return False
+    d = df.assign(tag=[list(t) or ["—"] for t in df["tags"]]).explode("tag") if by == "tag" else df
+    d = d.assign(**{by: d[by].fillna("—").replace("", "—")})
+    g = d.groupby(by, sort=False).agg(runs=("run_id", "size"), best_val=("val_last", "max"))
+    g = g.sort_values(["best_val", "runs"], ascending=False, na_position="last").reset_index()
+    st.dataframe(g, hide_index=True, width="stretch", column_config={
+        by: GROUPS[by].capitalize(), "runs": st.column_config.NumberColumn("Runs", format="%d"),
+        "best_val": st.column_config.NumberColumn(f"Best {charts.VAL_ACC.lower()}", format="%.3f",
+                                                  help=charts.VAL_ACC_HELP)})
+    st.caption("A run with several tags counts in each of its tags' rows." if by == "tag" else
+               f"Runs grouped by {GROUPS[by]}; pick “no grouping” to list them one by one.")
+    return True
+
+
+def tags_field(run: dict, known: list[str]) -> None:
+    """The selected run's tags: pick known ones or type new ones; saved at once (index and run.json)."""
+    run_id = run["run_id"]
+    st.multiselect("Tags of this run", sorted(set(known) | set(run["tags"])), default=run["tags"],
+                   key=f"runs_tags_{run_id}", accept_new_options=True, on_change=_save_tags, args=(run_id,),
+                   placeholder="type a tag and press Enter", max_selections=20)
+
+
+def _save_tags(run_id: str) -> None:
+    try:
+        tags = list(dict.fromkeys(check_tag(t) for t in st.session_state[f"runs_tags_{run_id}"]))
+    except UserError as e:
+        st.session_state["runs_flash"] = ("error", str(e))
+        return
+    store().set(run_id, tags=tags)
+    st.session_state["runs_flash"] = ("success", "Saved the run's tags: " + (", ".join(tags) or "none") + ".")
 
 
 def pick_run(df: pd.DataFrame) -> str:
@@ -164,6 +226,24 @@ def live_view(run_id: str, was_active: bool, runs: pd.DataFrame) -> None:
     if run["status"] in ACTIVE:
         progress_bar(run)
     plot_curves(run_id, runs)
+    resource_line(run_id)
+
+
+def resource_line(run_id: str) -> None:
+    """What the run used, from its epoch rows (core.train.engine.resource_use): CPU time, cores
+    kept busy, peak memory and, on CUDA, peak GPU memory (rank 0's process for a several-process run)."""
+    ep, _ = curves(run_id, curve_stamp(run_id), home_key())
+    if ep.empty or "cpu_s" not in ep or ep["cpu_s"].isna().all():
+        return
+    cpu, secs = ep["cpu_s"].sum(), ep["seconds"].sum()
+    parts = [f"CPU {fmt_secs(cpu)}" + (f" ({cpu / secs:.1f} cores busy)" if secs else "")]
+    if ep["rss_mb"].notna().any():
+        parts.append(f"peak memory {ep['rss_mb'].max():,.0f} MiB")
+    if ep["gpu_mb"].notna().any():
+        parts.append(f"peak GPU memory {ep['gpu_mb'].max():,.0f} MiB")
+    st.markdown("**Resources:** " + " · ".join(parts),
+                help="The training process over its epochs: CPU seconds (and how many cores that kept busy), "
+                     "its peak resident memory and PyTorch's peak CUDA memory.")
 
 
 def status_line(run: dict) -> None:
@@ -412,6 +492,7 @@ def details(run: dict, runs: pd.DataFrame) -> None:
     again(run)
     with st.expander("Name and notes", expanded=bool(run.get("notes"))):
         name_and_notes(run)
+    tags_field(run, sorted({t for ts in runs["tags"] for t in ts}))
     if has_checkpoint(run["run_id"]):
         export_panel(run["run_id"], key="runs_export")
     with st.expander("Provenance"):

@@ -25,10 +25,12 @@ def add_train(sub) -> None:
 
 
 def add_runs(sub) -> None:
-    p = sub.add_parser("runs", help="list runs, rebuild the run index from the run folders, or show a run's "
-                                    "provenance (runs show RUN_ID)")
-    p.add_argument("action", nargs="?", choices=["list", "rebuild", "show"], default="list")
-    p.add_argument("run_id", nargs="?", help="with show: the run")
+    p = sub.add_parser("runs", help="list runs, rebuild the run index from the run folders, show a run's "
+                                    "provenance (runs show RUN_ID) or tag a run (runs tag RUN TAG [--remove])")
+    p.add_argument("action", nargs="?", choices=["list", "rebuild", "show", "tag"], default="list")
+    p.add_argument("run_id", nargs="?", help="runs show / runs tag: the run")
+    p.add_argument("tag", nargs="?", help="runs tag: the tag to add (or remove)")
+    p.add_argument("--remove", action="store_true", help="runs tag: remove the tag instead")
     _runs_and_json(p)
     p.set_defaults(fn=cmd_runs)
 
@@ -154,8 +156,11 @@ def cmd_runs(a) -> dict:
     from core.runs.store import RunStore
     if a.action == "show":
         return _show(a)
-    if a.run_id:
-        raise UserError(f"runs {a.action} takes no run id (runs show RUN_ID shows one run's provenance).")
+    if a.action == "tag":
+        return cmd_tag(a)
+    if a.run_id is not None or a.remove:
+        raise UserError(f"runs {a.action} takes no run id or --remove (runs show RUN_ID shows one run's "
+                        "provenance; python -m core runs tag RUN TAG [--remove] tags a run).")
     if a.action == "rebuild":
         out = RunStore.rebuild(a.runs)
         if not a.json:
@@ -182,6 +187,18 @@ def _show(a) -> dict:
         return {"run_id": a.run_id, **rec}
     print("\n".join(provenance.lines(rec)))
     return {}
+
+
+def cmd_tag(a) -> dict:
+    """runs tag RUN TAG [--remove]: the run's tags afterwards."""
+    from core.runs.store import RunStore
+    if not a.run_id or a.tag is None:
+        raise UserError("Give a run and a tag: python -m core runs tag RUN TAG [--remove].")
+    tags = RunStore(a.runs).tag(a.run_id, a.tag, remove=a.remove)
+    if not a.json:
+        print(f"{a.run_id}: {', '.join(tags) or 'no tags'}")
+        return {}
+    return {"run_id": a.run_id, "tags": tags}
 
 
 def cmd_eval(a) -> dict:

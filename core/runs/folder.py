@@ -16,7 +16,9 @@ from pathlib import Path
 
 from core.files import append, atomic_write
 
-EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s")
+RESOURCE_KEYS = ("cpu_s", "rss_mb", "gpu_mb")   # the epoch's CPU seconds; peak resident and CUDA memory so far, MiB
+EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
+              *RESOURCE_KEYS)
 STEP_KEYS = ("step", "epoch", "loss", "acc", "lr", "t")
 RECORD_FIELDS = ("status", "device", "pid", "proc", "started", "finished", "error", "queued_at")  # in run.json
 

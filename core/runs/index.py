@@ -21,22 +21,24 @@ from typing import TYPE_CHECKING
 
 from core.errors import UserError
 from core.files import file_lock
-from core.runs.folder import EPOCH_KEYS, STEP_KEYS, RunFolder
+from core.runs.folder import EPOCH_KEYS, RESOURCE_KEYS, STEP_KEYS, RunFolder
 from core.runs.proc import gone, process_identity
 
-SCHEMA_VERSION = 3           # 2: runs.proc; 3: one jobs table for every long task, run folders are the truth
+SCHEMA_VERSION = 4           # 2: runs.proc; 3: one jobs table for every long task, run folders are the truth;
+                             # 4: runs.tags, and the resources each epoch used (epochs.cpu_s, rss_mb, gpu_mb)
 ACTIVE = ("queued", "starting", "running")
 FINAL = ("done", "failed", "cancelled", "interrupted", "pruned")   # pruned: stopped early by its sweep
-RUN_FIELDS = ("run_id", "created", "model", "data", "classes", "config", "summary", "name", "notes")
+RUN_FIELDS = ("run_id", "created", "model", "data", "classes", "config", "summary", "name", "notes", "tags")
 JOB_FIELDS = ("job_id", "kind", "run_id", "args", "status", "device", "pid", "proc", "heartbeat", "created",
               "queued_at", "started", "finished", "cancel", "progress", "result", "error")
-JSON_FIELDS = ("config", "summary", "args", "progress", "result")
+JSON_FIELDS = ("config", "summary", "args", "progress", "result", "tags")
+LIST_FIELDS = ("tags",)                      # JSON fields that hold a list ([] when empty)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, created REAL, model TEXT, data TEXT, classes INTEGER, config TEXT, summary TEXT,
-    name TEXT, notes TEXT);
+    name TEXT, notes TEXT, tags TEXT);
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, kind TEXT, run_id TEXT, args TEXT, status TEXT, device TEXT, pid INTEGER,
     proc TEXT, heartbeat REAL, created REAL, queued_at REAL, started REAL, finished REAL,
@@ -45,7 +47,7 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE INDEX IF NOT EXISTS jobs_run ON jobs(run_id, kind);
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT, epoch INTEGER, train_loss REAL, train_acc REAL, val_loss REAL, val_acc REAL,
-    lr REAL, seconds REAL, images_per_s REAL, PRIMARY KEY (run_id, epoch));
+    lr REAL, seconds REAL, images_per_s REAL, cpu_s REAL, rss_mb REAL, gpu_mb REAL, PRIMARY KEY (run_id, epoch));
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT, step INTEGER, epoch INTEGER, loss REAL, acc REAL, lr REAL, t REAL,
     PRIMARY KEY (run_id, step));
@@ -56,6 +58,8 @@ CREATE INDEX IF NOT EXISTS events_run ON events(run_id);
 """
 _RUN_SELECT = ("SELECT r.*, j.status, j.device, j.pid, j.proc, j.heartbeat, j.queued_at, j.started, j.finished, "
                "j.cancel, j.progress, j.error, j.args FROM runs r LEFT JOIN jobs j ON j.job_id = r.run_id")
+_EPOCH_INSERT = (f"INSERT OR REPLACE INTO epochs (run_id, {', '.join(EPOCH_KEYS)}) "
+                 f"VALUES ({', '.join('?' * (len(EPOCH_KEYS) + 1))})")     # by name: migrated tables add columns last
 _REBUILD = "rebuild it with `python -m core runs rebuild` (or the Rebuild button in the app)"
 
 
@@ -198,6 +202,18 @@ class RunIndex:
         cols = ", ".join(f"{k}=?" for k in fields)
         self._write(f"UPDATE {table} SET {cols} WHERE {key}=?", (*fields.values(), value))
 
+    def change_tags(self, run_id: str, add=(), remove=()) -> list[str] | None:
+        """The run's tags with `add` added and `remove` removed, in one transaction (two taggers at
+        once both count); None when there is no such run."""
+        with self.transaction() as c:
+            row = c.execute("SELECT tags FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            if row is None:
+                return None
+            tags = [t for t in json.loads(row["tags"] or "[]") if t not in remove]
+            tags += [t for t in add if t not in tags]
+            c.execute("UPDATE runs SET tags=? WHERE run_id=?", (json.dumps(tags), run_id))
+        return tags
+
     def forget_rows(self, run_id: str) -> None:
         with self.transaction() as c:
             for t in ("runs", "epochs", "steps", "evals", "events"):
@@ -316,8 +332,7 @@ class RunIndex:
 
     def upsert_epoch(self, run_id: str, row: dict) -> None:
         # INSERT OR REPLACE: a resumed run re-logging an epoch never duplicates it
-        self._write("INSERT OR REPLACE INTO epochs VALUES (?,?,?,?,?,?,?,?,?)",
-                    (run_id, *[row.get(k) for k in EPOCH_KEYS]))
+        self._write(_EPOCH_INSERT, (run_id, *[row.get(k) for k in EPOCH_KEYS]))
 
     def upsert_eval(self, run_id: str, split: str, metrics: dict) -> None:
         self._write("INSERT OR REPLACE INTO evals VALUES (?,?,?)", (run_id, split, json.dumps(metrics)))
@@ -383,16 +398,17 @@ class RunIndex:
         status = rec.get("status") or "interrupted"
         if status in ACTIVE and status != "queued" and gone({"pid": rec.get("pid"), "proc": rec.get("proc")}, 0):
             status = "interrupted"           # its worker is gone
-        c.execute("INSERT INTO runs (run_id, created, model, data, classes, config, summary, name, notes) "
-                  "VALUES (?,?,?,?,?,?,?,?,?)",
+        c.execute("INSERT INTO runs (run_id, created, model, data, classes, config, summary, name, notes, tags) "
+                  "VALUES (?,?,?,?,?,?,?,?,?,?)",
                   (run_id, created, config.get("model"), config.get("data"), config.get("classes"),
-                   json.dumps(config), json.dumps(rec.get("summary") or {}), rec.get("name"), rec.get("notes")))
+                   json.dumps(config), json.dumps(rec.get("summary") or {}), rec.get("name"), rec.get("notes"),
+                   json.dumps(rec.get("tags") or [])))
         c.execute("INSERT INTO jobs (job_id, kind, run_id, args, status, device, pid, proc, heartbeat, created, "
                   "queued_at, started, finished, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                   (run_id, rec.get("kind") or "train", run_id, json.dumps(rec.get("args") or {}), status,
                    rec.get("device") or "cpu", rec.get("pid"), rec.get("proc"), time.time(), created,
                    rec.get("queued_at") or created, rec.get("started"), rec.get("finished"), rec.get("error")))
-        c.executemany("INSERT OR REPLACE INTO epochs VALUES (?,?,?,?,?,?,?,?,?)",
+        c.executemany(_EPOCH_INSERT,
                       [(run_id, *[e.get(k) for k in EPOCH_KEYS]) for e in folder.read_epochs()])
         c.executemany("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?)",
                       [(run_id, *r) for r in folder.read_steps()])
@@ -424,7 +440,7 @@ class RunIndex:
 def _decode(r: dict) -> dict:
     for k in JSON_FIELDS:
         if k in r:
-            r[k] = json.loads(r[k]) if r.get(k) else {}
+            r[k] = json.loads(r[k]) if r.get(k) else [] if k in LIST_FIELDS else {}
     if r.get("status") is None:        # a run whose job row is missing: nothing is running it
         r["status"] = "interrupted"
     return r
@@ -447,4 +463,10 @@ def _migrate(c, version: int) -> None:
         c.execute("DROP TABLE runs")
         c.execute("ALTER TABLE runs_v3 RENAME TO runs")
         c.execute("COMMIT")
+    added = {"runs": [("tags", "TEXT")], "epochs": [(k, "REAL") for k in RESOURCE_KEYS]}   # schema 4
+    for table, new in added.items():
+        have = {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
+        for col, kind in new:
+            if col not in have:
+                c.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
     c.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))

@@ -29,6 +29,7 @@ from core.runs.index import (ACTIVE, FINAL, JOB_FIELDS, RUN_FIELDS, SCHEMA, SCHE
 from core.runs.proc import START_GRACE_S, alive, gone, me, process_identity  # noqa: F401 - re-exported
 
 ID_HEX = 8                   # random hex digits in a run id (after the second and the model's name)
+TAG_MAX = 40                 # characters in a tag
 
 
 def new_run_id(model: str) -> str:
@@ -123,7 +124,7 @@ class Run(RunFolder):
             if run is None:
                 return
             record = {k: run.get(k) for k in ("run_id", "created", "model", "data", "classes", "summary", "name",
-                                               "notes")}
+                                               "notes", "tags")}
             record.update({k: run.get(k) for k in RECORD_FIELDS}, args=run.get("args") or {})
         super().write_record(record)
 
@@ -167,7 +168,7 @@ class RunStore(RunIndex):
                 atomic_write(run.config_file, config.to_json())
                 run.write_provenance(record)
                 run.write_record({"run_id": run_id, "created": now, "model": config.model, "data": config.data,
-                                  "classes": config.classes, "summary": {}, "name": None, "notes": None,
+                                  "classes": config.classes, "summary": {}, "name": None, "notes": None, "tags": [],
                                   "status": status, "device": device, "queued_at": now, "kind": kind,
                                   "args": args or {}, "creator": me()})
                 self.insert_run(run_id, now, config, status, device, args or {}, kind)
@@ -250,6 +251,16 @@ class RunStore(RunIndex):
                 self.run(job["run_id"]).write_record()
         return started
 
+    def tag(self, run_id: str, tag: str, remove: bool = False) -> list[str]:
+        """Add (or remove) one tag of a run; returns the run's tags. Kept in the index and in
+        run.json, so `runs rebuild` restores them."""
+        tag = check_tag(tag)
+        tags = self.change_tags(run_id, remove=[tag]) if remove else self.change_tags(run_id, add=[tag])
+        if tags is None:
+            raise UserError(f"There is no run {run_id!r} in {self.root}.")
+        self.run(run_id).write_record()
+        return tags
+
     def event(self, run_id: str, kind: str, message: str = "") -> None:
         t = time.time()
         self.insert_event(run_id, t, kind, message)
@@ -310,6 +321,14 @@ class RunStore(RunIndex):
         store.rebuild_from(folders)
         cls(root)                           # opens and checks the new index
         return {"runs": len(folders), "database": str(store.db)}
+
+
+def check_tag(tag: str) -> str:
+    """A tag as stored (spaces at the ends dropped), or one sentence saying why it cannot be one."""
+    t = str(tag).strip()
+    if not t or len(t) > TAG_MAX or "," in t or not t.isprintable():
+        raise UserError(f"{tag!r} is not a usable tag: use 1-{TAG_MAX} printable characters without commas.")
+    return t
 
 
 def _cannot_create(root, e: OSError) -> UserError:

@@ -9,7 +9,9 @@ checkpoints, predictions) and decides when to stop.
 """
 from __future__ import annotations
 
+import os
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -455,6 +457,7 @@ def fit(cfg: TrainConfig, folder, sink=NullSink(), resume: bool = False, ddp=Non
                                   f"{(data.manifest['split'] == 'train').sum()} training images, starting at epoch {start + 1}"})
     rates = []
     for epoch in range(start + 1, cfg.epochs + 1):
+        cpu0 = _cpu_seconds()
         row = train_one_epoch(trained, train, optimizer, cfg, device, epoch, (epoch - 1) * len(train), sink,
                               class_weight=weight, recipe=recipe, scheduler=scheduler, ddp=ddp)
         if not recipe.per_step:
@@ -463,7 +466,7 @@ def fit(cfg: TrainConfig, folder, sink=NullSink(), resume: bool = False, ddp=Non
         v, _, _ = evaluate(model, val, cfg, device, len(data.labels), ddp=ddp)   # eager: no eval-mode graphs
         rates.append(row["images_per_s"])
         sink.emit("epoch", {"epoch": epoch, **row, "val_loss": v.get("loss"), "val_acc": v.get("acc"),
-                            "lr": optimizer.param_groups[0]["lr"]})
+                            "lr": optimizer.param_groups[0]["lr"], **resource_use(device, cpu0)})
         if ddp.is_main:
             save_checkpoint(folder.checkpoint, model, optimizer, scheduler, epoch, cfg, data.labels,
                             time.time() - t_start)
@@ -475,6 +478,21 @@ def fit(cfg: TrainConfig, folder, sink=NullSink(), resume: bool = False, ddp=Non
     if ddp.enabled:
         summary["processes"] = ddp.world_size
     return summary
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system              # this process, every thread of it (not its loader workers)
+
+
+def resource_use(device, cpu0: float) -> dict:
+    """What an epoch used (the epoch rows' RESOURCE_KEYS): the process's CPU seconds since `cpu0`,
+    its peak resident memory and, on CUDA, PyTorch's peak allocated memory so far, in MiB."""
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss     # KiB on Linux, bytes on macOS
+    rss_mb = rss / 2**20 if sys.platform == "darwin" else rss / 1024
+    gpu_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"cpu_s": _cpu_seconds() - cpu0, "rss_mb": rss_mb, "gpu_mb": gpu_mb}
 
 
 def _restore(folder, resume: bool, model, optimizer, scheduler, ddp) -> tuple[int, float]:

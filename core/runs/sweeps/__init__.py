@@ -28,6 +28,6 @@ from core.runs.sweeps.space import (FIXED, SAMPLER_MAKERS, SAMPLERS, _distributi
 from core.runs.sweeps.storage import (CREDENTIALS, DB_FILE, PASSWORD_ENV, PASSWORD_FILE_ENV,  # noqa: F401
                                       _credentials_file, _with_password, claim_lock, masked, open_storage,
                                       storage_url)
-from core.runs.sweeps.study import (PRUNE_STARTUP_TRIALS, PRUNE_WARMUP_EPOCHS, STATE,  # noqa: F401
+from core.runs.sweeps.study import (NOTE_MAX, PRUNE_STARTUP_TRIALS, PRUNE_WARMUP_EPOCHS, STATE,  # noqa: F401
                                     cancel_sweep, check_name, create, epoch_reporter, importance, info, load,
-                                    names)
+                                    names, set_note)

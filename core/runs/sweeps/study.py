@@ -24,6 +24,10 @@ PRUNE_WARMUP_EPOCHS = 2      # a trial is never pruned before its 2nd epoch ends
 PRUNE_STARTUP_TRIALS = 2     # nor before two trials have finished
 
 
+NOTE_MAX = 2000              # characters in a trial's note
+NOTE_KEY = "note:{}"         # the study user attribute that holds trial n's note
+
+
 def check_name(name: str) -> str:
     if not name or not _NAME.match(name):
         raise UserError(f"{name!r} is not a usable sweep name: use 1-64 letters, digits, '.', '-' or '_'.")
@@ -180,6 +184,7 @@ def info(name: str, storage: str | None = None, study=None) -> dict:
                         "host": t.user_attrs.get("host"), "state": STATE.get(t.state.name, t.state.name.lower()),
                         "val_acc": t.value if t.value is not None else (inter[max(inter)] if inter else None),
                         "pruned_at": t.user_attrs.get("pruned_at"), "error": t.user_attrs.get("error"),
+                        "note": a.get(NOTE_KEY.format(t.number)) or None,
                         "curve": {int(k): float(v) for k, v in sorted(inter.items())},
                         "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
                         if t.datetime_complete and t.datetime_start else None})
@@ -205,6 +210,19 @@ def importance(name: str, storage: str | None = None) -> dict[str, float]:
         return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
     except (RuntimeError, ValueError, ZeroDivisionError):
         return {}
+
+
+def set_note(name: str, number: int, text: str, storage: str | None = None) -> str:
+    """Write (or, with blank text, clear) trial `number`'s note; returns it as stored. Kept in the
+    study's user attributes (Optuna keeps a finished trial's own attributes read-only), so it
+    travels with the study and shows in optuna-dashboard too; `notes_at` tells readers it changed."""
+    study = load(name, storage)
+    if number not in {t.number for t in study.get_trials(deepcopy=False)}:
+        raise UserError(f"Sweep {name!r} has no trial #{number}.")
+    note = str(text).strip()[:NOTE_MAX]
+    study.set_user_attr(NOTE_KEY.format(number), note)
+    study.set_user_attr("notes_at", time.time())
+    return note
 
 
 def cancel_sweep(name: str, store, storage: str | None = None) -> dict:
