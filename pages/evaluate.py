@@ -273,15 +273,16 @@ def calibration_section(run_id: str, split: str, label: str) -> None:
     before = calibration.reliability(preds["conf"], preds["pred"] == preds["target"])
     ece = calibration.ece(preds["conf"], preds["pred"] == preds["target"])
     if cal is None:
-        st.metric(f"ECE ({label.lower()}, {calibration.BINS} bins)", f"{ece:.3f}")
+        st.metric(f"ECE ({calibration.BINS} bins)", f"{ece:.3f}", help="Expected calibration error, before any "
+                  "calibration: the images' share times |accuracy − mean confidence|, summed over the bins.")
         st.plotly_chart(reliability_figure(before, f"{label}: reliability"), key="eval_reliability")
         return
     r = cal["splits"].get(split, {})
     c = st.columns(4)
     c[0].metric("Temperature", f"{cal['temperature']:.3f}", help="Fitted on the validation images: every logit is "
                 "divided by it (Guo et al. 2017). Above 1 the model was over-confident.")
-    c[1].metric(f"ECE before ({label.lower()})", f"{ece:.3f}")
-    c[2].metric(f"ECE after ({label.lower()})", "—" if r.get("ece_after") is None else f"{r['ece_after']:.3f}")
+    c[1].metric("ECE before", f"{ece:.3f}")
+    c[2].metric("ECE after", "—" if r.get("ece_after") is None else f"{r['ece_after']:.3f}")
     c[3].metric("Rejection threshold", f"{cal['threshold']:.3f}",
                 help=f"The lowest calibrated confidence whose answers were right at least "
                      f"{cal.get('target_precision', calibration.TARGET_PRECISION):.0%} of the time on validation.")
@@ -290,7 +291,8 @@ def calibration_section(run_id: str, split: str, label: str) -> None:
     st.caption(f"Expected calibration error: over {calibration.BINS} equal confidence bins, the images' share times "
                f"|accuracy − mean confidence|. Below the threshold Classify answers “none of the landmarks”; on "
                f"validation it answers {cal.get('coverage') or 0:.0%} of the images, right "
-               f"{cal.get('precision') or 0:.0%} of the time{reached}.")
+               f"{cal.get('precision') or 0:.0%} of the time{reached}."
+               + (f" GAP with calibrated confidences: {r['gap_after']:.3f}." if r.get("gap_after") is not None else ""))
     left, right = st.columns(2)
     left.plotly_chart(reliability_figure(before, f"{label}: before"), key="eval_reliability")
     if r.get("bins_after"):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from core.cli import main
 from core.runs.store import RunStore
-from core.serve.predictor import current_calibration
+from core.serve.predictor import calibrate_run, current_calibration, load_predictor
 from core.train import calibration as cal
 
 
@@ -75,6 +75,12 @@ def test_calibrate_store_read_back_and_predict_rejects(use_trained_home, tmp_pat
     val = stored["splits"]["val"]
     assert sum(b["count"] for b in val["bins_after"]) == val["n"] > 0
     assert current_calibration(run) == stored
+
+    # distractors (the tune half of --distractors) count as wrong answers: the threshold can only rise
+    with_d = calibrate_run(load_predictor(run), run, 0.8, distractors=[noise_png(tmp_path, "d.png")] * 5)
+    assert with_d["distractors_tune"] == 5 and with_d["temperature"] == stored["temperature"]
+    assert stored["target_reached"] and with_d["target_reached"] and with_d["precision"] >= 0.8
+    assert with_d["threshold"] >= stored["threshold"]
 
     # the stored threshold raised: a noise photo is rejected, and its guesses are still given
     run.write_calibration({**stored, "threshold": 0.999})

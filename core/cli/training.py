@@ -182,7 +182,8 @@ def _calibration(a, run, out: dict) -> dict:
         raise UserError(f"--target-precision must be between 0 and 1 (got {a.target_precision}).")
     if a.calibrate:
         print(f"calibrating run {a.run_id} on its validation images…", file=sys.stderr)
-        c = calibrate_run(load_predictor(run), run, a.target_precision or TARGET_PRECISION)
+        c = calibrate_run(load_predictor(run), run, a.target_precision or TARGET_PRECISION,
+                          distractors=_tune_distractors(a, run))
     else:
         c = current_calibration(run)
     if c is None:
@@ -199,6 +200,18 @@ def _calibration(a, run, out: dict) -> dict:
     if a.split in c.get("splits", {}):
         res["gap"] = c["splits"][a.split]["gap_after"]
     return res
+
+
+def _tune_distractors(a, run) -> list:
+    """The "tune" half of --distractors (core.serve.distractors, issue 23's other half), when both exist:
+    the rejection threshold then counts every answer on them as wrong."""
+    if not getattr(a, "distractors", None):
+        return []
+    try:
+        from core.serve import distractors
+    except ImportError:
+        return []
+    return list(distractors.load(a.distractors, run).tune)
 
 
 def _fill_balanced(evals: dict, run) -> None:
