@@ -176,19 +176,23 @@ def cmd_eval(a) -> dict:
 def _calibration(a, run, out: dict) -> dict:
     """Issue 23: --calibrate fits and stores the run's calibration; a stored one (fitted on the current
     checkpoint) makes `gap` and `<split>_gap` the calibrated GAP, with "calibrated": true."""
-    from core.serve.predictor import calibrate_run, current_calibration, load_predictor
-    from core.train.calibration import TARGET_PRECISION
     if a.target_precision is not None and not 0 < a.target_precision <= 1:
         raise UserError(f"--target-precision must be between 0 and 1 (got {a.target_precision}).")
-    if a.calibrate:
+    if not a.calibrate and run.read_calibration() is None:
+        c = None                                             # no need to import torch to say so
+    elif a.calibrate:
+        from core.serve.predictor import calibrate_run, load_predictor
+        from core.train.calibration import TARGET_PRECISION
         print(f"calibrating run {a.run_id} on its validation images…", file=sys.stderr)
         c = calibrate_run(load_predictor(run), run, a.target_precision or TARGET_PRECISION,
                           distractors=_tune_distractors(a, run))
     else:
+        from core.serve.predictor import current_calibration
         c = current_calibration(run)
     if c is None:
         if not a.json:
-            print(f"run {a.run_id} has no calibration yet (runs are calibrated on demand): "
+            why = "was calibrated on an older checkpoint" if run.read_calibration() else "has no calibration yet"
+            print(f"run {a.run_id} {why} (runs are calibrated on demand): "
                   f"python -m core eval {a.run_id} --calibrate fits one on its validation images", file=sys.stderr)
         return {"calibrated": False}
     res = {"calibrated": True, "gap_uncalibrated": out["gap"], "temperature": c["temperature"],
