@@ -13,6 +13,7 @@ import streamlit as st
 
 from core.data.readers import open_image
 from core.errors import UserError
+from core.serve.predictor import current_calibration
 from core.explain import METHODS, SCALE_NOTE, colorbar, explain_one, legend, render, to_png_bytes
 from core.data.uploads import (MAX_FILES_PER_UPLOAD, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, UPLOAD_TYPES,
                                check_file_count, limits_text, load_upload)
@@ -46,6 +47,7 @@ st.caption("Upload landmark photos and see what a trained model thinks they are,
            "it looked at (Simonyan, Vedaldi & Zisserman 2014, and later attribution methods).")
 
 run_id, pred = run_and_predictor("clf_run")
+pred = pred.with_calibration(current_calibration(store().run(run_id)))   # read each rerun: calibrated since loading
 
 
 # ------------------------------------------------------------------ inputs
@@ -110,7 +112,8 @@ tta = st.toggle("Average with the mirror image", value=bool(pred.cfg.tta), key=f
 
 
 def model_key() -> str:
-    return f"{run_id}:{store().run(run_id).checkpoint_mtime()}"
+    c = pred.calibration or {}
+    return f"{run_id}:{store().run(run_id).checkpoint_mtime()}:{c.get('temperature')}:{c.get('threshold')}"
 
 
 def image_key(image) -> str:
@@ -121,35 +124,44 @@ def image_key(image) -> str:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def prediction(model_key: str, image_key: str, tta: bool, _image) -> tuple[object, list[dict], float]:
-    """Input tensor, top-5 and its time, once per run, checkpoint, photo and TTA: changing the explanation
-    methods, the class or the opacity reruns the page without another forward pass."""
+def prediction(model_key: str, image_key: str, tta: bool, _image) -> tuple[object, dict, float]:
+    """Input tensor, answer (top-5, calibrated, rejected) and its time, once per run, checkpoint,
+    calibration, photo and TTA: changing the explanation methods, the class or the opacity reruns the
+    page without another forward pass."""
     t0 = time.perf_counter()
     x = pred.tensor(_image)
-    rows = pred.top(x, 5, tta=tta)
-    return x, rows, (time.perf_counter() - t0) * 1000
+    answer = pred.answer(x, 5, tta=tta)
+    return x, answer, (time.perf_counter() - t0) * 1000
 
 
-def top5(image) -> tuple[object, list[dict], float]:
+def top5(image) -> tuple[object, dict, float]:
     return prediction(model_key(), image_key(image), bool(tta), image)
 
 
-def show_top5(name: str, image, rows: list[dict], ms: float) -> None:
+def show_top5(name: str, image, answer: dict, ms: float) -> None:
     left, right = st.columns([1, 2])
     left.image(image, caption=name, width="stretch")
+    rows = answer["top"]
+    if answer["rejected"]:
+        right.warning(f"**{pred.rejection_text()}.** Its best guess, {rows[0]['prob']:.0%}, is below the run's "
+                      f"rejection threshold of {answer['threshold']:.0%}; the best guesses are listed anyway.",
+                      icon="🤷")
     df = pd.DataFrame([{"class": r["name"], "label": r["label"], "probability": r["prob"]} for r in rows])
     right.dataframe(df, hide_index=True, width="stretch", column_config={
         "probability": st.column_config.ProgressColumn("probability", format="percent", min_value=0.0,
                                                        max_value=1.0)})
-    right.caption(f"Top-5 in {ms:.0f} ms on the server (preprocessing + forward pass, {pred.cfg.model}).")
+    calibrated = ("Calibrated probabilities (temperature scaling fitted on the run's validation images)."
+                  if answer["calibrated"] else "Uncalibrated probabilities: calibrate the run on the Evaluate page "
+                  "to get a rejection threshold.")
+    right.caption(f"Top-5 in {ms:.0f} ms on the server (preprocessing + forward pass, {pred.cfg.model}). {calibrated}")
 
 
 st.subheader("Top-5 classes")
 inputs = []  # (name, tensor, top class)
 for name, image in images:
-    x, rows, ms = top5(image)
-    show_top5(name, image, rows, ms)
-    inputs.append((name, x, rows[0]["class"]))
+    x, answer, ms = top5(image)
+    show_top5(name, image, answer, ms)
+    inputs.append((name, x, answer["top"][0]["class"]))
 
 
 # ------------------------------------------------------------------ explanations

@@ -67,17 +67,19 @@ def cmd_predict(a) -> dict:
         except (UserError, OSError, ValueError) as e:
             results.append({"image": path, "error": str(e) or type(e).__name__})
             continue
-        item = {"image": path, "top": pred.top(x, a.top)}
+        item = {"image": path, **pred.answer(x, a.top)}     # calibrated, and rejected below the threshold
         if methods:
             item["explanations"] = _explain(pred, x, path, methods, a.out)
         results.append(item)
         if not a.json:
             print(path)
+            if item["rejected"]:
+                print(f"  {pred.rejection_text()} (best guesses below the threshold {item['threshold']:.3f}):")
             for t in item["top"]:
                 print(f"  {t['prob']:.3f}  {t['name']}")
     if all("error" in r for r in results):
         raise UserError(results[0]["error"])
-    return {"run_id": a.run, "results": results}
+    return {"run_id": a.run, "calibrated": bool(pred.calibration), "results": results}
 
 
 def _explain_methods(names: str | None) -> list[str]:

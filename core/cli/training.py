@@ -39,6 +39,12 @@ def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="metrics of a finished run")
     p.add_argument("run_id")
     p.add_argument("--split", choices=["train", "val", "holdout"], default="holdout")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit temperature scaling and the rejection threshold on the validation images and store "
+                        "them with the run (calibration.json); without it a stored calibration is reported")
+    p.add_argument("--target-precision", type=float, default=None, metavar="P",
+                   help="with --calibrate: the rejection threshold is the lowest confidence whose answers are "
+                        "right at least P of the time on validation (default 0.9)")
     _runs_and_json(p)
     p.set_defaults(fn=cmd_eval)
 
@@ -224,7 +230,53 @@ def cmd_eval(a) -> dict:
                seconds=run["summary"].get("seconds"), history=hist.to_dict("records"), per_class=per_class)
     confusion = store.run(a.run_id).read_confusion(a.split, m)
     out["confusion_cells"] = confusion.cells() if confusion is not None else []   # [true, predicted, count]
+    out.update(_calibration(a, store.require(a.run_id), out))
     return out
+
+
+def _calibration(a, run, out: dict) -> dict:
+    """Issue 23: --calibrate fits and stores the run's calibration; a stored one (fitted on the current
+    checkpoint) makes `gap` and `<split>_gap` the calibrated GAP, with "calibrated": true."""
+    if a.target_precision is not None and not 0 < a.target_precision <= 1:
+        raise UserError(f"--target-precision must be between 0 and 1 (got {a.target_precision}).")
+    if not a.calibrate and run.read_calibration() is None:
+        c = None                                             # no need to import torch to say so
+    elif a.calibrate:
+        from core.serve.predictor import calibrate_run, load_predictor
+        from core.train.calibration import TARGET_PRECISION
+        print(f"calibrating run {a.run_id} on its validation images…", file=sys.stderr)
+        c = calibrate_run(load_predictor(run), run, a.target_precision or TARGET_PRECISION,
+                          distractors=_tune_distractors(a, run))
+    else:
+        from core.serve.predictor import current_calibration
+        c = current_calibration(run)
+    if c is None:
+        if not a.json:
+            why = "was calibrated on an older checkpoint" if run.read_calibration() else "has no calibration yet"
+            print(f"run {a.run_id} {why} (runs are calibrated on demand): "
+                  f"python -m core eval {a.run_id} --calibrate fits one on its validation images", file=sys.stderr)
+        return {"calibrated": False}
+    res = {"calibrated": True, "gap_uncalibrated": out["gap"], "temperature": c["temperature"],
+           "threshold": c["threshold"], "target_precision": c.get("target_precision"),
+           "ece_before": c["ece_before"], "ece_after": c["ece_after"], "ece_on": c.get("ece_on")}
+    for s, r in c.get("splits", {}).items():
+        res[f"{s}_gap"] = r["gap_after"]
+        res[f"{s}_ece_before"], res[f"{s}_ece_after"] = r["ece_before"], r["ece_after"]
+    if a.split in c.get("splits", {}):
+        res["gap"] = c["splits"][a.split]["gap_after"]
+    return res
+
+
+def _tune_distractors(a, run) -> list:
+    """The "tune" half of --distractors (core.serve.distractors, issue 23's other half), when both exist:
+    the rejection threshold then counts every answer on them as wrong."""
+    if not getattr(a, "distractors", None):
+        return []
+    try:
+        from core.serve import distractors
+    except ImportError:
+        return []
+    return list(distractors.load(a.distractors, run).tune)
 
 
 def _fill_balanced(evals: dict, run) -> None:

@@ -4,8 +4,9 @@ reading a folder back (what `runs rebuild` and the index's reconciliation insert
 A run folder alone is enough to show, resume or rebuild its run: config.json (the one stored
 configuration), run.json (status and summary), epochs.json, steps.csv, evals.json, events.jsonl,
 split.csv, classes.json, provenance.json (what the run was made from: core.runs.provenance),
-checkpoints/last.pt, log.txt, and per split confusion_<split>.parquet (the
-confusion matrix's non-zero cells) and predictions_<split>.parquet. Only this class spells those names.
+checkpoints/last.pt, log.txt, per split confusion_<split>.parquet (the confusion matrix's non-zero
+cells) and predictions_<split>.parquet, and once calibrated calibration.json (temperature, rejection
+threshold, ECE: core.train.calibration). Only this class spells those names.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class RunFolder:
     class_models_dir = property(lambda self: self.dir / "class_models")
     exports_dir = property(lambda self: self.dir / "exports")
     ddp_dir = property(lambda self: self.dir / "ddp")           # a several-process run's reports
+    calibration_file = property(lambda self: self.dir / "calibration.json")   # temperature + threshold (issue 23)
 
     def predictions_file(self, split: str) -> Path:
         return self.dir / f"predictions_{split}.parquet"
@@ -76,6 +78,9 @@ class RunFolder:
         from core.files import atomic_output
         with atomic_output(self.confusion_file(split)) as tmp:
             confusion.frame().to_parquet(tmp, index=False)
+
+    def write_calibration(self, calibration: dict) -> None:
+        atomic_write(self.calibration_file, json.dumps(calibration, indent=1))
 
     def append_event(self, t: float, kind: str, message: str) -> None:
         if self.dir.is_dir():
@@ -113,6 +118,9 @@ class RunFolder:
             import pandas as pd
             return Confusion.from_cells(pd.read_parquet(f), len(ev.get("labels") or ev.get("support") or ()))
         return Confusion.from_dense(ev["confusion"]) if ev.get("confusion") else None
+
+    def read_calibration(self) -> dict | None:
+        return _read_json(self.calibration_file, None)
 
     def read_events(self) -> list[dict]:
         return _read_lines(self.events_file)

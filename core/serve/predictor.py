@@ -2,10 +2,13 @@
 
 `load_predictor(run)` takes a run object (core.runs.store.Run or anything with `.id`,
 `.checkpoint`, `.config()` and `.class_names()`); callers get it from `store.require(run_id)`.
+A run with a calibration (`.read_calibration()`, issue 23) gets its temperature and rejection
+threshold applied: `top` gives calibrated probabilities and `answer` says whether to reject.
+`calibrate_run(pred, run)` fits that calibration on the run's validation images (core.train.calibration).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -14,7 +17,11 @@ from core.train.config import TrainConfig
 from core.data.readers import open_image, resize_square
 from core.train.engine import read_checkpoint
 from core.errors import UserError
+from core.train import calibration as cal
+from core.train import metrics
 from core.train.models import LandmarkNet, build_model, class_probs
+
+BATCH = 64                      # images per forward pass while calibrating
 
 
 @dataclass
@@ -25,6 +32,7 @@ class Predictor:
     names: list
     cfg: TrainConfig
     weights_mtime: float = 0.0      # when the checkpoint was written (cached images older than it are stale)
+    calibration: dict | None = None  # the run's calibration.json (temperature, threshold), when it has one
 
     def tensor(self, image) -> torch.Tensor:
         """PIL image (or path / file object) -> (1,3,S,S) float in [0,1], as in training."""
@@ -52,10 +60,37 @@ class Predictor:
         image's and its mirror image's probabilities, as the run's evaluation did."""
         return class_probs(self.model, x, self.cfg.tta if tta is None else tta).numpy()
 
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
+        """Logits shaped (views, n, C): the image, and with `tta` its mirror image too."""
+        views = [x, x.flip(3)] if (self.cfg.tta if tta is None else tta) else [x]
+        return torch.stack([self.model(v).float() for v in views])
+
+    def with_calibration(self, calibration: dict | None) -> "Predictor":
+        """The same model with another calibration (a shallow copy: the model is shared)."""
+        return replace(self, calibration=calibration or None)
+
+    def calibrated_probs(self, x: torch.Tensor, tta: bool | None = None) -> np.ndarray:
+        """probs() through the run's temperature; probs() itself where the run has no calibration."""
+        if not self.calibration:
+            return self.probs(x, tta)
+        return cal.calibrated_probs(self.logits(x, tta), self.calibration["temperature"]).numpy()
+
     def top(self, x: torch.Tensor, k: int = 5, tta: bool | None = None) -> list[dict]:
-        p = self.probs(x, tta)[0]
+        p = self.calibrated_probs(x, tta)[0]
         order = np.argsort(-p)[:k]
         return [{"class": int(i), "label": self.labels[i], "name": self.names[i], "prob": float(p[i])} for i in order]
+
+    def answer(self, x: torch.Tensor, k: int = 5, tta: bool | None = None) -> dict:
+        """The top-k and whether to reject the photo: its best (calibrated) probability is below the
+        run's threshold. A rejected photo still gets its best guesses."""
+        rows = self.top(x, k, tta)
+        threshold = (self.calibration or {}).get("threshold")
+        return {"top": rows, "calibrated": bool(self.calibration), "threshold": threshold,
+                "rejected": threshold is not None and bool(rows) and rows[0]["prob"] < threshold}
+
+    def rejection_text(self) -> str:
+        return f"None of the {len(self.labels)} landmarks this model knows"
 
 
 def load_predictor(run) -> Predictor:
@@ -71,4 +106,85 @@ def load_predictor(run) -> Predictor:
     model.load_state_dict(state["model"])
     model.eval()
     names = run.class_names()
-    return Predictor(run.id, model, labels, [names.get(l, l) for l in labels], cfg, mtime)
+    pred = Predictor(run.id, model, labels, [names.get(l, l) for l in labels], cfg, mtime)
+    return pred.with_calibration(current_calibration(run))
+
+
+def current_calibration(run) -> dict | None:
+    """The run's stored calibration, or None: none written, or fitted on an older checkpoint (a
+    resumed run must be calibrated again)."""
+    read = getattr(run, "read_calibration", None)
+    c = read() if read else None
+    if not c or "temperature" not in c:
+        return None
+    try:
+        mtime = run.checkpoint.stat().st_mtime
+    except OSError:
+        return None
+    return c if abs(c.get("checkpoint_mtime", mtime) - mtime) < 1e-3 else None
+
+
+# ------------------------------------------------------------------ fitting a run's calibration
+
+def split_logits(pred: Predictor, paths, targets) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits (views, n, C) of the images that can be read, and their targets."""
+    chunks, kept, batch, ys = [], [], [], []
+    for p, y in zip(paths, targets):
+        try:
+            batch.append(pred.tensor(p))
+            ys.append(int(y))
+        except (UserError, OSError, ValueError):
+            continue                         # a photo gone or damaged since training: left out
+        if len(batch) == BATCH:
+            chunks.append(pred.logits(torch.cat(batch)))
+            kept += ys
+            batch, ys = [], []
+    if batch:
+        chunks.append(pred.logits(torch.cat(batch)))
+        kept += ys
+    c = len(pred.labels)
+    return (torch.cat(chunks, 1) if chunks else torch.zeros(1, 0, c)), np.asarray(kept, dtype=np.int64)
+
+
+def _split_report(logits, y, t: float) -> dict:
+    before = cal.summary(cal.calibrated_probs(logits, 1.0).numpy(), y)
+    after = cal.summary(cal.calibrated_probs(logits, t).numpy(), y)
+    return {"n": int(len(y)), "ece_before": before["ece"], "ece_after": after["ece"],
+            "gap_before": metrics.gap(y, before["pred"], before["conf"]) if len(y) else None,
+            "gap_after": metrics.gap(y, after["pred"], after["conf"]) if len(y) else None,
+            "acc_after": float(after["correct"].mean()) if len(y) else None,
+            "bins_before": before["bins"], "bins_after": after["bins"], "_after": after}
+
+
+def calibrate_run(pred: Predictor, run, target_precision: float = cal.TARGET_PRECISION,
+                  distractors=()) -> dict:
+    """Fit the temperature on the run's validation images, choose the rejection threshold on them
+    (plus `distractors`, photos of no known landmark: every answer on them is wrong), report ECE and
+    GAP before/after on validation and holdout, and store it all with the run (write_calibration)."""
+    import pandas as pd
+    f = run.predictions_file("val")
+    if not f.exists():
+        raise UserError(f"Run {run.id} has no validation predictions yet; it can be calibrated once it has finished.")
+    df = pd.read_parquet(f, columns=["path", "target"])
+    logits, y = split_logits(pred, df["path"].astype(str), df["target"])
+    if len(y) == 0:
+        raise UserError(f"None of run {run.id}'s {len(df)} validation images can be read any more, so it cannot "
+                        "be calibrated; restore its data set folder and try again.")
+    t = cal.fit_temperature(logits, y)
+    splits = {"val": _split_report(logits, y, t)}
+    h = run.predictions_file("holdout")
+    if h.exists():
+        dh = pd.read_parquet(h, columns=["path", "target"])
+        splits["holdout"] = _split_report(*split_logits(pred, dh["path"].astype(str), dh["target"]), t)
+    conf, correct = splits["val"]["_after"]["conf"], splits["val"]["_after"]["correct"]
+    d_logits, _ = split_logits(pred, list(distractors), [0] * len(distractors))
+    d_conf = cal.calibrated_probs(d_logits, t).numpy().max(1) if d_logits.shape[1] else np.zeros(0)
+    thr = cal.choose_threshold(np.r_[conf, d_conf], np.r_[correct, np.zeros(len(d_conf), bool)], target_precision)
+    on = "holdout" if splits.get("holdout", {}).get("n") else "val"
+    out = {"temperature": t, "fitted_on": "val", "method": "temperature scaling: NLL minimised by Newton's method on 1/T",
+           "ece_before": splits[on]["ece_before"], "ece_after": splits[on]["ece_after"], "ece_on": on,
+           **thr, "target_precision": target_precision, "distractors_tune": int(d_logits.shape[1]),
+           "checkpoint_mtime": pred.weights_mtime,
+           "splits": {s: {k: v for k, v in r.items() if k != "_after"} for s, r in splits.items()}}
+    run.write_calibration(out)
+    return out
