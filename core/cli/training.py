@@ -32,6 +32,9 @@ def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="metrics of a finished run")
     p.add_argument("run_id")
     p.add_argument("--split", choices=["train", "val", "holdout"], default="holdout")
+    p.add_argument("--distractors", metavar="DIR", default=None,
+                   help="a folder of photos of no known landmark: half join the holdout as queries "
+                        "(gap_with_distractors, a precision-coverage curve)")
     _runs_and_json(p)
     p.set_defaults(fn=cmd_eval)
 
@@ -163,7 +166,27 @@ def cmd_eval(a) -> dict:
                seconds=run["summary"].get("seconds"), history=hist.to_dict("records"), per_class=per_class)
     confusion = store.run(a.run_id).read_confusion(a.split, m)
     out["confusion_cells"] = confusion.cells() if confusion is not None else []   # [true, predicted, count]
+    if a.distractors:
+        extra = _eval_distractors(store.run(a.run_id), a.split, a.distractors)
+        out.update({k: v for k, v in extra.items() if k != "gap"})      # `gap` stays the known landmarks' own
     return out
+
+
+def _eval_distractors(run, split: str, folder: str) -> dict:
+    """The split scored with the distractor folder's query half; kept in the run folder too."""
+    from core.serve import distractors
+    from core.serve.predictor import load_predictor
+    if split != "holdout":
+        raise UserError(f"Distractors join the holdout as queries; drop --split {split} or use --split holdout.")
+    predictions = run.predictions(split)
+    if predictions is None:
+        raise UserError(f"Run {run.id} has no per-image holdout predictions to score distractors with.")
+    result = distractors.evaluate(run, load_predictor(run), predictions, folder)
+    if result["distractors_left_out"]:
+        print(f"{result['distractors_left_out']} image(s) of the distractor folder are photos of this run's data set "
+              "(same path or same bytes) and were left out.", file=sys.stderr)
+    run.write_distractors(split, result)
+    return result
 
 
 def _fill_balanced(evals: dict, run) -> None:

@@ -4,7 +4,8 @@ reading a folder back (what `runs rebuild` and the index's reconciliation insert
 A run folder alone is enough to show, resume or rebuild its run: config.json (the one stored
 configuration), run.json (status and summary), epochs.json, steps.csv, evals.json, events.jsonl,
 split.csv, classes.json, checkpoints/last.pt, log.txt, and per split confusion_<split>.parquet (the
-confusion matrix's non-zero cells) and predictions_<split>.parquet. Only this class spells those names.
+confusion matrix's non-zero cells), predictions_<split>.parquet and distractors_<split>.json (the split
+scored with a distractor folder: GAP with distractors, the coverage curve). Only this class spells those names.
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ class RunFolder:
     def confusion_file(self, split: str) -> Path:
         return self.dir / f"confusion_{split}.parquet"
 
+    def distractors_file(self, split: str) -> Path:
+        return self.dir / f"distractors_{split}.json"
+
     # ---------------------------------------------------------------- writing
     def write_record(self, record: dict) -> None:
         if self.dir.is_dir():            # a folder removed under us (deleted run): nothing to keep in step
@@ -69,6 +73,9 @@ class RunFolder:
         from core.files import atomic_output
         with atomic_output(self.confusion_file(split)) as tmp:
             confusion.frame().to_parquet(tmp, index=False)
+
+    def write_distractors(self, split: str, result: dict) -> None:
+        atomic_write(self.distractors_file(split), json.dumps(result))
 
     def append_event(self, t: float, kind: str, message: str) -> None:
         if self.dir.is_dir():
@@ -103,6 +110,10 @@ class RunFolder:
             import pandas as pd
             return Confusion.from_cells(pd.read_parquet(f), len(ev.get("labels") or ev.get("support") or ()))
         return Confusion.from_dense(ev["confusion"]) if ev.get("confusion") else None
+
+    def read_distractors(self, split: str) -> dict | None:
+        """The split's last distractor evaluation (core.serve.distractors.evaluate), or None."""
+        return _read_json(self.distractors_file(split), None)
 
     def read_events(self) -> list[dict]:
         return _read_lines(self.events_file)
