@@ -11,6 +11,7 @@ from core.data.splits import thin_holdout
 from core.train import metrics
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS
 from dashboard import charts, nav
+from dashboard.distractor_panel import distractor_panel
 from dashboard.common import classes_count, home_key, run_names, run_picker, runs_frame, split_labels, store
 from dashboard.export_panel import export_panel
 
@@ -249,6 +250,8 @@ if confusion is None:
     st.stop()
 ev = {**ev, "cells": confusion}
 split_metrics(ev, split)
+if split == "holdout":
+    distractor_panel(run_id, str(store().get(run_id)["config"].get("data") or ""))
 per_class_section(ev, labels[split])
 confusion_section(ev, run_id, split)
 mistakes_section(ev, run_id, split, labels[split])

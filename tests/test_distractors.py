@@ -10,6 +10,7 @@ from PIL import Image
 
 from core.serve import distractors
 from core.train import metrics
+from tests.test_browser import app, chromium  # noqa: F401 - the browser test's server and browser
 from tests.test_cli import last_json, run
 
 
@@ -144,3 +145,69 @@ def test_eval_refuses_a_folder_of_the_runs_own_photos(use_trained_home, tmp_path
     assert code == 2
     assert f"All 3 images of the distractor folder {folder} are photos of run {run_id}'s data set" in err
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ the Evaluate page (AppTest) and a browser (e2e)
+
+def _title(spec) -> str:
+    return str((spec["layout"].get("title") or {}).get("text", ""))
+
+
+def test_evaluate_page_scores_the_distractor_folder_of_the_url(use_trained_home):
+    import json
+    from streamlit.testing.v1 import AppTest
+    from tests.test_pages_evaluate_compare import APP, EVALUATE
+    home, ids = use_trained_home
+    folder = noise_images(home / "datasets" / "noise", 8)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(EVALUATE)
+    at.query_params["distractors"] = str(folder)                     # a shared link: the field starts with it
+    at.run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    run_id = at.selectbox(key="eval_run").value
+    (field,) = [t for t in at.text_input if t.label == "Distractor folder"]
+    assert field.value == str(folder)
+    stored = json.loads((home / "runs" / run_id / "distractors_holdout.json").read_text())
+    shown = {m.label: m.value for m in at.metric}
+    assert shown[f"GAP with distractors (+{stored['distractors']})"] == f"{stored['gap_with_distractors']:.3f}"
+    assert shown["GAP (known landmarks)"] == f"{stored['gap']:.3f}"
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    (curve,) = [s for s in specs if "Precision–coverage" in _title(s)]
+    assert curve["data"][0]["x"][-1] == 1.0 and len(curve["data"][0]["x"]) == len(stored["coverage_curve"])
+
+
+@pytest.fixture
+def home_with_runs(home, trained_home):
+    """The browser test's LANDMARKS_HOME holding the two trained runs (before the `app` fixture starts)."""
+    shutil.copytree(trained_home[0], home)
+    return home, trained_home[1]
+
+
+@pytest.mark.e2e
+def test_browser_distractor_folder_on_evaluate_then_compare(home_with_runs, app):
+    """Type a distractor folder on Evaluate: GAP with distractors and the coverage curve appear, the
+    folder goes into the address; score the other run too and Compare shows both curves."""
+    from playwright.sync_api import sync_playwright, expect
+    from tests.test_browser import ARGS, CHROMIUM
+    home, ids = home_with_runs
+    folder = noise_images(home / "datasets" / "noise", 8)
+    curves = """() => [...document.querySelectorAll('.js-plotly-plot')]
+      .filter(g => ((g.layout.title || {}).text || '').includes('Precision–coverage'))
+      .map(g => g._fullData ? g._fullData.length : 0)"""
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        for run_id in ids:
+            page.goto(app + f"/evaluate?run={run_id}")
+            field = page.get_by_role("textbox", name="Distractor folder", exact=True)
+            expect(field).to_be_visible(timeout=120_000)
+            if field.input_value() != str(folder):              # the second time the session remembers it
+                field.fill(str(folder))
+                field.press("Enter")
+            expect(page.get_by_text("GAP with distractors (+").first).to_be_visible(timeout=120_000)
+            page.wait_for_function(f"({curves})().length === 1 && ({curves})()[0] === 1", timeout=120_000)
+        assert "distractors=" in page.url
+        page.goto(app + "/compare?runs=" + ",".join(ids))
+        expect(page.get_by_text("With distractors")).to_be_visible(timeout=120_000)
+        page.wait_for_function(f"({curves})().length === 1 && ({curves})()[0] === 2", timeout=120_000)
+        browser.close()
