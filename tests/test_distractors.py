@@ -98,6 +98,25 @@ def test_empty_and_missing_folders_are_one_sentence(tmp_path):
         distractors.list_images(tmp_path / "nope")
 
 
+def test_a_folder_of_unreadable_images_is_one_sentence(tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for i in range(8):
+        (folder / f"{i}.jpg").write_bytes(b"not a jpeg at all")
+
+    class Reader:                                          # the predictor's reading step, without a model
+        def tensor(self, path):
+            from core.data.readers import open_image
+            open_image(path)
+
+    preds = pd.DataFrame({"target": [0], "pred": [0], "conf": [0.5]})
+    d = distractors.load(folder, FakeRun(tmp_path / "none.csv"))
+    with pytest.raises(distractors.UserError) as e:
+        distractors.evaluate(FakeRun(tmp_path / "none.csv"), Reader(), preds, folder)
+    assert str(e.value) == (f"None of the {len(d.query)} query images of the distractor folder {folder} "
+                            "can be read as an image.")
+
+
 def test_overlap_by_path_and_by_bytes(tmp_path):
     folder = noise_images(tmp_path / "d", 4)
     own = sorted(folder.rglob("*.png"))
