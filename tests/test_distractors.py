@@ -172,6 +172,7 @@ def _title(spec) -> str:
     return str((spec["layout"].get("title") or {}).get("text", ""))
 
 
+@pytest.mark.e2e        # 4-5 s of AppTest: over this brief's 4 s of `make test`, so in the e2e tier
 def test_evaluate_page_scores_the_distractor_folder_of_the_url(use_trained_home):
     import json
     from streamlit.testing.v1 import AppTest
