@@ -13,6 +13,7 @@ from core.data.uploads import UPLOAD_TYPES, limits_text, load_upload
 from core.errors import UserError
 from core.explain import METHODS, explain_one
 from dashboard import charts, nav
+from dashboard.distractor_panel import compare_distractors
 from dashboard.common import (home_key, loss_controls, predictor, run_names, run_picker, runs_frame, split_labels,
                               store, user_error)
 
@@ -282,6 +283,7 @@ st.subheader("Metrics")
 metrics_table(runs, evals, names)
 with st.expander("Configuration differences", expanded=True):
     config_table(runs, names)
+compare_distractors(runs, names)
 
 st.subheader("Curves")
 log_loss, smoothing = loss_controls("cmp")

@@ -14,6 +14,7 @@ from dashboard import charts, nav
 from core.errors import UserError
 from dashboard.common import (classes_count, home_key, predictor, run_names, run_picker, runs_frame, split_labels,
                               store, user_error)
+from dashboard.distractor_panel import distractor_panel
 from dashboard.export_panel import export_panel
 
 SPLITS = ("holdout", "val", "train")      # in the order of the split picker; labels from the run's config
@@ -326,6 +327,8 @@ if confusion is None:
     st.stop()
 ev = {**ev, "cells": confusion}
 split_metrics(ev, split)
+if split == "holdout":
+    distractor_panel(run_id, str(store().get(run_id)["config"].get("data") or ""))
 per_class_section(ev, labels[split])
 confusion_section(ev, run_id, split)
 mistakes_section(ev, run_id, split, labels[split])

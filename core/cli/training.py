@@ -45,6 +45,9 @@ def add_eval(sub) -> None:
     p.add_argument("--target-precision", type=float, default=None, metavar="P",
                    help="with --calibrate: the rejection threshold is the lowest confidence whose answers are "
                         "right at least P of the time on validation (default 0.9)")
+    p.add_argument("--distractors", metavar="DIR", default=None,
+                   help="a folder of photos of no known landmark: half join the holdout as queries "
+                        "(gap_with_distractors, a precision-coverage curve)")
     _runs_and_json(p)
     p.set_defaults(fn=cmd_eval)
 
@@ -231,6 +234,9 @@ def cmd_eval(a) -> dict:
     confusion = store.run(a.run_id).read_confusion(a.split, m)
     out["confusion_cells"] = confusion.cells() if confusion is not None else []   # [true, predicted, count]
     out.update(_calibration(a, store.require(a.run_id), out))
+    if a.distractors:
+        extra = _eval_distractors(store.run(a.run_id), a.split, a.distractors)
+        out.update({k: v for k, v in extra.items() if k != "gap"})      # `gap` stays the known landmarks' own
     return out
 
 
@@ -277,6 +283,23 @@ def _tune_distractors(a, run) -> list:
     except ImportError:
         return []
     return list(distractors.load(a.distractors, run).tune)
+
+
+def _eval_distractors(run, split: str, folder: str) -> dict:
+    """The split scored with the distractor folder's query half; kept in the run folder too."""
+    from core.serve import distractors
+    from core.serve.predictor import load_predictor
+    if split != "holdout":
+        raise UserError(f"Distractors join the holdout as queries; drop --split {split} or use --split holdout.")
+    predictions = run.predictions(split)
+    if predictions is None:
+        raise UserError(f"Run {run.id} has no per-image holdout predictions to score distractors with.")
+    result = distractors.evaluate(run, load_predictor(run), predictions, folder)
+    if result["distractors_left_out"]:
+        print(f"{result['distractors_left_out']} image(s) of the distractor folder are photos of this run's data set "
+              "(same path or same bytes) and were left out.", file=sys.stderr)
+    run.write_distractors(split, result)
+    return result
 
 
 def _fill_balanced(evals: dict, run) -> None:

@@ -5,8 +5,9 @@ A run folder alone is enough to show, resume or rebuild its run: config.json (th
 configuration), run.json (status and summary), epochs.json, steps.csv, evals.json, events.jsonl,
 split.csv, classes.json, provenance.json (what the run was made from: core.runs.provenance),
 checkpoints/last.pt, log.txt, per split confusion_<split>.parquet (the confusion matrix's non-zero
-cells) and predictions_<split>.parquet, and once calibrated calibration.json (temperature, rejection
-threshold, ECE: core.train.calibration). Only this class spells those names.
+cells), predictions_<split>.parquet and distractors_<split>.json (the split scored with a distractor
+folder: GAP with distractors, the coverage curve), and once calibrated calibration.json (temperature,
+rejection threshold, ECE: core.train.calibration). Only this class spells those names.
 """
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ class RunFolder:
     def confusion_file(self, split: str) -> Path:
         return self.dir / f"confusion_{split}.parquet"
 
+    def distractors_file(self, split: str) -> Path:
+        return self.dir / f"distractors_{split}.json"
+
     # ---------------------------------------------------------------- writing
     def write_record(self, record: dict) -> None:
         if self.dir.is_dir():            # a folder removed under us (deleted run): nothing to keep in step
@@ -81,6 +85,9 @@ class RunFolder:
 
     def write_calibration(self, calibration: dict) -> None:
         atomic_write(self.calibration_file, json.dumps(calibration, indent=1))
+
+    def write_distractors(self, split: str, result: dict) -> None:
+        atomic_write(self.distractors_file(split), json.dumps(result))
 
     def append_event(self, t: float, kind: str, message: str) -> None:
         if self.dir.is_dir():
@@ -121,6 +128,10 @@ class RunFolder:
 
     def read_calibration(self) -> dict | None:
         return _read_json(self.calibration_file, None)
+
+    def read_distractors(self, split: str) -> dict | None:
+        """The split's last distractor evaluation (core.serve.distractors.evaluate), or None."""
+        return _read_json(self.distractors_file(split), None)
 
     def read_events(self) -> list[dict]:
         return _read_lines(self.events_file)

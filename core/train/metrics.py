@@ -245,6 +245,49 @@ def gap(y_true, y_pred, confidence) -> float:
     return float((precision * rel).sum() / m)
 
 
+NO_LANDMARK = -1           # the true label of a query that shows none of the known landmarks
+CURVE_POINTS = 101         # at most this many points of a precision-coverage curve are kept
+
+
+def precision_coverage(y_true, y_pred, confidence, points: int = CURVE_POINTS) -> list[dict]:
+    """Answer only the queries whose confidence is at least a threshold: `coverage` is the share
+    answered, `precision` the share of those answers that are right (an answer on a no-landmark
+    query, y_true < 0, is always wrong). One point per distinct confidence, highest first (ties
+    are answered together); thinned to at most `points`, keeping the last (everything answered)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    conf = np.asarray(confidence, dtype=np.float64)
+    n = len(conf)
+    if n == 0:
+        return []
+    order = np.argsort(-conf, kind="stable")
+    c = conf[order]
+    rel = (y_pred[order] == y_true[order]) & (y_true[order] >= 0)
+    answered = np.arange(1, n + 1)
+    precision = np.cumsum(rel) / answered
+    ends = np.flatnonzero(np.r_[c[1:] != c[:-1], True])          # the last index of each tie group
+    if len(ends) > points:
+        ends = ends[np.unique(np.linspace(0, len(ends) - 1, points).round().astype(int))]
+    return [{"confidence": float(c[i]), "coverage": float(answered[i] / n), "precision": float(precision[i])}
+            for i in ends]
+
+
+def with_distractors(y_true, y_pred, confidence, d_pred, d_conf) -> dict:
+    """Known-landmark queries (y_true >= 0) plus distractor queries (photos of no known landmark,
+    their predictions `d_pred` with confidences `d_conf`) scored as the Google Landmark
+    Recognition challenge does (Kaggle 2020, Evaluation; Weyand et al., CVPR 2020): GAP over all
+    predictions ranked by confidence, M = the known-landmark queries, a distractor answer always
+    wrong. `gap` and `acc_known` stay over the known landmarks alone."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    conf = np.asarray(confidence, dtype=np.float64)
+    d_pred = np.asarray(d_pred, dtype=np.int64)
+    t = np.concatenate([y_true, np.full(len(d_pred), NO_LANDMARK, np.int64)])
+    p = np.concatenate([y_pred, d_pred])
+    c = np.concatenate([conf, np.asarray(d_conf, dtype=np.float64)])
+    return {"gap": gap(y_true, y_pred, conf), "gap_with_distractors": gap(t, p, c),
+            "acc_known": accuracy(y_true, y_pred), "known": int(len(y_true)), "distractors": int(len(d_pred)),
+            "coverage_curve": precision_coverage(t, p, c)}
+
+
 def evaluation(out: Outputs, n_classes: int) -> tuple[dict, Confusion]:
     """All metrics of one split from its per-image outputs, and its confusion cells."""
     conf = Confusion.from_labels(out.target, out.pred, n_classes)
