@@ -8,10 +8,10 @@ import streamlit as st
 
 from core.data.readers import open_image
 from core.data.splits import thin_holdout
+from core.errors import UserError
 from core.train import calibration, metrics
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS
 from dashboard import charts, nav
-from core.errors import UserError
 from dashboard.common import (classes_count, home_key, predictor, run_names, run_picker, runs_frame, split_labels,
                               store, user_error)
 from dashboard.distractor_panel import distractor_panel
