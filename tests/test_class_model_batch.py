@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -97,3 +98,20 @@ def test_job_progress_carries_step_class_total_and_eta(net, tmp_path, monkeypatc
     ctx.calls.clear()
     tasks.class_models(ctx)                                    # all cached: nothing drawn again
     assert ctx.calls == []
+
+
+def test_cli_prints_the_pages_progress_line(monkeypatch, capsys):
+    from core.cli import inference
+    seen = {}
+
+    def run_here(a, kind_name, args, run_id=None, on_progress=None):
+        seen.update(kind=kind_name, args=args, run_id=run_id)
+        on_progress({"step": 1, "steps": 2, "first": 1, "last": 1, "classes": 1, "done": 1, "total": 2, "eta_s": None})
+        on_progress({"step": 2, "steps": 2, "first": 1, "last": 1, "classes": 1, "done": 2, "total": 2, "eta_s": 0.0})
+        return {"results": [{"class": 0, "name": "Louvre", "png": "x.png", "prob": 0.5}]}
+    monkeypatch.setattr(inference, "_run_here", run_here)
+    a = SimpleNamespace(cls="0", steps=2, size=32, out="cm", run="r1", runs=None, json=True)
+    assert inference.cmd_class_model(a) == {"run_id": "r1", "class": 0, "name": "Louvre", "png": "x.png", "prob": 0.5}
+    assert seen["kind"] == "class_models" and seen["args"]["classes"] == ["0"] and seen["run_id"] == "r1"
+    err = capsys.readouterr().err
+    assert err == "\rstep 1/2 · class 1/1 · ETA …\033[K\rstep 2/2 · class 1/1 · ETA 00:00\033[K\n"
