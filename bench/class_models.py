@@ -5,9 +5,9 @@ one each: the loop before issue 21) against all K in one batch, in the same run 
 
 Prints each way's wall time, the ratio, and per class the largest pixel difference between the
 two ways' images and their target logits. They agree up to float noise step by step; over many
-steps a max-pool or ReLU tie can flip on that noise and one image's path then drifts (to an image
-the model scores as highly), as it would from any change of summation order. efficientnet_lite0 loads its ImageNet weights offline
-(they ship with pip); small_cnn starts from random weights. Both give the same timing shape.
+steps a max-pool or ReLU tie can flip on that noise and one image's path then drifts to another
+image (docs/BENCHMARKS.md, issue 21). efficientnet_lite0 loads its ImageNet weights offline (they
+ship with pip); small_cnn starts from random weights.
 """
 from __future__ import annotations
 
