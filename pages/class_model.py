@@ -8,9 +8,10 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import UserError
+from core.explain.class_model import batches
 from core.explain.files import class_model_path, class_model_png
 from core.runs import jobs
-from core.runs.tasks import SIZE_RANGE, STEPS_RANGE
+from core.runs.tasks import SIZE_RANGE, STEPS_RANGE, class_models_line
 from dashboard.common import MANY_CLASS_MODELS, run_and_predictor, store, user_error
 
 st.session_state.setdefault("cm_steps", 150)
@@ -98,12 +99,12 @@ def grid(targets: list[int], job: dict | None) -> None:
 
 
 def progress(job: dict) -> None:
-    p, names = job.get("progress") or {}, job["args"]["classes"]
-    n, i = max(1, len(names)), min(p.get("done", 0), len(names) - 1)
-    frac = (p.get("done", 0) + p.get("step", 0) / max(1, p.get("steps") or 1)) / n
-    label = names[i]
-    name = pred.names[pred.labels.index(label)] if label in pred.labels else label
-    st.progress(min(1.0, frac), text=f"class {i + 1}/{n} ({name}): step {p.get('step', 0)}/{p.get('steps', steps)}")
+    p, args = job.get("progress") or {}, job["args"]
+    k = len(args["classes"])
+    first = batches(list(range(k)), int(args.get("size") or pred.cfg.image_size))[0]
+    queued = {"step": 0, "steps": int(args["steps"]), "first": 1, "last": len(first), "classes": k}
+    frac = p.get("done", 0) / max(1, p.get("total") or 1)
+    st.progress(min(1.0, frac), text=class_models_line({**queued, **p}))      # step n/N · class k/K · ETA mm:ss
     if st.button("Stop", key="cm_stop"):
         jobs.cancel(store(), job["job_id"])
 
@@ -133,9 +134,9 @@ missing = [t for t in chosen if fresh_png(t) is None]
 label = f"Generate {len(missing)} class model{'s' if len(missing) != 1 else ''}" if missing else "All generated"
 confirmed = True
 if len(missing) > MANY_CLASS_MODELS and not active:
-    st.warning(f"{len(missing)} class models of {steps} steps each are drawn one after another, which can take a "
-               "long time (fewer steps or a smaller size are faster). It runs in the background, and **Stop** "
-               "keeps the images finished so far.", icon="⏱️")
+    st.warning(f"{len(missing)} class models of {steps} steps each are drawn one after another in batches of "
+               f"{len(batches(missing, size)[0])}, which can take a long time (fewer steps or a smaller size are "
+               "faster). It runs in the background, and **Stop** keeps the batches finished so far.", icon="⏱️")
     confirmed = st.checkbox(f"Yes, generate all {len(missing)}", key="cm_all_ok")
 if st.button(label, type="primary", disabled=active or not missing or not confirmed, key="cm_generate"):
     try:

@@ -113,7 +113,7 @@ def test_class_model_background_job(use_trained_home, monkeypatch):
     at.button(key="cm_generate").click().run()
     assert not at.exception, [e.value for e in at.exception]
     # started, not yet running (a worker takes seconds to import torch): the page says so
-    assert at.get("progress")[0].proto.text.startswith("class 1/1 (")
+    assert at.get("progress")[0].proto.text == "step 0/5 · class 1/1 · ETA …"
     assert at.button(key="cm_generate").disabled and at.info[0].value.endswith(": queued…")
     assert here.run() == 1
 

@@ -96,9 +96,15 @@ def _explain(pred, x, path, methods: list[str], out_dir) -> list:
 
 
 def cmd_class_model(a) -> dict:
-    """One class's model image through the class_models job kind (the Class model page's), into --out."""
+    """One class's model image through the class_models job kind (the Class model page's), into --out;
+    the page's progress line on stderr."""
+    from core.runs.tasks import class_models_line
+
+    def progress(p):
+        end = "\n" if p.get("done") == p.get("total") else ""
+        print(f"\r{class_models_line(p)}\033[K", end=end, file=sys.stderr, flush=True)
     out = _run_here(a, "class_models", {"classes": [a.cls], "steps": a.steps, "size": a.size,
-                                        "out": _abs(a.out)}, run_id=a.run)
+                                        "out": _abs(a.out)}, run_id=a.run, on_progress=progress)
     return {"run_id": a.run, **out["results"][0]}
 
 

@@ -24,6 +24,13 @@ def step_rate(times: list[float], window_s: float = WINDOW_S) -> float | None:
     return (len(recent) - 1) / span if span > 0 else None
 
 
+def steps_eta(done: int, total: int, times: list[float]) -> float | None:
+    """Seconds left of a task of `total` steps of about equal cost (class model images: one batch
+    step each), `done` so far, at the rate of the recent step timestamps (None: too few yet)."""
+    rate = step_rate(times)
+    return max(total - done, 0) / rate if rate else None
+
+
 def phase_and_eta(progress: dict, times: list[float], cfg: dict) -> tuple[str, float | None]:
     """(what the run is doing, seconds left or None) from its progress fields, recent step
     timestamps and its config (epochs, batch_size, val, holdout)."""

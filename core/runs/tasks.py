@@ -16,7 +16,7 @@ from pathlib import Path
 
 from core.data.prepared import SCAN_SIZE
 from core.errors import UserError
-from core.runs.eta import WINDOW_S, phase_and_eta
+from core.runs.eta import WINDOW_S, phase_and_eta, steps_eta
 from core.runs.jobs import Context, kind
 
 STEPS_RANGE = (1, 5000)     # class models: gradient-ascent steps per class
@@ -147,24 +147,38 @@ def _check_class_models(store, args: dict, run_id: str | None) -> None:
 
 @kind("class_models", check=_check_class_models)
 def class_models(ctx: Context) -> dict:
-    from core.explain.files import class_model_png
+    """The chosen classes' images, drawn together in batches (core.explain.files.class_model_pngs).
+    Progress: done/total ascent steps of all batches, step/steps of this batch, the classes
+    first..last of `classes` being drawn, and eta_s (core.runs.eta)."""
+    from core.explain.files import class_model_pngs
     from core.serve.predictor import load_predictor
     a = ctx.args
     classes, steps, size = list(a["classes"]), int(a["steps"]), int(a.get("size") or 0)
     out = Path(a["out"]) if a.get("out") else ctx.run.class_models_dir    # the CLI's --out, else the run's folder
     pred = load_predictor(ctx.run)
-    results = []
-    for i, cls in enumerate(classes):
-        def on_step(step, total, score, i=i):
-            ctx.progress(done=i, total=len(classes), step=step, steps=steps, results=results)
-        try:
-            r = class_model_png(pred, cls, out, steps=steps, size=size, progress=on_step, should_stop=ctx.should_stop)
-        except UserError:
-            ctx.check_stop()             # stopped by the user: cancelled, not failed
-            raise
-        results.append({k: r[k] for k in ("class", "name", "png", "prob")})
-        ctx.progress(force=True, done=i + 1, total=len(classes), step=steps, steps=steps, results=results)
-    return {"results": results}
+    times: list[float] = []
+
+    def on_step(f: dict) -> None:
+        now = time.time()
+        times[:] = [t for t in times if t >= now - 2 * WINDOW_S] + [now]
+        done, total = (f["batch"] - 1) * steps + f["step"], f["batches"] * steps
+        ctx.progress(force=done == total, done=done, total=total, eta_s=steps_eta(done, total, times), **f)
+    try:
+        results = class_model_pngs(pred, classes, out, steps=steps, size=size, progress=on_step,
+                                   should_stop=ctx.should_stop)
+    except UserError:
+        ctx.check_stop()             # stopped by the user: cancelled, not failed
+        raise
+    return {"results": [{k: r[k] for k in ("class", "name", "png", "prob")} for r in results]}
+
+
+def class_models_line(p: dict) -> str:
+    """"step n/N · class k/K · ETA mm:ss" (k a range while several classes share a batch): the
+    Class model page's progress line and the CLI's."""
+    k = str(p["first"]) if p["first"] == p["last"] else f"{p['first']}–{p['last']}"
+    eta = p.get("eta_s")
+    eta = "…" if eta is None else f"{int(eta) // 60:02d}:{int(eta) % 60:02d}"
+    return f"step {p['step']}/{p['steps']} · class {k}/{p['classes']} · ETA {eta}"
 
 
 @kind("scan")
