@@ -217,12 +217,13 @@ def test_evaluate_with_two_runs(use_trained_home):
     assert table.set_index("label")["correct"].sum() == int(conf.correct().sum())
     assert table["acc"].is_monotonic_increasing                                   # worst class first
     assert len(at.dataframe[0].value) == 2                 # the holdout table: one row per run
-    assert len(_charts(at)) == 2                           # per-class bars + confusion heatmap
+    keys = [c.key for c in _charts(at)]                    # per-class bars, confusion heatmap, reliability diagram
+    assert keys == ["eval_per_class", "eval_confusion", "eval_reliability"]
     assert at.get("download_button")                       # the full matrix as CSV
     assert not _errors(at)
     at.toggle(key="eval_normalize").set_value(True)
     at.radio(key="eval_split").set_value("val").run()
-    assert not at.exception and len(_charts(at)) == 2
+    assert not at.exception and len(_charts(at)) == 3
     assert "n=" in at.metric[0].label
 
 
