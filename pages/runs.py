@@ -86,17 +86,20 @@ def runs_table(any_active: bool) -> None:
     if df.empty or any_active and not df["status"].isin(ACTIVE).any():
         st.rerun()  # the last active run just ended: refresh everything once, then stop polling
     df = table_filter(df)
-    main = df.assign(name=df["name"].replace("", "—"), val_last=df["val_last"].map(fmt_acc),
+    main = df.assign(name=df["name"].replace("", "—"), group=df["group"].replace("", "—"), val_last=df["val_last"].map(fmt_acc),
                      holdout_acc=df["holdout_acc"].map(fmt_acc),
                      classes=[str(int(n)) if n is not None and not pd.isna(n) else "—" for n in df["classes_n"]])
-    cols = ["status_label", "name", "dataset", "model", "classes", "val_last", "holdout_acc", "duration", "run_id"]
+    cols = ["status_label", "name", "dataset", "model", "classes", "val_last", "holdout_acc", "duration", "group",
+            "run_id"]
     st.dataframe(main[cols], hide_index=True, width="stretch", column_config={
         "status_label": "Status", "name": "Name", "dataset": "Data set", "model": "Model",
         "classes": st.column_config.TextColumn("Classes", help="How many classes the run trains on (the run's "
                                                "title says “all” where it took every class of its data set)."),
         "val_last": st.column_config.TextColumn(charts.VAL_ACC, help=charts.VAL_ACC_HELP),
         "holdout_acc": st.column_config.TextColumn("Holdout acc", help="The final model on the holdout split."),
-        "duration": "Duration", "run_id": "Run"})
+        "duration": "Duration", "run_id": "Run",
+        "group": st.column_config.TextColumn("Group", help="The seed group (train --seeds): the id of its first run; "
+                                             "its runs share one split and differ only in their seed.")})
     with st.expander("Every setting of every run"):
         detail = df.assign(augment=df["augment"], lr=df["lr"].map(lambda v: "—" if v is None or pd.isna(v) else f"{v:g}"))
         cols = ["run_id", "name", "epochs", "lr", "batch", "optimizer", "image_size", "augment", "freeze",
