@@ -101,10 +101,10 @@ def _train_seeds(a) -> dict:
             first = store.run(group)
             first.update_config(replace(first.config(), group=group))
     stats = group_stats(store, group)
-    if not a.json:
+    if not a.json:                  # the group's table; _out adds its id and n
         for k, m in stats.mean.items():
             sd = stats.sd.get(k)
-            print(f"{k:<22} {m:.4f} ± {sd:.4f} (n = {stats.n})", file=sys.stderr)
+            print(f"{k:>16}: {m:.4f} ± {'—' if sd is None else f'{sd:.4f}'}")
     return {**stats.to_dict(), "runs": runs}
 
 
