@@ -287,7 +287,7 @@ def runs_frame(statuses: tuple[str, ...] | None = None) -> pd.DataFrame:
                      "classes_text": classes_text(r), "epochs": c.get("epochs"), "lr": c.get("lr"),
                      "batch": c.get("batch_size"), "optimizer": c.get("optimizer"),
                      "image_size": c.get("image_size"), "augment": ",".join(c.get("augment") or []) or "—",
-                     "freeze": c.get("freeze"),
+                     "freeze": c.get("freeze"), "group": c.get("group") or "",
                      "train_acc": s.get("train_acc"), "val_acc": s.get("val_acc"),
                      "holdout_acc": s.get("holdout_acc"), "holdout_top5": s.get("holdout_top5"),
                      "holdout_gap": s.get("holdout_gap"),

@@ -12,6 +12,7 @@ from core.data.readers import open_image
 from core.data.uploads import UPLOAD_TYPES, limits_text, load_upload
 from core.errors import UserError
 from core.explain import METHODS, explain_one
+from core.runs.groups import group_of, group_stats, within_noise
 from dashboard import charts, nav
 from dashboard.distractor_panel import compare_distractors
 from dashboard.common import (home_key, loss_controls, predictor, run_names, run_picker, runs_frame, split_labels,
@@ -264,6 +265,23 @@ def explain_section(runs: list[dict], names: dict) -> None:
                 "name": "Top-3 prediction", "prob": st.column_config.ProgressColumn("p", format="percent", min_value=0, max_value=1)})
 
 
+def group_noise(runs: list[dict], names: dict) -> None:
+    """When the first two runs belong to seed groups: whether their groups' holdout accuracies differ
+    by more than the seed noise (core.runs.groups.within_noise says the rule)."""
+    groups = [group_of(r["config"]) for r in runs[:2]]
+    if not all(groups):
+        return
+    if groups[0] == groups[1]:
+        st.info(f"{names[runs[0]['run_id']]} and {names[runs[1]['run_id']]} are seeds of one group: what "
+                "separates them is seed noise.", icon="🎲")
+        return
+    a, b = (group_stats(store(), g) for g in groups)
+    if "holdout_acc" not in a.mean or "holdout_acc" not in b.mean:
+        return
+    st.info(f"Seed groups: {names[runs[0]['run_id']]}'s {a.describe()}, {names[runs[1]['run_id']]}'s "
+            f"{b.describe()}. {within_noise(a, b).sentence()}", icon="🎲")
+
+
 st.title("⚖️ Compare runs")
 run_ids = run_picker("Runs to compare", key="cmp_runs", multi=True)
 if len(run_ids) < 2:
@@ -281,6 +299,7 @@ evals = {r["run_id"]: load_evals(home_key(), r["run_id"], r["finished"]) for r i
 
 st.subheader("Metrics")
 metrics_table(runs, evals, names)
+group_noise(runs, names)
 with st.expander("Configuration differences", expanded=True):
     config_table(runs, names)
 compare_distractors(runs, names)

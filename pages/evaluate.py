@@ -9,6 +9,7 @@ import streamlit as st
 from core.data.readers import open_image
 from core.data.splits import thin_holdout
 from core.errors import UserError
+from core.runs.groups import group_stats
 from core.train import calibration, metrics
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS
 from dashboard import charts, nav
@@ -96,6 +97,33 @@ def holdout_table(runs: pd.DataFrame) -> None:
         "holdout_gap": st.column_config.NumberColumn("Holdout GAP", format=PCT,
                                                      help="Global Average Precision (Kaggle landmark recognition metric)."),
         "run_id": "Run"})
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_group(home: str, group: str, finished: tuple) -> dict:
+    """A seed group's n, mean and sd (cache key: its runs' finish times)."""
+    stats = group_stats(store(), group)
+    return {"n": stats.n, **{k: stats.describe(k) for k in GROUP_COLUMNS}}
+
+
+GROUP_COLUMNS = ("train_acc", "val_acc", "holdout_acc", "holdout_top5")
+
+
+def group_table(runs: pd.DataFrame) -> None:
+    """One row per seed group (train --seeds): mean ± sd (n) of its finished runs."""
+    grouped = runs[runs["group"] != ""]
+    if grouped.empty:
+        return
+    rows = []
+    for group, g in grouped.groupby("group", sort=False):
+        first = g.sort_values("created").iloc[0]
+        rows.append({"label": run_names(runs).get(group, group), "model": first["model"],
+                     "dataset": first["dataset"], **load_group(home_key(), group, tuple(g["finished"]))})
+    st.caption("Seed groups: mean ± sample sd over the group's runs (n seeds, one shared split).")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+        "label": st.column_config.TextColumn("Group", pinned=True, help="The group's first run."),
+        "model": "Model", "dataset": "Data set", "n": st.column_config.NumberColumn("Seeds", format="%d"),
+        "train_acc": "Train", "val_acc": charts.VAL_ACC, "holdout_acc": "Holdout", "holdout_top5": "Holdout top-5"})
 
 
 def split_metrics(ev: dict, split: str) -> None:
@@ -312,6 +340,7 @@ runs["finished"] = [(store().get(r) or {}).get("finished") for r in runs["run_id
 
 st.subheader("Holdout results")
 holdout_table(runs)
+group_table(runs)
 
 st.divider()
 c1, c2 = st.columns([3, 2])

@@ -90,11 +90,11 @@ def runs_table(any_active: bool) -> None:
     df = table_filter(df)
     if grouped_table(df):
         return
-    main = df.assign(name=df["name"].replace("", "—"), val_last=df["val_last"].map(fmt_acc),
-                     holdout_acc=df["holdout_acc"].map(fmt_acc),
+    main = df.assign(name=df["name"].replace("", "—"), group=df["group"].replace("", "—"),
+                     val_last=df["val_last"].map(fmt_acc), holdout_acc=df["holdout_acc"].map(fmt_acc),
                      classes=[str(int(n)) if n is not None and not pd.isna(n) else "—" for n in df["classes_n"]],
                      tags=[", ".join(t) for t in df["tags"]])
-    cols = ["status_label", "name", "dataset", "model", "classes", "val_last", "holdout_acc", "duration", "tags",
+    cols = ["status_label", "name", "dataset", "model", "classes", "val_last", "holdout_acc", "duration", "tags", "group",
             "run_id"]
     st.dataframe(main[cols], hide_index=True, width="stretch", column_config={
         "status_label": "Status", "name": "Name", "dataset": "Data set", "model": "Model",
@@ -102,7 +102,9 @@ def runs_table(any_active: bool) -> None:
                                                "title says “all” where it took every class of its data set)."),
         "val_last": st.column_config.TextColumn(charts.VAL_ACC, help=charts.VAL_ACC_HELP),
         "holdout_acc": st.column_config.TextColumn("Holdout acc", help="The final model on the holdout split."),
-        "duration": "Duration", "tags": "Tags", "run_id": "Run"})
+        "duration": "Duration", "tags": "Tags", "run_id": "Run",
+        "group": st.column_config.TextColumn("Group", help="The seed group (train --seeds): the id of its first run; "
+                                             "its runs share one split and differ only in their seed.")})
     with st.expander("Every setting of every run"):
         detail = df.assign(augment=df["augment"], lr=df["lr"].map(lambda v: "—" if v is None or pd.isna(v) else f"{v:g}"))
         cols = ["run_id", "name", "epochs", "lr", "batch", "optimizer", "image_size", "augment", "freeze",

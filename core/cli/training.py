@@ -20,6 +20,8 @@ def add_train(sub) -> None:
     p.add_argument("--like", default=None, metavar="RUN_ID", help="a new run with RUN_ID's configuration (flags "
                    "given override it); refuses when RUN_ID's data set changed or is gone, unless --force")
     p.add_argument("--force", action="store_true", help="with --like: train even though the data set changed")
+    p.add_argument("--seeds", default=None, metavar="S,S,...",
+                   help="one run per seed on the first seed's split, as one seed group (mean and sd at the end)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_train)
 
@@ -53,6 +55,8 @@ def add_eval(sub) -> None:
 
 
 def cmd_train(a) -> dict:
+    if getattr(a, "seeds", None) is not None:
+        return _train_seeds(a)
     import core.runs.tasks  # noqa: F401 - the job kinds register themselves
     from core.runs.jobs import run_job
     from core.train import distributed
@@ -76,6 +80,48 @@ def cmd_train(a) -> dict:
     keys = ("run_id", "status", "epochs_completed", "train_acc", "val_acc", "holdout_acc", "holdout_top5",
             "holdout_gap", "images_per_s", "seconds")
     return {**{k: result.get(k) for k in keys}, "run_id": run_id}
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        seeds = []
+    if len(seeds) < 2 or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds takes two or more different whole numbers of 0 or more, like 0,1,2; got {text!r}.")
+    return seeds
+
+
+def _train_seeds(a) -> dict:
+    """--seeds S1,S2,...: one run per seed through cmd_train's own path, all on the first seed's split
+    (split_seed), each with `group` = the first run's id; then the group's mean and sd."""
+    from argparse import Namespace
+    from core.runs.groups import group_stats
+    from core.runs.store import RunStore
+    from core.train import distributed
+    seeds = _parse_seeds(a.seeds)
+    if a.seed is not None:
+        raise UserError("Give either --seed or --seeds, not both: --seeds 0,1,2 trains one run per seed.")
+    if a.resume or distributed.under_torchrun():
+        raise UserError("--seeds starts new runs: leave out --resume, and run it without torchrun "
+                        "(--nproc N gives each run N processes).")
+    split_seed = seeds[0] if a.split_seed is None else a.split_seed
+    store, group, runs = RunStore(a.runs), None, []
+    for seed in seeds:
+        print(f"seed {seed} ({len(runs) + 1} of {len(seeds)})", file=sys.stderr)
+        out = cmd_train(Namespace(**{**vars(a), "seeds": None, "seed": seed, "split_seed": split_seed,
+                                     "group": group, "json": False}))
+        runs.append(out["run_id"])
+        if group is None:           # the first run names the group: its id is known once it exists
+            group = out["run_id"]
+            first = store.run(group)
+            first.update_config(replace(first.config(), group=group))
+    stats = group_stats(store, group)
+    if not a.json:                  # the group's table; _out adds its id and n
+        for k, m in stats.mean.items():
+            sd = stats.sd.get(k)
+            print(f"{k:>16}: {m:.4f} ± {'—' if sd is None else f'{sd:.4f}'}")
+    return {**stats.to_dict(), "runs": runs}
 
 
 def _open_run(a, ddp):

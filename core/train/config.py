@@ -74,6 +74,12 @@ class TrainConfig:
     holdout: float = _f(0.01, "fraction split off first (stratified)", lo=0.0, hi=0.49)
     val: float = _f(0.2, "fraction of the rest used for validation", lo=0.01, hi=0.89)
     seed: int = _f(0, "random seed of the split, the initialisation and the batches", lo=0)
+    split_seed: int = _f(-1, "random seed of the split alone (-1 = --seed): a seed group's runs share the first "
+                             "seed's split while initialisation, augmentation and batch order follow --seed", lo=-1)
+    group: str = _f("", "the seed group this run belongs to (the id of its first run; empty = none)", flag=False)
+    deterministic: bool = _f(False, "torch's deterministic algorithms, seeded data order and workers, cuDNN "
+                                    "autotuning off: the same seed gives the same metrics on the same machine "
+                                    "(slower on CUDA, see the README)")
     device: str = _f("auto", "auto | cuda | mps | cpu", choices=DEVICES)
     pipeline: str = _f("prepared", "prepared (decode once, batched augmentation on the device) | "
                                    "plain (PIL per epoch, DataLoader)", choices=PIPELINES)
@@ -103,6 +109,11 @@ class TrainConfig:
         if self.classes == 1:
             raise UserError("--classes must be at least 2 to train a classifier (or 0 for all).")
         return self
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the split (and of --max-images' sample): split_seed where given, else seed."""
+        return self.seed if self.split_seed < 0 else self.split_seed
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -178,9 +189,10 @@ def add_arguments(parser) -> None:
 
 
 def from_arguments(args, **fixed) -> TrainConfig:
-    """A config from parsed CLI flags: flags not given keep the dataclass defaults."""
+    """A config from parsed CLI flags: flags not given keep the dataclass defaults. `group` has no
+    flag: `train --seeds` sets it on the arguments of each run after the first."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-             if f.metadata.get("flag") and getattr(args, f.name, None) is not None}
+             if (f.metadata.get("flag") or f.name == "group") and getattr(args, f.name, None) is not None}
     return TrainConfig.from_dict({**given, **fixed})
 
 

@@ -13,7 +13,7 @@ import os
 import random
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +71,7 @@ def load_data(cfg: TrainConfig, folder, sink=NullSink(), ddp=None, device=None) 
     picked = pd.Index(labels).get_indexer(index.samples["label"].astype(str)) >= 0   # isin(): 0.8 s at 81,313
     chosen = index.samples[picked].sort_values("path", kind="stable")
     if cfg.max_images and len(chosen) > cfg.max_images:
-        chosen = chosen.sample(n=cfg.max_images, random_state=cfg.seed).sort_values("path", kind="stable")
+        chosen = chosen.sample(n=cfg.max_images, random_state=cfg.data_seed).sort_values("path", kind="stable")
     size = cfg.image_size if cfg.pipeline == "prepared" else SCAN_SIZE
     kind, why = choose_store(cfg.store, len(chosen), size) if cfg.pipeline == "prepared" else ("raw", "")
     sink.emit("info", {"message": f"preparing {len(chosen)} images at {size}px (decoded once, cached"
@@ -85,7 +85,7 @@ def load_data(cfg: TrainConfig, folder, sink=NullSink(), ddp=None, device=None) 
     if ddp.is_main and folder.split_file.exists():
         split = _resumed_manifest(folder, set(good["path"]), sink)
     elif ddp.is_main:
-        split = make_manifest(good, 0, cfg.holdout, cfg.val, cfg.seed)
+        split = make_manifest(good, 0, cfg.holdout, cfg.val, cfg.data_seed)
         save_manifest(split[0], folder.split_file)
         with atomic_output(folder.classes_file) as tmp:
             pd.DataFrame({"label": split[1], "name": [index.name(l) for l in split[1]]}).to_json(tmp)
@@ -418,9 +418,41 @@ def fit(cfg: TrainConfig, folder, sink=NullSink(), resume: bool = False, ddp=Non
         if not ddp.is_main:
             folder, sink = None, NullSink()
     cfg.validate()
+    device = ddp.place(select_device(cfg.device))
+    with deterministic(cfg.deterministic, device):
+        return _fit(cfg, folder, sink, resume, ddp, device)
+
+
+@contextmanager
+def deterministic(on: bool, device):
+    """--deterministic: torch's deterministic algorithms (an op without a deterministic version
+    warns, in the run's log, rather than failing the run), cuDNN's autotuner off and its
+    deterministic kernels on, and, on CUDA, the cuBLAS workspace setting its reproducible
+    GEMMs need (https://pytorch.org/docs/stable/notes/randomness.html). The data order,
+    augmentation and DataLoader workers are seeded from the run's seed in any case (the
+    plain loader's seeded generator gives every worker base_seed + worker_id for random,
+    numpy and torch). The previous settings come back afterwards: a test or a CLI seed group
+    runs several fits in one process."""
+    if not on:
+        yield
+        return
+    was = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+           torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = was[2], was[3]
+
+
+def _fit(cfg: TrainConfig, folder, sink, resume: bool, ddp, device) -> dict:
+    """fit() once the configuration and the device are settled."""
     torch.manual_seed(cfg.seed)
     t_start = time.time()
-    device = ddp.place(select_device(cfg.device))
     data = load_data(cfg, folder, sink, ddp, device)
     model = build_model(cfg.model, len(data.labels), cfg.weights, cfg.freeze).to(device)
     if channels_last(cfg, device):
@@ -452,6 +484,8 @@ def fit(cfg: TrainConfig, folder, sink=NullSink(), resume: bool = False, ddp=Non
                                              f"rate is --lr as given (not scaled)"})
     sink.emit("recipe", {"message": recipe.describe() + ("; evaluation averages each image with its mirror image"
                                                           if cfg.tta else "")})
+    if cfg.deterministic:
+        sink.emit("info", {"message": "deterministic: torch's deterministic algorithms, cuDNN autotuning off"})
     weight = balance(cfg, data, device, sink)
     sink.emit("info", {"message": f"device {device}, {len(data.labels)} classes, "
                                   f"{(data.manifest['split'] == 'train').sum()} training images, starting at epoch {start + 1}"})
