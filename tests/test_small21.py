@@ -71,10 +71,10 @@ def test_evaluate_charts_give_colour_strings_only(use_trained_home):
     at = _page("../pages/evaluate.py")
     assert not at.exception, at.exception
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    assert len(specs) == 2
+    assert len(specs) == 3                                  # per-class bars, confusion, reliability diagram
     colours = [(p, v) for s in specs for p, v in _colours(s["data"], "data") if p.split(".")[-1].startswith("color")
                or "color" in p.rsplit(".", 1)[-1]]
-    bars = [v for p, v in colours if p.startswith("data[0].marker.color")]
+    bars = [v for p, v in _colours(specs[0]["data"], "data") if p.startswith("data[0].marker.color")]
     assert bars and all(isinstance(v, str) and v.startswith("rgb(") for v in bars), bars   # one per class bar
     bad = [(p, v) for p, v in colours if not isinstance(v, str)]
     assert not bad, f"numbers where plotly.js wants a colour (its 'Invalid color specifier'): {bad}"
