@@ -28,6 +28,7 @@ import plotly.graph_objects as go
 
 from core.errors import UserError
 from core.files import atomic_write
+from core.serve.card import group_of, provenance
 
 MAX_CLASSES = 6              # Figs. 5–7: photos (one per class) and class model images per run
 METHODS = ("saliency", "vanilla")   # Figs. 5 and 6
@@ -235,11 +236,6 @@ def _fig2(runs, sweeps: dict) -> str:
 
 # ---------------------------------------------------------------- the holdout table
 
-def group_of(cfg: dict) -> str | None:
-    """A run's seed group (`train --seeds`): the first run's id, in the config or its extra notes."""
-    return cfg.get("group") or (cfg.get("extra") or {}).get("group") or None
-
-
 def _accs(run) -> tuple:
     ev = run.read_evals()
     return tuple((ev.get(s) or {}).get("acc") for s in ("train", "val", "holdout")) + ((ev.get("holdout") or {}).get("n"),)
@@ -422,11 +418,3 @@ def _records(runs, cfgs) -> str:
                  f"<pre>{html.escape(text)}</pre></details>")
     return _section("provenance", "The record of each run", body)
 
-
-def provenance(run) -> dict | None:
-    """The run's provenance record (provenance.json in its folder), or None for a run made before it existed."""
-    f = getattr(run, "provenance_file", None) or Path(run.dir) / "provenance.json"
-    try:
-        return json.loads(Path(f).read_text())
-    except (OSError, ValueError):
-        return None
