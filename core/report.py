@@ -60,7 +60,6 @@ def build_report(runs: list, out, *, poster: dict | None = None, sweeps: dict | 
         raise UserError("Choose at least one run for the report.")
     t0 = time.time()
     step = _stepper(progress, 8)
-    runs = [r for r in runs]
     cfgs = {r.id: r.read_config() for r in runs}
     data_sets = list(dict.fromkeys(str(cfgs[r.id].get("data", "")) for r in runs))
     notes = []

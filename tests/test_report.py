@@ -134,7 +134,7 @@ def test_the_card_of_a_seed_group_gives_the_groups_mean_and_sd(use_trained_home,
 def report_home(home, trained_home):
     """The app's home holds the two trained runs before the server starts."""
     shutil.copytree(trained_home[0], home, dirs_exist_ok=True)
-    return trained_home[1]
+    return home, trained_home[1]
 
 
 @pytest.mark.e2e
@@ -145,11 +145,12 @@ def test_the_report_page_builds_a_report_and_offers_it(report_home, app):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(120_000)
         expect.set_options(timeout=120_000)
-        page.goto(app + "/report?runs=" + ",".join(report_home))
+        home, ids = report_home
+        page.goto(app + "/report?runs=" + ",".join(ids))
         _until_settled(page, lambda: page.get_by_role("button", name="Build the report").count() == 1)
         page.get_by_role("button", name="Build the report").click()
         expect(page.get_by_role("button", name="Download the report")).to_be_visible()
         expect(page.locator("iframe")).to_have_count(1)                    # the preview
         browser.close()
-    reports = list((Path(app and RunStore().root).parent / "reports").glob("report-*.html"))
-    assert len(reports) == 1
+    reports = list((home / "reports").glob("report-*.html"))
+    assert len(reports) == 1 and "id='fig7'" in reports[0].read_text()
