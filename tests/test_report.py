@@ -154,3 +154,18 @@ def test_the_report_page_builds_a_report_and_offers_it(report_home, app):
         browser.close()
     reports = list((home / "reports").glob("report-*.html"))
     assert len(reports) == 1 and "id='fig7'" in reports[0].read_text()
+
+
+def test_fig2_shows_every_trial_of_a_sweep_a_run_belongs_to(use_trained_home):
+    from core.report import _fig2
+    from core.runs.tasks import sweep_trials
+    _, ids = use_trained_home
+    store = RunStore()
+    for k, rid in enumerate(ids):
+        store.set_job(rid, args={"sweep": "lr", "trial": k})
+    trials = sweep_trials(store, [store.require(ids[0])])                 # one trial chosen: its sweep's every trial
+    best = {rid: max(e["val_acc"] for e in store.require(rid).read_epochs()) for rid in ids}
+    assert {t["run_id"]: t["val_acc"] for t in trials["lr"]} == best
+    assert sorted(t["label"].split()[0] for t in trials["lr"]) == ["#0", "#1"]
+    html = _fig2([store.require(ids[0])], trials)
+    assert "The sweep&#x27;s validation accuracies" in html and "no-sweep" not in html
