@@ -6,7 +6,7 @@ briefly, its class model images of the report's classes drawn once, then the run
 6 runs (the report reads each run's files and explains with each run's model, so 6 copies cost what 6
 trainings would; the index is rebuilt from the folders). Then `report` over the 6, timed.
 
-    python bench/report.py [--model small_cnn] [--image-size 96] [--runs 6] [--json PATH]
+    python bench/report.py [--model small_cnn] [--image-size 96] [--runs 6] [--steps 20] [--json PATH]
 """
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=20, help="gradient-ascent steps of each class model image (its "
+                    "making is set-up, not measured: the report only reads the files)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     import torch
@@ -60,7 +62,7 @@ def _runs(home: Path, a) -> tuple[list[str], float]:
     import core.runs.tasks  # noqa: F401 - the job kinds register themselves
     from core.data.demo import generate
     from core.explain.files import class_model_png
-    from core.report import CLASS_MODEL_STEPS, MAX_CLASSES
+    from core.report import MAX_CLASSES
     from core.runs.jobs import run_job
     from core.runs.store import RunStore
     from core.serve.predictor import load_predictor
@@ -76,7 +78,7 @@ def _runs(home: Path, a) -> tuple[list[str], float]:
     run = store.require(first)
     pred = load_predictor(run)
     for t in range(MAX_CLASSES):
-        class_model_png(pred, t, run.class_models_dir, steps=CLASS_MODEL_STEPS)
+        class_model_png(pred, t, run.class_models_dir, steps=a.steps)
     ids = [first]
     for k in range(1, a.runs):
         rid = f"{first}-copy{k}"
