@@ -386,7 +386,7 @@ def _fig7(runs, make: bool) -> str:
         cells = []
         for target, name, png in _class_models(r, make):
             pic = (_img(Path(png).read_bytes(), f"class model {name}") if png else
-                   f"<div class='missing'>missing</div>")
+                   "<div class='missing'>missing</div>")
             cells.append(f"<div class='cell'>{pic}<br>{html.escape(_short(name, 40))}</div>")
         body += f"<h3>{html.escape(_label(r))}</h3><div class='grid'>{''.join(cells)}</div>"
     return _section("fig7", "Fig. 7 — Class model images", body)

@@ -101,7 +101,6 @@ def test_report_refuses_a_missing_run_and_photo_in_one_sentence(use_trained_home
 
 def test_a_model_card_lies_beside_every_export(exported):
     store, run_id, out = exported
-    run = store.require(run_id)
     for fmt in ("onnx", "torchscript"):
         assert out[fmt]["card"] == str(Path(out[fmt]["path"]).parent / f"{run_id}.md")
     card = Path(out["onnx"]["card"]).read_text()
