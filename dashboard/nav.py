@@ -36,9 +36,10 @@ EVALUATE = AppPage("evaluate.py", "Evaluate", "🎯", "evaluate")
 CLASSIFY = AppPage("classify.py", "Classify", "🔍", "classify")
 CLASS_MODEL = AppPage("class_model.py", "Class model", "🎨", "class_model")
 COMPARE = AppPage("compare.py", "Compare", "⚖️", "compare")
+REPORT = AppPage("report.py", "Report", "📄", "report")
 
 SECTIONS = {"Data & training": (DATASET, TRAIN, RUNS, SWEEPS),
-            "Understand": (EVALUATE, CLASSIFY, CLASS_MODEL, COMPARE)}
+            "Understand": (EVALUATE, CLASSIFY, CLASS_MODEL, COMPARE, REPORT)}
 
 
 def sections() -> dict[str, list[st.Page]]:

@@ -9,7 +9,8 @@ import ast
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parent.parent / "core"
-LAYERS = {"errors": 0, "files": 0, "paths": 0, "access": 0, "data": 1, "train": 2, "explain": 3, "serve": 3, "runs": 4,
+LAYERS = {"errors": 0, "files": 0, "paths": 0, "access": 0, "data": 1, "train": 2, "explain": 3, "serve": 3,
+          "report": 3, "runs": 4,
           "cli": 5, "__main__": 6, "__init__": 0}
 RUNS_ORDER = ["folder", "provenance", "proc", "eta", "index", "store", "groups", "launcher", "jobs", "sweeps",
               "reproduce", "tasks", "worker", "ddp", "__init__"]

@@ -8,6 +8,7 @@
   download      get the top-N Google Landmarks classes' images (URLs or tar shards), then remember the set
   sweep         drive a hyperparameter sweep (core.runs.sweeps): its trials are ordinary train runs
   export        write a finished run's model as ONNX or TorchScript, checked against PyTorch (core.serve.export)
+  report        the poster regenerated from chosen runs: one self-contained HTML file (core.report)
 """
 from __future__ import annotations
 
@@ -288,3 +289,57 @@ def export(ctx: Context) -> dict:
     from core.serve.export import export_run
     return export_run(ctx.run, ctx.args.get("format", "onnx"), ctx.args.get("out"), progress=ctx.progress,
                       should_stop=ctx.should_stop)
+
+
+REPORT_ARGS = ("runs", "out", "data", "photos", "class_models")
+
+
+def report_path() -> Path:
+    """Where a report goes unless told: LANDMARKS_HOME/reports/report-<time>.html."""
+    from core.paths import ensure_dir, home
+    return ensure_dir(home() / "reports", "reports") / f"report-{time.strftime('%Y%m%d-%H%M%S')}.html"
+
+
+def _check_report(store, args: dict, run_id: str | None) -> None:
+    unknown = set(args) - set(REPORT_ARGS)
+    if unknown:
+        raise UserError(f"Unknown report argument(s): {', '.join(sorted(unknown))}.")
+    if not args.get("runs"):
+        raise UserError("Choose at least one run for the report.")
+    for r in args["runs"]:
+        store.require(r)
+    for p in args.get("photos") or ():
+        if not Path(p).is_file():
+            raise UserError(f"The photo {p} for Figs. 5–6 does not exist; give image files to --photos.")
+
+
+def sweep_trials(store, runs) -> dict:
+    """name -> [{"run_id", "label", "val_acc"}] for each sweep a run of `runs` is a trial of: every
+    trial of that sweep (the poster's Fig. 2 shows them all), labelled by what the sweep varies."""
+    names = {((r.get() or {}).get("args") or {}).get("sweep") for r in runs} - {None}
+    out = {}
+    for row in reversed(store.list()) if names else ():
+        name = (row.get("args") or {}).get("sweep")
+        if name in names:
+            trial = store.run(row["run_id"])
+            c = trial.read_config()
+            accs = [e["val_acc"] for e in trial.read_epochs() if e.get("val_acc") is not None]
+            label = (f"#{(row.get('args') or {}).get('trial', '?')} lr={c.get('lr')} {c.get('optimizer')} "
+                     f"bs={c.get('batch_size')}")
+            out.setdefault(name, []).append({"run_id": trial.id, "label": label, "val_acc": max(accs, default=None)})
+    return out
+
+
+@kind("report", check=_check_report)
+def report(ctx: Context) -> dict:
+    from core.report import build_report
+    from core.runs.reproduce import POSTER
+    a = ctx.args
+    runs = [ctx.store.require(r) for r in a["runs"]]
+    out = a.get("out") or str(report_path())
+
+    def progress(**fields):
+        ctx.check_stop()
+        ctx.progress(**fields)
+    return build_report(runs, out, poster=POSTER, sweeps=sweep_trials(ctx.store, runs), data=a.get("data"),
+                        photos=a.get("photos"), class_models=bool(a.get("class_models")), progress=progress)

@@ -196,6 +196,7 @@ def export_run(run, fmt: str = "onnx", out=None, progress=None, should_stop=None
     path = _out_path(run, fmt, out)
     hit = cached_export(run, fmt, out)
     if hit is not None:
+        _card(run, hit, only_missing=True)
         return hit
 
     def stage(i: int) -> None:
@@ -221,9 +222,23 @@ def export_run(run, fmt: str = "onnx", out=None, progress=None, should_stop=None
         atomic_write(sidecar_path(path), json.dumps(side, indent=1), tmp=sidecar_path(tmp))
     except OSError as e:
         raise UserError(f"Cannot write the export {path} ({e.strerror or e}).") from None
+    result = _result(side, path, cached=False)
+    _card(run, result)
     if progress is not None:
         progress(done=len(STAGES), total=len(STAGES), stage="done")
-    return _result(side, path, cached=False)
+    return result
+
+
+def _card(run, result: dict, only_missing: bool = False) -> None:
+    """The model card RUN.md beside the export (core.serve.card); `result["card"]` names it."""
+    from core.serve.card import card_path, write_card
+    path = card_path(result["path"], run.id)
+    try:
+        if not (only_missing and path.exists()):
+            write_card(run, result)
+    except OSError as e:
+        raise UserError(f"Cannot write the model card {path} ({e.strerror or e}).") from None
+    result["card"] = str(path)
 
 
 def _write_and_check(pred, fmt: str, tmp: Path, batch: torch.Tensor, checked_on: str, stage) -> dict:
