@@ -21,6 +21,20 @@ os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 os.environ.setdefault("STREAMLIT_CLIENT_SHOW_ERROR_DETAILS", "full")  # tests see tracebacks; users do not
 
 
+def _exit_without_finalizing():
+    """An xdist worker, at the very end (every result sent, the atexit handlers registered after this
+    one run): skip the interpreter's finalization, seconds of freeing torch's and Streamlit's objects one
+    by one that the controller waits for after the last test."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import atexit
+    atexit.register(_exit_without_finalizing)
+
+
 def _worker_setup():
     """What every process that runs tests needs (not the xdist controller, which only hands tests out:
     importing torch there would delay every worker's start by seconds)."""
@@ -132,11 +146,14 @@ def pytest_sessionstart(session):
     folders that pytest would delete at the very end, after the last test (~0.8 GB of small files
     each: seconds of I/O at the end of every run). In a thread; each folder is first renamed to
     pytest's own garbage- prefix, so that pytest's cleanup and this one never delete the same tree."""
+    import threading
+    import uuid
+    # hypothesis's pytest plugin imports hypothesis for its summary after the last test (~1.5 s in every
+    # process that ran no hypothesis test, the controller included): now, beside the collection, instead
+    threading.Thread(target=__import__, args=("hypothesis",), daemon=True).start()
     config = session.config
     if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
         return
-    import threading
-    import uuid
     current = config._tmp_path_factory.getbasetemp()
     keep = int(config.getini("tmp_path_retention_count"))
     try:
