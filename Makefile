@@ -19,12 +19,15 @@ app: $(STAMP)
 
 # In parallel, one worker per core (pytest-xdist); worksteal evens out the few long tests.
 # `test`: everything but the scenarios across real processes (marked e2e), which `e2e` runs;
-# CI (.ci/run) runs both.
+# CI (.ci/run) runs both. Bytecode is cached even where the environment says not to (every
+# process of the suite, workers and CLIs included, compiled the project again: ~10 s of collection
+# each); hypothesis's plugin only adds a summary that imports hypothesis after the last test.
+PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n auto --dist worksteal -p no:hypothesispytest
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --dist worksteal -m "not e2e" --durations=15 tests
+	$(PYTEST) -m "not e2e" --durations=15 tests
 
 e2e: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --dist worksteal -m e2e --durations=0 tests
+	$(PYTEST) -m e2e --durations=0 tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --quick

@@ -146,14 +146,11 @@ def pytest_sessionstart(session):
     folders that pytest would delete at the very end, after the last test (~0.8 GB of small files
     each: seconds of I/O at the end of every run). In a thread; each folder is first renamed to
     pytest's own garbage- prefix, so that pytest's cleanup and this one never delete the same tree."""
-    import threading
-    import uuid
-    # hypothesis's pytest plugin imports hypothesis for its summary after the last test (~1.5 s in every
-    # process that ran no hypothesis test, the controller included): now, beside the collection, instead
-    threading.Thread(target=__import__, args=("hypothesis",), daemon=True).start()
     config = session.config
     if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
         return
+    import threading
+    import uuid
     current = config._tmp_path_factory.getbasetemp()
     keep = int(config.getini("tmp_path_retention_count"))
     try:
