@@ -137,3 +137,16 @@ def test_gpus_are_read_from_nvidia_smi_without_initialising_cuda(tmp_path, monke
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: 1 / 0)   # would initialise CUDA here
     hw = provenance.hardware()
     assert hw["gpus"] == [{"name": "NVIDIA H200", "memory_gb": 140.4}] * 2 and hw["cuda"] == torch.version.cuda
+
+
+def test_hardware_does_not_import_torch_in_a_process_without_it():
+    """The dashboard creating a run records its hardware without importing torch (~3 s on the first Launch)."""
+    import sys
+
+    import torch
+    assert provenance._torch_cuda_unimported() == torch.version.cuda        # read from torch's version file
+    code = ("import sys; from core.runs import provenance as p; hw = p.hardware(); "
+            "print(repr(hw['cuda']), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(Path(provenance.__file__).parents[2])).stdout.split()
+    assert out == [repr(torch.version.cuda), "False"]

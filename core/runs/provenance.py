@@ -96,14 +96,40 @@ def _mtime(path: str) -> int:
 
 
 def hardware() -> dict:
+    """CPU, GPUs and torch's CUDA version. A process that has not imported torch (the dashboard creating
+    a run) does not import it for this (~3 s): torch's CUDA version is read from its version file and the
+    GPUs from nvidia-smi (a machine without it has no NVIDIA driver)."""
     out = {"cpu": _cpu_model(), "cores": os.cpu_count(), "gpus": UNKNOWN, "cuda": UNKNOWN}
     try:
-        import torch
-        out["cuda"] = torch.version.cuda    # None: a CPU build
-        out["gpus"] = _gpus(torch)
+        torch = sys.modules.get("torch")
+        if torch is None:
+            out["cuda"] = _torch_cuda_unimported()
+            # a CPU build uses no GPU; NVIDIA's driver installs nvidia-smi with it: none, no GPU
+            out["gpus"] = [] if out["cuda"] is None else (_smi_gpus() or [])
+        else:
+            out["cuda"] = torch.version.cuda    # None: a CPU build
+            out["gpus"] = _gpus(torch)
     except Exception:  # noqa: BLE001 - never fail a run over its description
         pass
     return out
+
+
+def _torch_cuda_unimported():
+    """torch.version.cuda without importing torch: its generated version.py holds `cuda = '12.8'`
+    (or None for a CPU build). UNKNOWN if it cannot be read."""
+    import importlib.util
+    import re
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return UNKNOWN
+    try:
+        text = (Path(list(spec.submodule_search_locations)[0]) / "version.py").read_text()
+    except OSError:
+        return UNKNOWN
+    m = re.search(r"^cuda\s*(?::[^=]*)?=\s*(?:'([^']*)'|\"([^\"]*)\"|None)", text, re.M)
+    if m is None:
+        return UNKNOWN
+    return m.group(1) or m.group(2) or None
 
 
 def _cpu_model() -> str:
@@ -116,19 +142,27 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or UNKNOWN
 
 
+def _smi_gpus() -> list[dict] | None:
+    """[{name, memory_gb}] from nvidia-smi, or None where it is missing or fails."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        rows = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                              capture_output=True, check=True, timeout=GIT_TIMEOUT_S).stdout.decode()
+        return [{"name": n.strip(), "memory_gb": round(float(m) / 1024, 1)}
+                for n, m in (r.rsplit(",", 1) for r in rows.strip().splitlines())]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
 def _gpus(torch) -> list[dict]:
     """[{name, memory_gb}] of the CUDA devices. nvidia-smi where it exists, so that the process
     making the run (the dashboard) does not initialise CUDA; else torch."""
     if not torch.cuda.is_available():
         return []
-    if shutil.which("nvidia-smi"):
-        try:
-            rows = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                                  capture_output=True, check=True, timeout=GIT_TIMEOUT_S).stdout.decode()
-            return [{"name": n.strip(), "memory_gb": round(float(m) / 1024, 1)}
-                    for n, m in (r.rsplit(",", 1) for r in rows.strip().splitlines())]
-        except (OSError, subprocess.SubprocessError, ValueError):
-            pass
+    found = _smi_gpus()
+    if found is not None:
+        return found
     return [{"name": p.name, "memory_gb": round(p.total_memory / 2**30, 1)}
             for p in map(torch.cuda.get_device_properties, range(torch.cuda.device_count()))]
 
