@@ -9,6 +9,7 @@ crash is skipped by the readers.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 
@@ -74,3 +75,12 @@ def file_lock(path: str | os.PathLike, shared: bool = False, wait: bool = True):
             yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def sha256_of(path: str | os.PathLike) -> str | None:
+    """The file's sha256 (hex), or None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None

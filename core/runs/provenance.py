@@ -25,7 +25,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from core.files import atomic_write
+from core.files import atomic_write, sha256_of
 from core.paths import cache_dir
 
 UNKNOWN = "unknown"
@@ -221,14 +221,6 @@ def _stamp(folders: list[str]) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: Path) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
-        return None
-
-
 # ------------------------------------------------------------------ reading back
 
 def read(run) -> dict:
@@ -246,7 +238,7 @@ def read(run) -> dict:
                "seed": cfg.get("seed", UNKNOWN), "config": cfg or UNKNOWN, "recorded": False}
     rec = {**{k: rec.get(k, UNKNOWN) for k in KEYS}, "recorded": rec.get("recorded", True)}
     if isinstance(rec["data"], dict) and run.split_file.exists():
-        rec["data"] = {**rec["data"], "split_sha256": file_sha256(run.split_file)}
+        rec["data"] = {**rec["data"], "split_sha256": sha256_of(run.split_file)}
     return rec
 
 

@@ -23,6 +23,7 @@ import torch
 
 from core.data.readers import IMAGE_EXTS
 from core.errors import UserError
+from core.files import sha256_of
 from core.train import metrics
 
 BATCH = 64                 # images per forward pass when scoring distractors
@@ -57,14 +58,6 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return found
 
 
-def _sha256(path: Path) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
-        return None
-
-
 def overlapping(paths: list[Path], run_paths: list[str]) -> list[Path]:
     """The distractors that are one of the run's photos: the same file (resolved path), or the
     same bytes. Only run photos whose size equals a distractor's are hashed."""
@@ -81,11 +74,11 @@ def overlapping(paths: list[Path], run_paths: list[str]) -> list[Path]:
     for q in mine:
         try:
             if os.path.getsize(q) in sizes:
-                run_hashes.add(_sha256(Path(q)))
+                run_hashes.add(sha256_of(Path(q)))
         except OSError:
             continue
     run_hashes.discard(None)
-    same += [p for group in sizes.values() for p in group if _sha256(p) in run_hashes]
+    same += [p for group in sizes.values() for p in group if sha256_of(p) in run_hashes]
     return sorted(same)
 
 

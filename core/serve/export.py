@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from core.errors import Cancelled, UserError
-from core.files import atomic_output, atomic_write
+from core.files import atomic_output, atomic_write, sha256_of
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 ALIASES = {"ts": "torchscript", "jit": "torchscript", "pt": "torchscript"}
@@ -101,15 +101,6 @@ def _read_sidecar(path: Path) -> dict | None:
     try:
         return json.loads(sidecar_path(path).read_text())
     except (OSError, ValueError):
-        return None
-
-
-def sha256_of(path: Path) -> str | None:
-    """The file's sha256 (hex), or None when it cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
         return None
 
 
