@@ -96,6 +96,8 @@ def runs_table(any_active: bool) -> None:
                      tags=[", ".join(t) for t in df["tags"]])
     cols = ["status_label", "name", "dataset", "model", "classes", "val_last", "holdout_acc", "duration", "tags", "group",
             "run_id"]
+    cols = [c for c in cols if c not in ("tags", "group") or (main[c] != "—").any() and (main[c] != "").any()]
+    # (tags and seed groups only once a run has one: the table fits 1,400 px without scrolling)
     st.dataframe(main[cols], hide_index=True, width="stretch", column_config={
         "status_label": "Status", "name": "Name", "dataset": "Data set", "model": "Model",
         "classes": st.column_config.TextColumn("Classes", help="How many classes the run trains on (the run's "
