@@ -3,29 +3,16 @@ kept by `runs rebuild`), the runs table grouped, each run's CPU and memory use; 
 history, slice and contour plots and per-trial notes on the Sweeps page."""
 import json
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
 
 from core import cli
 from core.runs import sweeps
 from core.runs.store import RunStore
 from core.train.engine import resource_use
 from tests.conftest import tiny_config
-
-APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
-
-
-def open_page(page: str, **state) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.switch_page(f"../pages/{page}.py")
-    for k, v in state.items():
-        at.session_state[k] = v
-    at.run()
-    assert not at.exception, at.exception
-    return at
+from tests.test_defaults_fit import open_page     # the page as a new user opens it, with state set first
 
 
 def made_runs(tmp_path) -> tuple[str, str, str]:

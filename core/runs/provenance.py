@@ -15,6 +15,7 @@ Runs page's "Train again like this"): the data set (refused unless forced), pack
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -238,8 +239,23 @@ def read(run) -> dict:
                "seed": cfg.get("seed", UNKNOWN), "config": cfg or UNKNOWN, "recorded": False}
     rec = {**{k: rec.get(k, UNKNOWN) for k in KEYS}, "recorded": rec.get("recorded", True)}
     if isinstance(rec["data"], dict) and run.split_file.exists():
-        rec["data"] = {**rec["data"], "split_sha256": sha256_of(run.split_file)}
+        rec["data"] = {**rec["data"], "split_sha256": _split_sha256(run.split_file)}
     return rec
+
+
+def _split_sha256(path: Path) -> str | None:
+    """split.csv's hash, read again only when the file changes (the Runs page shows it at every rerun;
+    the manifest is ~135 MB at 1.6 M images)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _hash_once(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _hash_once(path: str, mtime_ns: int, size: int) -> str | None:
+    return sha256_of(path)
 
 
 def lines(rec: dict) -> list[str]:
