@@ -1,0 +1,106 @@
+"""The "new version" form (issue 22): exclude or relabel chosen photos into a new version of the
+data set (core.data.versions: a list of changes beside it; the photos are never modified), then
+"Use it on every page". Pages that select photos (Evaluate's confusion cells, label issues) call
+`version_form(data_root, paths, key)`.
+"""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core.errors import UserError
+from dashboard.common import counts_of, use_dataset, user_error
+
+EXCLUDE, RELABEL = "Exclude them", "Relabel them"
+SHOWN = 20     # selected photos listed in the form
+
+
+def default_name(data_root: str) -> str:
+    """"<data set>-v<k>", the first k not taken."""
+    from core.data import registry, versions
+    base = registry.name_of(versions.read_version(data_root).base if versions.is_version(data_root) else data_root)
+    base = "".join(c if c.isalnum() or c in " .-_()" else "-" for c in base)[:56] or "data"
+    k = 1
+    while registry.by_name(f"{base}-v{k}") or (versions.versions_dir() / f"{base}-v{k}").exists():
+        k += 1
+    return f"{base}-v{k}"
+
+
+def _selected(paths: list[str], relabel_to: dict | None) -> None:
+    shown = [str(p) for p in paths[:SHOWN]]
+    df = pd.DataFrame({"photo": shown})
+    if relabel_to:
+        df["new label"] = [str(relabel_to.get(p, "")) for p in paths[:SHOWN]]
+    st.dataframe(df, hide_index=True, height=min(300, 38 + 35 * len(df)))
+    if len(paths) > SHOWN:
+        st.caption(f"… and {len(paths) - SHOWN} more.")
+
+
+def _relabel(paths: list[str], relabel_to: dict | None, label: str | None) -> dict:
+    if not relabel_to:
+        return {p: label for p in paths}
+    lacking = [p for p in paths if not str(relabel_to.get(p, "")).strip()]
+    if lacking:
+        raise UserError(f"{lacking[0]} has no new label here; exclude it, or relabel it on its own.")
+    return {p: relabel_to[p] for p in paths}
+
+
+def _create(data_root: str, paths: list[str], key: str, relabel_to: dict | None) -> str | None:
+    """The form; the new version's name once it was made (None before, or on bad input)."""
+    from core.data.versions import make_version
+    ss = st.session_state
+    if ss.pop(f"{key}_renew", False) or f"{key}_name" not in ss:   # the next version gets the next name
+        ss[f"{key}_name"] = default_name(data_root)
+    with st.form(f"{key}_form", border=True):
+        st.markdown(f"**New version of the data set** with the {len(paths)} selected photo"
+                    f"{'s' if len(paths) != 1 else ''} (the photos themselves are never modified)")
+        _selected(paths, relabel_to)
+        name = st.text_input("Version name", key=f"{key}_name")
+        action = st.radio("Change", [RELABEL, EXCLUDE] if relabel_to else [EXCLUDE, RELABEL], key=f"{key}_action",
+                          horizontal=True, help="Excluded photos leave the version; relabelled ones move to "
+                                                "another class. The base data set keeps them as they are.")
+        label = None
+        if not relabel_to:
+            labels = [str(x) for x in counts_of(data_root).index]
+            label = st.selectbox("New label (when relabelling)", labels, key=f"{key}_label")
+        reason = st.text_input("Reason (kept with each change)", key=f"{key}_reason",
+                               placeholder="e.g. wrong landmark, duplicate, not a photo of the place")
+        if not st.form_submit_button("Create the version", type="primary", icon="🧬"):
+            return None
+    if not paths:
+        user_error(UserError("Select at least one photo to exclude or relabel."))
+        return None
+    try:
+        relabel = _relabel(paths, relabel_to, label) if action == RELABEL else None
+        make_version(data_root, name, exclude=paths if action == EXCLUDE else (), relabel=relabel, reason=reason)
+    except UserError as e:
+        user_error(e)
+        return None
+    ss[f"{key}_renew"] = True
+    return name.strip()
+
+
+def version_form(data_root: str, paths: list[str], key: str, relabel_to: dict | None = None) -> None:
+    """A small form that makes a version of `data_root` (a data set folder or a version) without the
+    selected `paths` (exclude) or with them under a new label (relabel: `relabel_to`'s per-photo
+    labels when given, else one class chosen in the form); then offers "Use it on every page".
+    `paths`: relative to the data set folder (as `inspect` gives them) or absolute. `key`: a prefix
+    for the widget keys, unique on the page."""
+    from core.data import registry, versions
+    made = _create(str(data_root), [str(p) for p in paths], key, relabel_to)
+    if made:
+        st.session_state[f"{key}_made"] = made
+    made = st.session_state.get(f"{key}_made")
+    entry = registry.by_name(made) if made else None
+    if not entry:
+        return
+    v = versions.read_version(entry["path"])
+    st.success(f"Version **{made}** of {registry.name_of(str(v.base))}: {v.summary()}. Train on it like any data "
+               f"set; its runs keep the base's holdout.", icon="✅")
+    if st.button(f"Use {made} on every page", key=f"{key}_use", icon="👉"):
+        use_dataset(made)
+        st.session_state.pop(f"{key}_made", None)
+        st.rerun()
+
+
+__all__ = ["version_form", "default_name"]
