@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
+from core.data import changes
 from core.errors import UserError
 from core.files import atomic_output
 from core.paths import cache_dir
@@ -324,12 +325,16 @@ def read_folders(root: Path) -> DatasetIndex:
 
 
 def read_version(root: Path) -> DatasetIndex:
-    from core.data.versions import read_index  # versions builds on this module (its index, load_index)
-    return read_index(root)
+    """A data set version (core.data.changes): its base's index with the version's changes applied.
+    The index is rooted at the base's folder (paths, the prepared cache and relative paths are the
+    base's) and keeps the base's index (`base`) for the holdout (core.data.splits.base_places)."""
+    v = changes.read_version(root)
+    if changes.is_version(v.base):
+        raise UserError(f"The base of the version {v.root} is itself a version ({v.base}); make it again.")
+    return changes.apply(load_index(v.base), v.changes)
 
 
 READERS = {"csv": read_csv_layout, "folders": read_folders, "version": read_version}
-VERSION_FILE = "version.json"   # marks a data set version (core.data.versions)
 
 
 def detect_layout(root: Path) -> str:
@@ -337,7 +342,7 @@ def detect_layout(root: Path) -> str:
     try:
         if not root.is_dir():
             raise UserError(f"Data set folder {root} does not exist.")
-        if (root / VERSION_FILE).exists():
+        if (root / changes.VERSION_FILE).exists():
             return "version"
         if (root / "train.csv").exists():
             return "csv"
@@ -425,10 +430,9 @@ STATS_VERSION = 2  # in the cache's file names: v2 counts an image listed twice 
 def signature(root: Path, clean: bool = False) -> str:
     """Changes when the data set does: train.csv's (and train_clean.csv's) size+mtime, or the
     class folders' mtimes."""
-    if (root / VERSION_FILE).exists():   # a version: its changes (never rewritten) and its base's signature
-        from core.data.versions import read_version as version_of
-        st = (root / "changes.csv").stat()
-        sig = f"{root}|{st.st_size}|{st.st_mtime_ns}|{signature(version_of(root).base, clean)}"
+    if (root / changes.VERSION_FILE).exists():   # a version: its changes (never rewritten) and its base's signature
+        st = (root / changes.CHANGES_FILE).stat()
+        sig = f"{root}|{st.st_size}|{st.st_mtime_ns}|{signature(changes.read_version(root).base, clean)}"
         return hashlib.sha1(sig.encode()).hexdigest()[:16]
     files = [f for f in (root / "train.csv", root / CLEAN_CSV if clean else None) if f is not None and f.exists()]
     if files:

@@ -5,7 +5,7 @@ A version is a small folder, LANDMARKS_HOME/versions/<name>/, holding
   changes.csv   path,action,new_label,reason  (path relative to the base's folder; action exclude|relabel)
 The base's photos and CSVs are never modified. A version of a version records the original base
 and the parent's changes followed by its own (the last change of a path wins), so reading one never
-recurses. readers.detect_layout sees version.json and its reader (`read_index`) loads the base's
+recurses. readers.detect_layout sees version.json and its reader (`read_version`) loads the base's
 index and applies the changes, so every command and page that takes a data set takes a version too;
 the index keeps the base's (`index.base`) so that training can keep the base's holdout
 (core.data.splits.base_places).
@@ -18,113 +18,24 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from core import paths
 from core.data import registry
+from core.data.changes import (ACTIONS, CHANGES_FILE, COLUMNS, VERSION_FILE, Version, apply, is_version,  # noqa: F401
+                               normalise, read_version, relative)
 from core.data.readers import DatasetIndex, load_index
 from core.errors import UserError, writing
 from core.files import atomic_write
 
-VERSION_FILE = "version.json"
-CHANGES_FILE = "changes.csv"
-COLUMNS = ["path", "action", "new_label", "reason"]
-ACTIONS = ("exclude", "relabel")
 EXAMPLES = 5     # known classes a refusal lists
 
 
 def versions_dir() -> Path:
     return paths.ensure_dir(paths.home() / "versions", "versions")
 
-
-def is_version(root) -> bool:
-    return (Path(root).expanduser() / VERSION_FILE).is_file()
-
-
-@dataclass(frozen=True)
-class Version:
-    root: Path
-    name: str
-    base: Path
-    created: float
-    parent_version: str | None
-    changes: pd.DataFrame          # COLUMNS, one row per change in order (a later one wins)
-
-    def final(self) -> pd.DataFrame:
-        """The last change of each path: what the version does to it."""
-        return self.changes.drop_duplicates("path", keep="last")
-
-    def counts(self) -> tuple[int, int]:
-        f = self.final()["action"]
-        return int((f == "exclude").sum()), int((f == "relabel").sum())
-
-    def summary(self) -> str:
-        ex, re = self.counts()
-        return f"{ex} excluded, {re} relabelled"
-
-    def as_dict(self) -> dict:
-        ex, re = self.counts()
-        return {"name": self.name, "path": str(self.root), "base": str(self.base), "created": self.created,
-                "parent_version": self.parent_version, "excluded": ex, "relabelled": re}
-
-
-def read_version(root) -> Version:
-    root = Path(root).expanduser().resolve()
-    try:
-        meta = json.loads((root / VERSION_FILE).read_text())
-        changes = pd.read_csv(root / CHANGES_FILE, dtype=str, keep_default_na=False)
-        base = Path(meta["base"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"The data set version {root} cannot be read ({type(e).__name__}: {e}); "
-                        f"make it again from its base data set.") from None
-    if list(changes.columns[:len(COLUMNS)]) != COLUMNS or not changes["action"].isin(ACTIONS).all():
-        raise UserError(f"{root / CHANGES_FILE} is not a list of changes (columns {','.join(COLUMNS)}, "
-                        f"action exclude or relabel); make the version again from its base data set.")
-    return Version(root, str(meta.get("name") or root.name), base, float(meta.get("created") or 0),
-                   meta.get("parent_version"), changes[COLUMNS])
-
-
-# ------------------------------------------------------------------ applying
-
-def relative(paths_: pd.Series, root: Path) -> pd.Series:
-    """Index paths (absolute) relative to the data set folder, as changes.csv and `inspect` give them."""
-    prefix = str(root).rstrip(os.sep) + os.sep
-    s = paths_.astype(str)
-    return s.where(~s.str.startswith(prefix), s.str.slice(len(prefix)))
-
-
-def normalise(path: str, root: Path) -> str:
-    """A path a user gave (relative to the data set folder, or absolute) as changes.csv keeps it."""
-    p = str(path).strip()
-    if os.path.isabs(os.path.expanduser(p)):
-        p = os.path.normpath(os.path.expanduser(p))
-        prefix = str(root).rstrip(os.sep) + os.sep
-        return p[len(prefix):] if p.startswith(prefix) else p
-    return os.path.normpath(p)
-
-
-def apply(index: DatasetIndex, changes: pd.DataFrame) -> DatasetIndex:
-    """A new index: `index` less the excluded images, relabelled ones under their new label.
-    Changes naming images the base no longer has are left aside (they are gone anyway)."""
-    final = changes.drop_duplicates("path", keep="last").set_index("path")
-    rel = relative(index.samples["path"], index.root)
-    action = rel.map(final["action"])
-    samples = index.samples.assign(label=index.samples["label"].where(
-        action != "relabel", rel.map(final["new_label"])))
-    samples = samples[(action != "exclude").to_numpy()].reset_index(drop=True)
-    return DatasetIndex(index.root, "version", samples, index.names, index.synthetic, index.duplicates, base=index)
-
-
-def read_index(root) -> DatasetIndex:
-    """The reader of the "version" layout: the base's index with the version's changes applied.
-    The index's root is the base's folder (paths, the prepared cache and relative paths are the base's)."""
-    v = read_version(root)
-    if is_version(v.base):
-        raise UserError(f"The base of the version {v.root} is itself a version ({v.base}); make it again.")
-    return apply(load_index(v.base), v.changes)
 
 
 # ------------------------------------------------------------------ making
