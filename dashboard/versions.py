@@ -5,6 +5,8 @@ data set (core.data.versions: a list of changes beside it; the photos are never 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -103,4 +105,73 @@ def version_form(data_root: str, paths: list[str], key: str, relabel_to: dict | 
         st.rerun()
 
 
-__all__ = ["version_form", "default_name"]
+# ------------------------------------------------------------------ what pages show of a version
+
+def version_summary(data_root) -> None:
+    """On the Dataset page: a version's base and its list of changes (nothing for a plain data set)."""
+    from core.data import registry, versions
+    if not data_root or not versions.is_version(data_root):
+        return
+    try:
+        v = versions.read_version(data_root)
+    except UserError as e:
+        user_error(e)
+        return
+    parent = f" (made from the version {Path(v.parent_version).name})" if v.parent_version else ""
+    st.info(f"Version **{v.name}** of **{registry.name_of(str(v.base))}** (`{v.base}`){parent}: {v.summary()}. "
+            f"The photos and CSVs of the base are unchanged; the changes below are applied when it is read.",
+            icon="🧬")
+    with st.expander(f"Changes ({len(v.changes)})"):
+        st.dataframe(v.changes.rename(columns={"new_label": "new label"}), hide_index=True,
+                     column_config={"path": st.column_config.TextColumn("photo", width="large")})
+
+
+def _holdout(run_id: str) -> set | None:
+    from core.data.splits import load_manifest
+    from dashboard.common import store
+    f = store().run(run_id).split_file
+    if not f.exists():
+        return None
+    m = load_manifest(f)
+    return set(m.loc[m["split"] == "holdout", "path"])
+
+
+def relation_line(run_a: dict, run_b: dict, names: dict) -> str | None:
+    """One line when two runs' data sets are a version and its base, or two versions of one base:
+    "B trained on version 'clean-1' of A's data set: 2 excluded, 0 relabelled; same holdout: yes"."""
+    from core.data import versions
+    da, db = (Path(str(r["config"].get("data") or "")) for r in (run_a, run_b))
+    try:
+        va, vb = (versions.read_version(d) if d.name and versions.is_version(d) else None for d in (da, db))
+    except UserError:
+        return None
+    a, b = names[run_a["run_id"]], names[run_b["run_id"]]
+    if vb and not va and vb.base == da.resolve():
+        head = f"{b} trained on version '{vb.name}' of {a}'s data set: {vb.summary()}"
+    elif va and not vb and va.base == db.resolve():
+        head = f"{a} trained on version '{va.name}' of {b}'s data set: {va.summary()}"
+    elif va and vb and va.base == vb.base and va.root != vb.root:
+        head = (f"{a} and {b} trained on versions '{va.name}' ({va.summary()}) and '{vb.name}' ({vb.summary()}) "
+                f"of one data set")
+    else:
+        return None
+    ha, hb = _holdout(run_a["run_id"]), _holdout(run_b["run_id"])
+    if ha is None or hb is None:
+        return head + "."
+    if ha == hb:
+        same = "yes"
+    else:
+        smaller, larger = sorted((ha, hb), key=len)
+        same = (f"yes, less {len(larger - smaller)} excluded image(s)" if smaller < larger and _excluded(
+            (va, vb), larger - smaller) else "no")
+    return f"{head}; same holdout: {same}."
+
+
+def _excluded(vs, paths: set) -> bool:
+    """Whether every one of `paths` (absolute) is excluded by one of the versions `vs`."""
+    gone = set()
+    for v in vs:
+        if v is not None:
+            f = v.final()
+            gone |= {str(v.base / p) for p in f.loc[f["action"] == "exclude", "path"]}
+    return paths <= gone

@@ -22,6 +22,7 @@ from dashboard import charts
 from dashboard.common import (clean_toggle, counts_of, dataset_picker, job_progress, start_here, store, synthetic_note,
                               user_error)
 from dashboard.download_panel import download_panel
+from dashboard.versions import version_summary
 
 N_CHOICES = (10, 20, 30, 50, 100, 200, 500, 1000)
 BAR_LIMIT = 1000          # bars drawn at most; the long-tail plot shows every class
@@ -349,6 +350,7 @@ if counts.empty:
     st.error(f"{root} lists no labelled images.", icon="🚫")
     st.stop()
 synthetic_note(root)
+version_summary(root)
 n = pick_n(len(counts))
 shown = counts.index[:max(min(n, BAR_LIMIT), THUMB_CLASSES)]
 names = names_of(str(root), names_mtime(str(root)), tuple(map(str, shown)))

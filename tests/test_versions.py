@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -57,7 +58,7 @@ def test_version_excludes_and_relabels_without_touching_the_photos(base, home):
     assert [v.name for v in versions_of(base)] == ["clean-1", "clean-2"] == [v.name for v in versions_of(out)]
 
 
-@pytest.mark.parametrize("kw, message", [
+BAD = [
     (dict(exclude=[f"arch/{i}.png" for i in range(10)]),
      "These changes would leave class 'arch' with no images (it has 10); keep at least one of its images."),
     (dict(relabel={"arch/2.png": "castle"}),
@@ -69,15 +70,17 @@ def test_version_excludes_and_relabels_without_touching_the_photos(base, home):
     (dict(exclude=["arch/2.png"], relabel={"arch/2.png": "tower"}),
      "arch/2.png is listed both to exclude and to relabel; keep it in one list."),
     (dict(name="taken", exclude=["arch/2.png"]), "A data set named 'taken' already exists; choose another name."),
-])
-def test_bad_input_is_one_sentence_and_writes_nothing(base, home, kw, message):
+]
+
+
+def test_bad_input_is_one_sentence_and_writes_nothing(base, home):
     registry.remember(base, "taken")
-    kw = {"name": "v", **kw}
-    with pytest.raises(UserError) as e:
-        make_version(base, **kw)
-    assert str(e.value) == message.format(base=base.resolve())
-    assert not list((home / "versions").glob("*"))          # not even a half-made folder
-    assert [d["name"] for d in registry.listed()] == ["taken"]
+    for kw, message in BAD:
+        with pytest.raises(UserError) as e:
+            make_version(base, **{"name": "v", **kw})
+        assert str(e.value) == message.format(base=base.resolve())
+        assert not list((home / "versions").glob("*"))          # not even a half-made folder
+        assert [d["name"] for d in registry.listed()] == ["taken"]
 
 
 def test_a_run_on_a_version_keeps_the_base_holdout(base, tmp_path):
@@ -124,8 +127,10 @@ def test_version_form_creates_a_version_and_offers_it_everywhere(base, home):
 
     def script():
         import streamlit as st
-        from dashboard.versions import version_form
+        from dashboard.common import dataset_path_in_use
+        from dashboard.versions import version_form, version_summary
         version_form(st.session_state["root"], ["arch/0.png", "arch/1.png"], key="vf")
+        version_summary(dataset_path_in_use())      # as the Dataset page shows the data set in use
 
     at = AppTest.from_function(script, default_timeout=30)
     at.session_state["root"] = str(base)
@@ -140,3 +145,27 @@ def test_version_form_creates_a_version_and_offers_it_everywhere(base, home):
     assert "set-v1" in at.success[0].value and "2 excluded, 0 relabelled" in at.success[0].value
     at.button(key="vf_use").click().run()
     assert at.session_state["data_in_use"] == "set-v1" and at.query_params["data"] == "set-v1"
+    assert at.info[0].value.startswith(f"Version **set-v1** of **set** (`{base.resolve()}`): 2 excluded, 0 relabelled.")
+    assert at.text_input(key="vf_name").value == "set-v2"               # the next version's name
+
+
+def test_compare_says_a_run_trained_on_a_version_of_the_other_runs_data(base):
+    from core.data.splits import save_manifest
+    from core.runs.store import RunStore
+    from dashboard.versions import relation_line
+    from tests.conftest import tiny_config
+    root = base.resolve()
+    version = make_version(base, "clean-1", exclude=["arch/0.png", "arch/1.png"])
+    store = RunStore()
+    ids = [store.create(tiny_config(d, classes=3)) for d in (base, version, version)]
+    holdouts = [["arch/0.png", "tower/0.png"], ["tower/0.png"], ["tower/1.png"]]
+    for run_id, hold in zip(ids, holdouts):
+        m = pd.DataFrame({"path": [str(root / p) for p in hold], "label": "x", "target": 0, "split": "holdout"})
+        save_manifest(m, store.run(run_id).split_file)
+    runs = [store.get(i) for i in ids]
+    names = dict(zip(ids, "ABC"))
+    assert relation_line(runs[0], runs[1], names) == \
+        "B trained on version 'clean-1' of A's data set: 2 excluded, 0 relabelled; same holdout: yes, less 1 excluded image(s)."
+    assert relation_line(runs[2], runs[0], names) == \
+        "C trained on version 'clean-1' of A's data set: 2 excluded, 0 relabelled; same holdout: no."
+    assert relation_line(runs[1], runs[2], names) is None      # one version, not a version and its base
