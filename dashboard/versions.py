@@ -107,6 +107,12 @@ def version_form(data_root: str, paths: list[str], key: str, relabel_to: dict | 
 
 # ------------------------------------------------------------------ what pages show of a version
 
+def base_of(root) -> str:
+    """A version's base data set folder (where GLDv2's names file lies); any other folder itself."""
+    from core.data import versions
+    return str(versions.read_version(root).base) if root and versions.is_version(root) else str(root)
+
+
 def version_summary(data_root) -> None:
     """On the Dataset page: a version's base and its list of changes (nothing for a plain data set)."""
     from core.data import registry, versions
@@ -126,14 +132,18 @@ def version_summary(data_root) -> None:
                      column_config={"path": st.column_config.TextColumn("photo", width="large")})
 
 
-def _holdout(run_id: str) -> set | None:
+@st.cache_data(show_spinner=False, max_entries=16)
+def _holdout_of(split_file: str, mtime: float) -> frozenset:
     from core.data.splits import load_manifest
+    m = load_manifest(Path(split_file))
+    return frozenset(m.loc[m["split"] == "holdout", "path"])
+
+
+def _holdout(run_id: str) -> frozenset | None:
+    """The paths of a run's holdout (read once per split file: millions of rows at GLDv2 scale)."""
     from dashboard.common import store
     f = store().run(run_id).split_file
-    if not f.exists():
-        return None
-    m = load_manifest(f)
-    return set(m.loc[m["split"] == "holdout", "path"])
+    return _holdout_of(str(f), f.stat().st_mtime) if f.exists() else None
 
 
 def relation_line(run_a: dict, run_b: dict, names: dict) -> str | None:

@@ -360,8 +360,9 @@ CLEAN_CSV = "train_clean.csv"
 
 
 def has_clean(root) -> bool:
-    """Does the data set ship GLDv2's cleaned subset (train_clean.csv)?"""
-    return (Path(root).expanduser() / CLEAN_CSV).is_file()
+    """Does the data set (a version's base) ship GLDv2's cleaned subset (train_clean.csv)?"""
+    root = Path(root).expanduser()
+    return ((changes.read_version(root).base if changes.is_version(root) else root) / CLEAN_CSV).is_file()
 
 
 def clean_table(root: Path) -> pd.DataFrame:
