@@ -13,6 +13,7 @@ the index keeps the base's (`index.base`) so that training can keep the base's h
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import shutil
@@ -24,9 +25,9 @@ import pandas as pd
 
 from core import paths
 from core.data import registry
-from core.data.changes import (ACTIONS, CHANGES_FILE, COLUMNS, VERSION_FILE, Version, apply, is_version,  # noqa: F401
+from core.data.changes import (CHANGES_FILE, COLUMNS, VERSION_FILE, Version, apply, is_version,  # noqa: F401
                                normalise, read_version, relative)
-from core.data.readers import DatasetIndex, load_index
+from core.data.readers import DatasetIndex, detect_layout, load_index
 from core.errors import UserError, writing
 from core.files import atomic_write
 
@@ -35,7 +36,6 @@ EXAMPLES = 5     # known classes a refusal lists
 
 def versions_dir() -> Path:
     return paths.ensure_dir(paths.home() / "versions", "versions")
-
 
 
 # ------------------------------------------------------------------ making
@@ -56,7 +56,7 @@ def _refuse_unknown_paths(given: list[str], present: set, root: Path, base: Path
                         f"{root} (as `inspect` lists them) or absolute ones inside it.")
 
 
-def _refuse_unknown_labels(relabel: dict, labels: pd.Series, index: DatasetIndex) -> None:
+def _refuse_unknown_labels(relabel: dict, labels: pd.Series) -> None:
     known = set(labels)
     bad = next(((p, lab) for p, lab in relabel.items() if lab not in known), None)
     if bad:
@@ -91,7 +91,7 @@ def plan(base, exclude=(), relabel: dict | None = None, reason: str = "") -> tup
         raise UserError(f"{both} is listed both to exclude and to relabel; keep it in one list.")
     rel = relative(index.samples["path"], root)
     _refuse_unknown_paths([*ex, *rl], set(rel), root, base)
-    _refuse_unknown_labels(rl, index.samples["label"], index)
+    _refuse_unknown_labels(rl, index.samples["label"])
     new = pd.DataFrame([(p, "exclude", "", reason) for p in ex] + [(p, "relabel", lab, reason) for p, lab in rl.items()],
                        columns=COLUMNS)
     _refuse_emptied(index.samples["label"], apply(index, new).samples["label"], index)
@@ -117,8 +117,10 @@ def make_version(base, name: str, exclude=(), relabel: dict | None = None, reaso
             changes.to_csv(tmp / CHANGES_FILE, index=False, quoting=csv.QUOTE_MINIMAL)
             atomic_write(tmp / VERSION_FILE, json.dumps(meta, indent=1))
             os.rename(tmp, out)           # refuses (ENOTEMPTY/EEXIST) if the name was taken meanwhile
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError) and e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise UserError(f"A data set named {name!r} already exists; choose another name.") from None
             raise
     if remember:
         v = read_version(out)
@@ -130,6 +132,7 @@ def versions_of(data) -> list[Version]:
     """The versions (under LANDMARKS_HOME/versions) of the data set `data` (its base when `data`
     is a version), oldest first."""
     root = Path(data).expanduser().resolve()
+    detect_layout(root)               # a folder that is not a data set: one sentence
     base = read_version(root).base if is_version(root) else root
     found = []
     for d in sorted(versions_dir().iterdir()):
