@@ -248,6 +248,7 @@ def train_again(config: dict, parent: str | None = None) -> None:
     ss["train_weights_path"] = "" if weights in ("imagenet", "none") else weights
     ss["train_model"] = config.get("model")
     ss["train_clean"] = bool(config.get("clean"))
+    ss["train_new_holdout"] = bool(config.get("new_holdout"))     # a data set version's run (issue 22)
     for a in AUGMENTATIONS:
         ss[f"train_aug_{a}"] = a in (config.get("augment") or ())
     data = config.get("data")
