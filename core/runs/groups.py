@@ -9,7 +9,7 @@ accuracies differ by less than the seed noise.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -43,6 +43,36 @@ class GroupStats:
         if m is None:
             return "—"
         return f"{m:.3f} ± {s:.3f} (n = {self.n})" if s is not None else f"{m:.3f} (n = {self.n})"
+
+
+def parse_seeds(text) -> list[int]:
+    """'0,1,2' (or a list of whole numbers) -> [0, 1, 2]: two or more different seeds of 0 or more."""
+    items = text.split(",") if isinstance(text, str) else list(text or [])
+    try:
+        seeds = [int(t) for t in items if str(t).strip()]
+    except ValueError:
+        seeds = []
+    if len(seeds) < 2 or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds takes two or more different whole numbers of 0 or more, like 0,1,2; got {text!r}.")
+    return seeds
+
+
+def member(cfg, seeds: list[int], seed: int, group: str = ""):
+    """The config of the group's run for `seed`: every run draws the split with the first seed (or the
+    config's own split_seed) while initialisation, augmentation and batch order follow `seed`. The
+    first run is made with group "" and named by `name_group` once its id exists."""
+    return replace(cfg, seed=seed, split_seed=split_seed_of(seeds, cfg.split_seed), group=group or "")
+
+
+def split_seed_of(seeds: list[int], split_seed: int | None = None) -> int:
+    """The seed a group's split is drawn with: the first seed, unless a split seed of 0 or more is given."""
+    return seeds[0] if split_seed is None or split_seed < 0 else split_seed
+
+
+def name_group(run) -> str:
+    """The first run of a group names it: its own id goes into its config. Returns the group id."""
+    run.update_config(replace(run.config(), group=run.id))
+    return run.id
 
 
 def group_of(config: dict | None) -> str:
