@@ -76,13 +76,12 @@ def test_a_seed_sweep_tells_optuna_each_group_mean_and_keeps_n_mean_sd(demo_root
     assert sweeps.describe(by_lr[0.002]) == "0.640 ± 0.028 (n = 2)"
     # only a group's first run reports its epochs to the study (and may be pruned)
     assert sweeps.epoch_reporter({"sweep": "sg", "trial_id": 0, "seed_index": 1}) is None
-    assert main(["sweep", "--status", "sg", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    from core.cli.sweeps import _print_sweep, _sweep_rows
+    out = json.loads(json.dumps(_sweep_rows(info)))                      # what sweep --json prints
     row = next(c for c in out["configs"] if c["params"]["lr"] == 0.001)
     assert {k: row[k] for k in ("group", "n")} == {"group": by_lr[0.001]["group"], "n": 2}
     assert row["mean"]["val_acc"] == pytest.approx(0.6) and row["sd"]["val_acc"] == pytest.approx(0.1 * SQRT2)
     assert out["noise"]["within"] is True
-    from core.cli.sweeps import _print_sweep
     _print_sweep(info)
     text = capsys.readouterr().out
     assert "0.640 ± 0.028 (n = 2)" in text and "within the seed noise" in text
