@@ -11,9 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from core.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd     # imported where a table is made: the sweeps CLI's --help stays light
 
 SPLITS = ("train", "val", "holdout")
 KINDS = ("acc", "top5", "gap", "balanced_acc", "macro_f1")
@@ -89,6 +92,7 @@ def group_runs(store, group: str) -> list[dict]:
 def group_stats(store, group: str) -> GroupStats:
     """n, mean and sample sd of every evaluation metric over the group's finished runs, and the
     per-class holdout accuracy's mean and sd (from each run's holdout evaluation)."""
+    import pandas as pd
     rows = group_runs(store, group)
     if not rows:
         raise UserError(f"There is no finished run in seed group {group!r}.")
@@ -102,6 +106,7 @@ def group_stats(store, group: str) -> GroupStats:
 
 def _per_class(store, run_ids: list) -> pd.DataFrame | None:
     """label, name, mean, sd, n of the per-class holdout accuracy over the runs that have one."""
+    import pandas as pd
     frames = []
     for run_id in run_ids:
         e = store.evals(run_id).get("holdout") or {}
