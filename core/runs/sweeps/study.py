@@ -200,8 +200,9 @@ def info(name: str, storage: str | None = None, study=None) -> dict:
     for t in study.get_trials(deepcopy=False):
         params = t.params or t.system_attrs.get("fixed_params", {})
         inter = t.intermediate_values
-        configs.append({**_group_fields(t), "number": t.number, "params": params, "run_id": t.user_attrs.get("run_id"),
-                        "host": t.user_attrs.get("host"), "state": STATE.get(t.state.name, t.state.name.lower()),
+        configs.append({**_group_fields(t), "number": t.number, "params": params,
+                        "run_id": t.user_attrs.get("run_id"), "host": t.user_attrs.get("host"),
+                        "state": STATE.get(t.state.name, t.state.name.lower()),
                         "val_acc": t.value if t.value is not None else (inter[max(inter)] if inter else None),
                         "pruned_at": t.user_attrs.get("pruned_at"), "error": t.user_attrs.get("error"),
                         "note": a.get(NOTE_KEY.format(t.number)) or None,
@@ -237,7 +238,7 @@ def trial_stats(config: dict) -> GroupStats | None:
     """An info() config's seed group as GroupStats (None before it has finished runs)."""
     if not config.get("n"):
         return None
-    runs = (config.get("members") or [])[:config["n"]] or [config.get("run_id")] * config["n"]
+    runs = (config.get("members") or [config.get("run_id")])[:config["n"]]
     return GroupStats(config.get("group") or config.get("run_id") or "", runs, config["mean"], config["sd"])
 
 
