@@ -154,8 +154,9 @@ def drive(name: str, store, storage: str | None = None, poll_s: float = 0.5, sho
 
 def _watch(store, study, m: dict, stopping: bool, cancel, resume) -> bool:
     """One look at a trial's runs; tells Optuna and returns True once the trial has ended: pruned as
-    soon as its (first) run is pruned, else once every run has ended: complete with the value of a
-    single run, or a seed group's mean validation accuracy (its n, mean and sd kept on the trial)."""
+    soon as its (first) run is pruned (the rest of its group is cancelled), else once every run has
+    ended: failed when one failed (with the first error), else complete with the value of a single
+    run, or a seed group's mean validation accuracy (its n, mean and sd kept on the trial)."""
     TS = _optuna().trial.TrialState
     trial, runs = m["trial"], m["runs"]
     looks = {run_id: _look(store, m, run_id, stopping, cancel, resume) for run_id in runs}
