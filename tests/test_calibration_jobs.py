@@ -101,3 +101,20 @@ def test_calibrate_and_distractor_jobs_write_the_run_files_and_the_panels_show_t
     assert table["ece_before"].tolist() == pytest.approx([c["ece_before"], cb["ece_before"]])
     assert table["ece_after"].tolist() == pytest.approx([c["ece_after"], cb["ece_after"]])
     assert table["temperature"].tolist() == pytest.approx([c["temperature"], cb["temperature"]])
+
+
+def test_a_run_whose_validation_images_are_gone_is_still_trained_and_says_why(use_trained_home):
+    from types import SimpleNamespace
+    from core.runs.tasks import calibrate_at_end
+    home, (run_id, _) = use_trained_home
+    store = RunStore()
+    run = store.require(run_id)
+    run.calibration_file.unlink()
+    val = pd.read_parquet(run.predictions_file("val"))
+    val.assign(path=[str(home / f"gone{i}.jpg") for i in range(len(val))]).to_parquet(run.predictions_file("val"))
+    calibrate_at_end(SimpleNamespace(run=run, store=store, job_id=None, should_stop=lambda: False))
+    assert current_calibration(run) is None
+    event = [e for e in store.events(run_id) if e["kind"] == "calibration"][-1]
+    assert event["message"] == (f"not calibrated: None of run {run_id}'s {len(val)} validation images can be read any "
+                                "more, so it cannot be calibrated; restore its data set folder and try again. The "
+                                "Evaluate page calibrates on demand.")

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import time
+import traceback
 from pathlib import Path
 
 from core.data.prepared import SCAN_SIZE
@@ -153,8 +154,13 @@ def calibrate_at_end(ctx: Context) -> None:
         pred = load_predictor(ctx.run)
         pred.model.to(select_device(pred.cfg.device))     # the forward passes where the run trained
         c = calibrate_run(pred, ctx.run, progress=progress, fitted="end of training")
-    except UserError as e:
-        ctx.store.event(ctx.run.id, "calibration", f"not calibrated: {e} (the Evaluate page calibrates on demand)")
+    except Exception as e:  # noqa: BLE001 - the trained run stays done; a bug keeps its traceback in the log
+        from core.runs.jobs import failure
+        message, user = failure(e)
+        if not user:
+            traceback.print_exc()
+        ctx.store.event(ctx.run.id, "calibration", f"not calibrated: {message} The Evaluate page calibrates on "
+                                                   "demand.")
         return
     ctx.store.event(ctx.run.id, "calibration", f"temperature {c['temperature']:.3f} fitted on {c['fit_images']:,} "
                                                f"validation images; rejection threshold {c['threshold']:.3f}")
