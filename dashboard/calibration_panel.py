@@ -84,7 +84,7 @@ def calibration_progress(job_id: str) -> None:
 
     def render(job, p, done, total):
         what = f"{done:,}/{total:,} images" if total else "waiting to start"
-        st.progress(min(done / max(total, 1), 1.0), text=f"Calibrating on the validation images: {what}…")
+        st.progress(min(done / max(total, 1), 1.0), text=f"Calibrating (validation, then holdout images): {what}…")
         if st.button("Stop calibrating", key="eval_calibrate_stop", icon="⏹️"):
             jobs.cancel(store(), job_id)
     live_job(job_id, render)
