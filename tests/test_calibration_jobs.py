@@ -91,7 +91,7 @@ def test_calibrate_and_distractor_jobs_write_the_run_files_and_the_panels_show_t
     assert shown["Temperature"] == f"{c['temperature']:.3f}" and shown["ECE after"] == f"{ho['ece_after']:.3f}"
     assert shown["Rejection threshold"] == f"{c['threshold']:.3f}"
     val = len(a.predictions("val"))
-    assert any(f"Fitted on demand" in x.value and f"on {val:,} validation images." in x.value for x in at.caption)
+    assert any("Fitted on demand" in x.value and f"on {val:,} validation images." in x.value for x in at.caption)
     (chart,) = at.get("plotly_chart")                     # before and after, against one diagonal
     names = [t.get("name") for t in json.loads(chart.proto.spec)["data"]]
     assert names == ["before", "after temperature scaling", "calibrated"]
