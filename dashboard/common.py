@@ -402,8 +402,11 @@ MANY_CLASS_MODELS = 50   # the Class model page asks for a confirmation before d
 
 
 def predictor(run_id: str):
-    """The run's model, loaded once per checkpoint (cache key: the checkpoint's mtime)."""
-    return _predictor(run_id, store().run(run_id).checkpoint_mtime(), home_key())
+    """The run's model, loaded once per checkpoint (cache key: the checkpoint's mtime), with the
+    run's calibration as it is now (a calibrate job may have written it since the model was loaded)."""
+    from core.serve.predictor import current_calibration
+    run = store().run(run_id)
+    return _predictor(run_id, run.checkpoint_mtime(), home_key()).with_calibration(current_calibration(run))
 
 
 def run_and_predictor(key: str):

@@ -14,6 +14,7 @@ from core.errors import UserError
 from core.explain import METHODS, explain_one
 from core.runs.groups import group_of, group_stats, within_noise
 from dashboard import charts, nav
+from dashboard.calibration_panel import compare_calibration
 from dashboard.distractor_panel import compare_distractors
 from dashboard.common import (home_key, loss_controls, predictor, run_names, run_picker, runs_frame, split_labels,
                               store, user_error)
@@ -306,6 +307,7 @@ if line := relation_line(runs[0], runs[1], names):        # a data set version a
 with st.expander("Configuration differences", expanded=True):
     config_table(runs, names)
 compare_distractors(runs, names)
+compare_calibration(runs, names)
 
 st.subheader("Curves")
 log_loss, smoothing = loss_controls("cmp")

@@ -293,8 +293,9 @@ def _calibration(a, run, out: dict) -> dict:
     if c is None:
         if not a.json:
             why = "was calibrated on an older checkpoint" if run.read_calibration() else "has no calibration yet"
-            print(f"run {a.run_id} {why} (runs are calibrated on demand): "
-                  f"python -m core eval {a.run_id} --calibrate fits one on its validation images", file=sys.stderr)
+            print(f"run {a.run_id} {why} (runs are calibrated at the end of training unless trained with "
+                  f"--calibrate off): python -m core eval {a.run_id} --calibrate fits one on its validation images",
+                  file=sys.stderr)
         return {"calibrated": False}
     res = {"calibrated": True, "gap_uncalibrated": out["gap"], "temperature": c["temperature"],
            "threshold": c["threshold"], "target_precision": c.get("target_precision"),

@@ -71,6 +71,9 @@ class TrainConfig:
     freeze: bool = _f(False, "freeze the feature extractor (train only the classifier head)")
     tta: bool = _f(False, "test-time augmentation: evaluate (and classify) with the mean of each image's and "
                           "its mirror image's predictions")
+    calibrate: str = _f("on", "after the final evaluation, fit the temperature and the rejection threshold on the "
+                        "validation images (at most 5,000 of them): on | off (calibrate later on the Evaluate page "
+                        "or with eval --calibrate)", choices=("on", "off"))
     holdout: float = _f(0.01, "fraction split off first (stratified)", lo=0.0, hi=0.49)
     val: float = _f(0.2, "fraction of the rest used for validation", lo=0.01, hi=0.89)
     seed: int = _f(0, "random seed of the split, the initialisation and the batches", lo=0)
