@@ -311,3 +311,27 @@ def knn_evaluation(emb: Embeddings, split: str, n_classes: int, k: int = K_CLASS
     m, confusion = metrics.evaluation(out, n_classes)
     m.pop("loss", None)                  # a vote has no likelihood: no loss
     return m, confusion
+
+
+def require(run) -> Embeddings:
+    """The run's embeddings, or one sentence saying how to compute them."""
+    emb = load(run)
+    if emb is None:
+        raise UserError(f"Run {run.id} has no embeddings yet, which the kNN classifier needs; compute them with "
+                        f"python -m core embed {run.id}.")
+    return emb
+
+
+def answer(emb: Embeddings, predictor, x: torch.Tensor, k: int = K_CLASSIFY, top: int = TOP) -> dict:
+    """The kNN classifier's answer for one image tensor (1, 3, S, S) (the predictor's model embeds
+    it): its top classes with their best similarity, and the k training photos that voted (path,
+    split, label, name, similarity, row; most similar first). The one function `predict --classifier
+    knn` and the Classify page call."""
+    vec = features.embed(predictor.model, x)
+    v = emb.classify(vec, k)
+    rows = [{"class": int(c), "label": predictor.labels[c], "name": predictor.names[c], "similarity": float(s)}
+            for c, s in zip(v.top[0][:top], v.top_sim[0][:top]) if c >= 0]
+    voters = v.rows[0][v.rows[0] >= 0]
+    near = emb.frame.iloc[voters][["path", "split", "label", "name"]].reset_index(drop=True)
+    near["similarity"], near["row"] = v.sims[0][: len(voters)].astype(float), voters
+    return {"classifier": "knn", "k": k, "top": rows, "neighbours": near.to_dict("records")}
