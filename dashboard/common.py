@@ -187,7 +187,8 @@ def dataset_picker(key: str = "dataset") -> str | None:
     if st.session_state.pop(f"{key}_remembered", False) or st.session_state.get(key) != OTHER:
         st.session_state[key] = current
     use_dataset(current)
-    labels = {DEMO: "Demo (synthetic landmarks)"}
+    labels = {DEMO: "Demo (synthetic landmarks)"} | {d["name"]: registry.describe(d) for d in registry.listed()
+                                                   if d.get("source") == "version"}   # "… version of X: 2 excluded"
     choice = st.selectbox("Data set", [*opts, OTHER], key=key, on_change=lambda: _picked(key),
                           format_func=lambda n: labels.get(n, n),
                           help="Every data set you have opened, downloaded or trained on. The choice is "

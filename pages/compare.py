@@ -17,6 +17,7 @@ from dashboard import charts, nav
 from dashboard.distractor_panel import compare_distractors
 from dashboard.common import (home_key, loss_controls, predictor, run_names, run_picker, runs_frame, split_labels,
                               store, user_error)
+from dashboard.versions import relation_line
 
 SPLITS = ("val", "holdout", "train")       # in the order of the split picker; labels from the runs' configs
 st.session_state.setdefault("cmp_split", "val")
@@ -300,6 +301,8 @@ evals = {r["run_id"]: load_evals(home_key(), r["run_id"], r["finished"]) for r i
 st.subheader("Metrics")
 metrics_table(runs, evals, names)
 group_noise(runs, names)
+if line := relation_line(runs[0], runs[1], names):        # a data set version and its base (issue 22)
+    st.info(line, icon="🧬")
 with st.expander("Configuration differences", expanded=True):
     config_table(runs, names)
 compare_distractors(runs, names)

@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from core.data.readers import detect_layout, has_clean
+from core.data.versions import is_version
 from core.errors import UserError
 from core.runs.store import ACTIVE
 from core.data.splits import split_sizes, thin_holdout, top_classes
@@ -240,6 +241,7 @@ def build_config(root: Path, model: str, weights: str) -> TrainConfig:
         data=str(root), model=model, weights=weights, **values,
         augment=tuple(a for a in AUGMENTATIONS if ss[f"train_aug_{a}"]),
         clean=bool(ss.get("train_clean")) and has_clean(root),
+        new_holdout=bool(ss.get("train_new_holdout")) and is_version(root),
         extra={ui.PARENT: ss["train_parent"]} if ss.get("train_parent") else {},   # "Train again like this"
     ).validate()
 
@@ -340,6 +342,10 @@ else:
         clean = clean_toggle(root, "train_clean", "Train on GLDv2's cleaned list of images per landmark "
                                                   "instead of every row of train.csv.")
         counts = counts_of(root, clean)
+        if is_version(root):     # a data set version (issue 22): its runs keep the base's holdout unless asked
+            st.checkbox("Draw a new holdout", key="train_new_holdout", persist_state="session",
+                        help="Off: the base data set's holdout, less the excluded photos, so that runs on the two "
+                             "compare on the same photos. On: drawn afresh from this version's photos.")
     except UserError as e:
         user_error(e)
 if counts is not None:

@@ -98,6 +98,9 @@ class TrainConfig:
                     lo=1, hi=1024)
     max_images: int = _f(0, "cap on images used (0 = all), for quick looks", lo=0)
     clean: bool = _f(False, "GLDv2: only the images listed in train_clean.csv")
+    new_holdout: bool = _f(False, "on a data set version (python -m core dataset version): draw the holdout afresh "
+                                  "from its images (default: keep the base data set's holdout, less the excluded "
+                                  "images, so that runs on the two compare on the same photos)")
     extra: dict = _f({}, "free-form notes kept with the run", flag=False)
 
     def validate(self) -> "TrainConfig":
