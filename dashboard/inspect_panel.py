@@ -5,7 +5,8 @@ core.serve.inspect, the same as `python -m core inspect`); a progress line shows
 then, from the run folder's inspect.json (written whole at the end: a cancelled job shows the
 previous result or none), the leak sentence and two tables with thumbnails: label issues (given →
 suggested, score) and near-duplicates (both photos, similarity, splits). Rows are selectable; the
-chosen photos go to the data-set version form (exclude / relabel into a new version)."""
+chosen photos go to the data-set version form (dashboard.versions.version_form: exclude them, or
+relabel the label issues to their suggested labels, into a new version; nothing on disk changes)."""
 from __future__ import annotations
 
 import base64
@@ -54,19 +55,27 @@ def _thumb(root: Path, image: str) -> str | None:
         return None
 
 
-def inspect_panel(run_id: str, data_root: str, key: str = "eval_inspect") -> list[str]:
-    """The panel; returns the images (relative to the data set root) chosen in its tables."""
+def inspect_panel(run_id: str, data_root: str, key: str = "eval_inspect") -> None:
+    """The panel, and the version form for the photos chosen in its tables."""
+    from dashboard.versions import version_form
+    picked, relabel = _panel(run_id, data_root, key)
+    if picked:
+        version_form(data_root, picked, key=f"{key}_version", relabel_to=relabel or None)
+
+
+def _panel(run_id: str, data_root: str, key: str) -> tuple[list[str], dict]:
+    """(chosen images relative to the data set root, {label issue: its suggested label})."""
     from core.runs import jobs
     try:
         run = store().require(run_id)
     except UserError as e:
         user_error(e)
-        return []
+        return [], {}
     st.subheader(LABEL)
     job = jobs.latest(store(), "inspect", run_id=run_id)
     if job and job["active"]:
         _progress(job["job_id"], key)
-        return []
+        return [], {}
     if job and job["status"] == "failed":
         st.error(f"The last inspection failed: {job.get('error')}", icon="🚫")
     elif job and job["status"] in ("cancelled", "interrupted"):
@@ -85,7 +94,7 @@ def inspect_panel(run_id: str, data_root: str, key: str = "eval_inspect") -> lis
         else:
             st.rerun()
     if result is None:
-        return []
+        return [], {}
     return _tables(result, Path(data_root).expanduser(), key)
 
 
@@ -102,7 +111,7 @@ def _progress(job_id: str, key: str) -> None:
     live_job(job_id, render)
 
 
-def _tables(result: dict, root: Path, key: str) -> list[str]:
+def _tables(result: dict, root: Path, key: str) -> tuple[list[str], dict]:
     from core.serve.inspect import leak_sentence, missing_sentence
     note = missing_sentence(result)
     if note:
@@ -112,6 +121,7 @@ def _tables(result: dict, root: Path, key: str) -> list[str]:
                f"{result['folds']} folds; duplicates: cosine ≥ {result['threshold']}.")
     issues = pd.DataFrame(result["label_issues"][:ROWS])
     chosen: list[str] = []
+    relabel: dict = {}
     if len(issues):
         flagged = sum(r["flagged"] for r in result["label_issues"])
         st.markdown(f"**Label issues** — {flagged:,} photo(s) flagged by Cleanlab; the {len(issues)} most likely "
@@ -127,6 +137,7 @@ def _tables(result: dict, root: Path, key: str) -> list[str]:
                                           "score": st.column_config.ProgressColumn("score", min_value=0.0,
                                                                                     max_value=1.0, format="%.3f")})
         chosen += [issues["image"][i] for i in sel.selection.rows]
+        relabel = {issues["image"][i]: issues["suggested"][i] for i in sel.selection.rows}
     dups = pd.DataFrame(result["duplicates"][:ROWS])
     if len(dups):
         st.markdown(f"**Near-duplicates** — {len(result['duplicates']):,} pair(s); the most similar first")
@@ -140,7 +151,10 @@ def _tables(result: dict, root: Path, key: str) -> list[str]:
                            column_config={"photo A": st.column_config.ImageColumn("photo A", width="small"),
                                           "photo B": st.column_config.ImageColumn("photo B", width="small"),
                                           "similarity": st.column_config.NumberColumn(format="%.4f")})
-        chosen += [dups["b"][i] for i in sel.selection.rows]     # the second of a pair: the copy to drop
+        dropped = [dups["b"][i] for i in sel.selection.rows]     # the second of a pair: the copy to drop
+        chosen += dropped
+        if dropped:
+            relabel = {}                      # duplicates are excluded, not relabelled
     else:
         st.markdown("**Near-duplicates** — none at this threshold.")
-    return list(dict.fromkeys(chosen))
+    return list(dict.fromkeys(chosen)), relabel

@@ -155,3 +155,29 @@ def test_features_stand_in_when_imagenet_weights_are_missing(monkeypatch):
                     "here)")
     _, note = insp.feature_model(insp.STAND_IN, 7)
     assert built[-1] == (insp.STAND_IN, 7, "imagenet") and note == "efficientnet_lite0 ImageNet features"
+
+
+def panel_script(run_id: str, data_root: str):
+    from dashboard.inspect_panel import inspect_panel
+    inspect_panel(run_id, data_root)
+
+
+def test_evaluate_panel_queues_the_job_then_shows_tables_and_leak_sentence(planted, started_jobs):
+    from streamlit.testing.v1 import AppTest
+    run, plant = planted
+    at = AppTest.from_function(panel_script, args=(run.id, run.config().data), default_timeout=60)
+    at.run()
+    assert not at.exception and not at.dataframe                    # nothing inspected yet
+    at.button(key="eval_inspect_start").click().run()
+    assert "Inspecting the photos: waiting to start…" in at.get("progress")[0].proto.text
+    assert started_jobs.run() == 1                                  # the queued job, run here
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(m.value == "1 holdout photo(s) have a near-copy in training or validation; holdout accuracy 50.0% "
+                          "without them (60.0% with)." for m in at.markdown)
+    issues, dups = (d.value for d in at.dataframe)
+    assert len(issues) == 4 * PER_CLASS + 4 and set(issues["image"][:4]) >= plant["flips"]
+    assert issues["photo"].str.startswith("data:image/png;base64,").all()
+    assert "green → red" in set(issues["given → suggested"][:4].str.lower())
+    assert set(zip(dups["A"], dups["B"])) == {plant["copy"], plant["near"]}
+    assert set(dups["splits"]) == {"train / train", "train / holdout"}
