@@ -36,11 +36,16 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from core.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+# numpy, pandas and the libraries are imported inside the functions: the CLI reads FOLDS and TOP
+# when it builds its parser, and `python -m core --help` imports no heavy library (tests/test_layers.py)
 
 FOLDS = 5                  # out-of-fold splits of the linear probe
 TOP = 100                  # rows of each list on the command line's JSON line
@@ -57,6 +62,7 @@ STAGES = ("reading the split", "embedding the photos", "fitting the probe out of
 
 def split_frame(run) -> tuple[pd.DataFrame, list[str], dict]:
     """The run's split (path, label, target, split) and its class labels and names."""
+    import pandas as pd
     if not run.checkpoint.exists():
         raise UserError(f"Run {run.id} has no checkpoint yet, so it has no finished split to inspect; "
                         "wait for its first epoch to finish.")
@@ -104,6 +110,7 @@ def embed_split(run, m: pd.DataFrame, weights: str = "imagenet", progress=None) 
 def out_of_fold_probs(feats: np.ndarray, y: np.ndarray, folds: int = FOLDS, seed: int = SEED) -> np.ndarray:
     """(n, C) probabilities of each image from a linear probe that never saw it. `y` in 0..C-1,
     every class present. K = min(folds, smallest class), at least 2."""
+    import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
@@ -118,6 +125,7 @@ def out_of_fold_probs(feats: np.ndarray, y: np.ndarray, folds: int = FOLDS, seed
 
 def rank_labels(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(score = 1 − label quality, Cleanlab's issue flag, suggested class) of each image."""
+    import numpy as np
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
     quality = get_label_quality_scores(y, probs)
@@ -132,6 +140,7 @@ def rank_labels(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def near_pairs(feats: np.ndarray, threshold: float = THRESHOLD, k: int = NEIGHBOURS) -> list[tuple[int, int, float]]:
     """(i, j, cosine) with i < j for every pair among each image's k nearest at or above
     `threshold`, similarity descending (faiss exact inner-product search on unit vectors)."""
+    import numpy as np
     import faiss
     n = len(feats)
     if n < 2:
@@ -179,6 +188,7 @@ def inspect(run, folds: int = FOLDS, weights: str = "imagenet", threshold: float
     "single_image_classes", "threshold", "label_issues" (every image, score descending),
     "duplicates", "leaks", "seconds"}. `progress(stage=..., done=..., total=...)`;
     `should_stop()` -> True raises core.errors.Cancelled between stages."""
+    import numpy as np
     from core.errors import Cancelled
     t0 = time.time()
     if int(folds) < 2:
