@@ -2,6 +2,7 @@
 
     python bench/label_noise.py DATA [--flip 0.05] [--dups 0.02] [--epochs 2] [--size 64]
                                      [--model efficientnet_lite0] [--folds 5] [--keep]
+    python bench/label_noise.py --reuse TMP [--folds 5]   # a kept (or cut short) earlier try: inspect only
 
 DATA is a class-per-folder photo set (e.g. ../shared/datasets/monuments44); it is copied to a temp
 folder (DATA itself is never changed), where
@@ -62,6 +63,17 @@ def plant(data: Path, out: Path, flip: float, dups: float, seed: int = 0) -> tup
     return flipped, pairs
 
 
+def planted_in(data: Path) -> tuple[set, list]:
+    """(flipped, planted pairs) of a folder `plant` made, read back from its file names."""
+    photos = sorted(p for p in data.rglob("*") if p.suffix.lower() in EXTS)
+    flipped = {p.relative_to(data).as_posix() for p in photos if p.name.startswith("flip_")}
+    pairs = []
+    for q in (p for p in photos if p.name.startswith("dup_")):
+        orig = [p for p in q.parent.glob(q.stem.removeprefix("dup_") + ".*") if p.suffix.lower() in EXTS]
+        pairs += [(orig[0].relative_to(data).as_posix(), q.relative_to(data).as_posix())] if orig else []
+    return flipped, pairs
+
+
 def cli(*args) -> tuple[dict, float]:
     t = time.time()
     out = subprocess.run([sys.executable, "-m", "core", *map(str, args), "--json"], cwd=REPO, text=True,
@@ -91,7 +103,8 @@ def similarities(run, planted: list) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("data")
+    ap.add_argument("data", nargs="?")
+    ap.add_argument("--reuse", default=None, help="the temp folder of an earlier try: its data and trained run")
     ap.add_argument("--flip", type=float, default=0.05)
     ap.add_argument("--dups", type=float, default=0.02)
     ap.add_argument("--epochs", type=int, default=2)
@@ -100,12 +113,21 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--keep", action="store_true", help="keep the temp folder")
     a = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="label_noise-"))
+    tmp = Path(a.reuse) if a.reuse else Path(tempfile.mkdtemp(prefix="label_noise-"))
     try:
         data, runs = tmp / "data", tmp / "runs"
-        flipped, planted = plant(Path(a.data).expanduser().resolve(), data, a.flip, a.dups)
-        trained, t_train = cli("train", "--data", data, "--model", a.model, "--classes", 0, "--epochs", a.epochs,
-                               "--image-size", a.size, "--runs", runs)
+        if a.reuse:                      # its run: the one trained there; training time from its record
+            from core.runs.store import RunStore
+            flipped, planted = planted_in(data)
+            row = RunStore(runs).list()[0]
+            rec = RunStore(runs).require(row["run_id"]).read_record()
+            trained = {"run_id": row["run_id"], "holdout_acc": (row.get("summary") or {}).get("holdout_acc")}
+            t_train = (float(rec["finished"]) - float(rec["started"]) if rec.get("finished") and rec.get("started")
+                       else float((row.get("summary") or {})["seconds"]))
+        else:
+            flipped, planted = plant(Path(a.data).expanduser().resolve(), data, a.flip, a.dups)
+            trained, t_train = cli("train", "--data", data, "--model", a.model, "--classes", 0, "--epochs",
+                                   a.epochs, "--image-size", a.size, "--runs", runs)
         run_id = trained["run_id"]
         _, t_inspect = cli("inspect", run_id, "--folds", a.folds, "--runs", runs)
         from core.runs.store import RunStore
@@ -126,7 +148,7 @@ def main() -> None:
             print(f"{k:>22}: {v}", file=sys.stderr)
         print(json.dumps(out))
     finally:
-        if a.keep:
+        if a.keep or a.reuse:
             print(f"kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)

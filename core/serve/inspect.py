@@ -131,7 +131,7 @@ def rank_labels(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
     quality = get_label_quality_scores(y, probs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        flagged = find_label_issues(y, probs)
+        flagged = find_label_issues(y, probs, n_jobs=1)    # its default forks a process pool per call
     return np.clip(1.0 - quality, 0.0, 1.0), np.asarray(flagged, bool), probs.argmax(1)
 
 
