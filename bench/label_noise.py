@@ -14,7 +14,9 @@ Then a short run is trained with the CLI (small settings) and inspected with the
   * the share of planted pairs among the duplicates found (goal >= 0.95), and how many other pairs,
   * inspect time / training time (goal <= 3),
   * the cosine similarity of the planted pairs (min, 1st percentile) against each other photo's
-    nearest neighbour (99th, 99.9th percentile, max): what core.serve.inspect.THRESHOLD rests on.
+    nearest neighbour (99th, 99.9th percentile, max) on the tiny-image descriptor inspect finds
+    duplicates with: what core.serve.inspect.THRESHOLD rests on (--head: also on the ImageNet head
+    features, which do not separate them at 64 px).
 The last line is one JSON object with these figures.
 """
 from __future__ import annotations
@@ -83,11 +85,16 @@ def cli(*args) -> tuple[dict, float]:
     return json.loads(out.stdout.strip().splitlines()[-1]), time.time() - t
 
 
-def similarities(run, planted: list) -> dict:
-    """Planted pairs' cosine against every other photo's nearest neighbour (features as inspect has them)."""
+def similarities(run, planted: list, head: bool = False) -> dict:
+    """Planted pairs' cosine against every other photo's nearest neighbour, on the tiny-image
+    descriptor inspect finds duplicates with (`head`: on the ImageNet head features instead)."""
     from core.serve import inspect as insp
     m, _, _ = insp.split_frame(run)
-    feats, ok, _ = insp.embed_split(run, m)
+    if head:
+        feats, ok, _ = insp.embed_split(run, m)
+    else:
+        ok = np.array([Path(p).exists() for p in m["path"]])
+        feats = insp.tiny_descriptors(m["path"], ok)
     root = Path(run.config().data).resolve()
     rel = [insp.relative(p, root) for p in m["path"][ok]]
     at = {p: i for i, p in enumerate(rel)}
@@ -112,6 +119,7 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--keep", action="store_true", help="keep the temp folder")
+    ap.add_argument("--head", action="store_true", help="similarities on the ImageNet head features too")
     a = ap.parse_args()
     tmp = Path(a.reuse) if a.reuse else Path(tempfile.mkdtemp(prefix="label_noise-"))
     try:
@@ -144,6 +152,8 @@ def main() -> None:
                "train_s": round(t_train, 1), "inspect_s": round(t_inspect, 1),
                "inspect_over_train": round(t_inspect / t_train, 3), "holdout_acc": trained.get("holdout_acc"),
                "leaks": full["leaks"], **similarities(run, planted)}
+        if a.head:
+            out["head_features"] = similarities(run, planted, head=True)
         for k, v in out.items():
             print(f"{k:>22}: {v}", file=sys.stderr)
         print(json.dumps(out))

@@ -3,10 +3,10 @@ photos with planted label flips, an exact copy under another label and a near-co
 train/holdout border.
 
 The photos: 4 classes told apart by colour, each photo its own random high-contrast pattern. The
-features are the photos' 8 x 8 pixels (a LandmarkNet whose head input is the pooled image, put in
-place of the ImageNet backbone, which takes seconds to load here): near-copies sit at cosine
-> 0.97, distinct photos below 0.9, and a linear probe tells the colours apart, as pretrained
-features do on real photos (bench/label_noise.py measures that on monuments44)."""
+probe's features are the photos' 8 x 8 pixels (a LandmarkNet whose head input is the pooled image,
+put in place of the ImageNet backbone, which takes seconds to load here): a linear probe tells the
+colours apart, as pretrained features do on real photos (bench/label_noise.py measures that on
+monuments44). Duplicates are found on inspect's own tiny-image descriptor, as in the product."""
 from collections import OrderedDict
 from pathlib import Path
 

@@ -23,10 +23,15 @@ instead, and `features` in the result says so. Classes with fewer images than fo
 the smallest class (at least 2); an image whose class has a single image has no out-of-fold view
 of its class and is counted in `single_image_classes`.
 
-Near-duplicates use the same unit-length features: a faiss inner-product index (cosine) searched
-for each image's `NEIGHBOURS` nearest, keeping pairs at or above `THRESHOLD`. The threshold comes
-from bench/label_noise.py: planted copies (JPEG q=80, resized ±5 %) of monuments44's 64 px photos
-sit at cosine >= 0.97 while distinct photos of one landmark rarely pass 0.93 (docs/BENCHMARKS.md).
+Near-duplicates are found on a tiny-image descriptor (Torralba et al. 2008, "80 million tiny
+images"): the photo as the model sees it (core.serve.features.image_tensor) averaged down to
+`TINY` x `TINY` RGB, each channel's mean removed, unit length. bench/label_noise.py measured why
+not the ImageNet head features: on monuments44 at 64 px, planted copies (JPEG q=80, resized ±5 %)
+fall as low as cosine 0.77 there (27 % reach 0.95) while distinct neighbours reach 0.97; on the
+tiny descriptor every planted copy is >= 0.994, and the pairs just above `THRESHOLD` (0.95) are
+still the same photo slightly shifted or re-cropped (docs/BENCHMARKS.md). A faiss inner-product
+index (cosine) is searched for each image's `NEIGHBOURS` nearest; pairs at or above the threshold
+are kept.
 
 Takes a run object (duck-typed: `.id`, `.split_file`, `.classes_file`, `.checkpoint`,
 `.config()`, `.class_names()`, `.predictions(split)`) and never imports core.runs.
@@ -49,7 +54,8 @@ if TYPE_CHECKING:
 
 FOLDS = 5                  # out-of-fold splits of the linear probe
 TOP = 100                  # rows of each list on the command line's JSON line
-THRESHOLD = 0.95           # cosine similarity from which two photos count as near-duplicates
+THRESHOLD = 0.95           # tiny-descriptor cosine from which two photos count as near-duplicates
+TINY = 16                  # px, side of the tiny-image descriptor
 NEIGHBOURS = 10            # nearest neighbours searched per image for duplicates
 PROBE_C = 1.0              # inverse L2 strength of the linear probe (standardised features)
 SEED = 0                   # fold assignment and the 'none' weights' initialisation
@@ -103,6 +109,25 @@ def embed_split(run, m: pd.DataFrame, weights: str = "imagenet", progress=None) 
     model, note = feature_model(cfg.model, max(2, m["target"].nunique()), weights)
     feats, ok = embed_images(model, m["path"].tolist(), int(cfg.image_size), progress=progress)
     return feats, ok, note
+
+
+def tiny_descriptors(paths, ok) -> np.ndarray:
+    """(n_readable, 3 * TINY * TINY) unit-length tiny images of the readable `paths` (mask `ok`)."""
+    import torch
+    import torch.nn.functional as F
+
+    from core.serve.features import image_tensor
+    out = []
+    for p, good in zip(paths, ok):
+        if good:
+            try:
+                t = F.adaptive_avg_pool2d(image_tensor(p, 4 * TINY), TINY)
+            except (UserError, OSError, ValueError):      # vanished between the two reads: a blank row
+                t = torch.zeros(1, 3, TINY, TINY)
+            out.append(t - t.mean(dim=(2, 3), keepdim=True))
+    if not out:
+        return torch.zeros(0, 3 * TINY * TINY).numpy()
+    return F.normalize(torch.cat(out).flatten(1), dim=1).numpy()
 
 
 # ------------------------------------------------------------------ label issues
@@ -203,6 +228,7 @@ def inspect(run, folds: int = FOLDS, weights: str = "imagenet", threshold: float
     m, labels, names = split_frame(run)
     root = Path(run.config().data).expanduser().resolve()
     feats, ok, note = embed_split(run, m, weights, progress=lambda d, t: report(STAGES[1], d, t))
+    tiny = tiny_descriptors(m["path"], ok)
     missing = m[~ok]
     m = m[ok].reset_index(drop=True)
     if m["label"].nunique() < 2:
@@ -217,7 +243,7 @@ def inspect(run, folds: int = FOLDS, weights: str = "imagenet", threshold: float
     report(STAGES[4])
     dups = [{"a": m["image"][i], "b": m["image"][j], "similarity": round(s, 6),
              "splits": [m["split"][i], m["split"][j]], "labels": [m["label"][i], m["label"][j]]}
-            for i, j, s in near_pairs(feats, threshold)]
+            for i, j, s in near_pairs(tiny, threshold)]
     conflict = {}
     for d in dups:
         if d["labels"][0] != d["labels"][1]:
