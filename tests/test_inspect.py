@@ -119,11 +119,15 @@ def test_vanished_photos_named_and_rest_inspected(planted, capsys):
     root = run.config().data
     for p in ("blue/11.png", "red/05.png"):
         (Path(root) / p).unlink()
-    code, out, err = cli(capsys, "inspect", run.id, "--folds", "2", "--json")
+    code, out, err = cli(capsys, "inspect", run.id, "--folds", "2", "--top", "2")     # the readable output
     assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "features: 8 x 8 pixels (test)" and lines[1].startswith("label issues (score = how likely")
+    assert lines[-1] == "1 holdout photo(s) have a near-copy in training or validation; holdout accuracy 50.0% " \
+                        "without them (60.0% with)."
     assert "2 photo(s) of the run's split are missing or unreadable now and were left out (e.g. red/05.png, " \
            "blue/11.png); the other 50 were inspected." in err
-    assert len(last_json(out)["label_issues"]) == 50
+    assert len(run.read_inspect()["label_issues"]) == 50
 
 
 def test_refusals_are_one_sentence(planted, capsys):
