@@ -16,6 +16,7 @@ from dashboard.common import classes_count, home_key, run_names, run_picker, run
 from dashboard.calibration_panel import calibration_section
 from dashboard.distractor_panel import distractor_panel
 from dashboard.export_panel import export_panel
+from dashboard.inspect_panel import inspect_panel
 
 SPLITS = ("holdout", "val", "train")      # in the order of the split picker; labels from the run's config
 st.session_state.setdefault("eval_split", "holdout")
@@ -286,4 +287,5 @@ per_class_section(ev, labels[split])
 confusion_section(ev, run_id, split)
 mistakes_section(ev, run_id, split, labels[split])
 calibration_section(run_id, split, labels[split])
+inspect_panel(run_id, str(store().get(run_id)["config"].get("data") or ""))
 export_panel(run_id, key="eval_export", label="Download this model (ONNX or TorchScript)")

@@ -9,6 +9,8 @@
   sweep         drive a hyperparameter sweep (core.runs.sweeps): its trials are ordinary train runs
   export        write a finished run's model as ONNX or TorchScript, checked against PyTorch (core.serve.export)
   embed         a finished run's photos as unit vectors with a 2-D map, for neighbours and kNN (core.serve.embeddings)
+  inspect       rank every image of a run's split by how likely its label is wrong; near-duplicates and
+                leaks (core.serve.inspect), written to the run folder's inspect.json
   report        the poster regenerated from chosen runs: one self-contained HTML file (core.report)
   calibrate     fit a finished run's temperature and rejection threshold on its validation images
                 (core.serve.predictor.calibrate_run; train does it too, after the final evaluation)
@@ -347,6 +349,38 @@ def embed(ctx: Context) -> dict:
     from core.serve.embeddings import compute
     return compute(ctx.run, progress=lambda done, total: ctx.progress(done=done, total=total),
                    should_stop=ctx.should_stop)
+
+
+def _check_inspect(store, args: dict, run_id: str | None) -> None:
+    from core.runs.jobs import latest
+    unknown = set(args) - {"folds", "top", "weights"}
+    if unknown:
+        raise UserError(f"Unknown inspect argument(s): {', '.join(sorted(unknown))}.")
+    run = store.require(run_id or "")
+    if not run.has_checkpoint():
+        raise UserError(f"Run {run.id} has no checkpoint yet, so it has no finished split to inspect; "
+                        "wait for its first epoch to finish.")
+    if int(args.get("folds") or 2) < 2 or int(args.get("top") or 1) < 1:
+        raise UserError(f"--folds must be at least 2 and --top at least 1; got {args.get('folds')} and {args.get('top')}.")
+    job = latest(store, "inspect", run_id=run.id)
+    if job and job["active"]:
+        raise UserError(f"Run {run.id} is already being inspected; wait for it or stop it.")
+
+
+@kind("inspect", check=_check_inspect)
+def inspect(ctx: Context) -> dict:
+    """core.serve.inspect on the job's run; the whole result to inspect.json (atomically, at the end:
+    a cancelled inspection leaves the previous file), the capped summary as the job's result."""
+    from core.serve import inspect as insp
+    a = ctx.args
+    result = insp.inspect(ctx.run, folds=int(a.get("folds") or insp.FOLDS), weights=a.get("weights") or "imagenet",
+                          progress=lambda **f: ctx.progress(force=not f.get("total"), **f), should_stop=ctx.should_stop)
+    ctx.run.write_inspect(result)
+    note = insp.missing_sentence(result)
+    if note:
+        ctx.run.store.event(ctx.run.id, "inspect", note)
+    return {**insp.summary(result, int(a.get("top") or insp.TOP)), "note": note, "features": result["features"],
+            "leak_sentence": insp.leak_sentence(result["leaks"])}
 
 
 REPORT_ARGS = ("runs", "out", "data", "photos", "class_models")
