@@ -417,8 +417,9 @@ def sweep_trials(store, runs) -> dict:
             c = trial.read_config()
             accs = [e["val_acc"] for e in trial.read_epochs() if e.get("val_acc") is not None]
             label = (f"#{(row.get('args') or {}).get('trial', '?')} lr={c.get('lr')} {c.get('optimizer')} "
-                     f"bs={c.get('batch_size')}")
-            out.setdefault(name, []).append({"run_id": trial.id, "label": label, "val_acc": max(accs, default=None)})
+                     f"bs={c.get('batch_size')}" + (f" seed {c.get('seed')}" if c.get("group") else ""))
+            # the last epoch's, as every page shows it (the checkpoint's; charts.VAL_ACC)
+            out.setdefault(name, []).append({"run_id": trial.id, "label": label, "val_acc": accs[-1] if accs else None})
     return out
 
 
