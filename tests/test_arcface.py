@@ -3,6 +3,7 @@ sub-center max, GeM between the average and the max pool, a few training steps t
 engine, the poster recipe's refusal, the embedding features.embed returns, and an ArcFace
 checkpoint loaded by the predictor and exported to ONNX (ONNX Runtime against PyTorch)."""
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -166,3 +167,21 @@ def test_arcface_checkpoint_loads_and_exports_to_onnx(tmp_path):
     side = _write_and_check(pred, "onnx", tmp_path / "m.onnx", x, "8 generated images", lambda i: None)
     assert side["check"]["max_abs_diff"] <= 1e-4 and side["check"]["top1_agree"] == 1.0
     assert side["output"]["shape"] == ["N", 3] and side["names"] == ["Alpha", "b", "c"]
+
+
+def test_train_page_head_radio_refuses_arcface_under_poster(home, demo_root, monkeypatch):
+    import shutil
+    from streamlit.testing.v1 import AppTest
+    from core.runs.store import RunStore
+    from pages.train import HEAD_CAPTION
+    shutil.copytree(demo_root, home / "datasets" / "demo")
+    monkeypatch.setenv("LANDMARKS_DATA_ROOTS", str(home.parent))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "train.py"), default_timeout=120).run()
+    assert at.radio(key="train_head").value == "softmax" and at.radio(key="train_head").options == ["Softmax", "ArcFace"]
+    assert HEAD_CAPTION in [c.value for c in at.caption]
+    at.selectbox(key="train_recipe").select("poster")
+    at.radio(key="train_head").set_value("arcface")
+    at.button(key="train_launch").click().run()
+    assert [e.value for e in at.error] == [str(pytest.raises(UserError, TrainConfig(
+        data="x", recipe="poster", head="arcface").validate).value)]
+    assert RunStore().list() == []
