@@ -83,12 +83,13 @@ def score(run_id: str, distractors: Path, knn: bool) -> dict:
     rows = {}
     r = cli("eval", run_id, "--distractors", distractors)
     rows["plain"] = {k: r.get(k) for k in COLUMNS} | {"distractors": r.get("distractors")}
-    if knn:
+    if knn:       # the embed helper's kNN: no distractors (its eval refuses them with --classifier knn)
         try:
-            r = cli("eval", run_id, "--distractors", distractors, "--classifier", "knn")
+            cli("embed", run_id)
+            r = cli("eval", run_id, "--classifier", "knn")
             rows["knn"] = {k: r.get(k) for k in COLUMNS}
-        except SystemExit as e:          # embeddings there, `eval --classifier` not (yet)
-            print(f"kNN column left out: {e}", file=sys.stderr)
+        except SystemExit as e:          # embeddings there, `embed` / `eval --classifier` not (yet)
+            print(f"kNN row left out: {e}", file=sys.stderr)
     r = cli("eval", run_id, "--distractors", distractors, "--calibrate")
     rows["calibrated"] = {k: r.get(k) for k in COLUMNS} | {"ece_before": r.get("ece_before"),
                                                            "ece_after": r.get("ece_after")}
@@ -96,10 +97,13 @@ def score(run_id: str, distractors: Path, knn: bool) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| head | classifier | acc (known) | GAP | GAP with distractors | train s |", "|---|---|---|---|---|---|"]
+    lines = ["| head | classifier | acc (known) | GAP | GAP with distractors | ECE | train s |",
+             "|---|---|---|---|---|---|---|"]
     for head, res in results.items():
         for kind, row in res["scores"].items():
-            cells = " | ".join("—" if row.get(k) is None else f"{row[k]:.3f}" for k in COLUMNS)
+            ece = {"plain": res["scores"]["calibrated"].get("ece_before"),
+                   "calibrated": res["scores"]["calibrated"].get("ece_after")}.get(kind)
+            cells = " | ".join("—" if v is None else f"{v:.3f}" for v in [*(row.get(k) for k in COLUMNS), ece])
             label = {"plain": "softmax over its logits", "calibrated": "+ temperature (eval --calibrate)",
                      "knn": "kNN over training embeddings"}[kind]
             lines.append(f"| {head} | {label} | {cells} | {res['seconds']:.0f} |")
@@ -120,7 +124,11 @@ def main() -> None:
     p.add_argument("--holdout", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH")
+    p.add_argument("--rescore", default=None, metavar="JSON",
+                   help="score the runs of an earlier --json again (e.g. once kNN exists) instead of training")
     a = p.parse_args()
+    if a.rescore:
+        return rescore(Path(a.rescore), a.json)
     tmp = Path(tempfile.mkdtemp(prefix="bench-recognition-"))
     os.environ["LANDMARKS_HOME"] = str(tmp / "home")
     if a.data is None:
@@ -145,7 +153,19 @@ def main() -> None:
     print(table(results))
     if a.json:
         Path(a.json).write_text(json.dumps({"data": str(data), "held_out": held, "distractors": n_dist,
+                                            "home": str(tmp / "home"), "distractor_folder": str(dist),
                                             "args": vars(a), "results": results}, indent=1))
+
+
+def rescore(path: Path, out: str | None) -> None:
+    saved = json.loads(path.read_text())
+    os.environ["LANDMARKS_HOME"] = saved["home"]
+    knn = knn_available()
+    for res in saved["results"].values():
+        res["scores"] = score(res["run_id"], Path(saved["distractor_folder"]), knn)
+    print(table(saved["results"]))
+    if out:
+        Path(out).write_text(json.dumps(saved, indent=1))
 
 
 if __name__ == "__main__":

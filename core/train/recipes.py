@@ -88,8 +88,9 @@ class Recipe:
                 f"label smoothing {self.label_smoothing:g}, augmentation {', '.join(self.augment) or 'none'}, "
                 f"batch-norm statistics {'frozen in the backbone' if self.freeze_bn else 'updated'}"
                 + (", new head initialised to zero" if self.zero_head else "")
-                + (f", ArcFace head (class-size margins growing from 0 over the first {self.margin_warmup} "
-                   "epoch(s))" if self.head == "arcface" else ""))
+                + (", ArcFace head (class-size margins growing from 0 over the first "
+                   + ("epoch" if self.margin_warmup == 1 else f"{self.margin_warmup} epochs") + ")"
+                   if self.head == "arcface" else ""))
 
 
 def recipe_for(cfg) -> Recipe:
