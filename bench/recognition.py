@@ -83,17 +83,25 @@ def score(run_id: str, distractors: Path, knn: bool) -> dict:
     rows = {}
     r = cli("eval", run_id, "--distractors", distractors)
     rows["plain"] = {k: r.get(k) for k in COLUMNS} | {"distractors": r.get("distractors")}
-    if knn:       # the embed helper's kNN: no distractors (its eval refuses them with --classifier knn)
-        try:
-            cli("embed", run_id)
-            r = cli("eval", run_id, "--classifier", "knn")
-            rows["knn"] = {k: r.get(k) for k in COLUMNS}
-        except SystemExit as e:          # embeddings there, `embed` / `eval --classifier` not (yet)
-            print(f"kNN row left out: {e}", file=sys.stderr)
+    rows.update(knn_rows(run_id, knn))
     r = cli("eval", run_id, "--distractors", distractors, "--calibrate")
     rows["calibrated"] = {k: r.get(k) for k in COLUMNS} | {"ece_before": r.get("ece_before"),
                                                            "ece_after": r.get("ece_after")}
     return rows
+
+
+def knn_rows(run_id: str, knn: bool) -> dict:
+    """The embed helper's kNN over the run's training embeddings; no distractors (its eval refuses
+    them with --classifier knn). Scored before any calibration is stored (it uses similarities)."""
+    if not knn:
+        return {}
+    try:
+        cli("embed", run_id)
+        r = cli("eval", run_id, "--classifier", "knn")
+    except SystemExit as e:              # embeddings there, `embed` / `eval --classifier` not (yet)
+        print(f"kNN row left out: {e}", file=sys.stderr)
+        return {}
+    return {"knn": {k: r.get(k) for k in COLUMNS}}
 
 
 def table(results: dict) -> str:
@@ -161,8 +169,8 @@ def rescore(path: Path, out: str | None) -> None:
     saved = json.loads(path.read_text())
     os.environ["LANDMARKS_HOME"] = saved["home"]
     knn = knn_available()
-    for res in saved["results"].values():
-        res["scores"] = score(res["run_id"], Path(saved["distractor_folder"]), knn)
+    for res in saved["results"].values():     # only the kNN row: a stored calibration would change the others
+        res["scores"].update({k: v for k, v in knn_rows(res["run_id"], knn).items()})
     print(table(saved["results"]))
     if out:
         Path(out).write_text(json.dumps(saved, indent=1))
