@@ -132,7 +132,7 @@ def test_poster_recipe_is_refused(tmp_path, capsys):
 def _arcface_model(classes=3):
     torch.manual_seed(0)
     model = build_model("small_cnn", classes, "none", head="arcface")
-    x, y = _batch(8, 24, classes)
+    x, y = _batch(4, 16, classes)
     model.train()
     model(x)                                  # BatchNorm1d running statistics away from 0/1
     return model.eval(), x
@@ -144,7 +144,7 @@ def test_embed_returns_the_512d_embedding():
     fc, net = model.net.fc, model.net
     with torch.no_grad():
         e = fc.bn(fc.embed(torch.flatten(net.pool(net.features((x - model.mean) / model.std)), 1)))
-    assert got.shape == (8, 512)
+    assert got.shape == (4, 512)
     np.testing.assert_allclose(got, F.normalize(e, dim=1).numpy(), atol=1e-5)
     # and the logits are s times the cosine of that embedding with each class's closest centre
     w = F.normalize(fc.arc.weight.detach(), dim=1).view(3, 3, 512)
@@ -159,12 +159,12 @@ def test_arcface_checkpoint_loads_and_exports_to_onnx(tmp_path):
     model, x = _arcface_model()
     ckpt = tmp_path / "last.pt"
     torch.save({"model": model.state_dict(), "labels": ["a", "b", "c"]}, ckpt)
-    cfg = TrainConfig(data="x", model="small_cnn", weights="none", head="arcface", image_size=24)
+    cfg = TrainConfig(data="x", model="small_cnn", weights="none", head="arcface", image_size=16)
     run = SimpleNamespace(id="arc1", checkpoint=ckpt, config=lambda: cfg, class_names=lambda: {"a": "Alpha"})
     pred = load_predictor(run)                # rebuilt from the config: no class counts needed
     with torch.no_grad():
         assert torch.equal(pred.model(x), model(x))
-    side = _write_and_check(pred, "onnx", tmp_path / "m.onnx", x, "8 generated images", lambda i: None)
+    side = _write_and_check(pred, "onnx", tmp_path / "m.onnx", x, "4 generated images", lambda i: None)
     assert side["check"]["max_abs_diff"] <= 1e-4 and side["check"]["top1_agree"] == 1.0
     assert side["output"]["shape"] == ["N", 3] and side["names"] == ["Alpha", "b", "c"]
 
