@@ -227,7 +227,7 @@ TRAIN_FIELDS = dict(train_classes="classes", train_lr="lr", train_epochs="epochs
                     train_pipeline="pipeline", train_max_images="max_images", train_precision="precision",
                     train_channels_last="channels_last", train_fused="fused", train_compile="compile",
                     train_balance="balance", train_recipe="recipe", train_tta="tta", train_nproc="nproc",
-                    train_store="store")
+                    train_store="store", train_head="head")
 
 
 

@@ -104,7 +104,7 @@ def load_predictor(run) -> Predictor:
     state = read_checkpoint(run.checkpoint)
     cfg = run.config()
     labels = [str(l) for l in state["labels"]]
-    model = build_model(cfg.model, len(labels), weights="none")
+    model = build_model(cfg.model, len(labels), weights="none", head=cfg.head)
     model.load_state_dict(state["model"])
     model.eval()
     names = run.class_names()

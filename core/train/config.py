@@ -29,6 +29,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 SWITCHES = ("auto", "on", "off")
 BALANCES = ("none", "weighted", "sampler")
 RECIPES = ("finetune", "poster")     # what each does: core.train.recipes
+HEADS = ("softmax", "arcface")       # what each is: core.train.models.build_model, core.train.heads
 
 
 def _f(default, help: str, lo=None, hi=None, choices=None, flag: bool = True, **kw):
@@ -57,6 +58,10 @@ class TrainConfig:
                                  "zero, pretrained layers at --lr x 0.3 with their batch-norm statistics frozen, "
                                  "--freeze: the head at --lr x 5) | poster (the poster's own: Adam at a constant --lr, "
                                  "plain cross-entropy, only the --augment list)", choices=RECIPES)
+    head: str = _f("softmax", "softmax (a linear classifier) | arcface (GeM pooling, a 512-d embedding and a "
+                              "sub-center ArcFace layer with class-size-dependent margins, as the Google Landmark "
+                              "Recognition 2020 solutions; the finetune recipe only: the head at --lr x 3, margins "
+                              "growing from 0 over the first epoch)", choices=HEADS)
     lr: float = _f(1e-3, "learning rate (finetune: the new head's; see --recipe)", lo=1e-8, hi=10.0)
     optimizer: str = _f("adam", "adam (AdamW under the finetune recipe) | sgd (momentum 0.9)", choices=OPTIMIZERS)
     momentum: float = _f(0.9, "SGD momentum", lo=0.0, hi=0.999)
@@ -114,6 +119,9 @@ class TrainConfig:
             _check(f, getattr(self, f.name))
         if self.classes == 1:
             raise UserError("--classes must be at least 2 to train a classifier (or 0 for all).")
+        if self.head == "arcface" and self.recipe == "poster":
+            raise UserError("The ArcFace head needs the finetune recipe (the poster's recipe is plain Adam with a "
+                            "softmax head); use --recipe finetune or --head softmax.")
         return self
 
     @property
