@@ -153,17 +153,26 @@ def test_embed_returns_the_512d_embedding():
         assert torch.allclose(model(x), S * cos, atol=1e-4)
 
 
-def test_arcface_checkpoint_loads_and_exports_to_onnx(tmp_path):
-    from core.serve.export import _write_and_check
+def _arcface_predictor(tmp_path):
     from core.serve.predictor import load_predictor
     model, x = _arcface_model()
     ckpt = tmp_path / "last.pt"
     torch.save({"model": model.state_dict(), "labels": ["a", "b", "c"]}, ckpt)
     cfg = TrainConfig(data="x", model="small_cnn", weights="none", head="arcface", image_size=16)
     run = SimpleNamespace(id="arc1", checkpoint=ckpt, config=lambda: cfg, class_names=lambda: {"a": "Alpha"})
-    pred = load_predictor(run)                # rebuilt from the config: no class counts needed
+    return model, x, load_predictor(run)      # rebuilt from the config: no class counts needed
+
+
+def test_arcface_checkpoint_loads_in_the_predictor(tmp_path):
+    model, x, pred = _arcface_predictor(tmp_path)
     with torch.no_grad():
         assert torch.equal(pred.model(x), model(x))
+
+
+@pytest.mark.e2e                              # the ONNX exporter's first use costs ~4.5 s: make e2e
+def test_arcface_run_exports_to_onnx(tmp_path):
+    from core.serve.export import _write_and_check
+    model, x, pred = _arcface_predictor(tmp_path)
     side = _write_and_check(pred, "onnx", tmp_path / "m.onnx", x, "4 generated images", lambda i: None)
     assert side["check"]["max_abs_diff"] <= 1e-4 and side["check"]["top1_agree"] == 1.0
     assert side["output"]["shape"] == ["N", 3] and side["names"] == ["Alpha", "b", "c"]
