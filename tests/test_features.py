@@ -24,3 +24,33 @@ def test_embed_is_the_heads_input_at_unit_length_and_leaves_no_hook(tmp_path):
     (tmp_path / "b.jpg").write_text("not a photo")
     feats, ok = embed_images(model, [tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "gone.jpg"], 32)
     assert ok.tolist() == [True, False, False] and feats.shape == (1, e.shape[1])
+
+
+def test_run_images_are_the_stores_pixels_that_evaluation_fed_the_model(use_trained_home, monkeypatch):
+    """A prepared run's photos come from its store without one decode, and the network's answer on
+    them is the run's own holdout evaluation (pred, conf); a vanished photo is decoded (tried) into
+    the store as training would, and left out."""
+    from core.data.prepared import pool
+    from core.runs.store import RunStore
+    from core.serve.features import run_images
+    from core.serve.predictor import load_predictor
+    run = RunStore().require(use_trained_home[1][0])
+    pred, theirs = load_predictor(run), run.predictions("holdout")
+    assert not pred.cfg.tta and len(theirs) == 12
+    gone = run.checkpoint.parent / "gone.jpg"
+    real = pool._decode
+    monkeypatch.setattr(pool, "_decode", lambda args: pytest.fail(f"decoded {args[0]}: the store has it"))
+    source, seen, logits = {}, [], []
+    for idx, x in run_images(pred.cfg, theirs["path"], batch=5, source=source):
+        assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32) and 0 <= x.min() and x.max() <= 1
+        seen += idx.tolist()
+        logits.append(pred.model(x))
+    assert source["pixels"] == "store" and seen == list(range(12))
+    conf, answer = torch.softmax(torch.cat(logits), 1).max(1)
+    assert answer.tolist() == theirs["pred"].tolist()
+    assert np.allclose(conf.detach().numpy(), theirs["conf"], atol=1e-5)
+    monkeypatch.setattr(pool, "_decode", real)
+    prepared, done = [], []
+    batches = list(run_images(pred.cfg, [theirs["path"][0], str(gone), theirs["path"][1]], progress=lambda *a: done.append(a),
+                              preparing=lambda *a: prepared.append(a)))
+    assert [b[0].tolist() for b in batches] == [[0, 2]] and prepared == [(1, 1)] and done == [(3, 3)]
