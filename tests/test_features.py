@@ -54,3 +54,33 @@ def test_run_images_are_the_stores_pixels_that_evaluation_fed_the_model(use_trai
     batches = list(run_images(pred.cfg, [theirs["path"][0], str(gone), theirs["path"][1]], progress=lambda *a: done.append(a),
                               preparing=lambda *a: prepared.append(a)))
     assert [b[0].tolist() for b in batches] == [[0, 2]] and prepared == [(1, 1)] and done == [(3, 3)]
+
+
+def test_run_images_falls_back_to_each_photo_only_where_no_store_serves(tmp_path):
+    """The store's rows (decoded into it on first use, as training does) for a prepared-pipeline run;
+    each photo decoded with PIL for a plain-pipeline run, and for a data set that cannot be indexed."""
+    import shutil
+    from core.data.prepared import store_dir
+    from core.serve.features import image_tensor, run_images
+    from core.train.config import TrainConfig
+    root = tmp_path / "data"
+    for c, colour in enumerate([(200, 10, 10), (10, 200, 10)]):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (40 + 8 * i, 30), colour).save(root / f"c{c}" / f"{i}.png")
+    paths = sorted(str(p) for p in root.rglob("*.png"))
+
+    def read(cfg):
+        source = {}
+        got = [(idx.tolist(), x) for idx, x in run_images(cfg, paths + [str(root / "gone.png")], source=source)]
+        return source, [i for idx, _ in got for i in idx], torch.cat([x for _, x in got] or [torch.zeros(0)])
+    source, idx, x = read(TrainConfig(data=str(root), classes=2, image_size=16, store="raw"))
+    assert source == {"pixels": "store", "why": source["why"]} and "raw store" in source["why"]
+    assert idx == [0, 1, 2, 3] and (store_dir(str(root.resolve()), 16) / "images.u8").stat().st_size == 5 * 16 * 16 * 3
+    assert torch.allclose(x[1], image_tensor(paths[1], 16)[0], atol=1 / 255)     # the same photo, within rounding
+    source, idx, x = read(TrainConfig(data=str(root), classes=2, image_size=16, pipeline="plain"))
+    assert source["pixels"] == "photos" and "plain pipeline" in source["why"] and idx == [0, 1, 2, 3]
+    assert torch.equal(x[1], image_tensor(paths[1], 16)[0])
+    shutil.rmtree(root)
+    source, idx, x = read(TrainConfig(data=str(root), classes=2, image_size=16))
+    assert source["pixels"] == "photos" and "cannot be indexed" in source["why"] and idx == [] and len(x) == 0

@@ -93,7 +93,10 @@ def store_for(cfg) -> tuple[str | None, str, str]:
         index = load_index(cfg.data, clean=cfg.clean)
     except (UserError, OSError, ValueError) as e:
         return None, "", f"its data set cannot be indexed any more ({e})"
-    n = len(choose(index.samples, cfg.classes, cfg.max_images, cfg.data_seed))
+    try:                                     # "auto" chose by the number of images training chose
+        n = len(choose(index.samples, cfg.classes, cfg.max_images, cfg.data_seed))
+    except UserError:                        # fewer classes on disk now than the run trained on
+        n = len(index.samples)
     kind, why = choose_store(cfg.store, n, cfg.image_size)
     return str(index.root), kind, why
 
