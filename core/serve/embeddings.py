@@ -11,7 +11,8 @@ them, nearest neighbours and the kNN classifier (issues 22 and 23).
 The vectors are the input of the model's head (core.serve.features), stored as float16 (half the
 disk; cosine similarities move by ~1e-3). `pred`/`conf` come from the same forward pass (softmax of
 the plain image, no mirror test-time augmentation and no temperature: what the network says of
-exactly the image whose vector is stored).
+exactly the image whose vector is stored). The photos are read from the run's prepared store, the
+pixels training and evaluation fed the model (core.serve.features.run_images; issue 20).
 
 Map: PCA to at most 50 dimensions, then t-SNE (scikit-learn) up to TSNE_MAX points, PCA-2 above
 (t-SNE's cost grows as n log n with a large constant: minutes past 20,000 points on a CPU).
@@ -67,8 +68,15 @@ def compute(run, progress=None, should_stop=None) -> dict:
     if not run.split_file.exists():
         raise UserError(f"Run {run.id} has no split.csv, so there are no photos to embed; its folder is damaged.")
     manifest = load_manifest(run.split_file)
-    vectors, answer, conf, ok = forward(pred.model, manifest["path"].tolist(), pred.cfg.image_size, progress,
-                                        should_stop)
+    source = {}
+
+    def preparing(done, total):           # photos the store lacked, decoded into it first
+        if should_stop and should_stop():
+            raise Cancelled()
+        if progress:
+            progress(done, total)
+    batches = features.run_images(pred.cfg, manifest["path"].tolist(), progress, preparing, source=source)
+    vectors, answer, conf, ok = forward_batches(pred.model, batches, len(manifest), should_stop)
     missing = manifest["path"][~ok].tolist()
     if not ok.any():
         raise UserError(f"None of run {run.id}'s {len(manifest)} photos can be read any more; restore its data set "
@@ -84,40 +92,36 @@ def compute(run, progress=None, should_stop=None) -> dict:
     rows["x"], rows["y"] = xy[:, 0].astype(np.float32), xy[:, 1].astype(np.float32)
     meta = {"run_id": run.id, "n": len(rows), "dim": int(vectors.shape[1]), "map": how,
             "checkpoint_mtime": pred.weights_mtime, "missing": len(missing), "missing_examples": missing[:EXAMPLES],
-            "image_size": pred.cfg.image_size, "computed": time.time()}
+            "image_size": pred.cfg.image_size, "pixels": source.get("pixels"), "computed": time.time()}
     write(run, vectors, rows, meta)
     return {"run_id": run.id, "n": len(rows), "dim": meta["dim"], "missing": len(missing),
             "missing_examples": missing[:EXAMPLES], "seconds": round(time.time() - t0, 2), "map": how}
 
 
-@torch.no_grad()
 def forward(model, paths: list, size: int, progress=None, should_stop=None):
-    """(unit vectors (n_ok, D) float32, predicted class (n_ok,) int64, its probability (n_ok,) float32,
-    readable mask): one forward per batch gives both the head's input (features.head_input) and the
-    model's answer. Only the top class is kept per photo (never photos x classes)."""
-    model.eval()
-    vecs, preds, confs, ok, batch = [], [], [], np.zeros(len(paths), bool), []
+    """forward_batches of photos decoded one by one (features.photo_batches): photos that are not a
+    run's own; compute reads a run's from its prepared store (features.run_images)."""
+    return forward_batches(model, features.photo_batches(paths, size, progress), len(paths), should_stop)
 
-    def flush():
+
+@torch.no_grad()
+def forward_batches(model, batches, n: int, should_stop=None):
+    """(unit vectors (n_ok, D) float32, predicted class (n_ok,) int64, its probability (n_ok,) float32,
+    readable mask over the n photos) of `batches` ((indices, images) as features.run_images gives them):
+    one forward per batch gives both the head's input (features.head_input) and the model's answer.
+    Only the top class is kept per photo (never photos x classes)."""
+    model.eval()
+    vecs, preds, confs, ok = [], [], [], np.zeros(n, bool)
+    for idx, x in batches:
+        if should_stop and should_stop():
+            raise Cancelled()
         with features.head_input(model) as grab:
-            out = model(torch.cat(batch))
+            out = model(x)
         vecs.append(F.normalize(grab["x"].float().flatten(1), dim=1).numpy())
         conf, pred = torch.softmax(out.float(), 1).max(1)
         preds.append(pred.numpy().astype(np.int64))
         confs.append(conf.numpy().astype(np.float32))
-        batch.clear()
-    for i, path in enumerate(paths):
-        try:
-            batch.append(features.image_tensor(path, size))
-            ok[i] = True
-        except (UserError, OSError, ValueError):
-            pass                              # vanished or damaged since training: counted, left out
-        if len(batch) == features.BATCH or (i == len(paths) - 1 and batch):
-            if should_stop and should_stop():
-                raise Cancelled()
-            flush()
-            if progress:
-                progress(i + 1, len(paths))
+        ok[idx] = True                        # the others vanished or are damaged since training: counted
     if not vecs:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32), ok
     return np.concatenate(vecs), np.concatenate(preds), np.concatenate(confs), ok

@@ -24,8 +24,9 @@ the smallest class (at least 2); an image whose class has a single image has no 
 of its class and is counted in `single_image_classes`.
 
 Near-duplicates are found on a tiny-image descriptor (Torralba et al. 2008, "80 million tiny
-images"): the photo as the model sees it (core.serve.features.image_tensor) averaged down to
-`TINY` x `TINY` RGB, each channel's mean removed, unit length. bench/label_noise.py measured why
+images"): the photo as the run's model sees it (its prepared store's pixels at the run's image
+size, read once with the probe's: core.serve.features.run_images) averaged down to `TINY` x `TINY`
+RGB, each channel's mean removed, unit length. bench/label_noise.py measured why
 not the ImageNet head features: on monuments44 at 64 px, planted copies (JPEG q=80, resized ±5 %)
 fall as low as cosine 0.77 there (27 % reach 0.95) while distinct neighbours reach 0.97; on the
 tiny descriptor every planted copy is >= 0.994, and the pairs just above `THRESHOLD` (0.95) are
@@ -104,30 +105,53 @@ def feature_model(name: str, n: int, weights: str = "imagenet"):
 
 def embed_split(run, m: pd.DataFrame, weights: str = "imagenet", progress=None) -> tuple[np.ndarray, np.ndarray, str]:
     """(unit-length features of the readable images, readable mask over `m`, note on the features)."""
-    from core.serve.features import embed_images
-    cfg = run.config()
-    model, note = feature_model(cfg.model, max(2, m["target"].nunique()), weights)
-    feats, ok = embed_images(model, m["path"].tolist(), int(cfg.image_size), progress=progress)
+    feats, _, ok, note = read_split(run, m, weights, progress)
     return feats, ok, note
 
 
-def tiny_descriptors(paths, ok) -> np.ndarray:
-    """(n_readable, 3 * TINY * TINY) unit-length tiny images of the readable `paths` (mask `ok`)."""
-    import torch
+def read_split(run, m: pd.DataFrame, weights: str = "imagenet", progress=None,
+               preparing=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(features, tiny descriptors, readable mask over `m`, note on the features) in ONE read of the
+    photos: the run's prepared store at its image size (core.serve.features.run_images: the pixels
+    its training fed its model; `preparing(done, total)` counts photos the store lacked)."""
+    import numpy as np
+
+    from core.serve.features import embed, run_images
+    cfg = run.config()
+    model, note = feature_model(cfg.model, max(2, m["target"].nunique()), weights)
+    feats, tiny, ok = [], [], np.zeros(len(m), bool)
+    for idx, x in run_images(cfg, m["path"].tolist(), progress, preparing):
+        feats.append(embed(model, x))
+        tiny.append(tiny_of(x))
+        ok[idx] = True
+    if not feats:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 3 * TINY * TINY), np.float32), ok, note
+    return np.concatenate(feats), np.concatenate(tiny), ok, note
+
+
+def tiny_of(x) -> np.ndarray:
+    """Unit-length tiny images (n, 3 * TINY * TINY) of a batch (n, 3, S, S) in [0, 1]: averaged down
+    to TINY x TINY, each channel's mean removed."""
     import torch.nn.functional as F
+    t = F.adaptive_avg_pool2d(x, TINY)
+    return F.normalize((t - t.mean(dim=(2, 3), keepdim=True)).flatten(1), dim=1).numpy()
+
+
+def tiny_descriptors(paths, ok, size: int = 4 * TINY) -> np.ndarray:
+    """(n_readable, 3 * TINY * TINY) tiny images of the readable `paths` (mask `ok`), each photo
+    decoded on its own at `size` px (photos outside a run; inspect reads them with read_split)."""
+    import numpy as np
+    import torch
 
     from core.serve.features import image_tensor
     out = []
     for p, good in zip(paths, ok):
         if good:
             try:
-                t = F.adaptive_avg_pool2d(image_tensor(p, 4 * TINY), TINY)
+                out.append(tiny_of(image_tensor(p, size)))
             except (UserError, OSError, ValueError):      # vanished between the two reads: a blank row
-                t = torch.zeros(1, 3, TINY, TINY)
-            out.append(t - t.mean(dim=(2, 3), keepdim=True))
-    if not out:
-        return torch.zeros(0, 3 * TINY * TINY).numpy()
-    return F.normalize(torch.cat(out).flatten(1), dim=1).numpy()
+                out.append(tiny_of(torch.zeros(1, 3, TINY, TINY)))
+    return np.concatenate(out) if out else np.zeros((0, 3 * TINY * TINY), np.float32)
 
 
 # ------------------------------------------------------------------ label issues
@@ -227,8 +251,8 @@ def inspect(run, folds: int = FOLDS, weights: str = "imagenet", threshold: float
     report(STAGES[0])
     m, labels, names = split_frame(run)
     root = Path(run.config().data).expanduser().resolve()
-    feats, ok, note = embed_split(run, m, weights, progress=lambda d, t: report(STAGES[1], d, t))
-    tiny = tiny_descriptors(m["path"], ok)
+    feats, tiny, ok, note = read_split(run, m, weights, progress=lambda d, t: report(STAGES[1], d, t),
+                                       preparing=lambda d, t: report(STAGES[0], d, t))
     missing = m[~ok]
     m = m[ok].reset_index(drop=True)
     if m["label"].nunique() < 2:

@@ -131,33 +131,24 @@ def current_calibration(run) -> dict | None:
 FITTED = ("end of training", "on demand")       # when a calibration was fitted (calibration.json "fitted")
 
 
-def iter_logits(pred: Predictor, paths, targets, tick=None):
+def iter_logits(pred: Predictor, paths, targets, tick=None, store: bool = True):
     """(logits (views, b, C) on the CPU, targets) of each batch of readable images; `tick(k)` after
-    every k images tried (read or not). Forward passes run where the predictor's model is."""
+    every k images tried (read or not). Forward passes run where the predictor's model is.
+    `store`: the paths are the run's own photos, read from its prepared store as evaluation read
+    them (core.serve.features.run_images); False: other photos (distractors), decoded one by one."""
+    from core.serve.features import photo_batches, run_images
     device = next(pred.model.parameters()).device
-    batch, ys, tried = [], [], 0
+    paths, targets = [str(p) for p in paths], np.asarray(list(targets), dtype=np.int64)
+    seen = [0]
 
-    def flush():
-        out = pred.logits(torch.cat(batch).to(device)).cpu(), np.asarray(ys, dtype=np.int64)
-        batch.clear()
-        ys.clear()
-        return out
-    for p, y in zip(paths, targets):
-        tried += 1
-        try:
-            batch.append(pred.tensor(p))
-            ys.append(int(y))
-        except (UserError, OSError, ValueError):
-            pass                             # a photo gone or damaged since training: left out
-        if len(batch) == BATCH:
-            yield flush()
-            if tick:
-                tick(tried)
-            tried = 0
-    if batch:
-        yield flush()
-    if tick and tried:
-        tick(tried)
+    def progress(done, total):
+        if tick and done > seen[0]:
+            tick(done - seen[0])
+        seen[0] = done
+    batches = (run_images(pred.cfg, paths, progress, batch=BATCH) if store
+               else photo_batches(paths, pred.cfg.image_size, progress, BATCH))
+    for idx, x in batches:             # a photo gone or damaged since training never comes: left out
+        yield pred.logits(x.to(device)).cpu(), targets[idx]
 
 
 def split_logits(pred: Predictor, paths, targets, tick=None) -> tuple[torch.Tensor, np.ndarray]:
@@ -201,7 +192,7 @@ def _chunked_report(pred: Predictor, paths, targets, t: float, tick=None) -> dic
 def _top_conf(pred: Predictor, paths, t: float, tick=None) -> np.ndarray:
     """Each readable image's best calibrated confidence (distractors: every answer on them is wrong)."""
     parts = [cal.calibrated_probs(z, t).max(1).values.double().numpy()
-             for z, _ in iter_logits(pred, paths, [0] * len(paths), tick)]
+             for z, _ in iter_logits(pred, paths, [0] * len(paths), tick, store=False)]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
