@@ -6,8 +6,9 @@ configuration), run.json (status and summary), epochs.json, steps.csv, evals.jso
 split.csv, classes.json, provenance.json (what the run was made from: core.runs.provenance),
 checkpoints/last.pt, log.txt, per split confusion_<split>.parquet (the confusion matrix's non-zero
 cells), predictions_<split>.parquet and distractors_<split>.json (the split scored with a distractor
-folder: GAP with distractors, the coverage curve), and once calibrated calibration.json (temperature,
-rejection threshold, ECE: core.train.calibration). Only this class spells those names.
+folder: GAP with distractors, the coverage curve), once calibrated calibration.json (temperature,
+rejection threshold, ECE: core.train.calibration), and once embedded embeddings.npy + embeddings.parquet
+(core.serve.embeddings). Only this class spells those names.
 """
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ class RunFolder:
     exports_dir = property(lambda self: self.dir / "exports")
     ddp_dir = property(lambda self: self.dir / "ddp")           # a several-process run's reports
     calibration_file = property(lambda self: self.dir / "calibration.json")   # temperature + threshold (issue 23)
+    embeddings_file = property(lambda self: self.dir / "embeddings.npy")      # float16 [n, D] (core.serve.embeddings)
+    embedding_rows_file = property(lambda self: self.dir / "embeddings.parquet")  # one row a vector, map x/y; written last
 
     def predictions_file(self, split: str) -> Path:
         return self.dir / f"predictions_{split}.parquet"
