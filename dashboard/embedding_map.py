@@ -42,7 +42,7 @@ def embeddings(run_id: str):
     """The run's embeddings, or None while they are not computed."""
     try:
         stamp = store().run(run_id).embedding_rows_file.stat().st_mtime
-    except (OSError, AttributeError):   # TEMP until h-embed is merged
+    except OSError:
         return None
     return _load(home_key(), run_id, stamp)
 

@@ -261,6 +261,11 @@ def detail_section(run_id: str, split: str, ev: dict, emb, origin: str) -> None:
 
 
 def maps(run_id: str, photo: dict) -> None:
+    """The photo's explanation maps of its predicted class (off: core.explain and captum not even imported)."""
+    st.session_state.setdefault("eval_photo_maps", True)
+    if not st.toggle("Explanation maps", key="eval_photo_maps", help="Which pixels made the model predict its class, "
+                     "by the methods of the Classify page (one forward and backward pass each, or more)."):
+        return
     from core.explain import METHODS, colorbar, legend
     st.session_state.setdefault("eval_photo_methods", [m for m in DEFAULT_METHODS if m in METHODS])
     methods = st.multiselect("Explanation methods", list(METHODS), key="eval_photo_methods",

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from dashboard import photo_views
 
@@ -55,7 +56,7 @@ def test_class_photos_are_its_mistakes_most_confident_first_then_its_right_answe
 
 # ------------------------------------------------------------------ the page
 
-def test_confusion_cell_and_class_show_exactly_their_photos(use_trained_home):
+def test_a_confusion_cell_shows_exactly_the_photos_of_that_pair_most_confident_first(use_trained_home):
     home, (run_id, _) = use_trained_home
     preds = _preds(run_id, "val")
     wrong = preds[preds["pred"] != preds["target"]]
@@ -64,10 +65,94 @@ def test_confusion_cell_and_class_show_exactly_their_photos(use_trained_home):
         run=run_id, split="val", kind="pair", true=int(t), pred=int(p))})
     want = preds[(preds["target"] == t) & (preds["pred"] == p)].sort_values("conf", ascending=False)
     assert _grid(at) == [Path(x).name for x in want["path"]] and len(want) >= 1
-    at.session_state[photo_views.SHOWN] = dict(run=run_id, split="val", kind="class", **{"class": int(t)})
-    at.run()
-    mine = preds[preds["target"] == t]
-    order = [Path(x).name for x in photo_views.class_photos(preds, int(t))["path"]]
+    assert any("predicted as" in m.value for m in at.markdown)
+
+
+# ------------------------------------------------------------------ the map and the neighbours
+
+MAP_ROWS = 20_000
+
+
+def _write_embeddings(run_id, twin_of: str) -> tuple[str, str]:
+    """The run's embedding files written directly (no model): its split.csv's photos, padded with
+    made-up training rows to MAP_ROWS, random unit vectors; one training photo of another class gets
+    the vector of `twin_of`. Returns (the twin's path, its label)."""
+    from core.data.splits import load_manifest
+    from core.runs.store import RunStore
+    from core.serve import embeddings
+    run = RunStore().run(run_id)
+    m = load_manifest(run.split_file)[["path", "split", "target", "label"]]
+    pad = MAP_ROWS - len(m)
+    fake = pd.DataFrame({"path": [f"/made/up/{i}.jpg" for i in range(pad)], "split": "train",
+                         "target": np.arange(pad) % 4, "label": (np.arange(pad) % 4).astype(str)})
+    rows = pd.concat([m, fake], ignore_index=True)
+    rng = np.random.default_rng(0)
+    rows["name"] = "class " + rows["label"].astype(str)
+    rows["pred"] = rows["target"].to_numpy()
+    rows["conf"] = rng.random(MAP_ROWS).astype(np.float32)
+    rows["correct"] = True
+    rows["x"], rows["y"] = rng.normal(size=(2, MAP_ROWS)).astype(np.float32)
+    v = rng.normal(size=(MAP_ROWS, 16)).astype(np.float32)
+    i = int(np.flatnonzero(rows["path"] == twin_of)[0])
+    twin = int(np.flatnonzero((rows["split"] == "train") & (rows["target"] != rows["target"][i]))[0])
+    v[twin] = v[i]
+    embeddings.write(run, v / np.linalg.norm(v, axis=1, keepdims=True), rows,
+                     {"run_id": run_id, "n": MAP_ROWS, "dim": 16, "map": "tsne", "missing": 0,
+                      "checkpoint_mtime": run.checkpoint.stat().st_mtime})
+    return rows["path"][twin], str(rows["label"][twin])
+
+
+def _length(array) -> int:
+    """Points in a plotly JSON array (plotly writes numpy arrays as base64 typed arrays)."""
+    import base64
+    if isinstance(array, dict):
+        return len(base64.b64decode(array["bdata"])) // np.dtype(array["dtype"]).itemsize
+    return len(array)
+
+
+def test_a_class_lists_its_mistakes_first_the_map_draws_20000_points_and_a_photo_lists_its_neighbours(use_trained_home):
+    import json
+    home, (run_id, _) = use_trained_home
+    preds = _preds(run_id, "val")
+    photo = preds[preds["pred"] != preds["target"]].iloc[0]                    # a mistake, opened from the map
+    twin, twin_label = _write_embeddings(run_id, photo["path"])
+    opened = dict(run=run_id, split="val", path=photo["path"], target=int(photo["target"]), pred=int(photo["pred"]),
+                  conf=float(photo["conf"]), **{"from": "map"})
+    cls = int(photo["target"])
+    at = _open(eval_run=run_id, eval_split="val", eval_photo_maps=False, **{photo_views.OPEN: opened},
+               **{photo_views.SHOWN: dict(run=run_id, split="val", kind="class", **{"class": cls})})
+    # the class's grid: mistakes first
+    mine = preds[preds["target"] == cls]
+    order = [Path(x).name for x in photo_views.class_photos(preds, cls)["path"]]
     assert _grid(at) == order and len(order) == len(mine)
-    mistakes = set(Path(x).name for x in mine[mine["pred"] != t]["path"])
-    assert set(order[:len(mistakes)]) == mistakes          # the mistakes come first
+    mistakes = set(Path(x).name for x in mine[mine["pred"] != cls]["path"])
+    assert mistakes and set(order[:len(mistakes)]) == mistakes
+    (fig,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart") if c.proto.id.endswith("eval_map")
+              or "eval_map" in c.proto.id]
+    traces = fig["data"]
+    assert [t["type"] for t in traces] == ["scattergl"] * 4                     # one trace per class
+    assert sum(_length(t["x"]) for t in traces) == MAP_ROWS
+    (near,) = [d.value for d in at.dataframe if "similarity" in d.value.columns]
+    assert len(near) == photo_views.NEIGHBOURS and near["path"].iloc[0] == twin
+    assert near["similarity"].iloc[0] == pytest.approx(1.0, abs=1e-3) and near["similarity"].is_monotonic_decreasing
+    assert near["label"].iloc[0] == twin_label and near["differs"].iloc[0].startswith("⚠️")
+    assert (near["differs"] != "").sum() == (near["label"].astype(str) != str(photo["target"])).sum()
+
+
+def test_map_groups_at_20000_points_top_classes_coloured_the_rest_one_grey_trace():
+    from dashboard import embedding_map
+    rng = np.random.default_rng(1)
+    target = np.minimum(rng.geometric(0.08, MAP_ROWS) - 1, 29)               # 30 classes, skewed sizes
+    frame = pd.DataFrame({"path": [f"/p/{i}.jpg" for i in range(MAP_ROWS)], "target": target, "pred": target,
+                          "label": target.astype(str), "name": [f"c{t}" for t in target], "split": "train",
+                          "conf": rng.random(MAP_ROWS), "correct": rng.random(MAP_ROWS) < 0.9,
+                          "x": rng.normal(size=MAP_ROWS), "y": rng.normal(size=MAP_ROWS)})
+    groups = embedding_map.class_groups(frame)
+    sizes = np.bincount(target, minlength=30)
+    top = np.argsort(-sizes, kind="stable")[:embedding_map.TOP_CLASSES]
+    assert [g[0] for g in groups[:-1]] == [f"c{t}" for t in top]            # the 20 largest, largest first
+    assert groups[-1][1] == embedding_map.REST_COLOR and len(groups[-1][2]) == sizes.sum() - sizes[top].sum()
+    assert sorted(np.concatenate([g[2] for g in groups]).tolist()) == list(range(MAP_ROWS))   # each point once
+    fig = embedding_map.map_figure(frame, "correct", [f"c{i}" for i in range(30)])
+    assert [t.name for t in fig.data] == ["right", "wrong"] and len(fig.data[1].x) == (~frame["correct"]).sum()
+    assert fig.data[1].customdata[0][0] == np.flatnonzero(~frame["correct"])[0]   # a click finds its row
