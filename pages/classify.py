@@ -13,6 +13,7 @@ import streamlit as st
 
 from core.data.readers import open_image
 from core.errors import UserError
+from core.serve import embeddings
 from core.serve.predictor import current_calibration
 from core.explain import METHODS, SCALE_NOTE, colorbar, explain_one, legend, render, to_png_bytes
 from core.data.uploads import (MAX_FILES_PER_UPLOAD, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, UPLOAD_TYPES,
@@ -41,6 +42,7 @@ st.session_state.setdefault("clf_methods", ["saliency", "gradcam"])
 st.session_state.setdefault("clf_alpha", 0.5)
 st.session_state.setdefault("clf_target", TOP_CLASS)
 st.session_state.setdefault("clf_samples", {})  # run_id -> (holdout image path, true class)
+st.session_state.setdefault("clf_classifier", "softmax")  # or "knn", offered once the run has embeddings
 
 st.title("🔍 Classify")
 st.caption("Upload landmark photos and see what a trained model thinks they are, and which pixels "
@@ -111,6 +113,37 @@ tta = st.toggle("Average with the mirror image", value=bool(pred.cfg.tta), key=f
                      "(on by default where the run evaluated that way). Two forward passes instead of one.")
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def knn_store(run_id: str, rows_mtime: float):
+    """The run's embeddings with their faiss index, once per embed (the rows file is written last)."""
+    return embeddings.load(store().run(run_id))
+
+
+def classifier_choice():
+    """The run's embeddings when the user picks the nearest-neighbour classifier, else None (softmax).
+    The choice is offered only once the run has embeddings (python -m core embed RUN)."""
+    rows_file = store().run(run_id).embedding_rows_file
+    if not rows_file.exists():
+        return None
+    emb = knn_store(run_id, rows_file.stat().st_mtime)
+    if emb is None:
+        return None
+    choice = st.radio("Classifier", ["softmax", "knn"], key="clf_classifier", horizontal=True,
+                      format_func={"softmax": "softmax", "knn": "nearest neighbours"}.get,
+                      help="softmax: the network's own answer. Nearest neighbours: the "
+                           f"{embeddings.K_CLASSIFY} most similar training photos vote for their class, weighted "
+                           "by similarity; the confidence is the similarity of the winning class's closest photo.")
+    if choice != "knn":
+        return None
+    if embeddings.stale(store().run(run_id)):
+        st.caption("These embeddings were computed on an older checkpoint: python -m core embed "
+                   f"{run_id} brings them up to date.")
+    return emb
+
+
+emb = classifier_choice()
+
+
 def model_key() -> str:
     c = pred.calibration or {}
     return f"{run_id}:{store().run(run_id).checkpoint_mtime()}:{c.get('temperature')}:{c.get('threshold')}"
@@ -134,8 +167,41 @@ def prediction(model_key: str, image_key: str, tta: bool, _image) -> tuple[objec
     return x, answer, (time.perf_counter() - t0) * 1000
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def knn_prediction(model_key: str, image_key: str, rows_mtime: float, _image) -> tuple[object, dict, float]:
+    """Input tensor and the kNN answer (core.serve.embeddings.answer: top classes, the photos that voted)."""
+    t0 = time.perf_counter()
+    x = pred.tensor(_image)
+    answer = embeddings.answer(emb, pred, x)
+    return x, answer, (time.perf_counter() - t0) * 1000
+
+
 def top5(image) -> tuple[object, dict, float]:
+    if emb is not None:
+        mtime = store().run(run_id).embedding_rows_file.stat().st_mtime
+        return knn_prediction(model_key(), image_key(image), mtime, image)
     return prediction(model_key(), image_key(image), bool(tta), image)
+
+
+def show_knn(name: str, image, answer: dict, ms: float) -> None:
+    """The kNN answer: its classes by similarity, and the training photos that voted (the quickest
+    way to see why: the label's fault or the model's)."""
+    left, right = st.columns([1, 2])
+    left.image(image, caption=name, width="stretch")
+    df = pd.DataFrame([{"class": r["name"], "label": r["label"], "similarity": r["similarity"]}
+                       for r in answer["top"]])
+    right.dataframe(df, hide_index=True, width="stretch", column_config={
+        "similarity": st.column_config.ProgressColumn("similarity", format="%.3f", min_value=0.0, max_value=1.0)})
+    right.caption(f"Nearest neighbours in {ms:.0f} ms: the {answer['k']} most similar training photos vote for "
+                  "their class, weighted by similarity (cosine of the features the model's head reads).")
+    near = answer["neighbours"]
+    cols = st.columns(5)
+    for i, n in enumerate(near):
+        caption = f"{n['name']} · {n['similarity']:.3f}"
+        try:
+            cols[i % 5].image(open_image(n["path"]), caption=caption, width="stretch")
+        except (UserError, OSError):
+            cols[i % 5].caption(f"{caption} (photo no longer on disk)")
 
 
 def show_top5(name: str, image, answer: dict, ms: float) -> None:
@@ -156,11 +222,11 @@ def show_top5(name: str, image, answer: dict, ms: float) -> None:
     right.caption(f"Top-5 in {ms:.0f} ms on the server (preprocessing + forward pass, {pred.cfg.model}). {calibrated}")
 
 
-st.subheader("Top-5 classes")
+st.subheader("Top-5 classes" if emb is None else "Nearest training photos")
 inputs = []  # (name, tensor, top class)
 for name, image in images:
     x, answer, ms = top5(image)
-    show_top5(name, image, answer, ms)
+    (show_top5 if emb is None else show_knn)(name, image, answer, ms)
     inputs.append((name, x, answer["top"][0]["class"]))
 
 

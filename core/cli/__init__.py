@@ -1,5 +1,5 @@
-"""Command line: python -m core {demo-data,stats,train,runs,eval,predict,class-model,export,download,sweep,reproduce,
-report}.
+"""Command line: python -m core {demo-data,stats,train,runs,eval,predict,class-model,export,embed,download,sweep,
+reproduce,report}.
 
 With --json the last line on stdout is one JSON object; progress goes to stderr.
 Bad input prints one sentence to stderr and exits with status 2.
@@ -21,7 +21,7 @@ from core.errors import UserError
 
 COMMANDS = (data.add_demo_data, data.add_stats, training.add_train, training.add_runs, training.add_eval,
             inference.add_predict, inference.add_class_model, data.add_download, inference.add_export,
-            sweeps.add_sweep, sweeps.add_reproduce, report.add_report)
+            inference.add_embed, sweeps.add_sweep, sweeps.add_reproduce, report.add_report)
 
 
 def build_parser() -> argparse.ArgumentParser:

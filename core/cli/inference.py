@@ -1,4 +1,4 @@
-"""Commands on a trained run's model: predict (with --explain), class-model, export."""
+"""Commands on a trained run's model: predict (with --explain, --classifier), class-model, export, embed."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,9 @@ def add_predict(sub) -> None:
     p.add_argument("--explain", default=None, metavar="METHOD[,METHOD...]",
                    help="attribution maps to write as PNGs, comma-separated, from: %(methods)s")
     p.add_argument("--out", default=None)
+    p.add_argument("--classifier", choices=["softmax", "knn"], default="softmax",
+                   help="softmax: the network's answer; knn: the 10 nearest training photos vote, with their "
+                        "similarity as confidence (needs python -m core embed RUN first)")
     _runs_and_json(p)
     p.set_defaults(fn=cmd_predict)
 
@@ -55,11 +58,37 @@ def add_export(sub) -> None:
     p.set_defaults(fn=cmd_export)
 
 
+def add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="embed a run's photos (the features its head reads) for neighbours, the map "
+                                     "and the kNN classifier")
+    p.add_argument("run_id")
+    _runs_and_json(p)
+    p.set_defaults(fn=cmd_embed)
+
+
+def cmd_embed(a) -> dict:
+    """The embed job kind (the Evaluate page's) in this process; progress on stderr."""
+    def progress(p):
+        end = "\n" if p.get("done") == p.get("total") else ""
+        print(f"\rembedding {p.get('done')}/{p.get('total')} photos\033[K", end=end, file=sys.stderr, flush=True)
+    out = _run_here(a, "embed", {}, run_id=a.run_id, on_progress=progress)
+    if out["missing"]:
+        print(f"{out['missing']} photo(s) of run {a.run_id} can no longer be read and were left out (e.g. "
+              f"{', '.join(out['missing_examples'][:3])}).", file=sys.stderr)
+    if not a.json:
+        print(f"embedded {out['n']} photos of run {a.run_id} ({out['dim']} dimensions, map: {out['map']}) "
+              f"in {out['seconds']:.1f} s", file=sys.stderr)
+        return {}
+    return {k: out[k] for k in ("run_id", "n", "dim", "missing", "missing_examples", "seconds", "map")}
+
+
 def cmd_predict(a) -> dict:
     from core.runs.store import RunStore
     from core.serve.predictor import load_predictor
     methods = _explain_methods(a.explain)   # an unknown name: one sentence before the model loads
-    pred = load_predictor(RunStore(a.runs).require(a.run))
+    run = RunStore(a.runs).require(a.run)
+    emb = _knn_store(run) if a.classifier == "knn" else None
+    pred = load_predictor(run)
     results = []
     for path in a.images:
         try:
@@ -67,11 +96,14 @@ def cmd_predict(a) -> dict:
         except (UserError, OSError, ValueError) as e:
             results.append({"image": path, "error": str(e) or type(e).__name__})
             continue
-        item = {"image": path, **pred.answer(x, a.top)}     # calibrated, and rejected below the threshold
+        if emb is not None:
+            item = _predict_knn(emb, pred, x, path, a)
+        else:
+            item = {"image": path, **pred.answer(x, a.top)}     # calibrated, and rejected below the threshold
         if methods:
             item["explanations"] = _explain(pred, x, path, methods, a.out)
         results.append(item)
-        if not a.json:
+        if not a.json and emb is None:
             print(path)
             if item["rejected"]:
                 print(f"  {pred.rejection_text()} (best guesses below the threshold {item['threshold']:.3f}):")
@@ -79,7 +111,33 @@ def cmd_predict(a) -> dict:
                 print(f"  {t['prob']:.3f}  {t['name']}")
     if all("error" in r for r in results):
         raise UserError(results[0]["error"])
+    if emb is not None:
+        return {"run_id": a.run, "classifier": "knn", "results": results}
     return {"run_id": a.run, "calibrated": bool(pred.calibration), "results": results}
+
+
+def _knn_store(run):
+    """The run's embeddings for --classifier knn (predict and eval), or one sentence saying how to get them."""
+    from core.serve import embeddings
+    emb = embeddings.require(run)
+    if embeddings.stale(run):
+        print(f"warning: run {run.id}'s embeddings were computed on an older checkpoint; python -m core embed "
+              f"{run.id} brings them up to date.", file=sys.stderr)
+    return emb
+
+
+def _predict_knn(emb, pred, x, path, a) -> dict:
+    """predict --classifier knn: one image's kNN answer (core.serve.embeddings.answer)."""
+    from core.serve.embeddings import answer
+    out = answer(emb, pred, x, top=a.top)
+    if not a.json:
+        print(path)
+        for t in out["top"]:
+            print(f"  {t['similarity']:.3f}  {t['name']}")
+        best = out["neighbours"][0] if out["neighbours"] else None
+        if best:
+            print(f"  nearest training photo: {best['path']} ({best['name']}, similarity {best['similarity']:.3f})")
+    return {"image": path, **out}
 
 
 def _explain_methods(names: str | None) -> list[str]:

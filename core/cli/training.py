@@ -50,6 +50,9 @@ def add_eval(sub) -> None:
     p.add_argument("--distractors", metavar="DIR", default=None,
                    help="a folder of photos of no known landmark: half join the holdout as queries "
                         "(gap_with_distractors, a precision-coverage curve)")
+    p.add_argument("--classifier", choices=["softmax", "knn"], default="softmax",
+                   help="softmax: the network's own figures; knn: each image's 10 nearest training photos vote "
+                        "(needs python -m core embed RUN first)")
     _runs_and_json(p)
     p.set_defaults(fn=cmd_eval)
 
@@ -262,6 +265,7 @@ def cmd_eval(a) -> dict:
     run = store.get(a.run_id)
     if run is None:
         raise UserError(f"There is no run {a.run_id!r} in {store.root}.")
+    knn = _knn_embeddings(a, store.require(a.run_id))     # None: the network's own figures (softmax)
     evals = store.evals(a.run_id)
     if a.split not in evals:
         raise UserError(f"Run {a.run_id} has no {a.split} evaluation (status {run['status']}); "
@@ -283,7 +287,36 @@ def cmd_eval(a) -> dict:
     if a.distractors:
         extra = _eval_distractors(store.run(a.run_id), a.split, a.distractors)
         out.update({k: v for k, v in extra.items() if k != "gap"})      # `gap` stays the known landmarks' own
+    out["classifier"] = "softmax" if knn is None else "knn"
+    if knn is not None:
+        _eval_knn(knn, a.split, out)
     return out
+
+
+def _knn_embeddings(a, run):
+    """eval --classifier knn: the run's embeddings (core.serve.embeddings), checked before anything
+    else is computed or printed; None for softmax."""
+    if getattr(a, "classifier", "softmax") != "knn":
+        return None
+    if a.distractors:
+        raise UserError("--distractors scores the network's own answers; drop --classifier knn for GAP with "
+                        "distractors.")
+    from core.cli.inference import _knn_store
+    return _knn_store(run)
+
+
+def _eval_knn(emb, split: str, out: dict) -> None:
+    """Issue 23: the split's figures in `out` by the kNN classifier over the run's stored embeddings
+    (acc, top5, gap, balanced_acc, macro_f1, n, per-class accuracy, confusion cells); the network's own
+    stay beside them as softmax_acc, softmax_top5, softmax_gap."""
+    from core.serve import embeddings
+    m, confusion = embeddings.knn_evaluation(emb, split, len(out["per_class"]))
+    out.update({f"softmax_{k}": out[k] for k in ("acc", "top5", "gap")})
+    out.update({k: m[k] for k in ("acc", "top5", "gap", "balanced_acc", "macro_f1", "n")},
+               k=embeddings.K_CLASSIFY, confidence="similarity of the predicted class's nearest training photo",
+               confusion_cells=confusion.cells(), embeddings_missing=emb.meta.get("missing", 0))
+    for row, acc, n in zip(out["per_class"], m["per_class"], m["support"]):
+        row.update(acc=acc, support=n)
 
 
 def _calibration(a, run, out: dict) -> dict:

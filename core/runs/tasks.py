@@ -8,6 +8,7 @@
   download      get the top-N Google Landmarks classes' images (URLs or tar shards), then remember the set
   sweep         drive a hyperparameter sweep (core.runs.sweeps): its trials are ordinary train runs
   export        write a finished run's model as ONNX or TorchScript, checked against PyTorch (core.serve.export)
+  embed         a finished run's photos as unit vectors with a 2-D map, for neighbours and kNN (core.serve.embeddings)
   report        the poster regenerated from chosen runs: one self-contained HTML file (core.report)
 """
 from __future__ import annotations
@@ -289,6 +290,26 @@ def export(ctx: Context) -> dict:
     from core.serve.export import export_run
     return export_run(ctx.run, ctx.args.get("format", "onnx"), ctx.args.get("out"), progress=ctx.progress,
                       should_stop=ctx.should_stop)
+
+
+def _check_embed(store, args: dict, run_id: str | None) -> None:
+    from core.runs.jobs import latest
+    if args:
+        raise UserError(f"Unknown embed argument(s): {', '.join(sorted(args))}.")
+    run = store.require(run_id or "")
+    if not run.has_checkpoint():
+        raise UserError(f"Run {run.id} has no checkpoint yet, so there is no model to embed its photos with; "
+                        "wait for its first epoch to finish.")
+    job = latest(store, "embed", run_id=run.id)
+    if job and job["active"]:
+        raise UserError(f"Run {run.id}'s photos are already being embedded; wait for it or stop it.")
+
+
+@kind("embed", check=_check_embed)
+def embed(ctx: Context) -> dict:
+    from core.serve.embeddings import compute
+    return compute(ctx.run, progress=lambda done, total: ctx.progress(done=done, total=total),
+                   should_stop=ctx.should_stop)
 
 
 REPORT_ARGS = ("runs", "out", "data", "photos", "class_models")

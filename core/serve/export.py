@@ -92,6 +92,7 @@ def metadata(pred, fmt: str) -> dict:
                   "about": f"centre square of the shorter side, resized bilinear to {size}x{size}, "
                            "RGB values / 255, shape (N, 3, size, size)"},
         "output": {"name": "logits", "shape": ["N", len(pred.labels)], "softmax": False},
+        "classifier_figures": "softmax",     # the run's reported figures are the network's (kNN: eval --classifier knn)
     }
 
 
