@@ -24,6 +24,7 @@ from core.errors import UserError
 from dashboard.common import predictor, store, user_error
 
 SHOWN = "eval_photos_of"      # {"run", "split", "kind": "pair" | "class", "true", "pred"} or {"..., "class"}
+PAGE = "eval_photos_page"     # the grid's page (back to 1 when another cell or class is picked)
 OPEN = "eval_photo"           # {"run", "split", "path", "target", "pred", "conf", "from": "grid" | "map"}
 PAGE_SIZE = 48                # photos per page of the grid
 COLUMNS = 8                   # tiles per row
@@ -76,6 +77,8 @@ def clickable(fig: go.Figure, n: int) -> go.Figure:
                              marker=dict(size=max(4, 600 // max(n, 1)), symbol="square", opacity=0.01,
                                          color="black"), showlegend=False, name="cells"))
     heat.hoverinfo, heat.hovertemplate = "skip", None
+    fig.update_xaxes(range=[-0.5, n - 0.5], autorange=False)              # the markers must not pad the axes
+    fig.update_yaxes(range=[n - 0.5, -0.5], autorange=False)              # true class 0 at the top, as before
     fig.update_layout(clickmode="event+select", dragmode=False)
     return fig
 
@@ -90,6 +93,7 @@ def _on_cell(key: str, run_id: str, split: str, shown: list[int]) -> None:
     cell = cell_of((st.session_state.get(key) or {}).get("selection", {}).get("points"), shown)
     if cell:
         st.session_state[SHOWN] = {**_tag(run_id, split), "kind": "pair", "true": cell[0], "pred": cell[1]}
+        st.session_state[PAGE] = 1
 
 
 def confusion_select(key: str, run_id: str, split: str, shown: list[int]) -> dict:
@@ -102,6 +106,7 @@ def _on_row(key: str, run_id: str, split: str, rows: list) -> None:
     if picked:
         what = rows[picked[0]]
         st.session_state[SHOWN] = {**_tag(run_id, split), **what}
+        st.session_state[PAGE] = 1
 
 
 def class_select(key: str, run_id: str, split: str, classes) -> dict:
@@ -194,7 +199,9 @@ def photos_section(run_id: str, split: str, ev: dict, emb=None) -> None:
         st.caption("No photo of this split falls there.")
         return detail_section(run_id, split, ev, emb, "grid")
     pages = (len(photos) - 1) // PAGE_SIZE + 1
-    page = st.number_input(f"Page (of {pages}, {PAGE_SIZE} photos each)", 1, pages, 1, key="eval_photos_page") \
+    if not 1 <= st.session_state.get(PAGE, 1) <= pages:
+        st.session_state[PAGE] = 1
+    page = st.number_input(f"Page (of {pages}, {PAGE_SIZE} photos each)", 1, pages, step=1, key=PAGE) \
         if pages > 1 else 1
     grid(run_id, split, ev, photos.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE], (page - 1) * PAGE_SIZE)
     detail_section(run_id, split, ev, emb, "grid")

@@ -156,3 +156,14 @@ def test_map_groups_at_20000_points_top_classes_coloured_the_rest_one_grey_trace
     fig = embedding_map.map_figure(frame, "correct", [f"c{i}" for i in range(30)])
     assert [t.name for t in fig.data] == ["right", "wrong"] and len(fig.data[1].x) == (~frame["correct"]).sum()
     assert fig.data[1].customdata[0][0] == np.flatnonzero(~frame["correct"])[0]   # a click finds its row
+
+
+def test_a_vanished_photo_is_a_grey_missing_tile(tmp_path):
+    from PIL import Image
+    real = tmp_path / "a.jpg"
+    Image.new("RGB", (300, 200), (200, 30, 30)).save(real)
+    img, found = photo_views.tile(str(real))
+    assert found and max(img.shape[:2]) == photo_views.THUMB_PX and np.abs(img[40, 40].astype(int) - (200, 30, 30)).max() <= 6
+    real.unlink()
+    img, found = photo_views.tile(str(real))
+    assert not found and (img == photo_views.MISSING_GREY).all()
