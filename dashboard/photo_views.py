@@ -65,6 +65,13 @@ def cell_of(points, shown: list[int]) -> tuple[int, int] | None:
     return None
 
 
+def _cell_px(fig: go.Figure, n: int) -> int:
+    """A marker 70% of a cell's height: markers that overlap would all answer a click in the overlap
+    (plotly picks the first marker under the pointer), so each must stay inside its cell."""
+    plot_px = (fig.layout.height or 400) - 120                 # less the axis labels and margins
+    return int(np.clip(0.7 * plot_px / max(n, 1), 3, 40))
+
+
 def clickable(fig: go.Figure, n: int) -> go.Figure:
     """A confusion heatmap with one invisible marker per cell: plotly.js does not report clicks on
     heatmap cells to Streamlit's selection (streamlit/streamlit#8760), it does on markers. The
@@ -74,7 +81,7 @@ def clickable(fig: go.Figure, n: int) -> go.Figure:
     yy, xx = np.repeat(ix, n), np.tile(ix, n)
     custom = np.asarray(heat.customdata, dtype=object).reshape(n * n, -1) if heat.customdata is not None else None
     fig.add_trace(go.Scatter(x=xx, y=yy, mode="markers", customdata=custom, hovertemplate=heat.hovertemplate,
-                             marker=dict(size=max(4, 600 // max(n, 1)), symbol="square", opacity=0.01,
+                             marker=dict(size=_cell_px(fig, n), symbol="square", opacity=0.01,
                                          color="black"), showlegend=False, name="cells"))
     heat.hoverinfo, heat.hovertemplate = "skip", None
     fig.update_xaxes(range=[-0.5, n - 0.5], autorange=False)              # the markers must not pad the axes
