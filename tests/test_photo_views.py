@@ -76,7 +76,8 @@ MAP_ROWS = 20_000
 def _write_embeddings(run_id, twin_of: str) -> tuple[str, str]:
     """The run's embedding files written directly (no model): its split.csv's photos, padded with
     made-up training rows to MAP_ROWS, random unit vectors; one training photo of another class gets
-    the vector of `twin_of`. Returns (the twin's path, its label)."""
+    the vector of `twin_of`; computed (says their metadata) on an earlier checkpoint. Returns (the
+    twin's path, its label)."""
     from core.data.splits import load_manifest
     from core.runs.store import RunStore
     from core.serve import embeddings
@@ -98,7 +99,7 @@ def _write_embeddings(run_id, twin_of: str) -> tuple[str, str]:
     v[twin] = v[i]
     embeddings.write(run, v / np.linalg.norm(v, axis=1, keepdims=True), rows,
                      {"run_id": run_id, "n": MAP_ROWS, "dim": 16, "map": "tsne", "missing": 0,
-                      "checkpoint_mtime": run.checkpoint.stat().st_mtime})
+                      "checkpoint_mtime": run.checkpoint.stat().st_mtime - 60})
     return rows["path"][twin], str(rows["label"][twin])
 
 
@@ -132,6 +133,8 @@ def test_a_class_lists_its_mistakes_first_the_map_draws_20000_points_and_a_photo
     traces = fig["data"]
     assert [t["type"] for t in traces] == ["scattergl"] * 4                     # one trace per class
     assert sum(_length(t["x"]) for t in traces) == MAP_ROWS
+    assert any("earlier checkpoint" in w.value for w in at.warning)            # stale: said, and a recompute offered
+    assert at.button(key="eval_embed").label == "Recompute embeddings"
     (near,) = [d.value for d in at.dataframe if "similarity" in d.value.columns]
     assert len(near) == photo_views.NEIGHBOURS and near["path"].iloc[0] == twin
     assert near["similarity"].iloc[0] == pytest.approx(1.0, abs=1e-3) and near["similarity"].is_monotonic_decreasing
@@ -153,9 +156,12 @@ def test_map_groups_at_20000_points_top_classes_coloured_the_rest_one_grey_trace
     assert [g[0] for g in groups[:-1]] == [f"c{t}" for t in top]            # the 20 largest, largest first
     assert groups[-1][1] == embedding_map.REST_COLOR and len(groups[-1][2]) == sizes.sum() - sizes[top].sum()
     assert sorted(np.concatenate([g[2] for g in groups]).tolist()) == list(range(MAP_ROWS))   # each point once
-    fig = embedding_map.map_figure(frame, "correct", [f"c{i}" for i in range(30)])
-    assert [t.name for t in fig.data] == ["right", "wrong"] and len(fig.data[1].x) == (~frame["correct"]).sum()
-    assert fig.data[1].customdata[0][0] == np.flatnonzero(~frame["correct"])[0]   # a click finds its row
+    small = frame.head(2000)
+    fig = embedding_map.map_figure(small, "correct", [f"c{i}" for i in range(30)])
+    assert [t.name for t in fig.data] == ["right", "wrong"] and len(fig.data[1].x) == (~small["correct"]).sum()
+    assert fig.data[1].customdata[0][0] == np.flatnonzero(~small["correct"])[0]   # a click finds its row
+    assert embedding_map.clicked_row([{"customdata": fig.data[1].customdata[3].tolist()}]) == \
+        np.flatnonzero(~small["correct"])[3]
 
 
 def test_a_vanished_photo_is_a_grey_missing_tile(tmp_path):
