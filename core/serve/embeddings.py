@@ -67,7 +67,8 @@ def compute(run, progress=None, should_stop=None) -> dict:
     if not run.split_file.exists():
         raise UserError(f"Run {run.id} has no split.csv, so there are no photos to embed; its folder is damaged.")
     manifest = load_manifest(run.split_file)
-    vectors, p, ok = forward(pred.model, manifest["path"].tolist(), pred.cfg.image_size, progress, should_stop)
+    vectors, answer, conf, ok = forward(pred.model, manifest["path"].tolist(), pred.cfg.image_size, progress,
+                                        should_stop)
     missing = manifest["path"][~ok].tolist()
     if not ok.any():
         raise UserError(f"None of run {run.id}'s {len(manifest)} photos can be read any more; restore its data set "
@@ -75,7 +76,7 @@ def compute(run, progress=None, should_stop=None) -> dict:
     rows = manifest[ok].reset_index(drop=True)[["path", "split", "target", "label"]]
     names = dict(zip(pred.labels, pred.names))
     rows["name"] = rows["label"].map(lambda l: names.get(str(l), str(l)))
-    rows["pred"], rows["conf"] = p.argmax(1).astype(np.int64), p.max(1).astype(np.float32)
+    rows["pred"], rows["conf"] = answer, conf
     rows["correct"] = rows["pred"].to_numpy() == rows["target"].to_numpy()
     if should_stop and should_stop():
         raise Cancelled()
@@ -91,16 +92,19 @@ def compute(run, progress=None, should_stop=None) -> dict:
 
 @torch.no_grad()
 def forward(model, paths: list, size: int, progress=None, should_stop=None):
-    """(unit vectors (n_ok, D) float32, class probabilities (n_ok, C), readable mask): one forward
-    per batch gives both the head's input (features.head_input) and the model's answer."""
+    """(unit vectors (n_ok, D) float32, predicted class (n_ok,) int64, its probability (n_ok,) float32,
+    readable mask): one forward per batch gives both the head's input (features.head_input) and the
+    model's answer. Only the top class is kept per photo (never photos x classes)."""
     model.eval()
-    vecs, probs, ok, batch = [], [], np.zeros(len(paths), bool), []
+    vecs, preds, confs, ok, batch = [], [], [], np.zeros(len(paths), bool), []
 
     def flush():
         with features.head_input(model) as grab:
             out = model(torch.cat(batch))
         vecs.append(F.normalize(grab["x"].float().flatten(1), dim=1).numpy())
-        probs.append(torch.softmax(out.float(), 1).numpy())
+        conf, pred = torch.softmax(out.float(), 1).max(1)
+        preds.append(pred.numpy().astype(np.int64))
+        confs.append(conf.numpy().astype(np.float32))
         batch.clear()
     for i, path in enumerate(paths):
         try:
@@ -115,8 +119,8 @@ def forward(model, paths: list, size: int, progress=None, should_stop=None):
             if progress:
                 progress(i + 1, len(paths))
     if not vecs:
-        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), ok
-    return np.concatenate(vecs), np.concatenate(probs), ok
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32), ok
+    return np.concatenate(vecs), np.concatenate(preds), np.concatenate(confs), ok
 
 
 def layout(vectors: np.ndarray) -> tuple[np.ndarray, str]:
@@ -125,14 +129,14 @@ def layout(vectors: np.ndarray) -> tuple[np.ndarray, str]:
     n, d = vectors.shape
     if n < 3:
         return np.zeros((n, 2), np.float32), "pca"
-    reduced = PCA(min(PCA_DIMS, n, d), random_state=0).fit_transform(vectors.astype(np.float32))
-    if n > TSNE_MAX or n < 5:
-        return np.pad(reduced[:, :2], ((0, 0), (0, max(0, 2 - reduced.shape[1])))), "pca"
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
     # Small maps on one thread: OpenMP's threads wait busily, and on a machine already busy (a training
     # next door) t-SNE of 240 points took 35 s with 2 threads against 1.6 s with one.
     with threadpool_limits(1 if n < SMALL_MAP else None):
+        reduced = PCA(min(PCA_DIMS, n, d), random_state=0).fit_transform(vectors.astype(np.float32))
+        if n > TSNE_MAX or n < 5:
+            return np.pad(reduced[:, :2], ((0, 0), (0, max(0, 2 - reduced.shape[1])))), "pca"
         xy = TSNE(2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=0).fit_transform(reduced)
     return xy, "tsne"
 
