@@ -298,8 +298,8 @@ def maps(run_id: str, photo: dict) -> None:
         except UserError as e:
             user_error(e)
             return
-        col.image(img, caption=f"{METHODS[m].label} · class “{name}”", width="stretch")
-        col.image(colorbar(m), width="stretch")
+        col.image(img, caption=f"{METHODS[m].label} · class “{name}”", width=DETAIL_PX)
+        col.image(colorbar(m), width=DETAIL_PX)
         col.caption(legend(m)[1])
 
 

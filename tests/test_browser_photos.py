@@ -1,8 +1,10 @@
 """Real browser (e2e tier, `make e2e`): on the Evaluate page, click a confusion cell and see its
 photos; compute the run's embeddings (a real worker process), click a point of the map and see the
 photo's nearest training photos (issue 22). Reuses the server and browser of tests/test_browser.py."""
+import os
 import re
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -26,6 +28,14 @@ def trained(home, trained_home):
     """The two trained runs in the server's home (before `app` starts the server)."""
     shutil.copytree(trained_home[0], home, dirs_exist_ok=True)
     return trained_home[1]
+
+
+def _shot(page, name: str, at) -> None:
+    """A screenshot scrolled to `at` into $SCREENSHOTS, when set (the README's pictures of the loop)."""
+    if os.environ.get("SCREENSHOTS"):
+        at.scroll_into_view_if_needed()
+        page.wait_for_timeout(2000)                              # the thumbnails load after the text
+        page.screenshot(path=str(Path(os.environ["SCREENSHOTS"]) / name))
 
 
 def _point(page, axis: str, trace: int, i: int):
@@ -58,14 +68,18 @@ def test_click_a_confusion_cell_then_a_map_point(trained, app, home):
         _until_settled(page, lambda: page.get_by_text("predicted as").count() > 0)
         for name in want["path"].map(lambda s: s.rsplit("/", 1)[-1]):
             expect(page.get_by_role("button", name=name, exact=True)).to_be_visible()
+        _shot(page, "evaluate_cell.png", page.get_by_text("predicted as").first)
         # 2. compute the embeddings (a worker process), click a point of the map -> its neighbours
         page.get_by_role("button", name="Compute embeddings").click()
         _until_settled(page, lambda: _point(page, "map", 0, 0) is not None and page.get_by_text(
             "Map of the embeddings").count() > 0, timeout_s=300)
         page.get_by_text("Map of the embeddings").scroll_into_view_if_needed()
+        _shot(page, "evaluate_map.png", page.get_by_text("Map of the embeddings"))
         pt = _point(page, "map", 0, 0)
         page.mouse.click(pt["x"], pt["y"])
-        _until_settled(page, lambda: page.get_by_text("Nearest training photos").count() > 0)
-        expect(page.get_by_text("Nearest training photos")).to_be_visible()
+        _until_settled(page, lambda: page.get_by_text("Nearest training photos", exact=True).count() > 0)
+        expect(page.get_by_text("Nearest training photos", exact=True)).to_be_visible()
         expect(page.get_by_text(re.compile(r"\(\d\.\d\d\)$")).first).to_be_visible()   # a neighbour's similarity
+        expect(page.get_by_text(re.compile(r"^Grad-CAM · class")).first).to_be_visible()  # its explanation map
+        _shot(page, "evaluate_photos.png", page.get_by_text("Nearest training photos", exact=True))
         browser.close()
