@@ -187,7 +187,8 @@ def dataset_picker(key: str = "dataset") -> str | None:
     if st.session_state.pop(f"{key}_remembered", False) or st.session_state.get(key) != OTHER:
         st.session_state[key] = current
     use_dataset(current)
-    labels = {DEMO: "Demo (synthetic landmarks)"}
+    labels = {DEMO: "Demo (synthetic landmarks)"} | {d["name"]: registry.describe(d) for d in registry.listed()
+                                                   if d.get("source") == "version"}   # "… version of X: 2 excluded"
     choice = st.selectbox("Data set", [*opts, OTHER], key=key, on_change=lambda: _picked(key),
                           format_func=lambda n: labels.get(n, n),
                           help="Every data set you have opened, downloaded or trained on. The choice is "
@@ -226,7 +227,7 @@ TRAIN_FIELDS = dict(train_classes="classes", train_lr="lr", train_epochs="epochs
                     train_pipeline="pipeline", train_max_images="max_images", train_precision="precision",
                     train_channels_last="channels_last", train_fused="fused", train_compile="compile",
                     train_balance="balance", train_recipe="recipe", train_tta="tta", train_nproc="nproc",
-                    train_store="store")
+                    train_store="store", train_head="head")
 
 
 
@@ -247,6 +248,7 @@ def train_again(config: dict, parent: str | None = None) -> None:
     ss["train_weights_path"] = "" if weights in ("imagenet", "none") else weights
     ss["train_model"] = config.get("model")
     ss["train_clean"] = bool(config.get("clean"))
+    ss["train_new_holdout"] = bool(config.get("new_holdout"))     # a data set version's run (issue 22)
     for a in AUGMENTATIONS:
         ss[f"train_aug_{a}"] = a in (config.get("augment") or ())
     data = config.get("data")
@@ -400,8 +402,11 @@ MANY_CLASS_MODELS = 50   # the Class model page asks for a confirmation before d
 
 
 def predictor(run_id: str):
-    """The run's model, loaded once per checkpoint (cache key: the checkpoint's mtime)."""
-    return _predictor(run_id, store().run(run_id).checkpoint_mtime(), home_key())
+    """The run's model, loaded once per checkpoint (cache key: the checkpoint's mtime), with the
+    run's calibration as it is now (a calibrate job may have written it since the model was loaded)."""
+    from core.serve.predictor import current_calibration
+    run = store().run(run_id)
+    return _predictor(run_id, run.checkpoint_mtime(), home_key()).with_calibration(current_calibration(run))
 
 
 def run_and_predictor(key: str):

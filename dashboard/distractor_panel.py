@@ -2,19 +2,22 @@
 whose query half joins the holdout, GAP with distractors beside GAP, and the precision-coverage curve.
 
 The folder is remembered per data set in st.session_state (`eval_distractor_folders`: data set
-path -> folder) and in the URL (`?distractors=`), so a reload or a shared link keeps it. Scoring
-runs in the page (the run's model over the query half: a few hundred small images take seconds on
-the CPU) and is kept in the run folder (distractors_holdout.json), where Compare reads it; it runs
-again only when the folder changes or the user asks.
+path -> folder) and in the URL (`?distractors=`), so a reload or a shared link keeps it. Scoring is
+a `distractors` job (core.runs.tasks: the run's model over the query half, in its own process, so a
+large folder never blocks the page); a progress line shows while it runs, and its result is kept in
+the run folder (distractors_holdout.json), where this panel and Compare read it. It runs again only
+when the folder changes or the user asks.
 """
 from __future__ import annotations
+
+from functools import partial
 
 import plotly.graph_objects as go
 import streamlit as st
 
 from core import access
 from core.errors import UserError
-from dashboard.common import predictor, store, user_error
+from dashboard.common import live_job, store, user_error
 
 PARAM = "distractors"                     # the URL parameter
 FOLDERS = "eval_distractor_folders"       # session key: data set path -> distractor folder
@@ -74,20 +77,45 @@ def distractor_panel(run_id: str, dataset: str) -> None:
         user_error(e)
         return
     result = run.read_distractors(SPLIT)
+    if not score(run_id, folder, result):
+        return
+    show_result(result)
+
+
+def score(run_id: str, folder: str, result: dict | None) -> bool:
+    """Whether `result` (the stored scoring) is the one to show: otherwise a `distractors` job is
+    started for `folder` (a new folder, or "Score again") and its progress shows, or how the last
+    try for this folder ended."""
+    from core.runs import jobs
+    job = jobs.latest(store(), "distractors", run_id=run_id)
+    if job and job["active"]:
+        live_job(job["job_id"], partial(_progress, job["job_id"]))
+        return False
     again = st.button("Score again", key="eval_distractors_again", help="After adding or removing photos.")
-    if again or not result or result.get("folder") != folder:
+    stale = not result or result.get("folder") != folder
+    ended = job if job and job["args"].get("folder") == folder and job["status"] != "done" else None
+    if stale and ended and not again:            # never started again by itself: say how it ended
+        if ended["status"] == "failed":
+            st.error(ended.get("error") or "Scoring the distractors failed.", icon="🚫")
+        else:
+            st.info(f"Scoring the distractors was {ended['status']}; press “Score again” to start over.", icon="⏹️")
+        return False
+    if again or stale:
         try:
-            with st.spinner("Scoring the distractors…"):
-                from core.serve import distractors
-                preds = run.predictions(SPLIT)
-                if preds is None:
-                    raise UserError(f"Run {run_id} has no per-image holdout predictions to score distractors with.")
-                result = distractors.evaluate(run, predictor(run_id), preds, folder)
-                run.write_distractors(SPLIT, result)
+            jobs.submit(store(), "distractors", {"folder": folder, "split": SPLIT}, run_id=run_id)
         except UserError as e:
             user_error(e)
-            return
-    show_result(result)
+            return False
+        st.rerun()
+    return True
+
+
+def _progress(job_id: str, job: dict, p: dict, done: int, total: int) -> None:
+    from core.runs import jobs
+    what = f"{done:,}/{total:,} images" if total else "waiting to start"
+    st.progress(min(done / max(total, 1), 1.0), text=f"Scoring the distractors: {what}…")
+    if st.button("Stop scoring", key="eval_distractors_stop", icon="⏹️"):
+        jobs.cancel(store(), job_id)
 
 
 def show_result(r: dict) -> None:

@@ -27,9 +27,9 @@ FIELDS = dict(sw_classes="classes", sw_epochs="epochs", sw_batch="batch_size", s
               sw_size="image_size", sw_holdout="holdout", sw_val="val", sw_seed="seed", sw_device="device",
               sw_max_images="max_images")
 SS_DEFAULTS = {**{k: CONFIG_DEFAULTS[f] for k, f in FIELDS.items()}, "sw_grid": "lr=0.01,0.001\noptimizer=adam,sgd",
-               "sw_sampler": GRID, "sw_trials": 20, "sw_prune": True, "sw_name": "", "sw_model": DEFAULT_MODEL,
-               "rp_quick": True, "rp_classes": POSTER_CLASSES, "rp_models": POSTER_MODELS,
-               "rp_epochs": CONFIG_DEFAULTS["epochs"]}    # the poster's 10
+               "sw_sampler": GRID, "sw_seeds": "", "sw_trials": 20, "sw_prune": True, "sw_name": "",
+               "sw_model": DEFAULT_MODEL, "rp_quick": True, "rp_seeds": "", "rp_classes": POSTER_CLASSES,
+               "rp_models": POSTER_MODELS, "rp_epochs": CONFIG_DEFAULTS["epochs"]}    # the poster's 10
 
 
 def session_defaults() -> None:
@@ -75,6 +75,21 @@ def number(col, label: str, key: str, **kw):
 def grid_lines(text: str) -> list[str]:
     """The text area's lines: blank lines and # comments dropped."""
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+SEEDS_HELP = ("Two or more seeds, such as 0,1,2: each configuration trains one run per seed on one shared split "
+              "(a seed group), and its figure is the group's mean ± sd. Empty: one run per configuration.")
+
+
+def seeds_of(key: str) -> list[int] | None:
+    """The form's Seeds field: None when empty, else the checked list (core.runs.groups.parse_seeds)."""
+    from core.runs.groups import parse_seeds
+    text = str(st.session_state.get(key) or "").strip()
+    try:
+        return parse_seeds(text) if text else None
+    except UserError:
+        raise UserError(f"Seeds take two or more different whole numbers of 0 or more, such as 0,1,2; got {text!r}.") \
+            from None
 
 
 def build_sweep(root: Path) -> tuple[str, TrainConfig, dict]:
@@ -155,7 +170,10 @@ def new_sweep_tab() -> None:
         number(c, "Image size (px)", "sw_size", step=16)
         number(c, "Holdout fraction", "sw_holdout", step=0.01, format="%.3f")
         number(c, "Validation fraction", "sw_val", step=0.05, format="%.3f")
-        number(c, "Seed", "sw_seed", step=1)
+        number(c, "Seed", "sw_seed", step=1, help="The split's, the initialisation's and the batches' seed (with "
+               "Seeds below: unused, each run takes its own and the split the first's).")
+        c.text_input("Seeds (a seed group per configuration)", key="sw_seeds", placeholder="0,1,2",
+                     persist_state="session", help=SEEDS_HELP)
         c.selectbox("Device", DEVICES, key="sw_device", persist_state="session")
         number(c, "Max images (0 = all)", "sw_max_images", step=100)
         st.caption("The settings are every trial's base; the search space overrides them per trial.")
@@ -163,8 +181,9 @@ def new_sweep_tab() -> None:
     if go:
         try:
             name, cfg, space = build_sweep(root)
+            seeds = seeds_of("sw_seeds")
             start(name, lambda: sweeps.create(name, cfg, space, ss["sw_sampler"], int(ss["sw_trials"]),
-                                              bool(ss["sw_prune"]), None))   # a grid has as many as it has
+                                              bool(ss["sw_prune"]), None, seeds=seeds))  # a grid has as many as it has
         except UserError as e:
             user_error(e)
         except Exception as e:  # noqa: BLE001 - e.g. the store or the sweep database is not writable
@@ -198,6 +217,8 @@ def poster_tab() -> None:
                       help=f"The poster's are {' and '.join(POSTER_MODELS)}; a model whose ImageNet weights cannot "
                            f"be had here is stood in for by {reproduce.STAND_IN}, and the table says so.")
         b.number_input("Epochs", min_value=1, max_value=1000, step=1, key="rp_epochs", persist_state="session")
+        b.text_input("Seeds (a seed group per row)", key="rp_seeds", placeholder="0,1,2", persist_state="session",
+                     help=SEEDS_HELP)
         b.toggle(f"Quick ({reproduce.QUICK['image_size']} px, {reproduce.QUICK['epochs']} epochs: minutes on a CPU; "
                  "the table says so)", key="rp_quick", persist_state="session")
         go = st.form_submit_button("🧾 Reproduce the poster's table", type="primary", key="rp_launch")
@@ -209,12 +230,13 @@ def poster_tab() -> None:
         except ValueError:
             raise UserError("Classes must be whole numbers, such as 10 or 20.") from None
         models = list(ss["rp_models"]) or None
+        seeds = seeds_of("rp_seeds")
         full = classes == POSTER_CLASSES and models is not None and set(models) == set(POSTER_MODELS)
         with st.spinner("Checking which models' ImageNet weights can be had…"):
             name, cfg, configs, meta = reproduce.plan(str(root), None if full else classes, None if full else models,
                                                       int(ss["rp_epochs"]), bool(ss["rp_quick"]),
-                                                      available=len(counts_of(root)))   # the rows it can hold
-        start(name, lambda: sweeps.create(name, cfg, configs=configs, kind="reproduce", meta=meta))
+                                                      available=len(counts_of(root)), seeds=seeds)  # rows it can hold
+        start(name, lambda: sweeps.create(name, cfg, configs=configs, kind="reproduce", meta=meta, seeds=seeds))
     except UserError as e:
         user_error(e)
     except Exception as e:  # noqa: BLE001 - e.g. the store or the sweep database is not writable

@@ -103,8 +103,10 @@ def best_section(name: str, info: dict) -> None:
     if best is None:
         st.caption("No trial has finished yet; the best configuration shows here once one has.")
         return
-    st.success(f"**Best: trial #{best['number']}** · {charts.VAL_ACC.lower()} **{best['val_acc']:.3f}** · "
+    figure = f"**{sweeps.describe(best)}** over its seeds" if best.get("group") else f"**{best['val_acc']:.3f}**"
+    st.success(f"**Best: trial #{best['number']}** · {charts.VAL_ACC.lower()} {figure} · "
                f"{params_text(best['params'])}", icon="🏆")
+    noise_note(info)
     a, b, c = st.columns([2, 1, 1])
     with b:
         link(nav.EVALUATE, "Open the best in Evaluate", run=best.get("run_id"), disabled=not best.get("run_id"))
@@ -129,6 +131,18 @@ def best_section(name: str, info: dict) -> None:
         st.info(f"Queued run **{done[1]}**: the best configuration trains again, then is evaluated on the holdout.",
                 icon="🔁")
         link(nav.RUNS, "Follow it on the Runs page", run=done[1])
+
+
+def noise_note(info: dict) -> None:
+    """In a seed-group sweep: whether the best two trials differ by more than the seed noise."""
+    noise = info.get("noise")
+    if noise is None:
+        return
+    if noise["within"]:
+        st.warning(f"{noise['sentence']} Do not read the ranking of these two as real: train more seeds.",
+                   icon="🎲")
+    else:
+        st.info(noise["sentence"], icon="🎲")
 
 
 def charts_section(name: str, info: dict) -> None:
@@ -218,14 +232,20 @@ def trial_table(df, params: list[str], info: dict) -> None:
             show[p] = [sc.fmt(v) for v in show[p]]
     show = show.sort_values(["val_acc", "trial"], ascending=[False, True], na_position="last")
     num = st.column_config.NumberColumn
-    cols = ["trial", "state", "val_acc", *params, "note", "stopped_at", "epochs_done", "seconds", "run_id", "host",
-            "error"]
+    seeded = bool(info.get("seeds"))
+    if seeded:                          # a seed group per trial: its mean ± sd (n)
+        by = {c["number"]: sweeps.describe(c) for c in info["configs"]}
+        show = show.assign(seeds=[by.get(int(t), "—") for t in show["trial"]])
+    cols = ["trial", "state", "val_acc", *(["seeds"] if seeded else []), *params, "note", "stopped_at", "epochs_done",
+            "seconds", "run_id", "host", "error"]
     st.dataframe(show[cols], hide_index=True, width="stretch", key="sweeps_table", placeholder=sc.BLANK,
                  column_config={
         "trial": num("Trial", format="#%d"), "state": "State",
         "val_acc": num(charts.VAL_ACC, format=PCT, help=charts.VAL_ACC_HELP),
         "stopped_at": num("Stopped at epoch", format="%d"), "epochs_done": num("Epochs", format="%d"),
         "seconds": num("Seconds", format="%.0f"), "run_id": "Run", "host": "Host", "error": "Error", "note": "Note",
+        "seeds": st.column_config.TextColumn("Mean ± sd (n seeds)", help="The trial's seed group: mean and sample sd "
+                                             "of the validation accuracy over its finished runs (the objective)."),
         **{p: num(p, format="%g") for p in params if sc.is_number_column(show[p])}})
     with_runs = [int(t) for t in show.loc[show["run_id"].notna(), "trial"]]
     if not with_runs:
@@ -278,6 +298,8 @@ def poster_table(info: dict) -> None:
     df = sc.table_frame(rows)
     df.insert(df.columns.get_loc("holdout") + 1, "holdout_n", [r["this"].get("holdout_n") for r in rows])
     df["shared"] = [reproduce.row_note(r) or None for r in rows]
+    if any(r.get("group") for r in rows):      # seed groups: the figures are means; their spread beside
+        df.insert(df.columns.get_loc("holdout_n") + 1, "holdout_spread", [_spread(r) for r in rows])
     num = st.column_config.NumberColumn
     st.dataframe(df, hide_index=True, width="stretch", key="sweeps_poster_table", placeholder=sc.BLANK,
                  column_config={
@@ -287,6 +309,8 @@ def poster_table(info: dict) -> None:
         "val": num("Val", format=PCT), "holdout": num("Holdout", format=PCT),
         "holdout_n": num("Holdout images", format="%d", help="The images the holdout figure rests on."),
         "holdout_diff": num("Holdout − poster", format="%+.3f"), "run_id": "Run",
+        "holdout_spread": st.column_config.TextColumn("Holdout mean ± sd (n)", help="Over the row's seed group: "
+                                                      "Train, Val and Holdout are its means."),
         "shared": st.column_config.TextColumn("Shared run", help="Rows that train the same configuration (two "
                                                                  "models with one stand-in) share one run.")})
     if meta.get("note"):
@@ -319,6 +343,14 @@ def poster_table(info: dict) -> None:
                       key="sweeps_table_csv")
     d.download_button("⬇️ Markdown", reproduce.markdown(rows, bool(meta.get("quick")), meta.get("note")),
                       file_name=f"{info['name']}.md", mime="text/markdown", key="sweeps_table_md")
+
+
+def _spread(row: dict) -> str:
+    """A reproduce row's holdout accuracy as 'mean ± sd (n = N)' over its seed group."""
+    m, sd = row["mean"].get("holdout_acc"), row["sd"].get("holdout_acc")
+    if not row.get("group") or m is None:
+        return "—"
+    return f"{m:.3f}" + ("" if sd is None else f" ± {sd:.3f}") + f" (n = {row['n']})"
 
 
 def results_tab() -> None:

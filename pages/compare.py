@@ -14,9 +14,11 @@ from core.errors import UserError
 from core.explain import METHODS, explain_one
 from core.runs.groups import group_of, group_stats, within_noise
 from dashboard import charts, nav
+from dashboard.calibration_panel import compare_calibration
 from dashboard.distractor_panel import compare_distractors
 from dashboard.common import (home_key, loss_controls, predictor, run_names, run_picker, runs_frame, split_labels,
                               store, user_error)
+from dashboard.versions import relation_line
 
 SPLITS = ("val", "holdout", "train")       # in the order of the split picker; labels from the runs' configs
 st.session_state.setdefault("cmp_split", "val")
@@ -300,9 +302,12 @@ evals = {r["run_id"]: load_evals(home_key(), r["run_id"], r["finished"]) for r i
 st.subheader("Metrics")
 metrics_table(runs, evals, names)
 group_noise(runs, names)
+if line := relation_line(runs[0], runs[1], names):        # a data set version and its base (issue 22)
+    st.info(line, icon="🧬")
 with st.expander("Configuration differences", expanded=True):
     config_table(runs, names)
 compare_distractors(runs, names)
+compare_calibration(runs, names)
 
 st.subheader("Curves")
 log_loss, smoothing = loss_controls("cmp")

@@ -22,6 +22,7 @@ from dashboard import charts
 from dashboard.common import (clean_toggle, counts_of, dataset_picker, job_progress, start_here, store, synthetic_note,
                               user_error)
 from dashboard.download_panel import download_panel
+from dashboard.versions import base_of, version_summary
 
 N_CHOICES = (10, 20, 30, 50, 100, 200, 500, 1000)
 BAR_LIMIT = 1000          # bars drawn at most; the long-tail plot shows every class
@@ -37,7 +38,7 @@ FOUND_LIMIT = 200         # classes a search adds to the sample-image picker at 
 def categories(root: str, mtime: float) -> pd.DataFrame | None:
     """train_label_to_category.csv as read (GLDv2 readable names), or None."""
     try:
-        df = pd.read_csv(Path(root) / "train_label_to_category.csv", dtype=str, keep_default_na=False,
+        df = pd.read_csv(Path(base_of(root)) / "train_label_to_category.csv", dtype=str, keep_default_na=False,
                          engine="pyarrow")
     except Exception:  # noqa: BLE001 - a broken names file only costs the readable names
         return None
@@ -118,7 +119,7 @@ def mtime_ns(path: str) -> int:
 
 def names_mtime(root: str) -> float:
     """train_label_to_category.csv's mtime (the names' cache key), 0.0 when there is none."""
-    f = Path(root) / "train_label_to_category.csv"
+    f = Path(base_of(root)) / "train_label_to_category.csv"
     return f.stat().st_mtime if f.exists() else 0.0
 
 
@@ -349,6 +350,7 @@ if counts.empty:
     st.error(f"{root} lists no labelled images.", icon="🚫")
     st.stop()
 synthetic_note(root)
+version_summary(root)
 n = pick_n(len(counts))
 shown = counts.index[:max(min(n, BAR_LIMIT), THUMB_CLASSES)]
 names = names_of(str(root), names_mtime(str(root)), tuple(map(str, shown)))

@@ -8,15 +8,15 @@ import streamlit as st
 
 from core.data.readers import open_image
 from core.data.splits import thin_holdout
-from core.errors import UserError
 from core.runs.groups import group_stats
-from core.train import calibration, metrics
+from core.train import metrics
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS
 from dashboard import charts, embedding_map, nav, photo_views
-from dashboard.common import (classes_count, home_key, predictor, run_names, run_picker, runs_frame, split_labels,
-                              store, user_error)
+from dashboard.common import classes_count, home_key, run_names, run_picker, runs_frame, split_labels, store
+from dashboard.calibration_panel import calibration_section
 from dashboard.distractor_panel import distractor_panel
 from dashboard.export_panel import export_panel
+from dashboard.inspect_panel import inspect_panel
 
 SPLITS = ("holdout", "val", "train")      # in the order of the split picker; labels from the run's config
 st.session_state.setdefault("eval_split", "holdout")
@@ -262,81 +262,6 @@ def mistakes_section(ev: dict, run_id: str, split: str, label: str) -> None:
             col.image(img, caption=caption, width="stretch")
 
 
-# ------------------------------------------------------------------ calibration (issue 23)
-
-def reliability_figure(bins: list[dict], title: str):
-    """Accuracy per confidence bin as bars against the diagonal (a perfectly calibrated model's),
-    the count of each bin written on its bar."""
-    import plotly.graph_objects as go
-    full = [b for b in bins if b["count"]]
-    fig = go.Figure(go.Bar(x=[(b["lo"] + b["hi"]) / 2 for b in full], y=[b["acc"] for b in full],
-                           width=[b["hi"] - b["lo"] for b in full], text=[f"{b['count']:,}" for b in full],
-                           textposition="outside", name="accuracy", marker_color="#4c78a8",
-                           customdata=[[b["lo"], b["hi"], b["count"], b["conf"]] for b in full],
-                           hovertemplate="confidence %{customdata[0]:.2f}–%{customdata[1]:.2f}<br>%{customdata[2]} "
-                                         "images, mean confidence %{customdata[3]:.3f}<br>accuracy %{y:.3f}"
-                                         "<extra></extra>"))
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="calibrated", line=dict(dash="dash",
-                                                                                          color="grey")))
-    fig.update_layout(title=title, height=340, margin=dict(l=40, r=10, t=40, b=40), showlegend=False,
-                      xaxis=dict(title="confidence", range=[0, 1]), yaxis=dict(title="accuracy", range=[0, 1.1]))
-    return fig
-
-
-def calibration_section(run_id: str, split: str, label: str) -> None:
-    """ECE and the reliability diagram of the split, before and (once calibrated) after temperature
-    scaling; a run without a calibration is calibrated here on demand."""
-    from core.serve.predictor import calibrate_run, current_calibration   # imports torch: only when shown
-    st.subheader("Calibration")
-    run = store().require(run_id)
-    f = run.predictions_file(split)
-    if split == "train" or not f.exists():
-        st.caption("Calibration is shown for the validation and holdout splits.")
-        return
-    cal = current_calibration(run)
-    if cal is None:
-        n = len(load_predictions(str(run.predictions_file("val")), run.predictions_file("val").stat().st_mtime)) \
-            if run.predictions_file("val").exists() else 0
-        st.info(f"This run has no calibration yet: runs are calibrated on demand, by temperature scaling fitted on "
-                f"their {n:,} validation images (one forward pass each), which also sets the confidence below which "
-                "Classify answers “none of the landmarks”.", icon="🌡️")
-        if st.button("Calibrate now", key="eval_calibrate"):
-            try:
-                with st.spinner("Calibrating on the validation images…"):
-                    cal = calibrate_run(predictor(run_id), run)
-            except UserError as e:
-                user_error(e)
-    preds = load_predictions(str(f), f.stat().st_mtime)
-    before = calibration.reliability(preds["conf"], preds["pred"] == preds["target"])
-    ece = calibration.ece(preds["conf"], preds["pred"] == preds["target"])
-    if cal is None:
-        st.metric(f"ECE ({calibration.BINS} bins)", f"{ece:.3f}", help="Expected calibration error, before any "
-                  "calibration: the images' share times |accuracy − mean confidence|, summed over the bins.")
-        st.plotly_chart(reliability_figure(before, f"{label}: reliability"), key="eval_reliability")
-        return
-    r = cal["splits"].get(split, {})
-    c = st.columns(4)
-    c[0].metric("Temperature", f"{cal['temperature']:.3f}", help="Fitted on the validation images: every logit is "
-                "divided by it (Guo et al. 2017). Above 1 the model was over-confident.")
-    c[1].metric("ECE before", f"{ece:.3f}")
-    c[2].metric("ECE after", "—" if r.get("ece_after") is None else f"{r['ece_after']:.3f}")
-    c[3].metric("Rejection threshold", f"{cal['threshold']:.3f}",
-                help=f"The lowest calibrated confidence whose answers were right at least "
-                     f"{cal.get('target_precision', calibration.TARGET_PRECISION):.0%} of the time on validation.")
-    reached = "" if cal.get("target_reached", True) else " (the target precision was not reached: the most " \
-        "precise confidence is kept)"
-    st.caption(f"Expected calibration error: over {calibration.BINS} equal confidence bins, the images' share times "
-               f"|accuracy − mean confidence|. Below the threshold Classify answers “none of the landmarks”; on "
-               f"validation it answers {cal.get('coverage') or 0:.0%} of the images, right "
-               f"{cal.get('precision') or 0:.0%} of the time{reached}."
-               + (f" GAP with calibrated confidences: {r['gap_after']:.3f}." if r.get("gap_after") is not None else ""))
-    left, right = st.columns(2)
-    left.plotly_chart(reliability_figure(before, f"{label}: before"), key="eval_reliability")
-    if r.get("bins_after"):
-        right.plotly_chart(reliability_figure(r["bins_after"], f"{label}: after temperature scaling"),
-                           key="eval_reliability_after")
-
-
 st.title("🎯 Evaluate")
 runs = runs_frame(("done",))
 if runs.empty:
@@ -373,4 +298,5 @@ photo_views.photos_section(run_id, split, ev, emb)
 embedding_map.map_section(run_id, split, ev, emb)
 mistakes_section(ev, run_id, split, labels[split])
 calibration_section(run_id, split, labels[split])
+inspect_panel(run_id, str(store().get(run_id)["config"].get("data") or ""))
 export_panel(run_id, key="eval_export", label="Download this model (ONNX or TorchScript)")

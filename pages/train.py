@@ -11,11 +11,12 @@ import pandas as pd
 import streamlit as st
 
 from core.data.readers import detect_layout, has_clean
+from core.data.versions import is_version
 from core.errors import UserError
 from core.runs.store import ACTIVE
 from core.data.splits import split_sizes, thin_holdout, top_classes
-from core.train.config import (AUGMENTATIONS, BALANCES, DEFAULT_MODEL, DEVICES, OPTIMIZERS, PIPELINES, PRECISIONS,
-                               RECIPES, STORES, SWITCHES, TrainConfig, default_classes, spec)
+from core.train.config import (AUGMENTATIONS, BALANCES, DEFAULT_MODEL, DEVICES, HEADS, OPTIMIZERS, PIPELINES,
+                               PRECISIONS, RECIPES, STORES, SWITCHES, TrainConfig, default_classes, spec)
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS
 from core.train.models import REGISTRY, imagenet_available
 from dashboard import common as ui  # as a module: tests replace ui.internet_reachable
@@ -37,6 +38,11 @@ RECIPE_LINES = {  # one line each, what core.train.recipes does
     "poster": "Adam at a constant learning rate, plain cross-entropy, only the augmentations ticked: "
               "exactly the poster's recipe.",
 }
+HEAD_LABELS = {"softmax": "Softmax", "arcface": "ArcFace"}
+HEAD_CAPTION = ("**ArcFace** learns a 512-number description of each photo and asks every photo to sit closer to "
+                "its own landmark than to any other by a margin (wider for landmarks with few photos). It helps "
+                "with many landmarks and few photos each, and when photos are matched to their nearest neighbours "
+                "among the training photos. It needs the Fine-tune recipe.")
 # every field kept for the session (page switches) and in the page's address (a reload, a bookmark);
 # the URL carries a field under its widget key (?train_lr=0.01), only where it differs from the default
 KEEP = dict(persist_state="session", bind="query-params")
@@ -176,6 +182,9 @@ def form(counts: pd.Series, model: str) -> str | None:
         b.selectbox("Recipe", RECIPES, format_func=RECIPE_LABELS.get, key="train_recipe", **KEEP,
                     help=spec("recipe")["help"])
         b.caption("  \n".join(f"**{RECIPE_LABELS[r]}**: {RECIPE_LINES[r]}" for r in RECIPES))
+        b.radio("Head", HEADS, format_func=HEAD_LABELS.get, key="train_head", horizontal=True, **KEEP,
+                help=spec("head")["help"])
+        b.caption(HEAD_CAPTION)
         number(b, "Learning rate", "train_lr", step=1e-4, format="%.5f",
                help="Fine-tune: the new head's (pretrained layers 0.3×); poster: every layer's.")
         number(b, "Epochs", "train_epochs", step=1)
@@ -240,6 +249,7 @@ def build_config(root: Path, model: str, weights: str) -> TrainConfig:
         data=str(root), model=model, weights=weights, **values,
         augment=tuple(a for a in AUGMENTATIONS if ss[f"train_aug_{a}"]),
         clean=bool(ss.get("train_clean")) and has_clean(root),
+        new_holdout=bool(ss.get("train_new_holdout")) and is_version(root),
         extra={ui.PARENT: ss["train_parent"]} if ss.get("train_parent") else {},   # "Train again like this"
     ).validate()
 
@@ -340,6 +350,10 @@ else:
         clean = clean_toggle(root, "train_clean", "Train on GLDv2's cleaned list of images per landmark "
                                                   "instead of every row of train.csv.")
         counts = counts_of(root, clean)
+        if is_version(root):     # a data set version (issue 22): its runs keep the base's holdout unless asked
+            st.checkbox("Draw a new holdout", key="train_new_holdout", persist_state="session",
+                        help="Off: the base data set's holdout, less the excluded photos, so that runs on the two "
+                             "compare on the same photos. On: drawn afresh from this version's photos.")
     except UserError as e:
         user_error(e)
 if counts is not None:

@@ -62,6 +62,7 @@ def noise_png(tmp_path, name="noise.png"):
 
 def test_calibrate_store_read_back_and_predict_rejects(use_trained_home, tmp_path, capsys):
     home, (run_id, _) = use_trained_home
+    RunStore().require(run_id).calibration_file.unlink()     # as a run trained before calibration existed
     assert main(["eval", run_id, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["calibrated"] is False
     assert main(["eval", run_id, "--calibrate", "--target-precision", "0.8", "--json"]) == 0

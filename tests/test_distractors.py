@@ -173,7 +173,7 @@ def _title(spec) -> str:
 
 
 @pytest.mark.e2e        # 4-5 s of AppTest: over this brief's 4 s of `make test`, so in the e2e tier
-def test_evaluate_page_scores_the_distractor_folder_of_the_url(use_trained_home):
+def test_evaluate_page_scores_the_distractor_folder_of_the_url(use_trained_home, started_jobs):
     import json
     from streamlit.testing.v1 import AppTest
     from tests.test_pages_evaluate_compare import APP, EVALUATE
@@ -182,6 +182,9 @@ def test_evaluate_page_scores_the_distractor_folder_of_the_url(use_trained_home)
     at = AppTest.from_file(APP, default_timeout=120)
     at.switch_page(EVALUATE)
     at.query_params["distractors"] = str(folder)                     # a shared link: the field starts with it
+    at.run()
+    assert any(p.proto.text.startswith("Scoring the distractors") for p in at.get("progress"))   # a job now
+    assert started_jobs.run() == 1
     at.run()
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     run_id = at.selectbox(key="eval_run").value

@@ -65,8 +65,9 @@ def photos(exported, tmp_path_factory):
 
 
 def predictor(store, run_id):
+    """The run's network as exported: its own probabilities (the run's temperature is not in the file)."""
     from core.serve.predictor import load_predictor
-    return load_predictor(store.require(run_id))
+    return load_predictor(store.require(run_id)).with_calibration(None)
 
 
 def test_export_checks_and_reports(exported):

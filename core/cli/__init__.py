@@ -1,5 +1,5 @@
 """Command line: python -m core {demo-data,stats,train,runs,eval,predict,class-model,export,embed,download,sweep,
-reproduce,report}.
+reproduce,report,dataset,inspect}.
 
 With --json the last line on stdout is one JSON object; progress goes to stderr.
 Bad input prints one sentence to stderr and exits with status 2.
@@ -15,13 +15,14 @@ import json
 import math
 import sys
 
-from core.cli import data, inference, report, sweeps, training
+from core.cli import data, inference, inspection, report, sweeps, training
 from core.cli.inference import _explain_methods  # noqa: F401 - tests check the --explain names through it
 from core.errors import UserError
 
 COMMANDS = (data.add_demo_data, data.add_stats, training.add_train, training.add_runs, training.add_eval,
             inference.add_predict, inference.add_class_model, data.add_download, inference.add_export,
-            inference.add_embed, sweeps.add_sweep, sweeps.add_reproduce, report.add_report)
+            inference.add_embed, sweeps.add_sweep, sweeps.add_reproduce, report.add_report, data.add_dataset,
+            inspection.add_inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Data commands: demo-data, stats, download."""
+"""Data commands: demo-data, stats, download, dataset (version, versions)."""
 from __future__ import annotations
 
 import sys
@@ -47,6 +47,50 @@ def add_download(sub) -> None:
                    help="also fetch from loopback and private addresses (a local mirror); metadata never")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_download)
+
+
+def add_dataset(sub) -> None:
+    p = sub.add_parser("dataset", help="data set versions: exclude or relabel images without touching the photos "
+                                       "(dataset version DATA ...; dataset versions DATA)")
+    acts = p.add_subparsers(dest="action", required=True)
+    v = acts.add_parser("version", help="a new version of DATA (a data set folder or a version) with images "
+                                        "excluded or relabelled; the photos and CSVs are never modified")
+    v.add_argument("data")
+    v.add_argument("--name", required=True, help="the version's name, as the data set pickers show it")
+    v.add_argument("--exclude", metavar="FILE", help="paths to leave out, one a line (or a CSV with a path or "
+                   "image column), relative to the data set folder as `inspect` lists them, or absolute")
+    v.add_argument("--relabel", metavar="FILE", help="a CSV of path,new_label (header optional)")
+    v.add_argument("--reason", default="", help="why, kept with each change")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(fn=cmd_dataset_version)
+    ls = acts.add_parser("versions", help="the versions of DATA (its base's, when DATA is a version)")
+    ls.add_argument("data")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(fn=cmd_dataset_versions)
+
+
+def cmd_dataset_version(a) -> dict:
+    from core.data import versions
+    exclude = versions.read_path_list(a.exclude) if a.exclude else []
+    relabel = versions.read_relabel_list(a.relabel) if a.relabel else {}
+    out = versions.read_version(versions.make_version(_abs(a.data), a.name, exclude, relabel, a.reason)).as_dict()
+    if not a.json:
+        print(f"version {out['name']!r} of {out['base']}: {out['excluded']} excluded, {out['relabelled']} "
+              f"relabelled, in {out['path']} (train on it with --data {out['path']})")
+        return {}
+    return out
+
+
+def cmd_dataset_versions(a) -> dict:
+    from core.data import versions
+    found = [v.as_dict() for v in versions.versions_of(_abs(a.data))]
+    if not a.json:
+        for v in found:
+            print(f"{v['name']}: {v['excluded']} excluded, {v['relabelled']} relabelled  {v['path']}")
+        if not found:
+            print(f"no versions of {_abs(a.data)} yet (make one with: python -m core dataset version)")
+        return {}
+    return {"data": _abs(a.data), "versions": found}
 
 
 def cmd_demo_data(a) -> dict:

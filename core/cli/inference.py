@@ -77,7 +77,7 @@ def cmd_embed(a) -> dict:
               f"{', '.join(out['missing_examples'][:3])}).", file=sys.stderr)
     if not a.json:
         print(f"embedded {out['n']} photos of run {a.run_id} ({out['dim']} dimensions, map: {out['map']}) "
-              f"in {out['seconds']:.1f} s", file=sys.stderr)
+              f"in {out['seconds']:.1f} s")
         return {}
     return {k: out[k] for k in ("run_id", "n", "dim", "missing", "missing_examples", "seconds", "map")}
 

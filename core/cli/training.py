@@ -85,30 +85,20 @@ def cmd_train(a) -> dict:
     return {**{k: result.get(k) for k in keys}, "run_id": run_id}
 
 
-def _parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        seeds = []
-    if len(seeds) < 2 or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds takes two or more different whole numbers of 0 or more, like 0,1,2; got {text!r}.")
-    return seeds
-
-
 def _train_seeds(a) -> dict:
     """--seeds S1,S2,...: one run per seed through cmd_train's own path, all on the first seed's split
     (split_seed), each with `group` = the first run's id; then the group's mean and sd."""
     from argparse import Namespace
-    from core.runs.groups import group_stats
+    from core.runs.groups import group_stats, name_group, parse_seeds, split_seed_of
     from core.runs.store import RunStore
     from core.train import distributed
-    seeds = _parse_seeds(a.seeds)
+    seeds = parse_seeds(a.seeds)
     if a.seed is not None:
         raise UserError("Give either --seed or --seeds, not both: --seeds 0,1,2 trains one run per seed.")
     if a.resume or distributed.under_torchrun():
         raise UserError("--seeds starts new runs: leave out --resume, and run it without torchrun "
                         "(--nproc N gives each run N processes).")
-    split_seed = seeds[0] if a.split_seed is None else a.split_seed
+    split_seed = split_seed_of(seeds, a.split_seed)
     store, group, runs = RunStore(a.runs), None, []
     for seed in seeds:
         print(f"seed {seed} ({len(runs) + 1} of {len(seeds)})", file=sys.stderr)
@@ -116,9 +106,7 @@ def _train_seeds(a) -> dict:
                                      "group": group, "json": False}))
         runs.append(out["run_id"])
         if group is None:           # the first run names the group: its id is known once it exists
-            group = out["run_id"]
-            first = store.run(group)
-            first.update_config(replace(first.config(), group=group))
+            group = name_group(store.run(out["run_id"]))
     stats = group_stats(store, group)
     if not a.json:                  # the group's table; _out adds its id and n
         for k, m in stats.mean.items():
@@ -338,8 +326,9 @@ def _calibration(a, run, out: dict) -> dict:
     if c is None:
         if not a.json:
             why = "was calibrated on an older checkpoint" if run.read_calibration() else "has no calibration yet"
-            print(f"run {a.run_id} {why} (runs are calibrated on demand): "
-                  f"python -m core eval {a.run_id} --calibrate fits one on its validation images", file=sys.stderr)
+            print(f"run {a.run_id} {why} (runs are calibrated at the end of training unless trained with "
+                  f"--calibrate off): python -m core eval {a.run_id} --calibrate fits one on its validation images",
+                  file=sys.stderr)
         return {"calibrated": False}
     res = {"calibrated": True, "gap_uncalibrated": out["gap"], "temperature": c["temperature"],
            "threshold": c["threshold"], "target_precision": c.get("target_precision"),

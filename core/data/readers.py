@@ -5,6 +5,7 @@ Layouts:
            Kaggle train.csv (id,landmark_id, no url): the same images, and nothing here reads a URL
   gldv1    train.csv (id,url,landmark_id) + <dir>/<id>.jpg  (Kaggle 2018)
   folders  <class>/<image> with jpg/jpeg/png/webp
+  version  version.json + changes.csv: another data set with images excluded or relabelled (core.data.versions)
 The embedded demo data set (core.data.demo) is written in the gldv2 layout.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
+from core.data import changes
 from core.errors import UserError
 from core.files import atomic_output
 from core.paths import cache_dir
@@ -43,6 +45,7 @@ class DatasetIndex:
     names: dict = field(default_factory=dict)   # label -> readable name
     synthetic: bool = False
     duplicates: dict = field(default_factory=lambda: dict(NO_DUPLICATES))  # rows listed twice (see duplicate_report)
+    base: "DatasetIndex | None" = None   # a data set version's (core.data.versions): the base's own index
 
     def counts(self) -> pd.Series:
         return self.samples["label"].value_counts(sort=True)
@@ -321,7 +324,17 @@ def read_folders(root: Path) -> DatasetIndex:
     return DatasetIndex(root, "folders", samples, {}, synthetic=(root / "SYNTHETIC.txt").exists())
 
 
-READERS = {"csv": read_csv_layout, "folders": read_folders}
+def read_version(root: Path) -> DatasetIndex:
+    """A data set version (core.data.changes): its base's index with the version's changes applied.
+    The index is rooted at the base's folder (paths, the prepared cache and relative paths are the
+    base's) and keeps the base's index (`base`) for the holdout (core.data.splits.base_places)."""
+    v = changes.read_version(root)
+    if changes.is_version(v.base):
+        raise UserError(f"The base of the version {v.root} is itself a version ({v.base}); make it again.")
+    return changes.apply(load_index(v.base), v.changes)
+
+
+READERS = {"csv": read_csv_layout, "folders": read_folders, "version": read_version}
 
 
 def detect_layout(root: Path) -> str:
@@ -329,6 +342,8 @@ def detect_layout(root: Path) -> str:
     try:
         if not root.is_dir():
             raise UserError(f"Data set folder {root} does not exist.")
+        if (root / changes.VERSION_FILE).exists():
+            return "version"
         if (root / "train.csv").exists():
             return "csv"
     except PermissionError:
@@ -345,8 +360,9 @@ CLEAN_CSV = "train_clean.csv"
 
 
 def has_clean(root) -> bool:
-    """Does the data set ship GLDv2's cleaned subset (train_clean.csv)?"""
-    return (Path(root).expanduser() / CLEAN_CSV).is_file()
+    """Does the data set (a version's base) ship GLDv2's cleaned subset (train_clean.csv)?"""
+    root = Path(root).expanduser()
+    return ((changes.read_version(root).base if changes.is_version(root) else root) / CLEAN_CSV).is_file()
 
 
 def clean_table(root: Path) -> pd.DataFrame:
@@ -364,10 +380,11 @@ def clean_table(root: Path) -> pd.DataFrame:
 def load_index(root, clean: bool = False) -> DatasetIndex:
     root = Path(root).expanduser().resolve()
     index = READERS[detect_layout(root)](root)
-    if clean:
-        keep = set(clean_table(root)["id"])
-        stem = index.samples["path"].str.rsplit("/", n=1).str[-1].str.removesuffix(".jpg")
-        index.samples = index.samples[stem.isin(keep)].reset_index(drop=True)
+    if clean:     # index.root: a version's index is rooted at its base's folder
+        keep = set(clean_table(index.root)["id"])
+        for i in (index, index.base) if index.base is not None else (index,):
+            stem = i.samples["path"].str.rsplit("/", n=1).str[-1].str.removesuffix(".jpg")
+            i.samples = i.samples[stem.isin(keep)].reset_index(drop=True)
     if index.samples.empty:
         raise UserError(f"{root} contains no images{' listed in ' + CLEAN_CSV if clean else ''}.")
     return index
@@ -414,6 +431,10 @@ STATS_VERSION = 2  # in the cache's file names: v2 counts an image listed twice 
 def signature(root: Path, clean: bool = False) -> str:
     """Changes when the data set does: train.csv's (and train_clean.csv's) size+mtime, or the
     class folders' mtimes."""
+    if (root / changes.VERSION_FILE).exists():   # a version: its changes (never rewritten) and its base's signature
+        st = (root / changes.CHANGES_FILE).stat()
+        sig = f"{root}|{st.st_size}|{st.st_mtime_ns}|{signature(changes.read_version(root).base, clean)}"
+        return hashlib.sha1(sig.encode()).hexdigest()[:16]
     files = [f for f in (root / "train.csv", root / CLEAN_CSV if clean else None) if f is not None and f.exists()]
     if files:
         sig = "|".join(f"{f}|{st.st_size}|{st.st_mtime_ns}" for f in files for st in [f.stat()])

@@ -18,7 +18,7 @@ from core.errors import UserError, writing
 from core.files import atomic_write, file_lock
 
 FILE = "datasets.json"
-SOURCES = ("typed", "download", "demo", "run")
+SOURCES = ("typed", "download", "demo", "run", "version")
 RESERVED = {"demo"}      # the app's own synthetic demo is offered under this name
 _NAME = re.compile(r"^[\w][\w .\-()]{0,63}$")
 
@@ -127,8 +127,9 @@ def check_name(name: str) -> str:
 
 
 def remember(path, name: str | None = None, source: str = "typed", home: Path | None = None,
-             touch: bool = True) -> dict:
-    """Register `path` (idempotent: a known folder keeps its name) and mark it used now."""
+             touch: bool = True, extra: dict | None = None) -> dict:
+    """Register `path` (idempotent: a known folder keeps its name) and mark it used now. `extra`:
+    what a new entry keeps besides (a version's "base" and "changes", e.g. "2 excluded, 0 relabelled")."""
     if source not in SOURCES:
         raise ValueError(f"unknown data set source {source!r}")
     k = _key(path)
@@ -144,10 +145,18 @@ def remember(path, name: str | None = None, source: str = "typed", home: Path | 
         else:
             base = check_name(name) if name else (Path(k).name or "data set")
             d = {"name": _unique(base, {e["name"] for e in entries} | RESERVED), "path": k, "source": source,
-                 "added": now, "used": now}
+                 "added": now, "used": now, **(extra or {})}
             entries.append(d)
         _write(f, entries)
     return dict(d)
+
+
+def describe(d: dict, home: Path | None = None) -> str:
+    """An entry as the pickers show it: its name, and for a version its base and changes
+    ("clean-1 — version of monuments44: 2 excluded, 0 relabelled")."""
+    if d.get("source") != "version" or not d.get("base"):
+        return d["name"]
+    return f"{d['name']} — version of {name_of(d['base'], home)}: {d.get('changes', 'changes')}"
 
 
 def rename(old: str, new: str, home: Path | None = None) -> dict:

@@ -92,14 +92,45 @@ def split(samples: pd.DataFrame, holdout: float, val: float, seed: int) -> pd.Da
     return result
 
 
-def make_manifest(samples: pd.DataFrame, classes: int, holdout: float, val: float, seed: int) -> tuple[pd.DataFrame, list[str]]:
-    """Select the top-N classes and split them; returns (manifest, ordered class labels)."""
+def choose(samples: pd.DataFrame, classes: int, max_images: int, seed: int) -> pd.DataFrame:
+    """The images a run trains on: those of the top `classes` classes (0 = all), sorted by path, and
+    a seeded sample of `max_images` of them (0 = all)."""
+    labels = top_classes(samples["label"].value_counts(), classes)
+    picked = pd.Index(labels).get_indexer(samples["label"].astype(str)) >= 0   # isin(): 0.8 s at 81,313
+    chosen = samples[picked].sort_values("path", kind="stable")
+    if max_images and len(chosen) > max_images:
+        chosen = chosen.sample(n=max_images, random_state=seed).sort_values("path", kind="stable")
+    return chosen
+
+
+def base_places(base: pd.DataFrame, classes: int, holdout: float, val: float, seed: int, max_images: int = 0,
+                unreadable=()) -> pd.Series:
+    """path -> split as a run with these settings on the base data set draws it (its own chosen
+    images less the `unreadable` ones): what a data set version's run keeps (issue 22), so that
+    excluding images does not redraw the holdout of the others."""
+    chosen = choose(base, classes, max_images, seed)
+    chosen = chosen[~chosen["path"].isin(set(unreadable))]
+    manifest, _ = make_manifest(chosen, 0, holdout, val, seed)
+    return pd.Series(manifest["split"].to_numpy(), index=manifest["path"].to_numpy())
+
+
+def make_manifest(samples: pd.DataFrame, classes: int, holdout: float, val: float, seed: int,
+                  keep: pd.Series | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Select the top-N classes and split them; returns (manifest, ordered class labels).
+    `keep` (path -> split, base_places): those images keep their split, whatever their label now;
+    the others (an image whose class the base's run did not choose) are split afresh among themselves."""
     labels = top_classes(samples["label"].value_counts(), classes)
     # one hash lookup per row gives both the choice and the target (isin + map over a dict of
     # 81,313 labels cost 1.2 s with pandas' Arrow strings)
     target = pd.Index(labels).get_indexer(samples["label"].astype(str))
     chosen = samples.assign(target=target)[target >= 0].sort_values("path", kind="stable").reset_index(drop=True)
     manifest = split(chosen.drop(columns="target"), holdout, val, seed)
+    if keep is not None:
+        placed = manifest["path"].map(keep)
+        fresh = placed.isna().to_numpy()
+        manifest.loc[~fresh, "split"] = placed[~fresh]
+        if fresh.any():
+            manifest.loc[fresh, "split"] = split(manifest.loc[fresh, ["path", "label"]], holdout, val, seed)["split"].to_numpy()
     manifest["target"] = chosen["target"].to_numpy().astype(int)
     return manifest, labels
 

@@ -7,8 +7,9 @@ split.csv, classes.json, provenance.json (what the run was made from: core.runs.
 checkpoints/last.pt, log.txt, per split confusion_<split>.parquet (the confusion matrix's non-zero
 cells), predictions_<split>.parquet and distractors_<split>.json (the split scored with a distractor
 folder: GAP with distractors, the coverage curve), once calibrated calibration.json (temperature,
-rejection threshold, ECE: core.train.calibration), and once embedded embeddings.npy + embeddings.parquet
-(core.serve.embeddings). Only this class spells those names.
+rejection threshold, ECE: core.train.calibration), once embedded embeddings.npy + embeddings.parquet
+(core.serve.embeddings), and once inspected inspect.json (label issues of every image, near-duplicates,
+leaks: core.serve.inspect). Only this class spells those names.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ class RunFolder:
     calibration_file = property(lambda self: self.dir / "calibration.json")   # temperature + threshold (issue 23)
     embeddings_file = property(lambda self: self.dir / "embeddings.npy")      # float16 [n, D] (core.serve.embeddings)
     embedding_rows_file = property(lambda self: self.dir / "embeddings.parquet")  # one row a vector, map x/y; written last
+    inspect_file = property(lambda self: self.dir / "inspect.json")   # label issues, duplicates, leaks (issue 22)
 
     def predictions_file(self, split: str) -> Path:
         return self.dir / f"predictions_{split}.parquet"
@@ -91,6 +93,10 @@ class RunFolder:
 
     def write_distractors(self, split: str, result: dict) -> None:
         atomic_write(self.distractors_file(split), json.dumps(result))
+
+    def write_inspect(self, result: dict) -> None:
+        """The whole inspection at once (a cancelled one leaves the previous file, or none)."""
+        atomic_write(self.inspect_file, json.dumps(result))
 
     def append_event(self, t: float, kind: str, message: str) -> None:
         if self.dir.is_dir():
@@ -135,6 +141,10 @@ class RunFolder:
     def read_distractors(self, split: str) -> dict | None:
         """The split's last distractor evaluation (core.serve.distractors.evaluate), or None."""
         return _read_json(self.distractors_file(split), None)
+
+    def read_inspect(self) -> dict | None:
+        """The last finished inspection (core.serve.inspect.inspect), or None."""
+        return _read_json(self.inspect_file, None)
 
     def read_events(self) -> list[dict]:
         return _read_lines(self.events_file)

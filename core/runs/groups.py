@@ -9,11 +9,14 @@ accuracies differ by less than the seed noise.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from core.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd     # imported where a table is made: the sweeps CLI's --help stays light
 
 SPLITS = ("train", "val", "holdout")
 KINDS = ("acc", "top5", "gap", "balanced_acc", "macro_f1")
@@ -45,6 +48,36 @@ class GroupStats:
         return f"{m:.3f} ± {s:.3f} (n = {self.n})" if s is not None else f"{m:.3f} (n = {self.n})"
 
 
+def parse_seeds(text) -> list[int]:
+    """'0,1,2' (or a list of whole numbers) -> [0, 1, 2]: two or more different seeds of 0 or more."""
+    items = text.split(",") if isinstance(text, str) else list(text or [])
+    try:
+        seeds = [int(t) for t in items if str(t).strip()]
+    except ValueError:
+        seeds = []
+    if len(seeds) < 2 or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds takes two or more different whole numbers of 0 or more, like 0,1,2; got {text!r}.")
+    return seeds
+
+
+def member(cfg, seeds: list[int], seed: int, group: str = ""):
+    """The config of the group's run for `seed`: every run draws the split with the first seed (or the
+    config's own split_seed) while initialisation, augmentation and batch order follow `seed`. The
+    first run is made with group "" and named by `name_group` once its id exists."""
+    return replace(cfg, seed=seed, split_seed=split_seed_of(seeds, cfg.split_seed), group=group or "")
+
+
+def split_seed_of(seeds: list[int], split_seed: int | None = None) -> int:
+    """The seed a group's split is drawn with: the first seed, unless a split seed of 0 or more is given."""
+    return seeds[0] if split_seed is None or split_seed < 0 else split_seed
+
+
+def name_group(run) -> str:
+    """The first run of a group names it: its own id goes into its config. Returns the group id."""
+    run.update_config(replace(run.config(), group=run.id))
+    return run.id
+
+
 def group_of(config: dict | None) -> str:
     """The group id a run's stored config names ('' for a run outside any group)."""
     return (config or {}).get("group") or ""
@@ -59,6 +92,7 @@ def group_runs(store, group: str) -> list[dict]:
 def group_stats(store, group: str) -> GroupStats:
     """n, mean and sample sd of every evaluation metric over the group's finished runs, and the
     per-class holdout accuracy's mean and sd (from each run's holdout evaluation)."""
+    import pandas as pd
     rows = group_runs(store, group)
     if not rows:
         raise UserError(f"There is no finished run in seed group {group!r}.")
@@ -72,6 +106,7 @@ def group_stats(store, group: str) -> GroupStats:
 
 def _per_class(store, run_ids: list) -> pd.DataFrame | None:
     """label, name, mean, sd, n of the per-class holdout accuracy over the runs that have one."""
+    import pandas as pd
     frames = []
     for run_id in run_ids:
         e = store.evals(run_id).get("holdout") or {}

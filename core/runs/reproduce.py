@@ -62,13 +62,14 @@ def _and(items: list) -> str:
 
 
 def plan(data: str, classes: list[int] | None = None, models: list[str] | None = None, epochs: int = 10,
-         quick: bool = False, extra: dict | None = None,
-         available: int | None = None) -> tuple[str, TrainConfig, list[dict], dict]:
+         quick: bool = False, extra: dict | None = None, available: int | None = None,
+         seeds: list[int] | None = None) -> tuple[str, TrainConfig, list[dict], dict]:
     """(sweep name, base config, one params dict per configuration to train, meta {rows, stand_in,
     quick, skipped, note}). Without `classes` and `models`: the poster's six rows; with them, every
     combination. `available`: the data set's class count; rows needing more are skipped (see fit).
     Rows that train the same configuration (two models with one stand-in) share one trial: Optuna
-    keeps one of two equal enqueued trials, and a study planned for both would wait for ever."""
+    keeps one of two equal enqueued trials, and a study planned for both would wait for ever.
+    `seeds`: each row trains one run per seed (the sweep's seed groups); its name says so."""
     from core.train.models import REGISTRY
     bad = [m for m in models or [] if m not in REGISTRY]
     if bad:
@@ -98,14 +99,17 @@ def plan(data: str, classes: list[int] | None = None, models: list[str] | None =
                     for m, c in rows}.values())
     tag = "quick" if quick else f"{cfg.epochs}ep"
     name = f"poster-table-{tag}-" + "-".join(sorted({str(c) for _, c in rows}, key=int))
+    name += f"-seeds-{'-'.join(map(str, seeds))}" if seeds else ""
     return name, cfg, configs, {"rows": [list(r) for r in rows], "stand_in": stand, "scratch": scratch, "quick": quick,
-                                "skipped": [list(r) for r in skipped], "note": note}
+                                "skipped": [list(r) for r in skipped], "note": note, "seeds": seeds}
 
 
 def table(sweep: dict, store, rows: list[tuple] | None = None, stand_in: dict | None = None) -> list[dict]:
     """One row per (model, classes): the poster's train/val/holdout and this run's (with the holdout's
     image count). A row that trained the same configuration as an earlier one (both fell back to one
-    stand-in) shares its run and names it in `same_as`."""
+    stand-in) shares its run and names it in `same_as`. Each row is a seed group too: `group` (None for
+    a row of one run), `n` finished runs, `mean` and `sd` of their metrics; with a group, `this` holds
+    the group's means (the run_id is its first run's)."""
     stand_in = stand_in or {}
     by_params = {(c["params"].get("model"), int(c["params"].get("classes", 0))): c for c in sweep["configs"]}
     rows = rows or [(m, c) for (m, c) in by_params]
@@ -118,7 +122,9 @@ def table(sweep: dict, store, rows: list[tuple] | None = None, stand_in: dict | 
         s = (run or {}).get("summary") or {}
         p = POSTER.get((model, classes), (None, None, None))
         n = (store.evals(c["run_id"]).get("holdout") or {}).get("n") if (run or {}).get("status") == "done" else None
-        out.append({"model": model, "classes": classes, "trained": used, "stand_in": used != model,
+        g = _group(store, c, run)
+        s = {**s, **{k: v for k, v in g["mean"].items() if g["group"]}}
+        out.append({**g, "model": model, "classes": classes, "trained": used, "stand_in": used != model,
                     "scratch": (c.get("params") or {}).get("weights") == "none",
                     "same_as": owner if owner != model else None,
                     "state": c.get("state", "waiting"), "run_id": c.get("run_id"),
@@ -127,6 +133,21 @@ def table(sweep: dict, store, rows: list[tuple] | None = None, stand_in: dict | 
                     "this": {"train": s.get("train_acc"), "val": s.get("val_acc"), "holdout": s.get("holdout_acc"),
                              "holdout_n": n}})
     return out
+
+
+def _group(store, config: dict, run: dict | None) -> dict:
+    """{group, n, mean, sd} of a row's trial: its seed group's finished runs (live, as they finish), or
+    its one run (sd None)."""
+    from core.runs.groups import METRICS, group_stats
+    if config.get("group"):
+        try:
+            return {k: v for k, v in group_stats(store, config["group"]).to_dict().items() if k != "runs"}
+        except UserError:                          # none finished yet
+            return {"group": config["group"], "n": 0, "mean": {}, "sd": {}}
+    s = (run or {}).get("summary") or {}
+    done = (run or {}).get("status") == "done"
+    mean = {k: s[k] for k in METRICS if done and s.get(k) is not None}
+    return {"group": None, "n": int(done), "mean": mean, "sd": {k: None for k in mean}}
 
 
 def row_note(r: dict) -> str:
@@ -143,8 +164,14 @@ def markdown(rows: list[dict], quick: bool = False, note: str | None = None) -> 
     def f(v):
         return "—" if v is None else f"{v:.3f}"
 
-    def holdout(t):
-        return f(t["holdout"]) + (f" (on {t['holdout_n']} images)" if t.get("holdout_n") else "")
+    def spread(r, key):
+        sd = (r.get("sd") or {}).get(key) if r.get("group") else None
+        return f(r["this"][key.split("_")[0]]) + (f" ± {sd:.3f}" if sd is not None else "") + (
+            f" (n = {r['n']})" if r.get("group") else "")
+
+    def holdout(r):
+        t = r["this"]
+        return spread(r, "holdout_acc") + (f" (on {t['holdout_n']} images)" if t.get("holdout_n") else "")
     lines = ["| Model | Classes | Poster train | Poster val | Poster holdout | Train | Val | Holdout | Run |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -152,13 +179,16 @@ def markdown(rows: list[dict], quick: bool = False, note: str | None = None) -> 
         model += " (from scratch: it has no ImageNet weights)" if r.get("scratch") else ""
         run = (r["run_id"] or r["state"]) + (f" ({row_note(r)})" if r.get("same_as") else "")
         lines.append(f"| {model} | {r['classes']} | {f(r['poster']['train'])} | {f(r['poster']['val'])} | "
-                     f"{f(r['poster']['holdout'])} | {f(r['this']['train'])} | {f(r['this']['val'])} | "
-                     f"{holdout(r['this'])} | {run} |")
+                     f"{f(r['poster']['holdout'])} | {spread(r, 'train_acc')} | {spread(r, 'val_acc')} | "
+                     f"{holdout(r)} | {run} |")
     if quick:
         lines.append(f"\n--quick: {QUICK['image_size']} px, {QUICK['epochs']} epochs: not the poster's "
                      f"224 px and 10 epochs, so lower numbers are expected.")
     if any(r["stand_in"] for r in rows):
         lines.append("\nA stand-in model trained where the poster's ImageNet weights could not be had here.")
+    if any(r.get("group") for r in rows):
+        lines.append("\nWith seeds, each figure is the mean ± sd over the row's seed group (n: its finished runs); "
+                     "the run named is the group's first.")
     if note:
         lines.append("\n" + note)
     return "\n".join(lines)

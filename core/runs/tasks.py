@@ -9,11 +9,18 @@
   sweep         drive a hyperparameter sweep (core.runs.sweeps): its trials are ordinary train runs
   export        write a finished run's model as ONNX or TorchScript, checked against PyTorch (core.serve.export)
   embed         a finished run's photos as unit vectors with a 2-D map, for neighbours and kNN (core.serve.embeddings)
+  inspect       rank every image of a run's split by how likely its label is wrong; near-duplicates and
+                leaks (core.serve.inspect), written to the run folder's inspect.json
   report        the poster regenerated from chosen runs: one self-contained HTML file (core.report)
+  calibrate     fit a finished run's temperature and rejection threshold on its validation images
+                (core.serve.predictor.calibrate_run; train does it too, after the final evaluation)
+  distractors   score a finished run's holdout with a folder of photos of no known landmark
+                (core.serve.distractors: GAP with distractors, the precision-coverage curve)
 """
 from __future__ import annotations
 
 import time
+import traceback
 from pathlib import Path
 
 from core.data.prepared import SCAN_SIZE
@@ -121,13 +128,45 @@ def fit_job(ctx: Context, cfg=None) -> dict:
         ctx.sink.inner = sink
         sink = ctx.sink
     try:
-        return fit(cfg or ctx.run.config(), ctx.run, sink, resume=bool(ctx.args.get("resume")))
+        summary = fit(cfg or ctx.run.config(), ctx.run, sink, resume=bool(ctx.args.get("resume")))
     except Cancelled:
         if store_sink.pruned_at is None:
             raise
         e = store_sink.pruned_at
         raise Pruned(e, f"pruned by sweep {ctx.args['sweep']} after epoch {e}: its validation accuracy is "
                         f"below the median of earlier trials at that epoch") from None
+    if (cfg or ctx.run.config()).calibrate == "on":
+        calibrate_at_end(ctx)
+    return summary
+
+
+def calibrate_at_end(ctx: Context) -> None:
+    """Issue 23: after the final evaluation, the temperature and the rejection threshold fitted on the
+    validation images (at most calibration.MAX_FIT_IMAGES of them, a seeded subsample) and stored with
+    the run, so Evaluate, Classify and `eval` use calibrated confidences from the start. A run that
+    cannot be calibrated (no readable validation image) or is stopped meanwhile is still trained: the
+    reason goes to its events, and it can be calibrated on demand later."""
+    from core.serve.predictor import calibrate_run, load_predictor
+    from core.train.engine import select_device
+
+    def progress(done, total):
+        if ctx.should_stop():
+            raise UserError("stopped before it ended")
+        ctx.store.set_job(ctx.job_id, heartbeat=time.time())
+    try:
+        pred = load_predictor(ctx.run)
+        pred.model.to(select_device(pred.cfg.device))     # the forward passes where the run trained
+        c = calibrate_run(pred, ctx.run, progress=progress, fitted="end of training")
+    except Exception as e:  # noqa: BLE001 - the trained run stays done; a bug keeps its traceback in the log
+        from core.runs.jobs import failure
+        message, user = failure(e)
+        if not user:
+            traceback.print_exc()
+        ctx.store.event(ctx.run.id, "calibration", f"not calibrated: {message} The Evaluate page calibrates on "
+                                                   "demand.")
+        return
+    ctx.store.event(ctx.run.id, "calibration", f"temperature {c['temperature']:.3f} fitted on {c['fit_images']:,} "
+                                               f"validation images; rejection threshold {c['threshold']:.3f}")
 
 
 def _check_class_models(store, args: dict, run_id: str | None) -> None:
@@ -312,6 +351,38 @@ def embed(ctx: Context) -> dict:
                    should_stop=ctx.should_stop)
 
 
+def _check_inspect(store, args: dict, run_id: str | None) -> None:
+    from core.runs.jobs import latest
+    unknown = set(args) - {"folds", "top", "weights"}
+    if unknown:
+        raise UserError(f"Unknown inspect argument(s): {', '.join(sorted(unknown))}.")
+    run = store.require(run_id or "")
+    if not run.has_checkpoint():
+        raise UserError(f"Run {run.id} has no checkpoint yet, so it has no finished split to inspect; "
+                        "wait for its first epoch to finish.")
+    if int(args.get("folds") or 2) < 2 or int(args.get("top") or 1) < 1:
+        raise UserError(f"--folds must be at least 2 and --top at least 1; got {args.get('folds')} and {args.get('top')}.")
+    job = latest(store, "inspect", run_id=run.id)
+    if job and job["active"]:
+        raise UserError(f"Run {run.id} is already being inspected; wait for it or stop it.")
+
+
+@kind("inspect", check=_check_inspect)
+def inspect(ctx: Context) -> dict:
+    """core.serve.inspect on the job's run; the whole result to inspect.json (atomically, at the end:
+    a cancelled inspection leaves the previous file), the capped summary as the job's result."""
+    from core.serve import inspect as insp
+    a = ctx.args
+    result = insp.inspect(ctx.run, folds=int(a.get("folds") or insp.FOLDS), weights=a.get("weights") or "imagenet",
+                          progress=lambda **f: ctx.progress(force=not f.get("total"), **f), should_stop=ctx.should_stop)
+    ctx.run.write_inspect(result)
+    note = insp.missing_sentence(result)
+    if note:
+        ctx.run.store.event(ctx.run.id, "inspect", note)
+    return {**insp.summary(result, int(a.get("top") or insp.TOP)), "note": note, "features": result["features"],
+            "leak_sentence": insp.leak_sentence(result["leaks"])}
+
+
 REPORT_ARGS = ("runs", "out", "data", "photos", "class_models")
 
 
@@ -346,8 +417,9 @@ def sweep_trials(store, runs) -> dict:
             c = trial.read_config()
             accs = [e["val_acc"] for e in trial.read_epochs() if e.get("val_acc") is not None]
             label = (f"#{(row.get('args') or {}).get('trial', '?')} lr={c.get('lr')} {c.get('optimizer')} "
-                     f"bs={c.get('batch_size')}")
-            out.setdefault(name, []).append({"run_id": trial.id, "label": label, "val_acc": max(accs, default=None)})
+                     f"bs={c.get('batch_size')}" + (f" seed {c.get('seed')}" if c.get("group") else ""))
+            # the last epoch's, as every page shows it (the checkpoint's; charts.VAL_ACC)
+            out.setdefault(name, []).append({"run_id": trial.id, "label": label, "val_acc": accs[-1] if accs else None})
     return out
 
 
@@ -364,3 +436,83 @@ def report(ctx: Context) -> dict:
         ctx.progress(**fields)
     return build_report(runs, out, poster=POSTER, sweeps=sweep_trials(ctx.store, runs), data=a.get("data"),
                         photos=a.get("photos"), class_models=bool(a.get("class_models")), progress=progress)
+
+
+def images_progress(ctx: Context):
+    """A job's progress(done, total) over images ("n/N images"), stopping at the user's request."""
+    def progress(done, total):
+        ctx.check_stop()
+        ctx.progress(force=done == total, done=done, total=total)
+    return progress
+
+
+def _finished_run(store, run_id: str | None, what: str):
+    run = store.require(run_id or "")
+    if not run.has_checkpoint() or not run.predictions_file("val").exists():
+        raise UserError(f"Run {run.id} has not finished, so it cannot be {what} yet; wait for it to end.")
+    return run
+
+
+def _check_calibrate(store, args: dict, run_id: str | None) -> None:
+    from core.runs.jobs import latest
+    unknown = set(args) - {"target_precision", "distractors"}
+    if unknown:
+        raise UserError(f"Unknown calibrate argument(s): {', '.join(sorted(unknown))}.")
+    run = _finished_run(store, run_id, "calibrated")
+    t = args.get("target_precision")
+    if t is not None and not 0 < float(t) <= 1:
+        raise UserError(f"The target precision must be between 0 and 1 (got {t}).")
+    if args.get("distractors"):
+        from core.serve.distractors import list_images
+        list_images(args["distractors"])
+    job = latest(store, "calibrate", run_id=run.id)
+    if job and job["active"]:
+        raise UserError(f"Run {run.id} is already being calibrated; wait for it or stop it.")
+
+
+@kind("calibrate", check=_check_calibrate)
+def calibrate(ctx: Context) -> dict:
+    """calibrate_run on demand (Evaluate's button): the tune half of `distractors` (a folder) joins
+    the threshold's choice. The result is calibration.json in the run folder; the job keeps its figures."""
+    from core.serve import distractors
+    from core.serve.predictor import calibrate_run, load_predictor
+    from core.train.calibration import TARGET_PRECISION
+    a, run = ctx.args, ctx.run
+    tune = list(distractors.load(a["distractors"], run).tune) if a.get("distractors") else []
+    c = calibrate_run(load_predictor(run), run, float(a.get("target_precision") or TARGET_PRECISION),
+                      distractors=tune, progress=images_progress(ctx), fitted="on demand")
+    return {k: c[k] for k in ("temperature", "threshold", "ece_before", "ece_after", "ece_on", "fit_images",
+                              "val_images", "distractors_tune")}
+
+
+def _check_distractors(store, args: dict, run_id: str | None) -> None:
+    from core.runs.jobs import latest
+    from core.serve.distractors import list_images
+    unknown = set(args) - {"folder", "split"}
+    if unknown:
+        raise UserError(f"Unknown distractors argument(s): {', '.join(sorted(unknown))}.")
+    if args.get("split", "holdout") != "holdout":
+        raise UserError(f"Distractors join the holdout as queries, not the {args['split']} split.")
+    run = _finished_run(store, run_id, "scored with distractors")
+    if not run.predictions_file("holdout").exists():
+        raise UserError(f"Run {run.id} has no per-image holdout predictions to score distractors with.")
+    if not args.get("folder"):
+        raise UserError("Give a folder of photos that show none of the run's landmarks.")
+    list_images(args["folder"])
+    job = latest(store, "distractors", run_id=run.id)
+    if job and job["active"]:
+        raise UserError(f"Run {run.id} is already being scored with distractors; wait for it or stop it.")
+
+
+@kind("distractors", check=_check_distractors)
+def distractors_job(ctx: Context) -> dict:
+    """The run's holdout plus the query half of a distractor folder (core.serve.distractors.evaluate),
+    kept in the run folder (distractors_holdout.json) where Evaluate and Compare read it."""
+    from core.serve import distractors
+    from core.serve.predictor import load_predictor
+    run, split = ctx.run, ctx.args.get("split", "holdout")
+    result = distractors.evaluate(run, load_predictor(run), run.predictions(split), ctx.args["folder"],
+                                  progress=images_progress(ctx))
+    run.write_distractors(split, result)
+    return {k: result[k] for k in ("folder", "gap", "gap_with_distractors", "acc_known", "known", "distractors",
+                                   "distractors_tune", "distractors_left_out", "distractors_unreadable")}

@@ -106,8 +106,9 @@ def load(folder: str | os.PathLike, run) -> Distractors:
     return Distractors(root, halves["tune"], halves["query"], left_out)
 
 
-def score(predictor, paths: list[Path]) -> tuple[np.ndarray, np.ndarray, int]:
-    """(predicted class, confidence) of each readable image, and how many could not be read."""
+def score(predictor, paths: list[Path], progress=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(predicted class, confidence) of each readable image, and how many could not be read;
+    `progress(done, total)` after each batch (images tried)."""
     preds, confs, bad, batch = [], [], 0, []
 
     def flush():
@@ -124,20 +125,25 @@ def score(predictor, paths: list[Path]) -> tuple[np.ndarray, np.ndarray, int]:
             continue
         if len(batch) == BATCH:
             flush()
+            if progress:
+                progress(sum(len(p) for p in preds) + bad, len(paths))
     flush()
+    if progress:
+        progress(len(paths), len(paths))
     if not preds:
         return np.zeros(0, np.int64), np.zeros(0), bad
     return np.concatenate(preds).astype(np.int64), np.concatenate(confs).astype(np.float64), bad
 
 
-def evaluate(run, predictor, predictions, folder: str | os.PathLike) -> dict:
+def evaluate(run, predictor, predictions, folder: str | os.PathLike, progress=None) -> dict:
     """The run's holdout (`predictions`: its per-image frame with target, pred, conf) plus the
-    query half of the distractor folder, scored by metrics.with_distractors."""
+    query half of the distractor folder, scored by metrics.with_distractors; `progress(done, total)`
+    counts the query images scored."""
     d = load(folder, run)
     if not d.query:
         raise UserError(f"None of the {len(d.tune)} images of the distractor folder {d.root} falls in the query "
                         "half (the other half tunes thresholds); add a few more photos.")
-    pred, conf, bad = score(predictor, d.query)
+    pred, conf, bad = score(predictor, d.query, progress)
     if not len(pred):
         raise UserError(f"None of the {len(d.query)} query images of the distractor folder {d.root} can be read "
                         "as an image.")

@@ -4,10 +4,12 @@
 `.checkpoint`, `.config()` and `.class_names()`); callers get it from `store.require(run_id)`.
 A run with a calibration (`.read_calibration()`, issue 23) gets its temperature and rejection
 threshold applied: `top` gives calibrated probabilities and `answer` says whether to reject.
-`calibrate_run(pred, run)` fits that calibration on the run's validation images (core.train.calibration).
+`calibrate_run(pred, run)` fits that calibration on the run's validation images (core.train.calibration):
+at the end of training (core.runs.tasks.fit_job) and on demand (the `calibrate` job, `eval --calibrate`).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -102,7 +104,7 @@ def load_predictor(run) -> Predictor:
     state = read_checkpoint(run.checkpoint)
     cfg = run.config()
     labels = [str(l) for l in state["labels"]]
-    model = build_model(cfg.model, len(labels), weights="none")
+    model = build_model(cfg.model, len(labels), weights="none", head=cfg.head)
     model.load_state_dict(state["model"])
     model.eval()
     names = run.class_names()
@@ -126,29 +128,47 @@ def current_calibration(run) -> dict | None:
 
 # ------------------------------------------------------------------ fitting a run's calibration
 
-def split_logits(pred: Predictor, paths, targets) -> tuple[torch.Tensor, np.ndarray]:
-    """Logits (views, n, C) of the images that can be read, and their targets."""
-    chunks, kept, batch, ys = [], [], [], []
+FITTED = ("end of training", "on demand")       # when a calibration was fitted (calibration.json "fitted")
+
+
+def iter_logits(pred: Predictor, paths, targets, tick=None):
+    """(logits (views, b, C) on the CPU, targets) of each batch of readable images; `tick(k)` after
+    every k images tried (read or not). Forward passes run where the predictor's model is."""
+    device = next(pred.model.parameters()).device
+    batch, ys, tried = [], [], 0
+
+    def flush():
+        out = pred.logits(torch.cat(batch).to(device)).cpu(), np.asarray(ys, dtype=np.int64)
+        batch.clear()
+        ys.clear()
+        return out
     for p, y in zip(paths, targets):
+        tried += 1
         try:
             batch.append(pred.tensor(p))
             ys.append(int(y))
         except (UserError, OSError, ValueError):
-            continue                         # a photo gone or damaged since training: left out
+            pass                             # a photo gone or damaged since training: left out
         if len(batch) == BATCH:
-            chunks.append(pred.logits(torch.cat(batch)))
-            kept += ys
-            batch, ys = [], []
+            yield flush()
+            if tick:
+                tick(tried)
+            tried = 0
     if batch:
-        chunks.append(pred.logits(torch.cat(batch)))
-        kept += ys
-    c = len(pred.labels)
-    return (torch.cat(chunks, 1) if chunks else torch.zeros(1, 0, c)), np.asarray(kept, dtype=np.int64)
+        yield flush()
+    if tick and tried:
+        tick(tried)
 
 
-def _split_report(logits, y, t: float) -> dict:
-    before = cal.summary(cal.calibrated_probs(logits, 1.0).numpy(), y)
-    after = cal.summary(cal.calibrated_probs(logits, t).numpy(), y)
+def split_logits(pred: Predictor, paths, targets, tick=None) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits (views, n, C) of the images that can be read, and their targets."""
+    parts = list(iter_logits(pred, paths, targets, tick))
+    if not parts:
+        return torch.zeros(1, 0, len(pred.labels)), np.zeros(0, np.int64)
+    return torch.cat([z for z, _ in parts], 1), np.concatenate([y for _, y in parts])
+
+
+def _split_report(before: dict, after: dict, y) -> dict:
     return {"n": int(len(y)), "ece_before": before["ece"], "ece_after": after["ece"],
             "gap_before": metrics.gap(y, before["pred"], before["conf"]) if len(y) else None,
             "gap_after": metrics.gap(y, after["pred"], after["conf"]) if len(y) else None,
@@ -156,34 +176,75 @@ def _split_report(logits, y, t: float) -> dict:
             "bins_before": before["bins"], "bins_after": after["bins"], "_after": after}
 
 
+def _report_of_logits(logits, y, t: float) -> dict:
+    return _split_report(cal.summary(cal.calibrated_probs(logits, 1.0).numpy(), y),
+                         cal.summary(cal.calibrated_probs(logits, t).numpy(), y), y)
+
+
+def _chunked_report(pred: Predictor, paths, targets, t: float, tick=None) -> dict:
+    """_report_of_logits over a whole split, batch by batch: only each image's top-1 is kept."""
+    conf = {1.0: [], t: []}
+    top = {1.0: [], t: []}
+    ys = []
+    for z, y in iter_logits(pred, paths, targets, tick):
+        for temp in (1.0, t):
+            c, p = cal.calibrated_probs(z, temp).max(1)
+            conf[temp].append(c.double().numpy())
+            top[temp].append(p.numpy())
+        ys.append(y)
+    y = np.concatenate(ys) if ys else np.zeros(0, np.int64)
+    s = {temp: cal.summary_of(np.concatenate(conf[temp]) if ys else np.zeros(0),
+                              np.concatenate(top[temp]) if ys else np.zeros(0, np.int64), y) for temp in (1.0, t)}
+    return _split_report(s[1.0], s[t], y)
+
+
+def _top_conf(pred: Predictor, paths, t: float, tick=None) -> np.ndarray:
+    """Each readable image's best calibrated confidence (distractors: every answer on them is wrong)."""
+    parts = [cal.calibrated_probs(z, t).max(1).values.double().numpy()
+             for z, _ in iter_logits(pred, paths, [0] * len(paths), tick)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def calibrate_run(pred: Predictor, run, target_precision: float = cal.TARGET_PRECISION,
-                  distractors=()) -> dict:
-    """Fit the temperature on the run's validation images, choose the rejection threshold on them
-    (plus `distractors`, photos of no known landmark: every answer on them is wrong), report ECE and
-    GAP before/after on validation and holdout, and store it all with the run (write_calibration)."""
+                  distractors=(), progress=None, fitted: str = "on demand") -> dict:
+    """Fit the temperature on the run's validation images (all of them, or a seeded subsample of at
+    most cal.MAX_FIT_IMAGES: cal.fit_sample), choose the rejection threshold on them (plus
+    `distractors`, photos of no known landmark: every answer on them is wrong), report ECE and GAP
+    before/after on those validation images and on the whole holdout (batch by batch: no split's
+    logits are held), and store it all with the run (write_calibration). `progress(done, total)`
+    counts images; `fitted` says when (FITTED)."""
     import pandas as pd
     f = run.predictions_file("val")
     if not f.exists():
         raise UserError(f"Run {run.id} has no validation predictions yet; it can be calibrated once it has finished.")
     df = pd.read_parquet(f, columns=["path", "target"])
-    logits, y = split_logits(pred, df["path"].astype(str), df["target"])
+    fit = df.iloc[cal.fit_sample(len(df), len(pred.labels), 2 if pred.cfg.tta else 1, pred.cfg.seed)]
+    h = run.predictions_file("holdout")
+    dh = pd.read_parquet(h, columns=["path", "target"]) if h.exists() else None
+    total = len(fit) + (len(dh) if dh is not None else 0) + len(distractors)
+    done = [0]
+
+    def tick(k: int) -> None:
+        done[0] += k
+        if progress:
+            progress(done[0], total)
+    logits, y = split_logits(pred, fit["path"].astype(str), fit["target"], tick)
     if len(y) == 0:
-        raise UserError(f"None of run {run.id}'s {len(df)} validation images can be read any more, so it cannot "
+        raise UserError(f"None of run {run.id}'s {len(fit)} validation images can be read any more, so it cannot "
                         "be calibrated; restore its data set folder and try again.")
     t = cal.fit_temperature(logits, y)
-    splits = {"val": _split_report(logits, y, t)}
-    h = run.predictions_file("holdout")
-    if h.exists():
-        dh = pd.read_parquet(h, columns=["path", "target"])
-        splits["holdout"] = _split_report(*split_logits(pred, dh["path"].astype(str), dh["target"]), t)
+    splits = {"val": _report_of_logits(logits, y, t)}
+    del logits
+    if dh is not None:
+        splits["holdout"] = _chunked_report(pred, dh["path"].astype(str), dh["target"], t, tick)
     conf, correct = splits["val"]["_after"]["conf"], splits["val"]["_after"]["correct"]
-    d_logits, _ = split_logits(pred, list(distractors), [0] * len(distractors))
-    d_conf = cal.calibrated_probs(d_logits, t).numpy().max(1) if d_logits.shape[1] else np.zeros(0)
+    d_conf = _top_conf(pred, list(distractors), t, tick)
     thr = cal.choose_threshold(np.r_[conf, d_conf], np.r_[correct, np.zeros(len(d_conf), bool)], target_precision)
     on = "holdout" if splits.get("holdout", {}).get("n") else "val"
     out = {"temperature": t, "fitted_on": "val", "method": "temperature scaling: NLL minimised by Newton's method on 1/T",
+           "fitted": fitted, "fitted_at": time.time(), "fit_images": int(len(y)), "val_images": int(len(df)),
            "ece_before": splits[on]["ece_before"], "ece_after": splits[on]["ece_after"], "ece_on": on,
-           **thr, "target_precision": target_precision, "distractors_tune": int(d_logits.shape[1]),
+           **thr, "target_precision": target_precision, "distractors_tune": int(len(d_conf)),
            "checkpoint_mtime": pred.weights_mtime,
            "splits": {s: {k: v for k, v in r.items() if k != "_after"} for s, r in splits.items()}}
     run.write_calibration(out)

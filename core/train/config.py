@@ -29,6 +29,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 SWITCHES = ("auto", "on", "off")
 BALANCES = ("none", "weighted", "sampler")
 RECIPES = ("finetune", "poster")     # what each does: core.train.recipes
+HEADS = ("softmax", "arcface")       # what each is: core.train.models.build_model, core.train.heads
 
 
 def _f(default, help: str, lo=None, hi=None, choices=None, flag: bool = True, **kw):
@@ -57,6 +58,10 @@ class TrainConfig:
                                  "zero, pretrained layers at --lr x 0.3 with their batch-norm statistics frozen, "
                                  "--freeze: the head at --lr x 5) | poster (the poster's own: Adam at a constant --lr, "
                                  "plain cross-entropy, only the --augment list)", choices=RECIPES)
+    head: str = _f("softmax", "softmax (a linear classifier) | arcface (GeM pooling, a 512-d embedding and a "
+                              "sub-center ArcFace layer with class-size-dependent margins, as the Google Landmark "
+                              "Recognition 2020 solutions; the finetune recipe only: the head at --lr x 3, margins "
+                              "growing from 0 over the first epoch)", choices=HEADS)
     lr: float = _f(1e-3, "learning rate (finetune: the new head's; see --recipe)", lo=1e-8, hi=10.0)
     optimizer: str = _f("adam", "adam (AdamW under the finetune recipe) | sgd (momentum 0.9)", choices=OPTIMIZERS)
     momentum: float = _f(0.9, "SGD momentum", lo=0.0, hi=0.999)
@@ -71,6 +76,9 @@ class TrainConfig:
     freeze: bool = _f(False, "freeze the feature extractor (train only the classifier head)")
     tta: bool = _f(False, "test-time augmentation: evaluate (and classify) with the mean of each image's and "
                           "its mirror image's predictions")
+    calibrate: str = _f("on", "after the final evaluation, fit the temperature and the rejection threshold on the "
+                        "validation images (at most 5,000 of them): on | off (calibrate later on the Evaluate page "
+                        "or with eval --calibrate)", choices=("on", "off"))
     holdout: float = _f(0.01, "fraction split off first (stratified)", lo=0.0, hi=0.49)
     val: float = _f(0.2, "fraction of the rest used for validation", lo=0.01, hi=0.89)
     seed: int = _f(0, "random seed of the split, the initialisation and the batches", lo=0)
@@ -98,6 +106,9 @@ class TrainConfig:
                     lo=1, hi=1024)
     max_images: int = _f(0, "cap on images used (0 = all), for quick looks", lo=0)
     clean: bool = _f(False, "GLDv2: only the images listed in train_clean.csv")
+    new_holdout: bool = _f(False, "on a data set version (python -m core dataset version): draw the holdout afresh "
+                                  "from its images (default: keep the base data set's holdout, less the excluded "
+                                  "images, so that runs on the two compare on the same photos)")
     extra: dict = _f({}, "free-form notes kept with the run", flag=False)
 
     def validate(self) -> "TrainConfig":
@@ -108,6 +119,9 @@ class TrainConfig:
             _check(f, getattr(self, f.name))
         if self.classes == 1:
             raise UserError("--classes must be at least 2 to train a classifier (or 0 for all).")
+        if self.head == "arcface" and self.recipe == "poster":
+            raise UserError("The ArcFace head needs the finetune recipe (the poster's recipe is plain Adam with a "
+                            "softmax head); use --recipe finetune or --head softmax.")
         return self
 
     @property

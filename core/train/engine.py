@@ -35,7 +35,7 @@ from core.train.pipeline import (PreparedBatches, augment_batch, class_counts, c
 from core.train import recipes, speed
 from core.data.prepared import SCAN_SIZE, choose_store, prepare  # SCAN_SIZE: the plain pipeline checks every file once at it
 from core.train.sinks import Cancelled, NullSink
-from core.data.splits import load_manifest, make_manifest, save_manifest, top_classes
+from core.data.splits import base_places, choose, load_manifest, make_manifest, save_manifest
 
 
 def select_device(pref: str = "auto") -> torch.device:
@@ -67,11 +67,7 @@ def load_data(cfg: TrainConfig, folder, sink=NullSink(), ddp=None, device=None) 
     to the others: a resumed run's split lives in the run folder, which only rank 0 may see."""
     ddp = ddp or distributed.Distributed()
     index = load_index(cfg.data, clean=cfg.clean)
-    labels = top_classes(index.counts(), cfg.classes)
-    picked = pd.Index(labels).get_indexer(index.samples["label"].astype(str)) >= 0   # isin(): 0.8 s at 81,313
-    chosen = index.samples[picked].sort_values("path", kind="stable")
-    if cfg.max_images and len(chosen) > cfg.max_images:
-        chosen = chosen.sample(n=cfg.max_images, random_state=cfg.data_seed).sort_values("path", kind="stable")
+    chosen = choose(index.samples, cfg.classes, cfg.max_images, cfg.data_seed)
     size = cfg.image_size if cfg.pipeline == "prepared" else SCAN_SIZE
     kind, why = choose_store(cfg.store, len(chosen), size) if cfg.pipeline == "prepared" else ("raw", "")
     sink.emit("info", {"message": f"preparing {len(chosen)} images at {size}px (decoded once, cached"
@@ -85,7 +81,11 @@ def load_data(cfg: TrainConfig, folder, sink=NullSink(), ddp=None, device=None) 
     if ddp.is_main and folder.split_file.exists():
         split = _resumed_manifest(folder, set(good["path"]), sink)
     elif ddp.is_main:
-        split = make_manifest(good, 0, cfg.holdout, cfg.val, cfg.data_seed)
+        keep = None     # a data set version keeps its base's holdout unless asked otherwise (issue 22)
+        if index.base is not None and not cfg.new_holdout:
+            keep = base_places(index.base.samples, cfg.classes, cfg.holdout, cfg.val, cfg.data_seed, cfg.max_images,
+                               unreadable=chosen["path"][~np.asarray(prep.ok)])
+        split = make_manifest(good, 0, cfg.holdout, cfg.val, cfg.data_seed, keep=keep)
         save_manifest(split[0], folder.split_file)
         with atomic_output(folder.classes_file) as tmp:
             pd.DataFrame({"label": split[1], "name": [index.name(l) for l in split[1]]}).to_json(tmp)
@@ -207,8 +207,10 @@ def _autocast(cfg, device):
 
 def train_one_epoch(model, loader, optimizer, cfg, device, epoch: int, step0: int, sink,
                     class_weight: torch.Tensor | None = None, recipe: recipes.Recipe | None = None,
-                    scheduler=None, ddp=None) -> dict:
+                    scheduler=None, ddp=None, criterion=None) -> dict:
     """One pass over `loader`. `class_weight`: per-class cross-entropy weights (--balance weighted).
+    `criterion(logits, targets, step)`: the loss of a margin head (core.train.heads.MarginLoss, which
+    holds its own class weights), else cross-entropy.
     `recipe` (default: the config's): augmentation and label smoothing; `scheduler` is stepped
     after every optimizer step when the recipe's schedule is per step. On several processes
     (`ddp`) rank 0's sink decides to stop, every STOP_EVERY steps, for all of them at the same
@@ -228,7 +230,10 @@ def train_one_epoch(model, loader, optimizer, cfg, device, epoch: int, step0: in
         x, y = _inputs(cfg, x, device, True, gen, recipe.augment), y.to(device, non_blocking=True)
         with _autocast(cfg, device):
             logits = model(x)
-            loss = F.cross_entropy(logits, y, weight=class_weight, label_smoothing=recipe.label_smoothing)
+            if criterion is None:
+                loss = F.cross_entropy(logits, y, weight=class_weight, label_smoothing=recipe.label_smoothing)
+            else:
+                loss = criterion(logits, y, step0 + i - 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -454,7 +459,7 @@ def _fit(cfg: TrainConfig, folder, sink, resume: bool, ddp, device) -> dict:
     torch.manual_seed(cfg.seed)
     t_start = time.time()
     data = load_data(cfg, folder, sink, ddp, device)
-    model = build_model(cfg.model, len(data.labels), cfg.weights, cfg.freeze).to(device)
+    model = build_model(cfg.model, len(data.labels), cfg.weights, cfg.freeze, cfg.head).to(device)
     if channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     recipe = recipes.recipe_for(cfg)
@@ -487,13 +492,14 @@ def _fit(cfg: TrainConfig, folder, sink, resume: bool, ddp, device) -> dict:
     if cfg.deterministic:
         sink.emit("info", {"message": "deterministic: torch's deterministic algorithms, cuDNN autotuning off"})
     weight = balance(cfg, data, device, sink)
+    criterion = margin_loss(model, recipe, data, device, weight, len(train), sink)
     sink.emit("info", {"message": f"device {device}, {len(data.labels)} classes, "
                                   f"{(data.manifest['split'] == 'train').sum()} training images, starting at epoch {start + 1}"})
     rates = []
     for epoch in range(start + 1, cfg.epochs + 1):
         cpu0 = _cpu_seconds()
         row = train_one_epoch(trained, train, optimizer, cfg, device, epoch, (epoch - 1) * len(train), sink,
-                              class_weight=weight, recipe=recipe, scheduler=scheduler, ddp=ddp)
+                              class_weight=weight, recipe=recipe, scheduler=scheduler, ddp=ddp, criterion=criterion)
         if not recipe.per_step:
             scheduler.step()
         ddp.sync_buffers(model)
@@ -564,6 +570,22 @@ def balance(cfg, data: Data, device, sink) -> torch.Tensor | None:
                                      f"{lo}–{hi} images each: about {len(targets) / max(int(present.sum()), 1):.0f} "
                                      f"draws per class), seeded by the run's seed and the epoch"})
     return None
+
+
+def margin_loss(model, recipe, data: Data, device, weight, steps_per_epoch: int, sink):
+    """The ArcFace head's loss (None for softmax): per-class margins from the training split's class
+    counts, growing from 0 over the recipe's warm-up epochs; said in the run's events."""
+    if recipe.head != "arcface":
+        return None
+    from core.train.heads import MARGIN_A, MARGIN_B, MarginLoss, margins
+    m = data.manifest
+    counts = class_counts(m.loc[m["split"] == "train", "target"].to_numpy(), len(data.labels))
+    mc = margins(counts)
+    sink.emit("info", {"message": f"ArcFace margins {mc.min():.3f}–{mc.max():.3f} (m = {MARGIN_A:g} · n^-1/4 + {MARGIN_B:g}, n: "
+                                  f"{int(counts.min())}–{int(counts.max())} training images per class), reached "
+                                  f"after {recipe.margin_warmup * steps_per_epoch} steps"})
+    return MarginLoss(mc, model.submodule(model.head).s, recipe.margin_warmup * steps_per_epoch, weight,
+                      recipe.label_smoothing).to(device)
 
 
 def final_evaluation(model, cfg, data: Data, device, folder, sink, ddp=None) -> dict:

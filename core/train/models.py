@@ -21,11 +21,14 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class LandmarkNet(nn.Module):
-    def __init__(self, net: nn.Module, mean, std, head: str, cam_layer: str):
+    def __init__(self, net: nn.Module, mean, std, head: str, cam_layer: str, head_layers: tuple = ()):
         super().__init__()
         self.net = net
-        self.head = head            # attribute path of the classifier layer (kept when freezing)
+        self.head = head            # attribute path of the classifier layer (its input: the embedding)
         self.cam_layer = cam_layer  # attribute path of the last conv block (Grad-CAM)
+        # every layer the head owns, not in the backbone's weights: trains at the head's learning
+        # rate, kept trainable when freezing (an ArcFace head: GeM pool + embedding + BN + ArcFace)
+        self.head_layers = tuple(head_layers) or (head,)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.frozen = False         # frozen feature extractor: only the head trains
@@ -38,7 +41,7 @@ class LandmarkNet(nn.Module):
         super().train(mode)
         if mode and (self.frozen or self.freeze_bn):
             for name, m in self.net.named_modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not name.startswith(self.head + "."):
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not self.in_head(name):
                     m.eval()
         return self
 
@@ -47,6 +50,14 @@ class LandmarkNet(nn.Module):
 
     def submodule(self, path: str) -> nn.Module:
         return self.net.get_submodule(path)
+
+    def in_head(self, name: str) -> bool:
+        """Is the parameter or module at `name` (a path in `net`) part of the head?"""
+        return _under(name, self.head_layers)
+
+
+def _under(name: str, paths) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in paths)
 
 
 def class_probs(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
@@ -69,6 +80,9 @@ class ModelSpec:
     cam_layer: str
     about: str
     tv_weights: str | None = None              # torchvision weights enum (hub-cache file name)
+    # --head arcface: (global pool replaced by GeM, classifier block replaced by the margin head,
+    # channels of the last feature map) - core.train.heads.arcface_layers
+    arcface: tuple = ("avgpool", "fc", 512)
 
 
 def _tv(name):
@@ -149,17 +163,22 @@ REGISTRY: dict[str, ModelSpec] = {
     "resnet18": ModelSpec(_resnet("resnet18"), _tv_state("ResNet18_Weights"), IMAGENET_MEAN, IMAGENET_STD,
                           "fc", "layer4", "ResNet-18 (torchvision), 11.7 M parameters — the poster's best model", "ResNet18_Weights"),
     "vgg16": ModelSpec(_vgg16, _tv_state("VGG16_Weights"), IMAGENET_MEAN, IMAGENET_STD,
-                       "classifier.6", "features.29", "VGG-16 (torchvision), 138 M parameters — the poster's other model", "VGG16_Weights"),
+                       "classifier.6", "features.29", "VGG-16 (torchvision), 138 M parameters — the poster's other model", "VGG16_Weights",
+                       ("avgpool", "classifier", 512)),    # its 7x7 pool and 3 dense layers give way to GeM
     "efficientnet_lite0": ModelSpec(_effnet, _effnet_lite0_state, (0.5,) * 3, (0.5,) * 3,
                                     "classifier", "conv_head",
-                                    "EfficientNet-Lite0 (timm), 4.7 M parameters, ImageNet weights available offline"),
+                                    "EfficientNet-Lite0 (timm), 4.7 M parameters, ImageNet weights available offline",
+                                    arcface=("global_pool", "classifier", 1280)),
     "resnet50": ModelSpec(_resnet("resnet50"), _tv_state("ResNet50_Weights"), IMAGENET_MEAN, IMAGENET_STD,
-                          "fc", "layer4", "ResNet-50 (torchvision), 25.6 M parameters", "ResNet50_Weights"),
+                          "fc", "layer4", "ResNet-50 (torchvision), 25.6 M parameters", "ResNet50_Weights",
+                          ("avgpool", "fc", 2048)),
     "small_cnn": ModelSpec(_small_cnn, None, IMAGENET_MEAN, IMAGENET_STD, "fc", "features",
-                           "Small 4-block CNN, 0.4 M parameters, from scratch only — a fast CPU baseline"),
+                           "Small 4-block CNN, 0.4 M parameters, from scratch only — a fast CPU baseline",
+                           arcface=("pool", "fc", 256)),
     "mobilenet_v3_large": ModelSpec(_mobilenet, _tv_state("MobileNet_V3_Large_Weights"), IMAGENET_MEAN,
                                     IMAGENET_STD, "classifier.3", "features.16",
-                                    "MobileNet-V3-Large (torchvision), 5.5 M parameters", "MobileNet_V3_Large_Weights"),
+                                    "MobileNet-V3-Large (torchvision), 5.5 M parameters", "MobileNet_V3_Large_Weights",
+                                    ("avgpool", "classifier", 960)),
 }
 
 
@@ -179,7 +198,7 @@ def imagenet_available(name: str) -> tuple[bool, str]:
                    f"the internet (or put {cached.name} in {cached.parent}).")
 
 
-def _load_matching(net: nn.Module, state: dict, source: str, head: str) -> set:
+def _load_matching(net: nn.Module, state: dict, source: str, head: tuple) -> set:
     """Copy every tensor whose name and shape match; returns their names. Everything but the
     classifier head must match: a partly loaded backbone would train silently from (partly) random init."""
     if "model" in state and isinstance(state["model"], dict):   # one of our checkpoints
@@ -188,7 +207,7 @@ def _load_matching(net: nn.Module, state: dict, source: str, head: str) -> set:
         state = {k.removeprefix("net."): v for k, v in state.items()}
     own = net.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    body = [k for k in own if not k.startswith(head + ".") and not k.endswith("num_batches_tracked")]
+    body = [k for k in own if not _under(k, head) and not k.endswith("num_batches_tracked")]
     missing = [k for k in body if k not in matched]
     if missing:
         raise UserError(f"The weights in {source} do not fit this model: {len(missing)} of {len(body)} backbone "
@@ -197,35 +216,49 @@ def _load_matching(net: nn.Module, state: dict, source: str, head: str) -> set:
     return set(matched)
 
 
-def build_model(name: str, num_classes: int, weights: str = "imagenet", freeze: bool = False) -> LandmarkNet:
+def build_model(name: str, num_classes: int, weights: str = "imagenet", freeze: bool = False,
+                head: str = "softmax") -> LandmarkNet:
+    """The registry's backbone with a new head for `num_classes`: a linear classifier (softmax) or,
+    with head="arcface", GeM pooling + a 512-d embedding + sub-center ArcFace (core.train.heads)."""
     if name not in REGISTRY:
         raise UserError(f"Unknown model {name!r}; choose one of: {', '.join(REGISTRY)}.")
     spec = REGISTRY[name]
     net = spec.build(num_classes)
-    loaded: set = set()
+    head_path, new = spec.head, (spec.head,)
+    if head == "arcface":
+        from core.train.heads import arcface_layers
+        pool, block, channels = spec.arcface
+        new = arcface_layers(net, pool, block, channels, num_classes)
+        head_path = block + ".arc"
+    loaded = _load_weights(net, name, spec, weights, new)
+    model = LandmarkNet(net, spec.mean, spec.std, head_path, spec.cam_layer, new)
+    model.new_head = not any(model.in_head(k) for k in loaded)   # not from the weights
+    if freeze:
+        model.frozen = True
+        for pname, prm in net.named_parameters():
+            prm.requires_grad = model.in_head(pname)
+    return model
+
+
+def _load_weights(net, name: str, spec: ModelSpec, weights: str, new: tuple) -> set:
+    """Load `weights` (imagenet | none | a file) into `net`; the names of the tensors loaded."""
     if weights == "imagenet" and spec.imagenet is None:
         raise UserError(f"{name} has no ImageNet weights; train it with --weights none.")
     if weights == "imagenet":
         try:
-            loaded = _load_matching(net, spec.imagenet(), "the ImageNet weights", spec.head)
+            return _load_matching(net, spec.imagenet(), "the ImageNet weights", new)
         except WeightsUnavailable as e:
             raise UserError(
                 f"ImageNet weights for {name} are not available offline and could not be downloaded "
                 f"({e}); pass --weights PATH to a local weight file, use --model efficientnet_lite0 "
                 f"(its weights ship with pip), or train from scratch with --weights none.") from None
-    elif weights not in ("none", "", None):
-        p = Path(weights).expanduser()
-        if not p.is_file():
-            raise UserError(f"Weight file {p} does not exist.")
-        try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise UserError(f"{p} is not a PyTorch weight file ({e.__class__.__name__}).") from None
-        loaded = _load_matching(net, state, str(p), spec.head)
-    model = LandmarkNet(net, spec.mean, spec.std, spec.head, spec.cam_layer)
-    model.new_head = not any(k.startswith(spec.head + ".") for k in loaded)   # not from the weights
-    if freeze:
-        model.frozen = True
-        for pname, prm in net.named_parameters():
-            prm.requires_grad = pname.startswith(spec.head + ".")
-    return model
+    if weights in ("none", "", None):
+        return set()
+    p = Path(weights).expanduser()
+    if not p.is_file():
+        raise UserError(f"Weight file {p} does not exist.")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{p} is not a PyTorch weight file ({e.__class__.__name__}).") from None
+    return _load_matching(net, state, str(p), new)

@@ -17,6 +17,12 @@ poster    the seed poster's recipe, exactly as before recipes existed: one param
           --lr, Adam (or --optimizer sgd) with --weight-decay, a constant learning rate, plain
           cross-entropy, only the --augment list, batch norm in training mode. `reproduce` uses it.
 
+--head arcface (finetune only; core.train.heads) changes three things: the head (GeM pool,
+embedding, ArcFace layer) trains at --lr x 3, which is 10x the pretrained layers' --lr x 0.3 (the
+new layers start from random, not from zero: a zero ArcFace centre has no direction); no label
+smoothing (the margin already keeps the target logit from saturating); the margins grow linearly
+from 0 over the first epoch's steps (MarginLoss.ramp).
+
 A configuration saved before recipes existed has no `recipe` key: it loads as `poster`
 (config.LEGACY), so resuming or retraining an old run changes nothing.
 """
@@ -41,6 +47,11 @@ FINETUNE = dict(
     freeze_bn=True,            # pretrained backbone: BN layers in eval mode (running statistics kept)
     zero_head=True,            # a new head on pretrained layers starts at zero
 )
+ARCFACE = dict(
+    head_lr_factor=3.0,        # the margin head trains at --lr x this (10x the pretrained layers' 0.3)
+    label_smoothing=0.0,
+    margin_warmup_epochs=1,    # margins grow linearly from 0 over this many epochs' steps
+)
 
 
 def pretrained(cfg) -> bool:
@@ -61,6 +72,8 @@ class Recipe:
     augment: tuple             # names in pipeline.AUGMENT, applied in this order
     freeze_bn: bool            # backbone BN layers kept in eval mode (running statistics frozen)
     zero_head: bool            # a new head's weights and bias start at zero
+    head: str = "softmax"      # softmax | arcface (trained through heads.MarginLoss)
+    margin_warmup: int = 0     # epochs over which the ArcFace margins grow from 0
 
     @property
     def per_step(self) -> bool:
@@ -74,7 +87,10 @@ class Recipe:
         return (f"recipe {self.name}: {self.optimizer} ({groups}, weight decay {self.weight_decay:g}), {sched}, "
                 f"label smoothing {self.label_smoothing:g}, augmentation {', '.join(self.augment) or 'none'}, "
                 f"batch-norm statistics {'frozen in the backbone' if self.freeze_bn else 'updated'}"
-                + (", new head initialised to zero" if self.zero_head else ""))
+                + (", new head initialised to zero" if self.zero_head else "")
+                + (", ArcFace head (class-size margins growing from 0 over the first "
+                   + ("epoch" if self.margin_warmup == 1 else f"{self.margin_warmup} epochs") + ")"
+                   if self.head == "arcface" else ""))
 
 
 def recipe_for(cfg) -> Recipe:
@@ -82,12 +98,16 @@ def recipe_for(cfg) -> Recipe:
         return Recipe("poster", cfg.optimizer, cfg.lr, cfg.lr, cfg.weight_decay, 0.0, "constant", 0.0,
                       tuple(cfg.augment), False, False)
     f, pre = FINETUNE, pretrained(cfg)
+    arc = getattr(cfg, "head", "softmax") == "arcface"
     head = cfg.lr * (f["frozen_lr_factor"] if cfg.freeze else f["head_lr_factor"]) if pre else cfg.lr
+    if arc and not cfg.freeze:
+        head = cfg.lr * ARCFACE["head_lr_factor"]
     body = cfg.lr * f["body_lr_factor"] if pre else cfg.lr
     return Recipe("finetune", "sgd" if cfg.optimizer == "sgd" else "adamw", head, body,
-                  cfg.weight_decay or f["weight_decay"], f["label_smoothing"], "warmup_cosine", f["warmup"],
-                  tuple(cfg.augment) or tuple(f["augment"]), pre and bool(f["freeze_bn"]),
-                  pre and bool(f["zero_head"]))
+                  cfg.weight_decay or f["weight_decay"], ARCFACE["label_smoothing"] if arc else f["label_smoothing"],
+                  "warmup_cosine", f["warmup"], tuple(cfg.augment) or tuple(f["augment"]),
+                  pre and bool(f["freeze_bn"]), pre and bool(f["zero_head"]) and not arc,
+                  "arcface" if arc else "softmax", ARCFACE["margin_warmup_epochs"] if arc else 0)
 
 
 def param_groups(model, r: Recipe) -> list[dict]:
@@ -99,10 +119,11 @@ def param_groups(model, r: Recipe) -> list[dict]:
                  "weight_decay": r.weight_decay}]
     head = getattr(model, "head", None)
     named = model.net.named_parameters() if head else model.named_parameters()
+    in_head = getattr(model, "in_head", lambda n: n.startswith(head + "."))
     buckets: dict[tuple, list] = {}
     for name, p in named:
         if p.requires_grad:
-            body = bool(head) and not name.startswith(head + ".")
+            body = bool(head) and not in_head(name)
             buckets.setdefault((body, p.ndim <= 1), []).append(p)
     return [{"params": ps, "lr": r.body_lr if body else r.head_lr, "weight_decay": 0.0 if flat else r.weight_decay,
              "name": ("body" if body else "head") + ("_no_decay" if flat else "")}

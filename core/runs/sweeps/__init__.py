@@ -11,6 +11,9 @@ queue (as many at once as the device has slots: one per GPU, one on the CPU, plu
 tells Optuna how each ended. A trial's own worker reports each epoch's validation accuracy to the
 study as the epoch ends and, in a pruning sweep, asks Optuna's median pruner whether to go on: a
 hopeless trial stops at once and its run shows as "pruned" with the epoch it stopped at.
+With `seeds` (sweep --seeds 0,1,2) a trial trains one run per seed on one shared split, as one seed
+group (core.runs.groups), and tells Optuna the group's mean validation accuracy; the trial keeps
+its group, members, n, mean and sd.
 It holds no state of its own: a driver started again (after a crash, a kill, an app restart)
 adopts the running trials of its host whose driver is gone — or that never got a driver recorded,
 whatever moment the driver died — and goes on. Grid sweeps enqueue every configuration once when
@@ -29,5 +32,5 @@ from core.runs.sweeps.storage import (CREDENTIALS, DB_FILE, PASSWORD_ENV, PASSWO
                                       _credentials_file, _with_password, claim_lock, masked, open_storage,
                                       storage_url)
 from core.runs.sweeps.study import (NOTE_MAX, PRUNE_STARTUP_TRIALS, PRUNE_WARMUP_EPOCHS, STATE,  # noqa: F401
-                                    cancel_sweep, check_name, create, epoch_reporter, importance, info, load,
-                                    names, set_note)
+                                    cancel_sweep, check_name, create, describe, epoch_reporter, importance, info,
+                                    load, names, seed_noise, set_note, trial_stats)

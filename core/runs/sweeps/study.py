@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from core.errors import UserError
+from core.runs.groups import GroupStats, parse_seeds, within_noise
 from core.runs.jobs import cancel
 from core.train.config import LEGACY, TrainConfig
 from core.runs.sweeps.space import SAMPLER_MAKERS, SAMPLERS, grid, trial_config
@@ -39,9 +40,12 @@ def check_name(name: str) -> str:
 
 def create(name: str, base: TrainConfig, space: dict | None = None, sampler: str = "grid",
            trials: int | None = None, prune: bool = False, storage: str | None = None,
-           configs: list[dict] | None = None, kind: str = "sweep", meta: dict | None = None) -> dict:
+           configs: list[dict] | None = None, kind: str = "sweep", meta: dict | None = None,
+           seeds: list[int] | None = None) -> dict:
     """A new sweep (or the same one again: its settings must match). `configs` enqueues an
-    explicit list instead of the grid of `space` (the poster's table does)."""
+    explicit list instead of the grid of `space` (the poster's table does). `seeds`: each trial
+    trains one run per seed on one shared split, as one seed group, and its objective is the
+    group's mean validation accuracy."""
     optuna = _optuna()
     check_name(name)
     if sampler not in SAMPLERS:
@@ -51,6 +55,7 @@ def create(name: str, base: TrainConfig, space: dict | None = None, sampler: str
         raise UserError("A sweep trains each trial in one process on one GPU (its trials run side by side on "
                         "the GPUs); leave --nproc at 1.")
     space = space or {}
+    seeds = _check_seeds(seeds, space, configs)
     todo = configs if configs is not None else grid(space) if sampler == "grid" else None
     if todo is not None:
         for params in todo:
@@ -59,7 +64,7 @@ def create(name: str, base: TrainConfig, space: dict | None = None, sampler: str
     elif not trials or trials < 1:
         raise UserError("A tpe or random sweep needs --trials N (how many configurations to train).")
     settings = {"base": json.loads(base.to_json()), "space": space, "sampler": sampler, "trials": int(trials),
-                "prune": bool(prune), "kind": kind}
+                "prune": bool(prune), "kind": kind, "seeds": seeds}
     st = open_storage(storage)
     existing = _find(st, name)
     if existing is not None:
@@ -81,6 +86,17 @@ def create(name: str, base: TrainConfig, space: dict | None = None, sampler: str
             for params in todo or []:
                 study.enqueue_trial(params, skip_if_exists=True)
     return info(name, storage)
+
+
+def _check_seeds(seeds, space: dict, configs: list[dict] | None) -> list[int] | None:
+    """The seeds of a seed-group sweep (None without), refused where a trial sets its own seed."""
+    if not seeds:
+        return None
+    seeds = parse_seeds(seeds)
+    if "seed" in space or any("seed" in c for c in configs or []):
+        raise UserError("Give either seed in the search space or --seeds, not both: --seeds trains every "
+                        "configuration once per seed.")
+    return seeds
 
 
 def _differences(old: dict, now: dict, most: int = 3) -> str:
@@ -134,8 +150,12 @@ def names(storage: str | None = None) -> list[dict]:
 def epoch_reporter(args: dict):
     """For a trial's worker: report each epoch's validation accuracy to the study (curves on every
     machine) and, in a pruning sweep, say whether the pruner stops it. Reported synchronously at
-    the epoch's end, so no epoch is missed however fast the trial runs."""
+    the epoch's end, so no epoch is missed however fast the trial runs. In a seed-group sweep only
+    the group's first run reports (None for the others): the trial's curve is its first seed's, and
+    the median pruner compares first seeds with first seeds."""
     optuna = _optuna()
+    if int(args.get("seed_index") or 0) > 0:
+        return None                      # a seed group's first run alone reports (and may be pruned)
     study = load(args["sweep"], args.get("storage"))
     trial = optuna.trial.Trial(study, int(args["trial_id"]))
 
@@ -180,8 +200,9 @@ def info(name: str, storage: str | None = None, study=None) -> dict:
     for t in study.get_trials(deepcopy=False):
         params = t.params or t.system_attrs.get("fixed_params", {})
         inter = t.intermediate_values
-        configs.append({"number": t.number, "params": params, "run_id": t.user_attrs.get("run_id"),
-                        "host": t.user_attrs.get("host"), "state": STATE.get(t.state.name, t.state.name.lower()),
+        configs.append({**_group_fields(t), "number": t.number, "params": params,
+                        "run_id": t.user_attrs.get("run_id"), "host": t.user_attrs.get("host"),
+                        "state": STATE.get(t.state.name, t.state.name.lower()),
                         "val_acc": t.value if t.value is not None else (inter[max(inter)] if inter else None),
                         "pruned_at": t.user_attrs.get("pruned_at"), "error": t.user_attrs.get("error"),
                         "note": a.get(NOTE_KEY.format(t.number)) or None,
@@ -195,8 +216,51 @@ def info(name: str, storage: str | None = None, study=None) -> dict:
     return {"name": name, "storage": storage_url(storage), "kind": a.get("kind", "sweep"), "sampler": a.get("sampler"),
             "space": a.get("space"), "base": a.get("base"), "prune": a.get("prune"), "planned": a.get("trials"),
             "cancelled": bool(a.get("cancelled")), "created": a.get("created"), "meta": a.get("meta") or {},
-            "configs": configs, "best": best, "counts": counts,
+            "seeds": a.get("seeds"), "configs": configs, "best": best, "counts": counts, "noise": seed_noise(configs),
             "finished": counts["ended"] >= (a.get("trials") or 0) and not counts["running"]}
+
+
+def _group_fields(t) -> dict:
+    """A trial's seed group: group (its first run's id), members (every run, seed order), n, mean and sd
+    (as the driver recorded them when the group ended). A trial of one run: its val_acc, n = 1."""
+    stats = t.user_attrs.get("stats")
+    if stats:
+        return {"group": stats.get("group"), "members": t.user_attrs.get("members") or stats.get("runs"),
+                "n": stats["n"], "mean": stats["mean"], "sd": stats["sd"]}
+    done = t.state.name == "COMPLETE" and t.value is not None and not t.user_attrs.get("group")
+    return {"group": t.user_attrs.get("group"), "members": t.user_attrs.get("members") or (
+                [t.user_attrs["run_id"]] if t.user_attrs.get("run_id") else []),
+            "n": 1 if done else 0, "mean": {"val_acc": t.value} if done else {},
+            "sd": {"val_acc": None} if done else {}}
+
+
+def trial_stats(config: dict) -> GroupStats | None:
+    """An info() config's seed group as GroupStats (None before it has finished runs)."""
+    if not config.get("n"):
+        return None
+    runs = (config.get("members") or [config.get("run_id")])[:config["n"]]
+    return GroupStats(config.get("group") or config.get("run_id") or "", runs, config["mean"], config["sd"])
+
+
+def describe(config: dict, metric: str = "val_acc") -> str:
+    """An info() config's figure as 'mean ± sd (n = N)' ('—' before its group has finished)."""
+    stats = trial_stats(config)
+    return stats.describe(metric) if stats else "—"
+
+
+def seed_noise(configs: list[dict], metric: str = "val_acc") -> dict | None:
+    """Whether the best two complete trials differ by more than the seed noise (groups.within_noise on
+    their groups' `metric`): {"best", "second", "diff", "margin", "within", "sentence"}; None with fewer
+    than two complete trials or no group."""
+    done = sorted((c for c in configs if c["state"] == "complete" and c.get("n") and metric in c.get("mean", {})),
+                  key=lambda c: -c["mean"][metric])
+    if len(done) < 2 or not any(c.get("group") for c in done[:2]):
+        return None
+    a, b = done[1], done[0]
+    noise = within_noise(trial_stats(a), trial_stats(b), metric)
+    return {"best": b["number"], "second": a["number"], "diff": noise.diff, "margin": noise.margin,
+            "within": noise.within, "sentence": f"Trials #{b['number']} and #{a['number']}: "
+                                                f"{noise.sentence('mean validation accuracy')}"}
 
 
 def importance(name: str, storage: str | None = None) -> dict[str, float]:
