@@ -17,6 +17,7 @@ POINT = """([axis, trace, i]) => {
     .find(g => g._fullLayout && g._fullData && (axis === 'map' ? (g._fullData[0] || {}).type === 'scattergl'
       : (((g._fullLayout.yaxis || {}).title || {}).text || '') === axis));
   if (!gd || !gd._fullData || !gd._fullData[trace]) return null;
+  gd.scrollIntoView({block: 'center', behavior: 'instant'});      // here, not by a locator: a rerun may replace the element meanwhile
   const d = gd._fullData[trace], L = gd._fullLayout, box = gd.getBoundingClientRect();
   return {x: box.left + L._size.l + L.xaxis.l2p(d.x[i]), y: box.top + L._size.t + L.yaxis.l2p(d.y[i]),
           custom: d.customdata ? Array.from(d.customdata[i]).map(String) : null, n: d.x.length};
@@ -42,6 +43,20 @@ def _point(page, axis: str, trace: int, i: int):
     return page.evaluate(POINT, [axis, trace, i])
 
 
+def _click_point(page, axis: str, trace: int, i: int, ok, tries: int = 3) -> None:
+    """Click a chart's point until `ok()` (a click that lands while the chart is still being drawn
+    or scrolled is lost: click again, as a user would)."""
+    for _ in range(tries):
+        page.wait_for_timeout(500)
+        pt = _point(page, axis, trace, i)
+        page.mouse.click(pt["x"], pt["y"])
+        try:
+            return _until_settled(page, ok, timeout_s=30)
+        except AssertionError:
+            continue
+    raise AssertionError(f"clicking point {i} of the {axis!r} chart never showed what it should")
+
+
 @pytest.mark.e2e
 def test_click_a_confusion_cell_then_a_map_point(trained, app, home):
     from playwright.sync_api import expect, sync_playwright
@@ -58,14 +73,13 @@ def test_click_a_confusion_cell_then_a_map_point(trained, app, home):
         expect.set_options(timeout=120_000)
         page.goto(f"{app}/evaluate?run={run_id}")
         page.locator('[data-testid="stRadio"] label').filter(has_text=re.compile(r"^Validation")).first.click()
-        _until_settled(page, lambda: _point(page, "true class", 1, 0) is not None)
+        _until_settled(page, lambda: page.get_by_role("radio", name=re.compile(r"^Validation")).is_checked()
+                       and _point(page, "true class", 1, 0) is not None)
         # 1. a confusion cell (the clickable marker over cell (true t, predicted p)) -> exactly its photos
         n = _point(page, "true class", 1, 0)["n"]
         classes = int(round(n ** 0.5))
-        page.locator(".js-plotly-plot").filter(has=page.get_by_text("true class")).first.scroll_into_view_if_needed()
-        cell = _point(page, "true class", 1, int(t) * classes + int(p))
-        page.mouse.click(cell["x"], cell["y"])
-        _until_settled(page, lambda: page.get_by_text(re.compile(r"^Photos of ")).count() > 0)
+        _click_point(page, "true class", 1, int(t) * classes + int(p),
+                     lambda: page.get_by_text(re.compile(r"^Photos of ")).count() > 0)
         for name in want["path"].map(lambda s: s.rsplit("/", 1)[-1]):
             expect(page.get_by_role("button", name=name, exact=True)).to_be_visible()
         _shot(page, "evaluate_cell.png", page.get_by_text(re.compile(r"^Photos of ")).first)
@@ -73,11 +87,8 @@ def test_click_a_confusion_cell_then_a_map_point(trained, app, home):
         page.get_by_role("button", name="Compute embeddings").click()
         _until_settled(page, lambda: _point(page, "map", 0, 0) is not None and page.get_by_text(
             "Map of the embeddings").count() > 0, timeout_s=300)
-        page.get_by_text("Map of the embeddings").scroll_into_view_if_needed()
         _shot(page, "evaluate_map.png", page.get_by_text("Map of the embeddings"))
-        pt = _point(page, "map", 0, 0)
-        page.mouse.click(pt["x"], pt["y"])
-        _until_settled(page, lambda: page.get_by_text("Nearest training photos", exact=True).count() > 0)
+        _click_point(page, "map", 0, 0, lambda: page.get_by_text("Nearest training photos", exact=True).count() > 0)
         expect(page.get_by_text("Nearest training photos", exact=True)).to_be_visible()
         expect(page.get_by_text(re.compile(r"\(\d\.\d\d\)$")).first).to_be_visible()   # a neighbour's similarity
         expect(page.get_by_text(re.compile(r"^Grad-CAM · class")).first).to_be_visible()  # its explanation map
