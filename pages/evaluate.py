@@ -11,7 +11,7 @@ from core.data.splits import thin_holdout
 from core.runs.groups import group_stats
 from core.train import metrics
 from core.train.config import DEFAULTS as CONFIG_DEFAULTS
-from dashboard import charts, nav
+from dashboard import charts, embedding_map, nav, photo_views
 from dashboard.common import classes_count, home_key, run_names, run_picker, runs_frame, split_labels, store
 from dashboard.calibration_panel import calibration_section
 from dashboard.distractor_panel import distractor_panel
@@ -148,7 +148,7 @@ PER_CLASS_COLUMNS = {
     "f1": st.column_config.NumberColumn("F1", format="%.3f")}
 
 
-def per_class_section(ev: dict, label: str) -> None:
+def per_class_section(ev: dict, label: str, run_id: str, split: str) -> None:
     st.subheader("Accuracy per class")
     df = charts.per_class_frame(ev)
     st.plotly_chart(charts.per_class_figure(df), key="eval_per_class")
@@ -160,15 +160,17 @@ def per_class_section(ev: dict, label: str) -> None:
         st.caption(f"How many of the {len(df) - missing:,} classes reach each accuracy; the worst are listed "
                    "below, and the table finds any class." + gone)
         k = st.slider("Worst classes listed", 5, 100, step=5, key="eval_worst_k")
-        st.dataframe(charts.worst_classes(df, k), hide_index=True, key="eval_worst",
-                     column_config=PER_CLASS_COLUMNS)
+        worst = charts.worst_classes(df, k)
+        st.dataframe(worst, hide_index=True, key="eval_worst", column_config=PER_CLASS_COLUMNS,
+                     **photo_views.class_select("eval_worst", run_id, split, worst.index))
     query = st.text_input("Find a class", key="eval_class_query", placeholder="part of a name or label")
     with st.expander("Per-class table (click a column to sort)", expanded=bool(query)):
         found = charts.find_classes(df, query)
         if query:
             st.caption(f"{len(found):,} of {len(df):,} classes match “{query}”.")
-        st.dataframe(found.sort_values(["acc", "support"], ascending=[True, False]), hide_index=True,
-                     key="eval_per_class_table", column_config=PER_CLASS_COLUMNS)
+        found = found.sort_values(["acc", "support"], ascending=[True, False])
+        st.dataframe(found, hide_index=True, key="eval_per_class_table", column_config=PER_CLASS_COLUMNS,
+                     **photo_views.class_select("eval_per_class_table", run_id, split, found.index))
 
 
 PAIR_COLUMNS = {"true": "true class", "true_label": "true label", "predicted": "predicted as",
@@ -187,20 +189,26 @@ def confusion_section(ev: dict, run_id: str, split: str) -> None:
     if pairs.empty:
         st.caption("No image of this split is misclassified.")
     else:
-        st.dataframe(pairs, hide_index=True, key="eval_pairs", column_config=PAIR_COLUMNS)
+        st.dataframe(pairs, hide_index=True, key="eval_pairs", column_config=PAIR_COLUMNS,
+                     **photo_views.pair_select("eval_pairs", run_id, split, ev, pairs))
         st.caption(f"{mistakes:,} misclassified images in {kinds:,} (true, predicted) pairs, the most frequent "
                    f"first{f' (the first {len(pairs)})' if kinds > len(pairs) else ''}; every cell is in the CSV.")
     c1, c2 = st.columns([1, 2])
     normalize = c1.toggle("Row-normalised", key="eval_normalize", help="Each true class's row sums to 1.")
     if n > charts.FULL_MATRIX_MAX:
         k = c2.slider("Most-confused classes shown", 5, charts.FULL_MATRIX_MAX, key="eval_top_k")
-        shown, shown_names = charts.reduce_confusion(conf, charts.most_confused(conf, k), names)
+        keep = charts.most_confused(conf, k)
+        shown, shown_names = charts.reduce_confusion(conf, keep, names)
+        keep += [-1] * (len(shown_names) - len(keep))                  # (other): no single pair
         st.caption(f"{k} of {n:,} classes with the most mistakes. **(other)** sums the remaining {n - k:,}; "
                    "their own right answers are left out of it, so (other) → (other) counts only mistakes "
                    "among them.")
     else:
-        shown, shown_names = conf.dense(range(n), other=False), names
-    st.plotly_chart(charts.confusion_figure(shown, shown_names, normalize=normalize), key="eval_confusion")
+        shown, shown_names, keep = conf.dense(range(n), other=False), names, list(range(n))
+    st.plotly_chart(photo_views.clickable(charts.confusion_figure(shown, shown_names, normalize=normalize),
+                                          len(shown_names)), key="eval_confusion",
+                    **photo_views.confusion_select("eval_confusion", run_id, split, keep))
+    st.caption("Click a cell to see its photos below.")
     st.download_button("Download every non-zero cell (CSV)", charts.confusion_csv(ev),
                        file_name=f"confusion_{run_id}_{split}.csv", mime="text/csv", key="eval_confusion_csv")
     one_class(ev)
@@ -283,8 +291,11 @@ ev = {**ev, "cells": confusion}
 split_metrics(ev, split)
 if split == "holdout":
     distractor_panel(run_id, str(store().get(run_id)["config"].get("data") or ""))
-per_class_section(ev, labels[split])
+per_class_section(ev, labels[split], run_id, split)
 confusion_section(ev, run_id, split)
+emb = embedding_map.embeddings(run_id)
+photo_views.photos_section(run_id, split, ev, emb)
+embedding_map.map_section(run_id, split, ev, emb)
 mistakes_section(ev, run_id, split, labels[split])
 calibration_section(run_id, split, labels[split])
 inspect_panel(run_id, str(store().get(run_id)["config"].get("data") or ""))
