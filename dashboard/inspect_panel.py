@@ -130,7 +130,8 @@ def _tables(result: dict, root: Path, key: str) -> tuple[list[str], dict]:
                               "given → suggested": [f"{g} → {s}" for g, s in zip(issues["given_name"],
                                                                                    issues["suggested_name"])],
                               "score": issues["score"], "split": issues["split"],
-                              "copy with another label": issues["conflict"], "image": issues["image"]})
+                              "copy with another label": issues["conflict"].fillna(""),   # no literal "None"
+                              "image": issues["image"]})
         sel = st.dataframe(table, key=f"{key}_issues", on_select="rerun", selection_mode="multi-row",
                            hide_index=True, row_height=THUMB + 8,
                            column_config={"photo": st.column_config.ImageColumn("photo", width="small"),
