@@ -13,7 +13,8 @@ the same settings and budget through the CLI's own `train`, then is scored by `e
 (half of the distractors join the 20% holdout as "no landmark" queries), and again after
 `eval --calibrate` (temperature and threshold fitted on validation plus the other half). When
 core.serve.embeddings and `eval --classifier knn` exist, each run is also scored by nearest
-neighbours over its training photos' embeddings. Everything lives in a temporary LANDMARKS_HOME.
+neighbours over its training photos' embeddings, with the same distractors, and again with the
+distractor penalty (`--distractor-penalty`: similarity to the tune half subtracted). Everything lives in a temporary LANDMARKS_HOME.
 
 The figures in docs/BENCHMARKS.md:
     python bench/recognition.py ../shared/datasets/monuments44 --distractor-classes 4
@@ -83,25 +84,30 @@ def score(run_id: str, distractors: Path, knn: bool) -> dict:
     rows = {}
     r = cli("eval", run_id, "--distractors", distractors)
     rows["plain"] = {k: r.get(k) for k in COLUMNS} | {"distractors": r.get("distractors")}
-    rows.update(knn_rows(run_id, knn))
+    rows.update(knn_rows(run_id, knn, distractors))
     r = cli("eval", run_id, "--distractors", distractors, "--calibrate")
     rows["calibrated"] = {k: r.get(k) for k in COLUMNS} | {"ece_before": r.get("ece_before"),
                                                            "ece_after": r.get("ece_after")}
     return rows
 
 
-def knn_rows(run_id: str, knn: bool) -> dict:
-    """The embed helper's kNN over the run's training embeddings; no distractors (its eval refuses
-    them with --classifier knn). Scored before any calibration is stored (it uses similarities)."""
+def knn_rows(run_id: str, knn: bool, distractors: Path) -> dict:
+    """kNN over the run's training embeddings (`eval --classifier knn --distractors`), and again with
+    the distractor penalty (`--distractor-penalty`, weight 1: each query's similarity minus its
+    similarity to the nearest photo of the distractors' tune half). Similarities, not probabilities:
+    a stored calibration does not change them."""
     if not knn:
         return {}
     try:
         cli("embed", run_id)
-        r = cli("eval", run_id, "--classifier", "knn")
+        r = cli("eval", run_id, "--classifier", "knn", "--distractors", distractors)
+        p = cli("eval", run_id, "--classifier", "knn", "--distractors", distractors, "--distractor-penalty")
     except SystemExit as e:              # embeddings there, `embed` / `eval --classifier` not (yet)
         print(f"kNN row left out: {e}", file=sys.stderr)
         return {}
-    return {"knn": {k: r.get(k) for k in COLUMNS}}
+    return {"knn": {k: r.get(k) for k in COLUMNS} | {"distractors": r.get("distractors")},
+            "knn_penalty": {k: p.get(k) for k in COLUMNS} | {"distractors": p.get("distractors"),
+                                                              "distractors_reference": p.get("distractors_reference")}}
 
 
 def table(results: dict) -> str:
@@ -113,7 +119,8 @@ def table(results: dict) -> str:
                    "calibrated": res["scores"]["calibrated"].get("ece_after")}.get(kind)
             cells = " | ".join("—" if v is None else f"{v:.3f}" for v in [*(row.get(k) for k in COLUMNS), ece])
             label = {"plain": "softmax over its logits", "calibrated": "+ temperature (eval --calibrate)",
-                     "knn": "kNN over training embeddings"}[kind]
+                     "knn": "kNN over training embeddings",
+                     "knn_penalty": "kNN + distractor penalty (w = 1)"}[kind]
             lines.append(f"| {head} | {label} | {cells} | {res['seconds']:.0f} |")
     return "\n".join(lines)
 
@@ -170,7 +177,7 @@ def rescore(path: Path, out: str | None) -> None:
     os.environ["LANDMARKS_HOME"] = saved["home"]
     knn = knn_available()
     for res in saved["results"].values():     # only the kNN row: a stored calibration would change the others
-        res["scores"].update({k: v for k, v in knn_rows(res["run_id"], knn).items()})
+        res["scores"].update(knn_rows(res["run_id"], knn, Path(saved["distractor_folder"])))
     print(table(saved["results"]))
     if out:
         Path(out).write_text(json.dumps(saved, indent=1))

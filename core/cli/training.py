@@ -53,6 +53,9 @@ def add_eval(sub) -> None:
     p.add_argument("--classifier", choices=["softmax", "knn"], default="softmax",
                    help="softmax: the network's own figures; knn: each image's 10 nearest training photos vote "
                         "(needs python -m core embed RUN first)")
+    p.add_argument("--distractor-penalty", type=float, nargs="?", const=1.0, default=None, metavar="W",
+                   help="with --classifier knn and --distractors: each query's confidence minus W (default 1) times "
+                        "its similarity to the nearest photo of the distractors' tune half")
     _runs_and_json(p)
     p.set_defaults(fn=cmd_eval)
 
@@ -272,25 +275,36 @@ def cmd_eval(a) -> dict:
     confusion = store.run(a.run_id).read_confusion(a.split, m)
     out["confusion_cells"] = confusion.cells() if confusion is not None else []   # [true, predicted, count]
     out.update(_calibration(a, store.require(a.run_id), out))
-    if a.distractors:
+    if a.distractors and knn is None:
         extra = _eval_distractors(store.run(a.run_id), a.split, a.distractors)
         out.update({k: v for k, v in extra.items() if k != "gap"})      # `gap` stays the known landmarks' own
     out["classifier"] = "softmax" if knn is None else "knn"
     if knn is not None:
         _eval_knn(knn, a.split, out)
+        if a.distractors:
+            _eval_knn_distractors(store.run(a.run_id), knn, a, out)
     return out
 
 
 def _knn_embeddings(a, run):
     """eval --classifier knn: the run's embeddings (core.serve.embeddings), checked before anything
     else is computed or printed; None for softmax."""
+    penalty = getattr(a, "distractor_penalty", None)
     if getattr(a, "classifier", "softmax") != "knn":
+        if penalty is not None:
+            raise UserError("--distractor-penalty lowers the kNN classifier's similarities; add --classifier knn "
+                            "(and --distractors DIR) to use it.")
         return None
-    if a.distractors:
-        raise UserError("--distractors scores the network's own answers; drop --classifier knn for GAP with "
-                        "distractors.")
     from core.cli.inference import _knn_store
-    return _knn_store(run)
+    emb = _knn_store(run)
+    if penalty is not None and not a.distractors:
+        raise UserError("--distractor-penalty compares each query with the photos of a distractor folder; add "
+                        "--distractors DIR.")
+    if penalty is not None and not penalty > 0:
+        raise UserError(f"--distractor-penalty takes a positive weight (the published form uses 1; got {penalty:g}).")
+    if a.distractors and a.split != "holdout":
+        raise UserError(f"Distractors join the holdout as queries; drop --split {a.split} or use --split holdout.")
+    return emb
 
 
 def _eval_knn(emb, split: str, out: dict) -> None:
@@ -305,6 +319,23 @@ def _eval_knn(emb, split: str, out: dict) -> None:
                confusion_cells=confusion.cells(), embeddings_missing=emb.meta.get("missing", 0))
     for row, acc, n in zip(out["per_class"], m["per_class"], m["support"]):
         row.update(acc=acc, support=n)
+
+
+def _eval_knn_distractors(run, emb, a, out: dict) -> None:
+    """eval --classifier knn --distractors DIR [--distractor-penalty W]: the kNN classifier's holdout
+    plus the folder's query half, scored by core.serve.distractors as the softmax path is (the same
+    keys; `gap` stays the known landmarks' own). Not written to the run folder: the distractors file
+    there holds the network's own figures, which the Evaluate page shows."""
+    from core.serve import distractors
+    from core.serve.predictor import load_predictor
+    pred = load_predictor(run)
+    result = distractors.evaluate_knn(run, emb, pred.model, pred.cfg.image_size, a.distractors,
+                                      penalty=a.distractor_penalty)
+    if result["distractors_left_out"]:
+        print(f"{result['distractors_left_out']} image(s) of the distractor folder are photos of this run's data set "
+              "(same path or same bytes) and were left out.", file=sys.stderr)
+    out.update({k: v for k, v in result.items() if k != "gap"})
+    out.setdefault("distractor_penalty", None)
 
 
 def _calibration(a, run, out: dict) -> dict:

@@ -135,20 +135,71 @@ def score(predictor, paths: list[Path], progress=None) -> tuple[np.ndarray, np.n
     return np.concatenate(preds).astype(np.int64), np.concatenate(confs).astype(np.float64), bad
 
 
-def evaluate(run, predictor, predictions, folder: str | os.PathLike, progress=None) -> dict:
-    """The run's holdout (`predictions`: its per-image frame with target, pred, conf) plus the
-    query half of the distractor folder, scored by metrics.with_distractors; `progress(done, total)`
-    counts the query images scored."""
+def queries(folder: str | os.PathLike, run) -> Distractors:
+    """load(), refused in one sentence when no image falls in the query half."""
     d = load(folder, run)
     if not d.query:
         raise UserError(f"None of the {len(d.tune)} images of the distractor folder {d.root} falls in the query "
                         "half (the other half tunes thresholds); add a few more photos.")
-    pred, conf, bad = score(predictor, d.query, progress)
-    if not len(pred):
+    return d
+
+
+def report(d: Distractors, known: tuple, d_pred, d_conf, bad: int) -> dict:
+    """The one scoring of both classifiers: `known` = (target, pred, conf) of the holdout's images,
+    (d_pred, d_conf) the answers on the readable query-half images (`bad`: how many could not be
+    read), scored by metrics.with_distractors, with the folder's counts."""
+    if not len(d_pred):
         raise UserError(f"None of the {len(d.query)} query images of the distractor folder {d.root} can be read "
                         "as an image.")
-    out = metrics.with_distractors(predictions["target"].to_numpy(), predictions["pred"].to_numpy(),
-                                   predictions["conf"].to_numpy(), pred, conf)
-    out.update(folder=str(d.root), distractors_tune=len(d.tune), distractors_unreadable=bad,
+    out = metrics.with_distractors(*known, d_pred, d_conf)
+    out.update(folder=str(d.root), distractors_tune=len(d.tune), distractors_unreadable=int(bad),
                distractors_left_out=len(d.left_out))
+    return out
+
+
+def evaluate(run, predictor, predictions, folder: str | os.PathLike, progress=None) -> dict:
+    """The run's holdout (`predictions`: its per-image frame with target, pred, conf) plus the
+    query half of the distractor folder, scored by metrics.with_distractors; `progress(done, total)`
+    counts the query images scored."""
+    d = queries(folder, run)
+    pred, conf, bad = score(predictor, d.query, progress)
+    known = tuple(predictions[c].to_numpy() for c in ("target", "pred", "conf"))
+    return report(d, known, pred, conf, bad)
+
+
+def evaluate_knn(run, emb, model, size: int, folder: str | os.PathLike, penalty: float | None = None,
+                 k: int | None = None, progress=None) -> dict:
+    """The kNN classifier (core.serve.embeddings) scored as `evaluate` scores the network: the
+    run's stored holdout vectors and the query half of the folder, embedded with the run's `model`
+    at `size` px (one forward each, decoded one by one: they are not the run's photos and never
+    enter its prepared store), each classified by Embeddings.classify (confidence = the predicted
+    class's best similarity). `penalty` W: every query's confidence (known and distractor alike)
+    minus W x its similarity to the nearest photo of the folder's TUNE half (embeddings.penalise),
+    so no photo is both a penalty reference and a query."""
+    from core.serve import embeddings, features
+    k = k or embeddings.K_CLASSIFY
+    d = queries(folder, run)
+    reference = None
+    if penalty is not None:
+        if not d.tune:
+            raise UserError(f"None of the {len(d.query)} images of the distractor folder {d.root} falls in the tune "
+                            "half, which the distractor penalty compares queries with; add a few more photos.")
+        reference, ok = features.embed_images(model, d.tune, size)
+        if not ok.any():
+            raise UserError(f"None of the {len(d.tune)} tune-half images of the distractor folder {d.root} can be "
+                            "read as an image, and the distractor penalty needs at least one.")
+    rows = np.flatnonzero(emb.frame["split"].astype(str).to_numpy() == "holdout")
+    if not len(rows):
+        raise UserError("The run's embeddings hold no holdout photo to score with the distractors.")
+    vecs, ok = features.embed_images(model, d.query, size, progress)
+    known, found = emb.classify(rows, k), emb.classify(vecs, k) if len(vecs) else None
+    conf, d_conf = known.conf, found.conf if found is not None else np.zeros(0)
+    if reference is not None:
+        conf = embeddings.penalise(conf, emb.vectors[rows], reference, penalty)
+        d_conf = embeddings.penalise(d_conf, vecs, reference, penalty) if len(vecs) else d_conf
+    target = emb.frame["target"].to_numpy().astype(np.int64)[rows]
+    d_pred = found.pred if found is not None else np.zeros(0, np.int64)
+    out = report(d, (target, known.pred, conf), d_pred, d_conf, int((~ok).sum()))
+    if reference is not None:
+        out.update(distractor_penalty=float(penalty), distractors_reference=int(len(reference)))
     return out

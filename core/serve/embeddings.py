@@ -321,6 +321,36 @@ class Embeddings:
         return Votes(top[:, 0].copy(), np.nan_to_num(top_sim[:, 0], nan=-1.0), top, top_sim, rows, sims)
 
 
+def nearest_similarity(reference: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Each query's cosine similarity (float64) to its nearest reference vector (both unit length,
+    (n, D)): an exact faiss inner-product index over the references, built once per call."""
+    import faiss
+    reference = np.ascontiguousarray(reference, np.float32)
+    queries = np.ascontiguousarray(queries, np.float32).reshape(len(queries), -1)
+    if not len(reference):
+        raise ValueError("no reference vector")
+    if reference.shape[1] != queries.shape[1]:
+        raise UserError(f"The distractor vectors have {reference.shape[1]} dimensions but the queries "
+                        f"{queries.shape[1]}; embed both with the same run.")
+    index = faiss.IndexFlatIP(reference.shape[1])
+    index.add(reference)
+    sims, _ = _search(index, queries, 1)
+    return sims[:, 0].astype(np.float64)
+
+
+def penalise(conf, queries: np.ndarray, reference: np.ndarray, weight: float = 1.0) -> np.ndarray:
+    """The distractor penalty: conf - weight x the query's similarity to its nearest distractor
+    (`reference`: unit vectors of photos of no known landmark). A query that looks like a
+    non-landmark sinks in the GAP ranking, one far from every distractor keeps its place: the
+    non-landmark suppression of the Landmark Recognition solutions (Ozaki & Yokoo 2019,
+    arXiv:1906.04087; Henkel & Singer 2020, arXiv:2010.01650), in its simplest form, one subtraction
+    with one weight (default 1) and no re-ranking of the classes."""
+    conf = np.asarray(conf, np.float64)
+    if not len(conf):
+        return conf
+    return conf - weight * nearest_similarity(reference, queries)
+
+
 def knn_evaluation(emb: Embeddings, split: str, n_classes: int, k: int = K_CLASSIFY) -> tuple[dict, object]:
     """The kNN classifier's metrics on a split's stored rows (core.train.metrics, as the softmax
     figures): each image's k nearest TRAIN photos vote (a train image leaves itself out)."""
