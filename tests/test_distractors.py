@@ -233,4 +233,16 @@ def test_browser_distractor_folder_on_evaluate_then_compare(home_with_runs, app)
         page.goto(app + "/compare?runs=" + ",".join(ids))
         expect(page.get_by_text("With distractors")).to_be_visible(timeout=120_000)
         page.wait_for_function(f"({curves})().length === 1 && ({curves})()[0] === 2", timeout=120_000)
+        # Classify a generated non-landmark photo with a run whose threshold rejects it (issue 23)
+        from core.runs.store import RunStore
+        store = RunStore()
+        for r in ids:
+            run = store.require(r)
+            run.write_calibration({**run.read_calibration(), "threshold": 0.999})
+        page.goto(app + f"/classify?run={ids[0]}")
+        photo = next(p for p in sorted(folder.rglob("*")) if p.is_file())      # noise: no landmark at all
+        page.locator("input[type=file]").first.set_input_files(str(photo))
+        n = store.require(ids[0]).class_count()
+        expect(page.get_by_text(f"None of the {n} landmarks this model knows.").first).to_be_visible(timeout=120_000)
+        expect(page.get_by_text("Its best guess", exact=False).first).to_be_visible()
         browser.close()
