@@ -35,6 +35,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     atexit.register(_exit_without_finalizing)
 
 
+_MAIN = sys.modules["__main__"]
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Streamlit's script runner installs each page script as `__main__` and leaves it there; a
+    process pool started by a later test in this worker (forkserver/spawn) would run that script
+    again in its children ("name '__args' is not defined" for AppTest.from_function): put it back."""
+    sys.modules["__main__"] = _MAIN
+
+
 def _worker_setup():
     """What every process that runs tests needs (not the xdist controller, which only hands tests out:
     importing torch there would delay every worker's start by seconds)."""
