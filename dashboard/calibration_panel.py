@@ -10,9 +10,8 @@ import time
 import pandas as pd
 import streamlit as st
 
-from core.errors import UserError
 from core.train import calibration
-from dashboard.common import live_job, store, user_error
+from dashboard.common import job_button, live_job, store
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -65,18 +64,12 @@ def fitted_text(cal: dict) -> str:
 
 def calibrate_button(run_id: str, job: dict | None) -> None:
     """Start a `calibrate` job (core.runs.tasks); say how the last one ended when it did not."""
-    from core.runs import jobs
     if job and job["status"] == "failed":
         st.error(f"The last calibration failed: {job.get('error')}", icon="🚫")
     elif job and job["status"] in ("cancelled", "interrupted"):
         st.info(f"The last calibration was {job['status']}; nothing was kept.", icon="⏹️")
-    if st.button("Calibrate now", key="eval_calibrate", help="A background job: it goes on if you leave the page."):
-        try:
-            jobs.submit(store(), "calibrate", {}, run_id=run_id)
-        except UserError as e:
-            user_error(e)
-        else:
-            st.rerun()
+    job_button("Calibrate now", "calibrate", run_id, "eval_calibrate",
+               help="A background job: it goes on if you leave the page.")
 
 
 def calibration_progress(job_id: str) -> None:

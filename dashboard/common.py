@@ -70,6 +70,19 @@ def ensure_demo() -> Path:
     st.stop()
 
 
+def job_button(label: str, kind: str, run_id: str, key: str, args: dict | None = None, **button) -> None:
+    """A button that queues a background job of `kind` on the run (then reruns to show its progress);
+    the job's refusal is one sentence on the page."""
+    from core.runs import jobs
+    if st.button(label, key=key, **button):
+        try:
+            jobs.submit(store(), kind, args or {}, run_id=run_id)
+        except UserError as e:
+            user_error(e)
+        else:
+            st.rerun()
+
+
 def live_job(job_id: str, render, poll_s: float = 1.0) -> None:
     """A running job's progress, redrawn every `poll_s` by `render(job, progress, done, total)` in a
     fragment; the whole page reruns once the job has ended (its result then shows)."""

@@ -15,10 +15,9 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.errors import UserError
 from core.runs import jobs
 from dashboard import photo_views
-from dashboard.common import home_key, live_job, store, user_error
+from dashboard.common import home_key, job_button, live_job, store
 
 TOP_CLASSES = 20               # classes drawn in their own colour; the rest share REST_COLOR
 REST_COLOR = "#b8b8b8"
@@ -130,14 +129,8 @@ def compute_button(run_id: str, label: str) -> None:
         return
     if job and job["status"] == "failed":
         st.error(f"The last embedding job failed: {job.get('error')}", icon="🚫")
-    if st.button(label, key="eval_embed", type="primary",
-                 help="A background job: one forward pass per photo of the run's split, then the 2-D map."):
-        try:
-            jobs.submit(store(), "embed", {}, run_id=run_id)
-        except UserError as e:
-            user_error(e)
-        else:
-            st.rerun()
+    job_button(label, "embed", run_id, "eval_embed", type="primary",
+               help="A background job: one forward pass per photo of the run's split, then the 2-D map.")
 
 
 def map_section(run_id: str, split: str, ev: dict, emb) -> None:

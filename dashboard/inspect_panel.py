@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import UserError
-from dashboard.common import live_job, store, user_error
+from dashboard.common import job_button, live_job, store, user_error
 
 LABEL = "Label issues and duplicates"
 ROWS = 100                 # rows per table (the run folder's inspect.json has every image)
@@ -82,17 +82,11 @@ def _panel(run_id: str, data_root: str, key: str) -> tuple[list[str], dict]:
         st.info(f"The last inspection was {job['status']}; nothing of it was kept.", icon="⏹️")
     f = run.inspect_file
     result = load_inspection(str(f), f.stat().st_mtime) if f.exists() else None
-    if st.button("Find label issues and duplicates", key=f"{key}_start", icon=":material/search:",
-                 type="secondary" if result else "primary",
-                 help="Ranks every photo of the run's split by how likely its label is wrong (a linear probe on "
-                      "ImageNet features, fitted out of fold, and Cleanlab), and finds near-identical photos. "
-                      "A background job: it goes on if you leave the page."):
-        try:
-            jobs.submit(store(), "inspect", {}, run_id=run_id)
-        except UserError as e:
-            user_error(e)
-        else:
-            st.rerun()
+    job_button("Find label issues and duplicates", "inspect", run_id, f"{key}_start", icon=":material/search:",
+               type="secondary" if result else "primary",
+               help="Ranks every photo of the run's split by how likely its label is wrong (a linear probe on "
+                    "ImageNet features, fitted out of fold, and Cleanlab), and finds near-identical photos. "
+                    "A background job: it goes on if you leave the page.")
     if result is None:
         return [], {}
     return _tables(result, Path(data_root).expanduser(), key)

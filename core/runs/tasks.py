@@ -169,11 +169,30 @@ def calibrate_at_end(ctx: Context) -> None:
                                                f"validation images; rejection threshold {c['threshold']:.3f}")
 
 
-def _check_class_models(store, args: dict, run_id: str | None) -> None:
-    from core.runs.jobs import latest
+def _known_args(args: dict, allowed, what: str) -> None:
+    unknown = set(args) - set(allowed)
+    if unknown:
+        raise UserError(f"Unknown {what} argument(s): {', '.join(sorted(unknown))}.")
+
+
+def _with_checkpoint(store, run_id: str | None, why: str = ""):
+    """The job's run; refused in one sentence while it has no checkpoint (`why`: what it is needed for)."""
     run = store.require(run_id or "")
     if not run.has_checkpoint():
-        raise UserError(f"Run {run.id} has no checkpoint yet; wait for its first epoch to finish.")
+        raise UserError(f"Run {run.id} has no checkpoint yet{why}; wait for its first epoch to finish.")
+    return run
+
+
+def _not_busy(store, kind_: str, run, sentence: str, **match) -> None:
+    """Refuse a second job of this kind on this run while one is queued or running."""
+    from core.runs.jobs import latest
+    job = latest(store, kind_, run_id=run.id, **match)
+    if job and job["active"]:
+        raise UserError(sentence)
+
+
+def _check_class_models(store, args: dict, run_id: str | None) -> None:
+    run = _with_checkpoint(store, run_id)
     if not args.get("classes"):
         raise UserError("Choose at least one class to visualise.")
     steps, size = int(args.get("steps", 0)), int(args.get("size", 0))
@@ -181,9 +200,8 @@ def _check_class_models(store, args: dict, run_id: str | None) -> None:
         raise UserError(f"Steps must be between {STEPS_RANGE[0]} and {STEPS_RANGE[1]}; got {steps}.")
     if size and not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:      # 0: the run's own image size
         raise UserError(f"Image size must be between {SIZE_RANGE[0]} and {SIZE_RANGE[1]} px; got {size}.")
-    job = latest(store, "class_models", run_id=run.id)
-    if job and job["active"]:
-        raise UserError(f"Class models for run {run.id} are already being generated; wait for them or stop them.")
+    _not_busy(store, "class_models", run,
+              f"Class models for run {run.id} are already being generated; wait for them or stop them.")
 
 
 @kind("class_models", check=_check_class_models)
@@ -260,9 +278,7 @@ DOWNLOAD_ARGS = ("csv", "out", "top", "clean", "max_side", "workers", "shard", "
 def _check_download(store, args: dict, run_id: str | None) -> None:
     from core.data.download import DEFAULTS, check
     from core.runs.jobs import latest
-    unknown = set(args) - set(DOWNLOAD_ARGS)
-    if unknown:
-        raise UserError(f"Unknown download argument(s): {', '.join(sorted(unknown))}.")
+    _known_args(args, DOWNLOAD_ARGS, "download")
     check(args.get("csv"), args.get("out"), args.get("top"), clean=bool(args.get("clean")),
           max_side=args.get("max_side", DEFAULTS["max_side"]), workers=args.get("workers", DEFAULTS["workers"]),
           shard=args.get("shard") or DEFAULTS["shard"], tars=args.get("tars") or None)
@@ -309,19 +325,12 @@ def sweep(ctx: Context) -> dict:
 
 
 def _check_export(store, args: dict, run_id: str | None) -> None:
-    from core.runs.jobs import latest
     from core.serve.export import normalise_format
-    unknown = set(args) - {"format", "out"}
-    if unknown:
-        raise UserError(f"Unknown export argument(s): {', '.join(sorted(unknown))}.")
-    run = store.require(run_id or "")
-    if not run.has_checkpoint():
-        raise UserError(f"Run {run.id} has no checkpoint yet, so there is no model to export; "
-                        "wait for its first epoch to finish.")
+    _known_args(args, {"format", "out"}, "export")
+    run = _with_checkpoint(store, run_id, ", so there is no model to export")
     fmt = normalise_format(args.get("format", "onnx"))
-    job = latest(store, "export", run_id=run.id, format=fmt)
-    if job and job["active"]:
-        raise UserError(f"Run {run.id} is already being exported as {fmt}; wait for it or stop it.")
+    _not_busy(store, "export", run, f"Run {run.id} is already being exported as {fmt}; wait for it or stop it.",
+              format=fmt)
 
 
 @kind("export", check=_check_export)
@@ -332,16 +341,9 @@ def export(ctx: Context) -> dict:
 
 
 def _check_embed(store, args: dict, run_id: str | None) -> None:
-    from core.runs.jobs import latest
-    if args:
-        raise UserError(f"Unknown embed argument(s): {', '.join(sorted(args))}.")
-    run = store.require(run_id or "")
-    if not run.has_checkpoint():
-        raise UserError(f"Run {run.id} has no checkpoint yet, so there is no model to embed its photos with; "
-                        "wait for its first epoch to finish.")
-    job = latest(store, "embed", run_id=run.id)
-    if job and job["active"]:
-        raise UserError(f"Run {run.id}'s photos are already being embedded; wait for it or stop it.")
+    _known_args(args, (), "embed")
+    run = _with_checkpoint(store, run_id, ", so there is no model to embed its photos with")
+    _not_busy(store, "embed", run, f"Run {run.id}'s photos are already being embedded; wait for it or stop it.")
 
 
 @kind("embed", check=_check_embed)
@@ -352,19 +354,11 @@ def embed(ctx: Context) -> dict:
 
 
 def _check_inspect(store, args: dict, run_id: str | None) -> None:
-    from core.runs.jobs import latest
-    unknown = set(args) - {"folds", "top", "weights"}
-    if unknown:
-        raise UserError(f"Unknown inspect argument(s): {', '.join(sorted(unknown))}.")
-    run = store.require(run_id or "")
-    if not run.has_checkpoint():
-        raise UserError(f"Run {run.id} has no checkpoint yet, so it has no finished split to inspect; "
-                        "wait for its first epoch to finish.")
+    _known_args(args, {"folds", "top", "weights"}, "inspect")
+    run = _with_checkpoint(store, run_id, ", so it has no finished split to inspect")
     if int(args.get("folds") or 2) < 2 or int(args.get("top") or 1) < 1:
         raise UserError(f"--folds must be at least 2 and --top at least 1; got {args.get('folds')} and {args.get('top')}.")
-    job = latest(store, "inspect", run_id=run.id)
-    if job and job["active"]:
-        raise UserError(f"Run {run.id} is already being inspected; wait for it or stop it.")
+    _not_busy(store, "inspect", run, f"Run {run.id} is already being inspected; wait for it or stop it.")
 
 
 @kind("inspect", check=_check_inspect)
@@ -393,9 +387,7 @@ def report_path() -> Path:
 
 
 def _check_report(store, args: dict, run_id: str | None) -> None:
-    unknown = set(args) - set(REPORT_ARGS)
-    if unknown:
-        raise UserError(f"Unknown report argument(s): {', '.join(sorted(unknown))}.")
+    _known_args(args, REPORT_ARGS, "report")
     if not args.get("runs"):
         raise UserError("Choose at least one run for the report.")
     for r in args["runs"]:
@@ -454,10 +446,7 @@ def _finished_run(store, run_id: str | None, what: str):
 
 
 def _check_calibrate(store, args: dict, run_id: str | None) -> None:
-    from core.runs.jobs import latest
-    unknown = set(args) - {"target_precision", "distractors"}
-    if unknown:
-        raise UserError(f"Unknown calibrate argument(s): {', '.join(sorted(unknown))}.")
+    _known_args(args, {"target_precision", "distractors"}, "calibrate")
     run = _finished_run(store, run_id, "calibrated")
     t = args.get("target_precision")
     if t is not None and not 0 < float(t) <= 1:
@@ -465,9 +454,7 @@ def _check_calibrate(store, args: dict, run_id: str | None) -> None:
     if args.get("distractors"):
         from core.serve.distractors import list_images
         list_images(args["distractors"])
-    job = latest(store, "calibrate", run_id=run.id)
-    if job and job["active"]:
-        raise UserError(f"Run {run.id} is already being calibrated; wait for it or stop it.")
+    _not_busy(store, "calibrate", run, f"Run {run.id} is already being calibrated; wait for it or stop it.")
 
 
 @kind("calibrate", check=_check_calibrate)
@@ -486,11 +473,8 @@ def calibrate(ctx: Context) -> dict:
 
 
 def _check_distractors(store, args: dict, run_id: str | None) -> None:
-    from core.runs.jobs import latest
     from core.serve.distractors import list_images
-    unknown = set(args) - {"folder", "split"}
-    if unknown:
-        raise UserError(f"Unknown distractors argument(s): {', '.join(sorted(unknown))}.")
+    _known_args(args, {"folder", "split"}, "distractors")
     if args.get("split", "holdout") != "holdout":
         raise UserError(f"Distractors join the holdout as queries, not the {args['split']} split.")
     run = _finished_run(store, run_id, "scored with distractors")
@@ -499,9 +483,8 @@ def _check_distractors(store, args: dict, run_id: str | None) -> None:
     if not args.get("folder"):
         raise UserError("Give a folder of photos that show none of the run's landmarks.")
     list_images(args["folder"])
-    job = latest(store, "distractors", run_id=run.id)
-    if job and job["active"]:
-        raise UserError(f"Run {run.id} is already being scored with distractors; wait for it or stop it.")
+    _not_busy(store, "distractors", run,
+              f"Run {run.id} is already being scored with distractors; wait for it or stop it.")
 
 
 @kind("distractors", check=_check_distractors)
