@@ -164,7 +164,6 @@ def form(counts: pd.Series, model: str) -> str | None:
     Launch checks that value, the radio's own, never a copy kept elsewhere (issue 21: a copy could
     say ImageNet while the radio showed None)."""
     n_classes = len(counts)
-    ss = st.session_state
     ok, note = weights_status(model)
     if not ok and REGISTRY[model].imagenet is not None:
         note = imagenet_refusal(model) or note   # offline: say so before anyone presses Launch
