@@ -194,3 +194,25 @@ def test_train_page_head_radio_refuses_arcface_under_poster(home, demo_root, mon
     assert [e.value for e in at.error] == [str(pytest.raises(UserError, TrainConfig(
         data="x", recipe="poster", head="arcface").validate).value)]
     assert RunStore().list() == []
+
+
+@pytest.mark.e2e                              # a whole job (train, evaluate, calibrate, embed): ~6 s, make e2e
+def test_a_tiny_arcface_run_trains_evaluates_and_embeds(demo_root, home):
+    """The whole path a user takes (issue 23's "train a tiny ArcFace run"): the job trains it through
+    fit (margins from the split's class counts, said in the run's events), evaluates and calibrates it,
+    and its embeddings are the margin head's 512-d input."""
+    from core.runs.jobs import run_job
+    from core.runs.store import RunStore
+    from core.serve.embeddings import compute, load
+    from tests.conftest import tiny_config
+    store = RunStore()
+    run_id = store.create(tiny_config(demo_root, head="arcface", recipe="finetune", epochs=2, image_size=16,
+                                      classes=3), status="running")
+    assert run_job(store, run_id)["status"] == "done"
+    run = store.require(run_id)
+    evals = store.evals(run_id)
+    assert evals["holdout"]["n"] > 0 and 0 <= evals["holdout"]["acc"] <= 1
+    assert any("margin" in e["message"].lower() for e in store.events(run_id))
+    assert run.read_calibration()["temperature"] > 0
+    compute(run)
+    assert load(run).vectors.shape[1] == 512
