@@ -19,7 +19,7 @@ checkpoint's choice) and trains on 8; every other photo of the class is a test p
 kNN references are all `--shots` photos of a class (a vote needs no validation photos). Each
 accuracy is set against the same method's accuracy with all photos: softmax and ArcFace + kNN from
 bench/recognition.py's rows (`--full-json`, its --json output; default: the 3-epoch figures of
-docs/BENCHMARKS.md), pretrained kNN measured here on the all-photos rows' own split (seed, 20%
+docs/BENCHMARKS.md, 3 or 6 epochs), pretrained kNN measured here on the all-photos rows' own split (seed, 20%
 holdout, 20% val: train photos vote, holdout photos are the queries).
 
 The figures in docs/BENCHMARKS.md:
@@ -43,8 +43,8 @@ from recognition import ROOT, cli, held_out_classes  # noqa: E402 - bench/recogn
 
 sys.path.insert(0, str(ROOT))
 
-# All-photos accuracies of docs/BENCHMARKS.md's recognition table (3 epochs, monuments44, 40 classes).
-FULL_DEFAULT = {"softmax": 0.927, "arcface_knn": 0.890}
+# All-photos accuracies of docs/BENCHMARKS.md's recognition table (monuments44, 40 classes), by epochs.
+FULL_DEFAULT = {3: {"softmax": 0.927, "arcface_knn": 0.890}, 6: {"softmax": 0.951, "arcface_knn": 0.927}}
 
 
 def few_shot_split(data: Path, classes: int, shots: int, seed: int) -> pd.DataFrame:
@@ -83,8 +83,8 @@ def knn_acc(frame: pd.DataFrame, vecs: np.ndarray, n_classes: int) -> float:
     return float(m["acc"])
 
 
-def train(fewshot: Path, a, head: str) -> str:
-    r = cli("train", "--data", fewshot, "--model", a.model, "--weights", "imagenet", "--epochs", a.epochs,
+def train(fewshot: Path, a, head: str, n_classes: int) -> str:
+    r = cli("train", "--data", fewshot, "--classes", n_classes, "--model", a.model, "--weights", "imagenet", "--epochs", a.epochs,
             "--batch-size", a.batch_size, "--lr", a.lr, "--image-size", a.image_size, "--holdout", 0,
             "--val", 0.2, "--seed", a.seed, "--head", head)
     return r["run_id"]
@@ -113,23 +113,25 @@ def pretrained_rows(data: Path, split: pd.DataFrame, a, n_classes: int) -> dict:
 def trained_row(fewshot: Path, split: pd.DataFrame, a, head: str, n_classes: int, full: float) -> dict:
     """A run trained on the few-shot folder; softmax: its own answer, arcface: kNN over its embeddings."""
     t0 = time.time()
-    run_id = train(fewshot, a, head)
+    run_id = train(fewshot, a, head, n_classes)
     seconds = time.time() - t0
     pred = run_model(run_id)
+    if list(pred.labels) != sorted(split["label"].unique()):     # targets as few_shot_split numbers them
+        raise SystemExit(f"run {run_id} trained on {len(pred.labels)} classes, not the {n_classes} of the split")
     test = split["split"].to_numpy() == "holdout"
     if head == "softmax":
         _, answer = vectors(pred.model, split["path"][test].tolist(), a.image_size)
         labels = np.asarray(pred.labels)[answer]
         acc = float(np.mean(labels == split["label"][test].to_numpy()))
     else:
-        assert sorted(pred.labels) == list(pred.labels)                   # targets as few_shot_split's
         vecs, _ = vectors(pred.model, split["path"].tolist(), a.image_size)
         acc = knn_acc(split, vecs, n_classes)
     return {"run_id": run_id, "acc": acc, "full_acc": full, "seconds": seconds}
 
 
 def table(rows: dict, shots: int, n_test: int) -> str:
-    lines = [f"| method | acc, {shots} photos/class | acc, all photos | ratio | train s |", "|---|---|---|---|---|"]
+    lines = [f"| method | acc, {shots} photos/class | acc, all photos | ratio | s (train; pretrained: embed all) |",
+             "|---|---|---|---|---|"]
     names = {"softmax": "fine-tuned softmax", "pretrained_knn": "kNN on pretrained embeddings",
              "arcface_knn": "ArcFace + kNN"}
     for key, r in rows.items():
@@ -138,9 +140,11 @@ def table(rows: dict, shots: int, n_test: int) -> str:
     return "\n".join(lines) + f"\n({n_test} test photos)"
 
 
-def full_figures(path: str | None) -> dict:
+def full_figures(path: str | None, epochs: int) -> dict:
     if not path:
-        return dict(FULL_DEFAULT)
+        if epochs not in FULL_DEFAULT:
+            raise SystemExit(f"No all-photos figures for {epochs} epochs; give bench/recognition.py's --json as --full-json")
+        return dict(FULL_DEFAULT[epochs])
     res = json.loads(Path(path).read_text())["results"]
     return {"softmax": res["softmax"]["scores"]["plain"]["acc"], "arcface_knn": res["arcface"]["scores"]["knn"]["acc"]}
 
@@ -168,7 +172,7 @@ def main() -> None:
     link_folder(split[split["split"] == "train"], fewshot)
     n_test = int((split["split"] == "holdout").sum())
     print(f"{data}: {n_classes} classes, {a.shots} photos each in {fewshot}, {n_test} test photos", file=sys.stderr)
-    full = full_figures(a.full_json)
+    full = full_figures(a.full_json, a.epochs)
     rows = {"softmax": trained_row(fewshot, split, a, "softmax", n_classes, full["softmax"]),
             "pretrained_knn": pretrained_rows(data, split, a, n_classes),
             "arcface_knn": trained_row(fewshot, split, a, "arcface", n_classes, full["arcface_knn"])}
