@@ -148,7 +148,6 @@ def search_only(a) -> None:
             recall = np.mean([len(set(f) & set(x)) / K_CLASSIFY for f, x in zip(found, exact)])
             print(f"  {spec} {params[i] if i < len(params) else ''}: one query {one}; batch {per} per query; "
                   f"recall@{K_CLASSIFY} vs exact {recall:.3f}", flush=True)
-        del e, vectors
 
 
 if __name__ == "__main__":
