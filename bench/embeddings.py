@@ -4,10 +4,18 @@ query the issue times ("a neighbour query answers in <= 50 ms on the CPU"), on N
 vectors of D dimensions in C clusters (a stand-in for a run's photos: no network, no images).
 
     python bench/embeddings.py [--n 20000] [--dim 512] [--classes 200] [--queries 200] [--map auto|pca|tsne]
+    python bench/embeddings.py --search-only --n 100000 --dims 512,1280 [--batch 64] [--approx HNSW32,IVF1024,Flat]
 
 Prints one line per stage with its wall time; the query line gives the median and 95th percentile
 of single-photo queries (k=8 nearest training photos, as the Evaluate and Classify pages ask) and
 of the kNN classifier's vote (k=10).
+
+--search-only (issue 23's goal: "the kNN search over 100,000 embeddings, the search alone, answers in
+<= 20 ms on the CPU"): for each of --dims, N synthetic vectors in the index, queried with --queries more of the same clusters (the
+product's exact faiss IndexFlatIP, through Embeddings.search, k=10 as the vote asks): median and p95
+of one query, and of a batch of --batch queries divided by the batch size. Each faiss index_factory
+string of --approx (';'-separated; e.g. HNSW32, IVF1024,Flat) is timed the same way after its build,
+with its recall@10 against the exact search (not the product's index: a comparison only).
 """
 from __future__ import annotations
 
@@ -29,7 +37,8 @@ def synthetic(n: int, dim: int, classes: int, seed: int = 0) -> tuple[np.ndarray
     """Unit vectors around C random centres, and their rows (80% train, 20% holdout)."""
     rng = np.random.default_rng(seed)
     target = rng.integers(classes, size=n)
-    v = rng.standard_normal((classes, dim))[target] + 0.8 * rng.standard_normal((n, dim))
+    v = rng.standard_normal((classes, dim), dtype=np.float32)[target]      # float32: 100,000 x 1280 fits
+    v += 0.8 * rng.standard_normal((n, dim), dtype=np.float32)
     v = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
     split = np.where(rng.random(n) < 0.8, "train", "holdout")
     rows = pd.DataFrame({"path": [f"img/{i:06d}.jpg" for i in range(n)], "split": split, "target": target,
@@ -53,7 +62,16 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--map", choices=["auto", "pca", "tsne"], default="auto",
                     help="auto: as compute() chooses (t-SNE up to embeddings.TSNE_MAX points)")
+    ap.add_argument("--search-only", action="store_true", help="time the search alone at --n (see above)")
+    ap.add_argument("--dims", default="512,1280", help="with --search-only: dimensions, comma-separated")
+    ap.add_argument("--batch", type=int, default=64, help="with --search-only: queries per batch")
+    ap.add_argument("--approx", default="", metavar="FACTORY;...",
+                    help="with --search-only: faiss index_factory strings to compare (e.g. 'HNSW32;IVF1024,Flat')")
+    ap.add_argument("--param", default="", metavar="P;...",
+                    help="with --approx: one faiss ParameterSpace string per index (e.g. 'efSearch=64;nprobe=16')")
     a = ap.parse_args()
+    if a.search_only:
+        return search_only(a)
     if a.map == "pca":
         embeddings.TSNE_MAX = 0
     elif a.map == "tsne":
@@ -84,6 +102,52 @@ def main() -> None:
     m, _ = embeddings.knn_evaluation(e, "holdout", a.classes)
     print(f"kNN holdout accuracy (planted clusters): {m['acc']:.3f} over {m['n']} photos")
     timed("kNN evaluation of the holdout", lambda: embeddings.knn_evaluation(e, "holdout", a.classes))
+
+
+def percentiles(times_s) -> str:
+    ms = np.asarray(times_s) * 1000
+    return f"median {np.median(ms):7.2f} ms, p95 {np.percentile(ms, 95):7.2f} ms"
+
+
+def time_queries(search, queries: np.ndarray, batch: int) -> tuple[str, str, np.ndarray]:
+    """(one query at a time, a batch of `batch` per query, the rows found one at a time)."""
+    one, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        found.append(search(q[None])[1][0])
+        one.append(time.perf_counter() - t)
+    per = []
+    for i in range(0, len(queries) - batch + 1, batch):
+        t = time.perf_counter()
+        search(queries[i:i + batch])
+        per.append((time.perf_counter() - t) / batch)
+    return percentiles(one), percentiles(per) + f" ({len(per)} batches)", np.asarray(found)
+
+
+def search_only(a) -> None:
+    """The search alone over N unit vectors: the product's exact index, and --approx for comparison."""
+    import faiss
+    from core.serve.embeddings import K_CLASSIFY, _search
+    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP thread(s) for batches "
+          f"(one for fewer than {embeddings.FEW_QUERIES} queries, as the product searches)")
+    for dim in (int(d) for d in a.dims.split(",")):
+        vectors, rows = synthetic(a.n + a.queries, dim, a.classes)    # the last --queries: new photos
+        queries, vectors = vectors[a.n:], vectors[:a.n]
+        rows = rows.iloc[:a.n].assign(split="train")
+        e = embeddings.Embeddings(rows, vectors)
+        timed(f"{a.n} x {dim}: exact index (IndexFlatIP)", lambda: e._index(("train",)))
+        one, per, exact = time_queries(lambda q: e.search(q, K_CLASSIFY), queries, a.batch)
+        print(f"  exact, one query:       {one}\n  exact, batch of {a.batch}: {per} per query", flush=True)
+        params = a.param.split(";") if a.param else []
+        for i, spec in enumerate(s for s in a.approx.split(";") if s):
+            index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+            timed(f"  {spec}: train + add", lambda: (index.train(vectors), index.add(vectors)))
+            if i < len(params) and params[i]:
+                faiss.ParameterSpace().set_index_parameters(index, params[i])
+            one, per, found = time_queries(lambda q: _search(index, q, K_CLASSIFY), queries, a.batch)
+            recall = np.mean([len(set(f) & set(x)) / K_CLASSIFY for f, x in zip(found, exact)])
+            print(f"  {spec} {params[i] if i < len(params) else ''}: one query {one}; batch {per} per query; "
+                  f"recall@{K_CLASSIFY} vs exact {recall:.3f}", flush=True)
 
 
 if __name__ == "__main__":
