@@ -15,7 +15,10 @@ of the kNN classifier's vote (k=10).
 product's exact faiss IndexFlatIP, through Embeddings.search, k=10 as the vote asks): median and p95
 of one query, and of a batch of --batch queries divided by the batch size. Each faiss index_factory
 string of --approx (';'-separated; e.g. HNSW32, IVF1024,Flat) is timed the same way after its build,
-with its recall@10 against the exact search (not the product's index: a comparison only).
+with its recall@10 against the exact search (not the product's index: a comparison only). Then the
+product's own path at that size: the pair written as compute writes it (embeddings.write: with
+embeddings.IVF_MIN or more vectors, the inverted file trained, tuned and stored), loaded back, and
+searched through Embeddings.search with the stored index, with its recall@10 against the exact search.
 """
 from __future__ import annotations
 
@@ -148,6 +151,24 @@ def search_only(a) -> None:
             recall = np.mean([len(set(f) & set(x)) / K_CLASSIFY for f, x in zip(found, exact)])
             print(f"  {spec} {params[i] if i < len(params) else ''}: one query {one}; batch {per} per query; "
                   f"recall@{K_CLASSIFY} vs exact {recall:.3f}", flush=True)
+        product(rows, vectors, queries, exact, a.batch)
+
+
+def product(rows: pd.DataFrame, vectors: np.ndarray, queries: np.ndarray, exact: np.ndarray, batch: int) -> None:
+    """The product's path: write (the inverted file trained and stored), load, search through it."""
+    from core.serve.embeddings import K_CLASSIFY
+    with tempfile.TemporaryDirectory() as d:
+        run = SimpleNamespace(id="bench", embeddings_file=Path(d) / "embeddings.npy",
+                              embedding_rows_file=Path(d) / "embeddings.parquet",
+                              embedding_index_file=Path(d) / "embeddings.ivf")
+        meta = timed("  product: write (+ index)", lambda: embeddings.write(run, vectors, rows, {"n": len(rows)}))
+        e = timed("  product: load", lambda: embeddings.load(run))
+        timed(f"  product: first search ({meta['index']})", lambda: e.search(queries[:1], K_CLASSIFY))
+        size = run.embedding_index_file.stat().st_size / 2**20 if run.embedding_index_file.exists() else 0
+    one, per, found = time_queries(lambda q: e.search(q, K_CLASSIFY), queries, batch)
+    recall = np.mean([len(set(f) & set(x)) / K_CLASSIFY for f, x in zip(found, exact)])
+    print(f"  product ({e.served}, index file {size:.0f} MiB): one query {one}; batch {per} per query; "
+          f"recall@{K_CLASSIFY} vs exact {recall:.3f}", flush=True)
 
 
 if __name__ == "__main__":

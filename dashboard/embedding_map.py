@@ -157,6 +157,7 @@ def map_section(run_id: str, split: str, ev: dict, emb) -> None:
         "eval_map", run_id, shown), selection_mode="points")
     how = {"tsne": "t-SNE", "pca": "PCA"}.get(meta.get("map"), "a 2-D projection")
     gone = f" {meta['missing']:,} photo(s) could not be read and are left out." if meta.get("missing") else ""
+    search = "exact search" if emb.served == "exact" else f"approximate search ({emb.served})"
     st.caption(f"{len(shown):,} photos placed by {how}; hover for the class and confidence, click a point to open "
-               f"the photo, its maps and its nearest training photos.{gone}")
+               f"the photo, its maps and its nearest training photos ({search}).{gone}")
     photo_views.detail_section(run_id, split, ev, emb, "map")

@@ -56,8 +56,8 @@ def _run(root, run_id):
 def test_embed_cli_writes_rows_vectors_and_counts_vanished_photos(embedded):
     root, run_id, line, duplicate, _ = embedded
     out = json.loads(line)
-    assert {k: out[k] for k in ("run_id", "n", "missing", "map")} == {
-        "run_id": run_id, "n": 73, "missing": 1, "map": "pca"}
+    assert {k: out[k] for k in ("run_id", "n", "missing", "map", "index")} == {
+        "run_id": run_id, "n": 73, "missing": 1, "map": "pca", "index": "exact"}    # 60 train vectors < IVF_MIN
     assert out["missing_examples"] == [str(root.parent / "gone.jpg")]
     e = embeddings.load(_run(root, run_id))
     assert list(e.frame.columns) == ["path", "split", "target", "label", "name", "pred", "conf", "correct", "x", "y"]
@@ -199,3 +199,65 @@ def test_tsne_map_of_a_small_set():
     a, b = xy[:12].mean(0), xy[12:].mean(0)            # the two planted clusters stay apart
     spread = max(np.linalg.norm(xy[:12] - a, axis=1).max(), np.linalg.norm(xy[12:] - b, axis=1).max())
     assert np.linalg.norm(a - b) > spread
+
+
+# ------------------------------------------------------------------ the stored inverted file (issue 23)
+
+def _planted(tmp_path, n=400, dim=16, seed=0):
+    """A run-like object and n unit vectors in 8 clusters (train), plus a near-duplicate of each of the
+    first 20 train vectors (holdout)."""
+    from types import SimpleNamespace
+    rng = np.random.default_rng(seed)
+    target = rng.integers(8, size=n)
+    v = rng.standard_normal((8, dim))[target] + 0.7 * rng.standard_normal((n, dim))
+    v = np.concatenate([v, v[:20] + 0.01 * rng.standard_normal((20, dim))])
+    v = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    target = np.concatenate([target, target[:20]])
+    rows = pd.DataFrame({"path": [f"{i}.jpg" for i in range(len(v))], "split": ["train"] * n + ["holdout"] * 20,
+                         "target": target, "label": target.astype(str), "name": target.astype(str)})
+    run = SimpleNamespace(id="r", embeddings_file=tmp_path / "embeddings.npy",
+                          embedding_rows_file=tmp_path / "embeddings.parquet",
+                          embedding_index_file=tmp_path / "embeddings.ivf")
+    return run, v, rows
+
+
+def test_a_large_train_split_gets_a_stored_inverted_file_that_answers_as_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(embeddings, "IVF_MIN", 200)
+    run, v, rows = _planted(tmp_path)
+    meta = embeddings.write(run, v, rows, {"n": len(rows)})
+    nlist = round(4 * np.sqrt(400))
+    assert run.embedding_index_file.exists() and meta["index"].startswith(f"ivf nlist={nlist} nprobe=")
+    assert embeddings.metadata(run)["index"] == meta["index"]
+    e = embeddings.load(run)
+    assert e.served == meta["index"]
+    exact = embeddings.Embeddings(e.frame, e.vectors)                       # no index file: exact
+    assert exact.served == "exact"
+    dups = np.arange(400, 420)
+    sims, found = e.search(dups, 5)
+    assert found[:, 0].tolist() == list(range(20))                           # each planted twin first
+    assert np.array_equal(found[:, 0], exact.search(dups, 5)[1][:, 0])
+    assert sims[:, 0] == pytest.approx(exact.search(dups, 5)[0][:, 0], abs=1e-6)
+    nb = e.neighbours([3, 7], k=6)                                           # a row never returns itself
+    assert [3 not in nb[0]["row"].tolist(), 7 not in nb[1]["row"].tolist()] == [True, True]
+    assert [len(f) for f in nb] == [6, 6]
+
+
+def test_a_stale_or_missing_inverted_file_is_never_used(tmp_path, monkeypatch):
+    monkeypatch.setattr(embeddings, "IVF_MIN", 200)
+    run, v, rows = _planted(tmp_path)
+    embeddings.write(run, v, rows, {"n": len(rows)})
+    old = run.embedding_index_file.read_bytes()
+    monkeypatch.setattr(embeddings, "IVF_MIN", 1000)                    # a new compute, too small for an index:
+    w = v[::-1].copy()                                                   # other vectors, and the old index removed
+    assert embeddings.write(run, w, rows, {"n": len(rows)})["index"] == "exact"
+    assert not run.embedding_index_file.exists() and embeddings.metadata(run)["index"] == "exact"
+    run.embedding_index_file.write_bytes(old)                            # ... or left behind by a crash
+    e = embeddings.load(run)
+    assert e.served == "exact"
+    assert e.search([400], 1)[1][0, 0] == int(np.argmax(e.vectors[:400] @ e.vectors[400]))
+    monkeypatch.setattr(embeddings, "IVF_MIN", 200)                     # an index of other vectors than these
+    embeddings.write(run, w, rows, {"n": len(rows)})
+    run.embedding_index_file.write_bytes(old)
+    assert embeddings.load(run).served == "exact"
+    run.embedding_index_file.unlink()                                    # named but missing
+    assert embeddings.load(run).served == "exact"

@@ -76,10 +76,10 @@ def cmd_embed(a) -> dict:
         print(f"{out['missing']} photo(s) of run {a.run_id} can no longer be read and were left out (e.g. "
               f"{', '.join(out['missing_examples'][:3])}).", file=sys.stderr)
     if not a.json:
-        print(f"embedded {out['n']} photos of run {a.run_id} ({out['dim']} dimensions, map: {out['map']}) "
-              f"in {out['seconds']:.1f} s")
+        print(f"embedded {out['n']} photos of run {a.run_id} ({out['dim']} dimensions, map: {out['map']}, "
+              f"search: {out['index']}) in {out['seconds']:.1f} s")
         return {}
-    return {k: out[k] for k in ("run_id", "n", "dim", "missing", "missing_examples", "seconds", "map")}
+    return {k: out[k] for k in ("run_id", "n", "dim", "missing", "missing_examples", "seconds", "map", "index")}
 
 
 def cmd_predict(a) -> dict:

@@ -8,7 +8,7 @@ checkpoints/last.pt, log.txt, per split confusion_<split>.parquet (the confusion
 cells), predictions_<split>.parquet and distractors_<split>.json (the split scored with a distractor
 folder: GAP with distractors, the coverage curve), once calibrated calibration.json (temperature,
 rejection threshold, ECE: core.train.calibration), once embedded embeddings.npy + embeddings.parquet
-(core.serve.embeddings), and once inspected inspect.json (label issues of every image, near-duplicates,
+(+ embeddings.ivf, a faiss inverted file, for a large train split; core.serve.embeddings), and once inspected inspect.json (label issues of every image, near-duplicates,
 leaks: core.serve.inspect). Only this class spells those names.
 """
 from __future__ import annotations
@@ -50,6 +50,7 @@ class RunFolder:
     calibration_file = property(lambda self: self.dir / "calibration.json")   # temperature + threshold (issue 23)
     embeddings_file = property(lambda self: self.dir / "embeddings.npy")      # float16 [n, D] (core.serve.embeddings)
     embedding_rows_file = property(lambda self: self.dir / "embeddings.parquet")  # one row a vector, map x/y; written last
+    embedding_index_file = property(lambda self: self.dir / "embeddings.ivf")  # faiss IVF of the train rows, large runs
     inspect_file = property(lambda self: self.dir / "inspect.json")   # label issues, duplicates, leaks (issue 22)
 
     def predictions_file(self, split: str) -> Path:

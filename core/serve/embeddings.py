@@ -24,11 +24,22 @@ rows file's metadata holds the vectors' SHA-256, so a reader that catches a new 
 beside the old rows (a compute finishing meanwhile) sees the mismatch and reads again. An
 interrupted compute writes nothing: the previous complete pair stays, or none.
 
+Search (issue 23: one query over 100,000 vectors in <= 20 ms on one CPU thread): an exact inner
+product (faiss IndexFlatIP) reads every vector per query, ~85 ms at 100,000 x 1280 (docs/BENCHMARKS.md).
+From IVF_MIN training photos up, compute also trains an inverted file over them (IndexIVFFlat,
+nlist = 4 sqrt(n), nprobe the smallest power of two with recall@10 >= IVF_RECALL against the exact
+search on the run's own vectors), written beside the vectors before the rows file; the rows file's
+metadata names it ("index": "ivf nlist=... nprobe=...") with the index file's SHA-256, next to the
+vectors'. A reader uses the stored index only when its hash is the one the (vector-checked) rows
+name; otherwise, and below IVF_MIN, and for other sets of splits, the exact index as before.
+
 Takes a run object (duck-typed: `.id`, `.checkpoint`, `.config()`, `.class_names()`,
-`.split_file`, `.embeddings_file`, `.embedding_rows_file`) and never imports core.runs.
+`.split_file`, `.embeddings_file`, `.embedding_rows_file`, `.embedding_index_file`) and never imports
+core.runs.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -52,6 +63,12 @@ K_CLASSIFY = 10            # training photos that vote in the kNN classifier
 FEW_QUERIES = 64           # fewer queries than this are searched on one thread (see _search)
 TOP = 5                    # classes kept per kNN answer (top-5 accuracy, the Classify table)
 EXAMPLES = 5               # vanished photos named in the result
+# Exact search reads n x D floats per query: ~85 ms at 100,000 x 1280 on one thread (BENCHMARKS, issue 23), so
+# ~17 ms at 20,000 x 1280 (the goal: 20 ms) and 43 ms at 50,000. From here the train rows get an inverted file.
+IVF_MIN = 20_000           # training vectors
+IVF_SPLITS = ("train",)    # the splits the stored inverted file covers: those neighbours and the kNN vote search
+IVF_RECALL = 0.99          # recall@K_CLASSIFY against the exact search that nprobe must reach
+IVF_PROBES = 1_000         # queries (the run's own vectors) that measure it
 META_KEY = b"landmarks.embeddings"     # the rows file's parquet metadata key
 NEIGHBOUR_COLUMNS = ("path", "split", "label", "name", "similarity", "row")
 
@@ -90,12 +107,15 @@ def compute(run, progress=None, should_stop=None) -> dict:
         raise Cancelled()
     xy, how = layout(vectors)
     rows["x"], rows["y"] = xy[:, 0].astype(np.float32), xy[:, 1].astype(np.float32)
+    if should_stop and should_stop():
+        raise Cancelled()
     meta = {"run_id": run.id, "n": len(rows), "dim": int(vectors.shape[1]), "map": how,
             "checkpoint_mtime": pred.weights_mtime, "missing": len(missing), "missing_examples": missing[:EXAMPLES],
             "image_size": pred.cfg.image_size, "pixels": source.get("pixels"), "computed": time.time()}
-    write(run, vectors, rows, meta)
+    meta = write(run, vectors, rows, meta)
     return {"run_id": run.id, "n": len(rows), "dim": meta["dim"], "missing": len(missing),
-            "missing_examples": missing[:EXAMPLES], "seconds": round(time.time() - t0, 2), "map": how}
+            "missing_examples": missing[:EXAMPLES], "seconds": round(time.time() - t0, 2), "map": how,
+            "index": meta["index"]}
 
 
 def forward(model, paths: list, size: int, progress=None, should_stop=None):
@@ -145,19 +165,77 @@ def layout(vectors: np.ndarray) -> tuple[np.ndarray, str]:
     return xy, "tsne"
 
 
-def write(run, vectors: np.ndarray, rows: pd.DataFrame, meta: dict) -> None:
-    """Vectors first, the rows (with the vectors' hash in their metadata) last; each atomically."""
+def write(run, vectors: np.ndarray, rows: pd.DataFrame, meta: dict) -> dict:
+    """Vectors first, then the inverted file (IVF_MIN training rows and up; else any old one removed), the
+    rows (with both hashes and the index's name in their metadata) last; each atomically. Returns the
+    metadata written."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     buf = io.BytesIO()
     np.save(buf, vectors.astype(np.float16))
     data = buf.getvalue()
     atomic_write(run.embeddings_file, data)
+    meta = {**meta, "vectors_sha256": hashlib.sha256(data).hexdigest(), **write_index(run, data, rows)}
     table = pa.Table.from_pandas(rows, preserve_index=False)
-    meta = {**meta, "vectors_sha256": hashlib.sha256(data).hexdigest()}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
     with atomic_output(run.embedding_rows_file) as tmp:
         pq.write_table(table, tmp)
+    return meta
+
+
+def write_index(run, data: bytes, rows: pd.DataFrame) -> dict:
+    """The inverted file of the IVF_SPLITS rows of the vectors file `data` (as load will read them back),
+    written atomically; its metadata entries ({"index": name, "index_sha256": ...}), or {"index": "exact"}."""
+    import faiss
+    path = getattr(run, "embedding_index_file", None)
+    picked = np.flatnonzero(np.isin(rows["split"].astype(str).to_numpy(), IVF_SPLITS))
+    if path is None or len(picked) < IVF_MIN:
+        if path is not None:
+            path.unlink(missing_ok=True)          # an older, larger compute's: never paired with these rows
+        return {"index": "exact"}
+    vectors = _unit(np.load(io.BytesIO(data)).astype(np.float32))
+    with _faiss_threads(1 if len(picked) < SMALL_MAP else None):     # as layout: busy-waiting threads
+        index, name = build_ivf(vectors[picked], vectors)
+    digest = hashlib.sha256()
+    with atomic_output(path) as tmp:
+        faiss.write_index(index, str(tmp))
+        with open(tmp, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                digest.update(chunk)
+    return {"index": name, "index_sha256": digest.hexdigest()}
+
+
+def build_ivf(vectors: np.ndarray, probes: np.ndarray):
+    """(IndexIVFFlat over `vectors` (unit, inner product), its name): nlist = 4 sqrt(n) (faiss's rule of
+    thumb), nprobe the smallest power of two whose recall@K_CLASSIFY against the exact search, on up to
+    IVF_PROBES of `probes` (the run's own vectors), is >= IVF_RECALL."""
+    import faiss
+    n, d = vectors.shape
+    nlist = max(1, min(n, int(round(4 * np.sqrt(n)))))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.min_points_per_centroid = 1      # small lists are fine (and faiss would print a warning)
+    index.cp.seed = 0
+    index.train(vectors)
+    index.add(vectors)
+    rng = np.random.default_rng(0)
+    queries = probes[rng.choice(len(probes), min(IVF_PROBES, len(probes)), replace=False)]
+    exact = faiss.IndexFlatIP(d)
+    exact.add(vectors)
+    k = min(K_CLASSIFY, n)
+    truth = exact.search(queries, k)[1]
+    index.nprobe = 1
+    while index.nprobe < nlist:
+        found = index.search(queries, k)[1]
+        hits = sum(len(np.intersect1d(a, b)) for a, b in zip(found, truth))
+        if hits >= IVF_RECALL * truth.size:
+            break
+        index.nprobe = min(nlist, index.nprobe * 2)
+    return index, f"ivf nlist={nlist} nprobe={index.nprobe}"
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return vectors
 
 
 # ------------------------------------------------------------------ reading
@@ -196,9 +274,8 @@ def load(run) -> "Embeddings | None":
         except (OSError, ValueError):
             return None
         if meta is not None and hashlib.sha256(data).hexdigest() == meta.get("vectors_sha256"):
-            vectors = np.load(io.BytesIO(data)).astype(np.float32)
-            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-            return Embeddings(frame, vectors, meta)
+            vectors = _unit(np.load(io.BytesIO(data)).astype(np.float32))
+            return Embeddings(frame, vectors, meta, getattr(run, "embedding_index_file", None))
         time.sleep(0.05)
     return None
 
@@ -221,38 +298,71 @@ class Votes:
 def _search(index, vecs: np.ndarray, k: int):
     """index.search, on one thread for a few queries: OpenMP threads wait busily, and on a busy 2-core
     machine one photo's query over 16,000 vectors took 60 ms on 2 threads against 6 ms on one."""
+    with _faiss_threads(1 if len(vecs) < FEW_QUERIES else None):
+        return index.search(vecs, k)
+
+
+@contextlib.contextmanager
+def _faiss_threads(n: int | None):
+    """faiss's OpenMP threads limited to n within the block (None: unchanged)."""
     import faiss
-    if len(vecs) >= FEW_QUERIES:
-        return index.search(vecs, k)
     threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
+    if n is not None:
+        faiss.omp_set_num_threads(n)
     try:
-        return index.search(vecs, k)
+        yield
     finally:
         faiss.omp_set_num_threads(threads)
 
 
 class Embeddings:
     """A run's stored embeddings: rows (`frame`), unit vectors (`vectors`) and a faiss index per set
-    of splits searched, built on first use (exact inner product = cosine on unit vectors)."""
+    of splits searched, made on first use: the stored inverted file for IVF_SPLITS when the metadata
+    names one and `index_file` holds it unchanged, else exact inner product (= cosine on unit vectors)."""
 
-    def __init__(self, frame: pd.DataFrame, vectors: np.ndarray, meta: dict | None = None):
+    def __init__(self, frame: pd.DataFrame, vectors: np.ndarray, meta: dict | None = None, index_file=None):
         self.frame, self.vectors, self.meta = frame, np.ascontiguousarray(vectors, np.float32), meta or {}
+        self.index_file = index_file
         self._indexes: dict = {}
         self._split = frame["split"].astype(str).to_numpy()
 
     def __len__(self) -> int:
         return len(self.frame)
 
+    @property
+    def served(self) -> str:
+        """The index that answers searches of the training photos: "exact" or "ivf nlist=... nprobe=..."."""
+        return self._index(IVF_SPLITS)[2]
+
     def _index(self, splits):
         key = tuple(sorted(splits))
         if key not in self._indexes:
             import faiss
             rows = np.flatnonzero(np.isin(self._split, key))
-            index = faiss.IndexFlatIP(self.vectors.shape[1])
-            index.add(self.vectors[rows])
-            self._indexes[key] = (index, rows)
+            stored = self._stored(len(rows)) if key == tuple(sorted(IVF_SPLITS)) else None
+            if stored is not None:
+                self._indexes[key] = (stored, rows, self.meta["index"])
+            else:
+                index = faiss.IndexFlatIP(self.vectors.shape[1])
+                index.add(self.vectors[rows])
+                self._indexes[key] = (index, rows, "exact")
         return self._indexes[key]
+
+    def _stored(self, n: int):
+        """The stored inverted file, or None when none is named, or the file is missing or not the one the
+        rows file names (its SHA-256; the rows name the vectors' too, checked by load): exact then."""
+        import faiss
+        digest = self.meta.get("index_sha256")
+        if not digest or self.index_file is None:
+            return None
+        try:
+            data = self.index_file.read_bytes()
+        except OSError:
+            return None
+        if hashlib.sha256(data).hexdigest() != digest:
+            return None
+        index = faiss.deserialize_index(np.frombuffer(data, np.uint8))
+        return index if (index.ntotal, index.d) == (n, self.vectors.shape[1]) else None
 
     def search(self, queries, k: int, splits=("train",)) -> tuple[np.ndarray, np.ndarray]:
         """(similarities (q, k) float32, rows (q, k) int64) of each query's k nearest rows of
@@ -264,10 +374,11 @@ class Embeddings:
         if vecs.shape[1] != self.vectors.shape[1]:
             raise UserError(f"These vectors have {vecs.shape[1]} dimensions but the run's embeddings "
                             f"{self.vectors.shape[1]}; embed the photo with the same run.")
-        index, rows = self._index(splits)
+        index, rows, _ = self._index(splits)
         extra = 1 if own is not None else 0
         sims, found = _search(index, vecs, min(k + extra, index.ntotal)) if index.ntotal else (
             np.zeros((len(vecs), 0), np.float32), np.zeros((len(vecs), 0), np.int64))
+        sims = np.where(found >= 0, sims, np.nan).astype(np.float32)   # an inverted file's short lists: -1
         found = np.where(found >= 0, rows[np.clip(found, 0, None)], -1) if len(rows) else found
         if own is not None:                 # drop the query itself (else the last, the (k+1)-th)
             keep = found != own[:, None]
