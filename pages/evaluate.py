@@ -114,10 +114,10 @@ def group_table(runs: pd.DataFrame) -> None:
     grouped = runs[runs["group"] != ""]
     if grouped.empty:
         return
-    rows = []
+    rows, names = [], run_names(runs)
     for group, g in grouped.groupby("group", sort=False):
         first = g.sort_values("created").iloc[0]
-        rows.append({"label": run_names(runs).get(group, group), "model": first["model"],
+        rows.append({"label": names.get(group, group), "model": first["model"],
                      "dataset": first["dataset"], **load_group(home_key(), group, tuple(g["finished"]))})
     st.caption("Seed groups: mean ± sample sd over the group's runs (n seeds, one shared split).")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
@@ -279,7 +279,8 @@ st.divider()
 c1, c2 = st.columns([3, 2])
 with c1:
     run_id = run_picker("Run", key="eval_run")
-labels = split_labels([store().get(run_id)["config"]])
+config = store().get(run_id)["config"]
+labels = split_labels([config])
 split = c2.radio("Split", SPLITS, format_func=labels.get, horizontal=True, key="eval_split")
 finished = runs.set_index("run_id").loc[run_id, "finished"]
 ev = load_evals(home_key(), run_id, finished).get(split)
@@ -289,8 +290,9 @@ if confusion is None:
     st.stop()
 ev = {**ev, "cells": confusion}
 split_metrics(ev, split)
+data_root = str(config.get("data") or "")
 if split == "holdout":
-    distractor_panel(run_id, str(store().get(run_id)["config"].get("data") or ""))
+    distractor_panel(run_id, data_root)
 per_class_section(ev, labels[split], run_id, split)
 confusion_section(ev, run_id, split)
 emb = embedding_map.embeddings(run_id)
@@ -298,5 +300,5 @@ photo_views.photos_section(run_id, split, ev, emb)
 embedding_map.map_section(run_id, split, ev, emb)
 mistakes_section(ev, run_id, split, labels[split])
 calibration_section(run_id, split, labels[split])
-inspect_panel(run_id, str(store().get(run_id)["config"].get("data") or ""))
+inspect_panel(run_id, data_root)
 export_panel(run_id, key="eval_export", label="Download this model (ONNX or TorchScript)")
